@@ -1,0 +1,59 @@
+"""`lmstack`: one entry point; each subcommand calls one function of a layer.
+
+Each layer keeps its subcommands in its own `commands.py` with a `register(subparsers)` function;
+this file only lists those modules. Importing is lazy per module so `lmstack --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lmstack.errors import LmstackError
+
+# Order = order in `lmstack --help`. Each module has `register(subparsers)`.
+COMMAND_MODULES: list[str] = [
+    "lmstack.model.commands",  # import, export, info
+]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The config flags every configurable command shares."""
+    parser.add_argument("--config", metavar="FILE.toml", help="TOML file with settings (overridden by --set)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set model.n_layer=6 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmstack", description="The whole LLM stack: pretrain, fine-tune, serve, agents, evals.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+# Errors a user can cause: printed as one line, exit code 2, no traceback.
+USER_ERRORS = (LmstackError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        result = args.func(args)
+    except USER_ERRORS as err:
+        print(f"lmstack {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lmstack {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Device detection (cuda incl. ROCm, mps, cpu), dtype choice, peak FLOPs, torch.distributed init."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+# Dense bf16 tensor-core peak FLOP/s (no sparsity), from the vendors' data sheets. Matched by substring
+# of torch.cuda.get_device_name(); the first match wins, so more specific names come first.
+PEAK_BF16_FLOPS: list[tuple[str, float]] = [
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A10G", 125e12),
+    ("A10", 125e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("V100", 125e12),  # fp16 tensor cores (no bf16 on Volta)
+    ("MI300X", 1307e12),
+    ("MI300A", 981e12),
+    ("MI250X", 383e12),
+    ("MI250", 362e12),
+    ("MI210", 181e12),
+    ("RTX 5090", 209e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("RTX 4080", 97e12),
+    ("RTX 3080", 59e12),
+]
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    type: str  # "cuda", "mps" or "cpu"; ROCm reports "cuda" through HIP
+    name: str
+    is_rocm: bool
+    supports_bf16: bool
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.type)
+
+
+def detect_device(preference: str = "auto") -> DeviceInfo:
+    """Pick the best available device, or check that the requested one exists."""
+    if preference not in ("auto", "cuda", "mps", "cpu"):
+        raise ValueError(f"device '{preference}' is not one of auto, cuda, mps, cpu")
+    kind = preference
+    if kind == "auto":
+        if torch.cuda.is_available():
+            kind = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            kind = "mps"
+        else:
+            kind = "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was requested but no CUDA/ROCm GPU is visible; use --set device=cpu")
+        name = torch.cuda.get_device_name()
+        return DeviceInfo("cuda", name, torch.version.hip is not None, torch.cuda.is_bf16_supported())
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise RuntimeError("device 'mps' was requested but MPS is not available; use --set device=cpu")
+        return DeviceInfo("mps", "Apple MPS", False, True)
+    return DeviceInfo("cpu", _cpu_name(), False, _cpu_has_bf16())
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
+
+
+def _cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 math (AVX512-BF16 / AMX on x86, BF16 on Arm)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16", " bf16"))
+
+
+def autocast_dtype(info: DeviceInfo, requested: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for training: bf16 on GPUs that support it, fp32 (None) on CPU unless asked."""
+    if requested == "float32":
+        return None
+    if requested == "bfloat16":
+        return torch.bfloat16
+    if requested == "float16":
+        return torch.float16
+    if requested != "auto":
+        raise ValueError(f"dtype '{requested}' is not one of auto, float32, bfloat16, float16")
+    if info.type == "cuda":
+        return torch.bfloat16 if info.supports_bf16 else torch.float16
+    if info.type == "mps":
+        return torch.bfloat16
+    return None
+
+
+def inference_dtype(info: DeviceInfo, requested: str = "auto") -> torch.dtype:
+    """Weights dtype for inference: bf16 on GPUs and on CPUs with native bf16, else fp32."""
+    if requested != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+    return torch.bfloat16 if info.supports_bf16 else torch.float32
+
+
+def peak_flops(info: DeviceInfo, dtype: torch.dtype | None = torch.bfloat16) -> float:
+    """Peak FLOP/s of the device for MFU. GPUs from the table; a CPU is measured once by a matmul."""
+    if info.type == "cuda":
+        for key, flops in PEAK_BF16_FLOPS:
+            if key in info.name:
+                return flops if dtype in (torch.bfloat16, torch.float16) else flops / 2
+        return float("nan")  # unknown card: MFU is reported as nan rather than guessed
+    if info.type == "cpu":
+        return measured_cpu_flops()
+    return float("nan")
+
+
+@functools.lru_cache(maxsize=1)
+def measured_cpu_flops(n: int = 1024, repeats: int = 5) -> float:
+    """Achievable fp32 matmul FLOP/s on this CPU (best of a few runs): the CPU's practical peak."""
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(info: DeviceInfo) -> DistInfo:
+    """Initialise torch.distributed from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
+
+    NCCL on NVIDIA, RCCL on ROCm (torch names both "nccl"), gloo on CPU. Without torchrun's variables
+    this is a single process and nothing is initialised.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo(0, 0, 1)
+    rank = int(os.environ["RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if world == 1:
+        return DistInfo(0, 0, 1)
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if info.type == "cuda" else "gloo"
+        if info.type == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank, local, world)
+
+
+def device_for_rank(info: DeviceInfo, dist_info: DistInfo) -> torch.device:
+    if info.type == "cuda":
+        return torch.device("cuda", dist_info.local_rank)
+    return info.torch_device

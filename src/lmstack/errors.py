@@ -1,0 +1,9 @@
+"""The one base class for errors a user can cause (bad input, missing file, wrong setting).
+
+The CLI prints these as one line naming the input and the fix, with no traceback; everything else
+is a bug and keeps its traceback.
+"""
+
+
+class LmstackError(ValueError):
+    """A user-caused problem; the message names the input and says how to fix it."""

@@ -1,0 +1,98 @@
+"""Checkpoint dirs: `config.json` + `model.safetensors` + `tokenizer.json` (+ `train_state.pt` when resumable).
+
+Every command that takes a model takes such a directory. Saving goes through `atomic_directory`, so a
+crash at any instant leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmstack.atomic import atomic_directory, recover_directory
+from lmstack.config import from_dict
+from lmstack.errors import LmstackError
+from lmstack.model.config import ModelConfig
+from lmstack.model.gpt import GPT, build_model
+from lmstack.tokenizer import Tokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class CheckpointError(LmstackError):
+    """A checkpoint dir that is missing, incomplete or inconsistent; the message says which file."""
+
+
+def model_state(model: GPT) -> dict[str, torch.Tensor]:
+    """The weights to save: a tied lm_head is the embedding, stored once."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tied:
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def write_model_files(directory: Path, model: GPT, tokenizer: Tokenizer | None, config: dict[str, Any]) -> None:
+    """Write the files of a checkpoint into an existing (temporary) directory."""
+    full_config = {"model": asdict(model.cfg), **{k: v for k, v in config.items() if k != "model"}}
+    (directory / CONFIG_FILE).write_text(json.dumps(full_config, indent=2))
+    save_file(model_state(model), str(directory / WEIGHTS_FILE), metadata={"format": "pt", "lmstack": "1"})
+    if tokenizer is not None:
+        tokenizer.hf.save(str(directory / TOKENIZER_FILE))
+
+
+def save_model_dir(path: str | Path, model: GPT, tokenizer: Tokenizer | None, config: dict[str, Any] | None = None) -> Path:
+    path = Path(path)
+    with atomic_directory(path) as tmp:
+        write_model_files(tmp, model, tokenizer, config or {})
+    return path
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    recover_directory(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint dir '{path}' does not exist; pass a directory written by "
+                              "`lmstack train`, `lmstack sft` or `lmstack import`")
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"'{path}' has no {CONFIG_FILE}: it is not a lmstack checkpoint dir "
+                              "(for a Hugging Face model use `lmstack import --from hf`)")
+    try:
+        return json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"'{config_path}' is not valid JSON: {err}") from None
+
+
+def load_model_dir(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                   load_tokenizer: bool = True) -> tuple[GPT, Tokenizer | None, dict[str, Any]]:
+    """Load a checkpoint dir -> (model in eval mode, tokenizer or None, the full config dict)."""
+    path = Path(path)
+    config = read_config(path)
+    model_cfg = from_dict(ModelConfig, config["model"], prefix="model.")
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"'{path}' has no {WEIGHTS_FILE}; the checkpoint is incomplete")
+    model = build_model(model_cfg, device=device, init=False)
+    state = load_file(str(weights), device=str(device))
+    if model_cfg.tied:
+        state["lm_head.weight"] = state["tok_emb.weight"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"'{weights}' does not match its config.json: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    model.tie_weights()
+    if dtype is not None:
+        model.to(dtype=dtype)
+        model.reset_buffers()  # to() cast the RoPE tables too; they stay fp32
+    model.eval()
+    tokenizer = None
+    if load_tokenizer and (path / TOKENIZER_FILE).is_file():
+        tokenizer = Tokenizer.load(path / TOKENIZER_FILE)
+    return model, tokenizer, config

@@ -14,7 +14,13 @@ from lmstack.errors import LmstackError
 
 # Order = order in `lmstack --help`. Each module has `register(subparsers)`.
 COMMAND_MODULES: list[str] = [
+    "lmstack.data.commands",  # prepare, tokenizer train|encode|info
     "lmstack.model.commands",  # import, export, info
+    "lmstack.train.commands",  # train, quickstart
+    "lmstack.train.posttrain_commands",  # sft, dpo, grpo, data toolcalls
+    "lmstack.infer.commands",  # sample, chat, inspect
+    "lmstack.agent.commands",  # agent run|resume|approve|list|trace
+    "lmstack.evals.commands",  # eval run|compare|report|list
 ]
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lmstack.errors import LmstackError
+
 # Dense bf16 tensor-core peak FLOP/s (no sparsity), from the vendors' data sheets. Matched by substring
 # of torch.cuda.get_device_name(); the first match wins, so more specific names come first.
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
@@ -36,6 +38,10 @@ PEAK_BF16_FLOPS: list[tuple[str, float]] = [
 ]
 
 
+class DeviceError(LmstackError):
+    """A device or dtype setting this machine cannot honour; the message says what to set instead."""
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     type: str  # "cuda", "mps" or "cpu"; ROCm reports "cuda" through HIP
@@ -51,7 +57,7 @@ class DeviceInfo:
 def detect_device(preference: str = "auto") -> DeviceInfo:
     """Pick the best available device, or check that the requested one exists."""
     if preference not in ("auto", "cuda", "mps", "cpu"):
-        raise ValueError(f"device '{preference}' is not one of auto, cuda, mps, cpu")
+        raise DeviceError(f"device '{preference}' is not one of auto, cuda, mps, cpu")
     kind = preference
     if kind == "auto":
         if torch.cuda.is_available():
@@ -62,12 +68,12 @@ def detect_device(preference: str = "auto") -> DeviceInfo:
             kind = "cpu"
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was requested but no CUDA/ROCm GPU is visible; use --set device=cpu")
+            raise DeviceError("device 'cuda' was requested but no CUDA/ROCm GPU is visible; use --set device=cpu")
         name = torch.cuda.get_device_name()
         return DeviceInfo("cuda", name, torch.version.hip is not None, torch.cuda.is_bf16_supported())
     if kind == "mps":
         if not torch.backends.mps.is_available():
-            raise RuntimeError("device 'mps' was requested but MPS is not available; use --set device=cpu")
+            raise DeviceError("device 'mps' was requested but MPS is not available; use --set device=cpu")
         return DeviceInfo("mps", "Apple MPS", False, True)
     return DeviceInfo("cpu", _cpu_name(), False, _cpu_has_bf16())
 
@@ -102,7 +108,7 @@ def autocast_dtype(info: DeviceInfo, requested: str = "auto") -> torch.dtype | N
     if requested == "float16":
         return torch.float16
     if requested != "auto":
-        raise ValueError(f"dtype '{requested}' is not one of auto, float32, bfloat16, float16")
+        raise DeviceError(f"dtype '{requested}' is not one of auto, float32, bfloat16, float16")
     if info.type == "cuda":
         return torch.bfloat16 if info.supports_bf16 else torch.float16
     if info.type == "mps":
@@ -113,7 +119,10 @@ def autocast_dtype(info: DeviceInfo, requested: str = "auto") -> torch.dtype | N
 def inference_dtype(info: DeviceInfo, requested: str = "auto") -> torch.dtype:
     """Weights dtype for inference: bf16 on GPUs and on CPUs with native bf16, else fp32."""
     if requested != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+        choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if requested not in choices:
+            raise DeviceError(f"dtype '{requested}' is not one of auto, {', '.join(choices)}")
+        return choices[requested]
     return torch.bfloat16 if info.supports_bf16 else torch.float32
 
 

@@ -89,10 +89,12 @@ class Tokenizer:
         seen = {"docs": 0}
 
         def counted() -> Iterator[str]:
-            for text in tqdm(texts, total=total, desc="tokenizer: reading corpus", unit="doc",
-                             disable=not show_progress):
-                seen["docs"] += 1
-                yield text
+            # `with` closes the bar even when the corpus raises, so an error prints on its own line
+            with tqdm(texts, total=total, desc="tokenizer: reading corpus", unit="doc",
+                      disable=not show_progress) as bar:
+                for text in bar:
+                    seen["docs"] += 1
+                    yield text
 
         hf.train_from_iterator(counted(), trainer=trainer, length=total)
         if seen["docs"] == 0:

@@ -75,6 +75,9 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu", dtype: 
     """Load a checkpoint dir -> (model in eval mode, tokenizer or None, the full config dict)."""
     path = Path(path)
     config = read_config(path)
+    if not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"'{path / CONFIG_FILE}' has no \"model\" table; it was not written by lmstack "
+                              "(for a Hugging Face model use `lmstack import --from hf`)")
     model_cfg = from_dict(ModelConfig, config["model"], prefix="model.")
     weights = path / WEIGHTS_FILE
     if not weights.is_file():

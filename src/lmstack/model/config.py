@@ -22,6 +22,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     qk_norm: bool = False  # RMSNorm on queries and keys per head (llama only), steadies training
+    gelu: Literal["tanh", "exact"] = "tanh"  # gpt2 only: GPT-2's "gelu_new" is tanh; nanoGPT trains with exact erf
     tie_embeddings: Optional[bool] = None  # None: tied for gpt2 (as GPT-2 is), untied for llama
     bias: Optional[bool] = None  # None: biases for gpt2, none for llama
     dropout: float = 0.0

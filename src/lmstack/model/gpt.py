@@ -104,6 +104,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.swiglu = cfg.arch == "llama"
+        self.gelu_approximate = "tanh" if cfg.gelu == "tanh" else "none"
         # SwiGLU's gate and up projections are fused into one matmul, split after.
         self.up = nn.Linear(cfg.n_embd, cfg.hidden * (2 if self.swiglu else 1), bias=cfg.has_bias)
         self.down = nn.Linear(cfg.hidden, cfg.n_embd, bias=cfg.has_bias)
@@ -114,7 +115,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h, approximate="tanh")  # GPT-2's "gelu_new"
+            h = F.gelu(h, approximate=self.gelu_approximate)
         return self.down(h)
 
 

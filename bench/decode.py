@@ -1,0 +1,109 @@
+"""Decode speed of our engine against `transformers` generate, same weights, same run, CPU.
+
+Figures (medians of a few runs, greedy, fixed token counts):
+  - bs=1 decode tok/s for a small llama (depth 4) and for GPT-2-124M-sized random weights;
+  - throughput with 32 concurrent requests, as a multiple of our bs=1 figure;
+  - for 124M, the distance to the memory-bandwidth bound (weights read once per token).
+The peer is the faster of transformers in float32 and in bfloat16. The last line is JSON.
+
+    .venv/bin/python bench/decode.py [--tokens 64] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lmstack.device import detect_device, inference_dtype
+from lmstack.infer.engine import Engine, EngineConfig
+from lmstack.infer.params import SamplingParams
+from lmstack.model.checkpoint import save_model_dir
+from lmstack.model.config import ModelConfig, config_from_depth
+from lmstack.model.convert_hf import export_hf
+from lmstack.model.gpt import build_model
+
+MEMORY_BANDWIDTH_GBS = 35.0  # measured read bandwidth of the benchmark machine (see the issue)
+PROMPT = list(range(1, 17))
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ours_tok_s(engine: Engine, batch: int, tokens: int, repeats: int) -> float:
+    prompts = [[(p + i) % 1000 + 1 for p in PROMPT] for i in range(batch)]
+    params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
+    return batch * tokens / median_time(lambda: engine.generate(prompts, params), repeats)
+
+
+def hf_tok_s(hf_dir: Path, dtype: torch.dtype, tokens: int, repeats: int) -> float:
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=dtype).eval()
+    prompt = torch.tensor([PROMPT])
+
+    def run():
+        with torch.inference_mode():
+            model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens,
+                           min_new_tokens=tokens, do_sample=False, pad_token_id=0)
+    return tokens / median_time(run, repeats)
+
+
+def bench_model(name: str, cfg: ModelConfig, tokens: int, repeats: int, concurrent: int | None) -> dict:
+    model = build_model(cfg, seed=0)
+    weights_dtype = inference_dtype(detect_device("cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model_dir(Path(tmp) / "ours", model, None)
+        export_hf(Path(tmp) / "ours", Path(tmp) / "hf", dtype="float32")
+        peer = {str(d).removeprefix("torch."): hf_tok_s(Path(tmp) / "hf", d, tokens, repeats)
+                for d in (torch.float32, torch.bfloat16)}
+    engine = Engine(model.to(weights_dtype), None, EngineConfig(block_size=16, max_num_seqs=64, kv_memory_mb=1024))
+    ours = ours_tok_s(engine, 1, tokens, repeats)
+    best_peer = max(peer.values())
+    result = {"model": name, "params_m": round(model.num_params() / 1e6, 1), "dtype": str(weights_dtype),
+              "ours_bs1_tok_s": round(ours, 1), "transformers_bs1_tok_s": {k: round(v, 1) for k, v in peer.items()},
+              "ratio_bs1": round(ours / best_peer, 2)}
+    weight_bytes = model.num_params() * torch.finfo(weights_dtype).bits // 8
+    result["bandwidth_bound_tok_s"] = round(MEMORY_BANDWIDTH_GBS * 1e9 / weight_bytes, 1)
+    result["fraction_of_bound"] = round(ours / result["bandwidth_bound_tok_s"], 2)
+    if concurrent:
+        many = ours_tok_s(engine, concurrent, tokens, max(1, repeats - 1))
+        result[f"ours_{concurrent}_concurrent_tok_s"] = round(many, 1)
+        result[f"ratio_{concurrent}_concurrent_vs_bs1"] = round(many / ours, 2)
+    print(json.dumps(result))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    small = bench_model("llama-depth4", config_from_depth(4, vocab_size=8192, block_size=512),
+                        args.tokens, args.repeats, concurrent=32)
+    gpt2 = ModelConfig(arch="gpt2", vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+    medium = bench_model("gpt2-124M", gpt2, args.tokens, args.repeats, concurrent=32)
+    print(json.dumps({
+        "small_bs1_tok_s": small["ours_bs1_tok_s"], "small_peer_tok_s": max(small["transformers_bs1_tok_s"].values()),
+        "small_ratio": small["ratio_bs1"], "gpt2_124m_bs1_tok_s": medium["ours_bs1_tok_s"],
+        "gpt2_124m_peer_tok_s": max(medium["transformers_bs1_tok_s"].values()), "gpt2_124m_ratio": medium["ratio_bs1"],
+        "gpt2_124m_fraction_of_bandwidth_bound": medium["fraction_of_bound"],
+        "small_32_concurrent_vs_bs1": small["ratio_32_concurrent_vs_bs1"],
+        "gpt2_124m_32_concurrent_vs_bs1": medium["ratio_32_concurrent_vs_bs1"]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Training throughput: lmstack's GPT + optimizer vs transformers' GPT2LMHeadModel, same config, data and optimizer.
+
+Both sides run the same training step (forward, loss, backward, clip to 1.0, AdamW, zero_grad) on the
+same random token batches, alternating in rounds so that a busy machine slows both alike; each side's
+figure is the median over rounds. The last line printed is a JSON object: {ours, peer, ratio, ...}.
+
+    .venv/bin/python bench/train_throughput.py [--rounds 5] [--steps 4] [--compile] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from lmstack.device import detect_device, peak_flops
+from lmstack.model.config import ModelConfig
+from lmstack.model.gpt import build_model
+from lmstack.train.config import TrainConfig
+from lmstack.train.optim import build_optimizers
+
+LR, BETAS, WEIGHT_DECAY = 1e-3, (0.9, 0.95), 0.1
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating measurement rounds (median is reported)")
+    parser.add_argument("--steps", type=int, default=4, help="timed training steps per round")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--compile", action="store_true", help="torch.compile our model (needs a C++ compiler on CPU)")
+    return parser.parse_args()
+
+
+def ours(cfg: ModelConfig, device: torch.device, compile_model: bool):
+    model = build_model(cfg, device, seed=0)
+    optimizers = build_optimizers(model, TrainConfig(model=cfg, lr=LR, beta1=BETAS[0], beta2=BETAS[1],
+                                                     weight_decay=WEIGHT_DECAY, seq_len=cfg.block_size), device)
+    forward = torch.compile(model) if compile_model else model
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        _, loss = forward(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return model, step
+
+
+def peer(cfg: ModelConfig, device: torch.device):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps)
+    model = GPT2LMHeadModel(hf_cfg).to(device)
+    model.train()
+    # transformers' own split: no decay on biases and LayerNorm weights (as its Trainer does), torch's AdamW.
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=BETAS)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return model, step
+
+
+def tokens_per_second(step, batches, device: torch.device) -> float:
+    start = time.perf_counter()
+    for x, y in batches:
+        step(x, y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return sum(x.numel() for x, _ in batches) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    args = parse_args()
+    info = detect_device(args.device)
+    device = info.torch_device
+    cfg = ModelConfig(arch="gpt2", vocab_size=args.vocab, block_size=args.seq, n_layer=args.layers,
+                      n_head=max(1, args.width // 64), n_embd=args.width)
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)) for _ in range(args.steps)]
+    batches = [(b[:, :-1].contiguous().to(device), b[:, 1:].contiguous().to(device)) for b in batches]
+    our_model, our_step = ours(cfg, device, args.compile)
+    _, peer_step = peer(cfg, device)
+    for step in (our_step, peer_step):  # warm-up: allocator, kernels, compilation
+        tokens_per_second(step, batches[:2], device)
+    our_rates, peer_rates = [], []
+    for round_index in range(args.rounds):
+        our_rates.append(tokens_per_second(our_step, batches, device))
+        peer_rates.append(tokens_per_second(peer_step, batches, device))
+        print(f"round {round_index + 1}: lmstack {our_rates[-1]:,.0f} tok/s, transformers {peer_rates[-1]:,.0f} tok/s")
+    ours_median, peer_median = statistics.median(our_rates), statistics.median(peer_rates)
+    flops_per_token = our_model.flops_per_token(args.seq)
+    peak = peak_flops(info, None if device.type == "cpu" else torch.bfloat16)
+    print(json.dumps({
+        "metric": "train tokens/s", "device": info.name, "threads": torch.get_num_threads(),
+        "ours": round(ours_median), "peer": round(peer_median), "ratio": round(ours_median / peer_median, 3),
+        "ours_mfu": round(flops_per_token * ours_median / peak, 4), "peer_mfu": round(flops_per_token * peer_median / peak, 4),
+        "peer_name": "transformers GPT2LMHeadModel", "config": vars(args),
+        "rounds": {"ours": [round(r) for r in our_rates], "peer": [round(r) for r in peer_rates]},
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Model clients behind one interface: `complete(messages, tools, ...) -> ModelResponse`.
+
+`OpenAIClient` talks to any OpenAI-compatible endpoint (our server, vLLM, llama.cpp, Ollama, OpenAI)
+through the `openai` SDK; `lmstack.agent.engine_client.EngineClient` runs our engine in-process.
+Both return text, tool calls, usage and, where the backend gives them, per-token logprobs.
+Messages and tool schemas are plain OpenAI-format dicts, so the journal can store them as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, TypeVar
+
+from lmstack.errors import LmstackError
+
+T = TypeVar("T")
+
+
+class ModelCallError(LmstackError):
+    """The model endpoint failed for good (after retries) or rejected the request."""
+
+
+@dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # raw JSON text exactly as the model wrote it; parsed and validated by the tool layer
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top_logprobs: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def entropy(self) -> float:
+        """Entropy (nats) of the top-k distribution, renormalised; 0 when only the chosen token is known."""
+        probs = [math.exp(lp) for _, lp in self.top_logprobs]
+        total = sum(probs)
+        return -sum(p / total * math.log(p / total) for p in probs if p > 0) if total > 0 else 0.0
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(slots=True)
+class ModelResponse:
+    text: str
+    tool_calls: list[ToolCall]
+    usage: Usage
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str = "stop"
+    model: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelResponse":
+        logprobs = data.get("logprobs")
+        return cls(
+            text=data["text"], tool_calls=[ToolCall(**c) for c in data["tool_calls"]], usage=Usage(**data["usage"]),
+            logprobs=[TokenLogprob(e["token"], e["logprob"], [tuple(t) for t in e["top_logprobs"]]) for e in logprobs]
+            if logprobs is not None else None,
+            finish_reason=data.get("finish_reason", "stop"), model=data.get("model", ""))
+
+    def assistant_message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            message["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                                     for c in self.tool_calls]
+        return message
+
+
+class ModelClient(Protocol):
+    model: str
+
+    def complete(self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.0,
+                 max_tokens: int | None = None, logprobs: bool = False) -> ModelResponse: ...
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 4
+    base_delay_s: float = 0.5
+    max_delay_s: float = 20.0
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, base * 2^attempt], so many clients retrying don't move in lockstep."""
+        return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** attempt))
+
+
+def with_retries(call: Callable[[], T], is_retryable: Callable[[BaseException], bool], policy: RetryPolicy,
+                 sleep: Callable[[float], None] = time.sleep) -> T:
+    for attempt in range(policy.max_attempts):
+        try:
+            return call()
+        except Exception as err:
+            if not is_retryable(err) or attempt == policy.max_attempts - 1:
+                raise
+            sleep(policy.delay(attempt))
+    raise AssertionError("unreachable")
+
+
+class OpenAIClient:
+    """Any OpenAI-compatible chat endpoint. Retries timeouts, 429 and 5xx with backoff and jitter."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 60.0,
+                 retry: RetryPolicy | None = None, stream: bool = False):
+        import openai
+
+        self.model = model
+        self.stream = stream
+        self.retry = retry or RetryPolicy()
+        # The SDK's own retries are off: ours add jitter and apply the same policy to every backend.
+        self.sdk = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0)
+
+    def complete(self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.0,
+                 max_tokens: int | None = None, logprobs: bool = False, seed: int | None = None) -> ModelResponse:
+        import openai
+
+        kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": temperature}
+        if seed is not None:  # evals give each sample its own seed
+            kwargs["seed"] = seed
+        if tools:
+            kwargs["tools"] = tools
+        if max_tokens is not None:
+            kwargs["max_tokens"] = max_tokens
+        if logprobs:
+            kwargs.update(logprobs=True, top_logprobs=5)
+        call = self._streamed if self.stream else self._whole
+        try:
+            return with_retries(lambda: call(kwargs), _is_retryable, self.retry)
+        except openai.APIError as err:
+            raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url} failed: {err}") from None
+
+    def _whole(self, kwargs: dict[str, Any]) -> ModelResponse:
+        completion = self.sdk.chat.completions.create(**kwargs)
+        choice = completion.choices[0]
+        calls = [ToolCall(c.id, c.function.name, c.function.arguments or "") for c in choice.message.tool_calls or []]
+        usage = Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens) if completion.usage else Usage()
+        content = choice.logprobs.content if choice.logprobs and choice.logprobs.content is not None else None
+        return ModelResponse(choice.message.content or "", calls, usage, _convert_logprobs(content),
+                             choice.finish_reason or "stop", completion.model)
+
+    def _streamed(self, kwargs: dict[str, Any]) -> ModelResponse:
+        stream = self.sdk.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+        text, calls, entries, usage, finish, model = [], {}, [], Usage(), "stop", self.model
+        got_logprobs = False
+        for chunk in stream:
+            model = chunk.model or model
+            if chunk.usage:
+                usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+            for choice in chunk.choices:
+                text.append(choice.delta.content or "")
+                for delta in choice.delta.tool_calls or []:
+                    call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                    call["id"] = delta.id or call["id"]
+                    if delta.function:
+                        call["name"] += delta.function.name or ""
+                        call["arguments"] += delta.function.arguments or ""
+                if choice.logprobs and choice.logprobs.content is not None:
+                    got_logprobs = True
+                    entries.extend(choice.logprobs.content)
+                finish = choice.finish_reason or finish
+        tool_calls = [ToolCall(**calls[i]) for i in sorted(calls)]
+        return ModelResponse("".join(text), tool_calls, usage, _convert_logprobs(entries) if got_logprobs else None,
+                             finish, model)
+
+
+def _convert_logprobs(entries: list | None) -> list[TokenLogprob] | None:
+    if entries is None:
+        return None
+    return [TokenLogprob(e.token, e.logprob, [(t.token, t.logprob) for t in e.top_logprobs or []]) for e in entries]
+
+
+def _is_retryable(err: BaseException) -> bool:
+    import openai
+
+    if isinstance(err, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
+        return True
+    return isinstance(err, openai.APIStatusError) and err.status_code >= 500

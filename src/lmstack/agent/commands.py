@@ -1,0 +1,127 @@
+"""`lmstack agent run|resume|approve|list|trace`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers) -> None:
+    from lmstack.cli import add_config_arguments
+
+    agent = subparsers.add_parser("agent", help="run durable tool-using agents (run, resume, approve, list, trace)")
+    commands = agent.add_subparsers(dest="agent_command", metavar="SUBCOMMAND", required=True)
+
+    run = commands.add_parser("run", help="start an agent on a task")
+    run.add_argument("task", help="what the agent should do")
+    run.add_argument("--model", required=True, metavar="URL_OR_CHECKPOINT",
+                     help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1) or a checkpoint dir")
+    run.add_argument("--model-name", default=None, help="model id at the endpoint (default: the first it lists)")
+    run.add_argument("--tools", default=None, metavar="LIST",
+                     help="comma-separated: calculator, python, files, memory, module:function, file.py:function")
+    run.add_argument("--run-id", default=None, help="id for the new run (default: random)")
+    run.add_argument("--workspace", default=None, help="directory the file tools are confined to")
+    add_config_arguments(run)
+    run.set_defaults(func=cmd_run)
+
+    resume = commands.add_parser("resume", help="continue a crashed or paused run from its last completed step")
+    resume.add_argument("run_id")
+    resume.set_defaults(func=cmd_resume)
+
+    approve = commands.add_parser("approve", help="approve (or deny) a waiting run's tool calls, then resume it")
+    approve.add_argument("run_id")
+    approve.add_argument("--deny", action="store_true", help="deny instead of approve")
+    approve.add_argument("--call", default=None, metavar="KEY", help="only this call (e.g. step2/tool0)")
+    approve.set_defaults(func=cmd_approve)
+
+    listing = commands.add_parser("list", help="list agent runs, newest first")
+    listing.add_argument("--status", default=None, help="only runs with this status")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(func=cmd_list)
+
+    trace = commands.add_parser("trace", help="print a run's trace tree, or export it as OpenTelemetry JSON")
+    trace.add_argument("run_id")
+    trace.add_argument("--otel", default=None, metavar="FILE.json", help="write OTLP/JSON spans to FILE ('-': stdout)")
+    trace.set_defaults(func=cmd_trace)
+
+    for sub in (run, resume, approve, listing, trace):
+        sub.add_argument("--db", default=None, help="database file (default: $LMSTACK_HOME/lmstack.db)")
+
+
+def _report(record) -> int:
+    print(f"run {record.id}: {record.status} ({record.steps} steps, "
+          f"{record.prompt_tokens + record.completion_tokens} tokens, ${record.cost_usd:.6f})")
+    if record.final_answer is not None:
+        print(record.final_answer)
+    elif record.stop_reason:
+        print(record.stop_reason)
+    return 0 if record.status in ("completed", "waiting") else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lmstack.agent.launch import open_database, start_run
+    from lmstack.agent.settings import AgentConfig
+    from lmstack.config import load_config
+
+    base = {"model": args.model}
+    if args.model_name:
+        base["model_name"] = args.model_name
+    if args.tools is not None:
+        base["tools"] = [t.strip() for t in args.tools.split(",") if t.strip()]
+    if args.workspace:
+        base["workspace"] = args.workspace
+    config = load_config(AgentConfig, args.config, args.overrides, base=base)
+    conn = open_database(args.db)
+    return _report(start_run(conn, args.task, config, args.run_id))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from lmstack.agent.launch import open_database, resume_run
+
+    return _report(resume_run(open_database(args.db), args.run_id))
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from lmstack.agent.launch import decide_approvals, open_database, resume_run
+
+    conn = open_database(args.db)
+    keys = decide_approvals(conn, args.run_id, approve=not args.deny, call_key=args.call)
+    print(f"{'denied' if args.deny else 'approved'}: {', '.join(keys)}")
+    return _report(resume_run(conn, args.run_id))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import datetime
+
+    from lmstack.agent.launch import open_database
+    from lmstack.agent.store import list_runs
+
+    runs = list_runs(open_database(args.db), args.status, args.limit)
+    print(f"{'RUN':14} {'STATUS':18} {'STEPS':>5} {'TOKENS':>8} {'COST $':>10}  {'CREATED':19}  TASK")
+    for r in runs:
+        created = datetime.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{r.id:14} {r.status:18} {r.steps:>5} {r.prompt_tokens + r.completion_tokens:>8} "
+              f"{r.cost_usd:>10.6f}  {created}  {r.task[:60]}")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from lmstack.agent.launch import open_database
+    from lmstack.agent.store import get_run
+    from lmstack.agent.tracing import format_tree, load_tree, to_otel
+    from lmstack.atomic import atomic_write_text
+
+    conn = open_database(args.db)
+    record = get_run(conn, args.run_id)
+    if args.otel:
+        text = json.dumps(to_otel(conn, args.run_id), indent=1)
+        if args.otel == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            atomic_write_text(args.otel, text)
+            print(f"wrote {args.otel}")
+        return 0
+    print(f"run {record.id}: {record.status}" + (f" -- {record.stop_reason}" if record.stop_reason else ""))
+    print(format_tree(load_tree(conn, args.run_id)))
+    return 0

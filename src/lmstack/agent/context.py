@@ -1,0 +1,63 @@
+"""Keep the conversation sent to the model within its context window.
+
+Policy, cheapest loss first: (1) shorten tool outputs, oldest first, to a head and a note of what
+was cut; (2) if still too long, replace the oldest turns (never the system prompt, the task, or the
+latest turn) with one extractive summary message. The stored conversation is never changed; this
+builds the view sent on each call, deterministically, so a replayed run sends the same requests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Callable
+
+KEEP_TOOL_CHARS = 200
+
+
+def approx_tokens(messages: list[dict]) -> int:
+    """~4 characters per token, plus a few per message for the template's role markers."""
+    return sum(len(json.dumps(m.get("content") or "")) // 4 + len(json.dumps(m.get("tool_calls", ""))) // 4 + 4
+               for m in messages)
+
+
+def fit_context(messages: list[dict], max_tokens: int,
+                count_tokens: Callable[[list[dict]], int] = approx_tokens) -> list[dict]:
+    view = [dict(m) for m in messages]
+    if count_tokens(view) <= max_tokens:
+        return view
+    for message in view[:-1]:
+        content = message.get("content") or ""
+        if message["role"] == "tool" and len(content) > KEEP_TOOL_CHARS:
+            message["content"] = f"{content[:KEEP_TOOL_CHARS]}... [tool output truncated: {len(content)} chars]"
+            if count_tokens(view) <= max_tokens:
+                return view
+    return _summarise_oldest(view, max_tokens, count_tokens)
+
+
+def _summarise_oldest(view: list[dict], max_tokens: int, count_tokens: Callable[[list[dict]], int]) -> list[dict]:
+    head = [m for m in view[:2] if m["role"] in ("system", "user")]  # system prompt and the task
+    body = view[len(head):]
+    dropped: list[dict] = []
+    # Drop whole turns: an assistant message with tool calls goes together with its tool results.
+    while len(body) > 1:
+        turn_end = 1
+        while turn_end < len(body) - 1 and body[turn_end]["role"] == "tool":
+            turn_end += 1
+        dropped.extend(body[:turn_end])
+        body = body[turn_end:]
+        candidate = head + [_summary_message(dropped)] + body
+        if count_tokens(candidate) <= max_tokens:
+            return candidate
+    return head + [_summary_message(dropped)] + body
+
+
+def _summary_message(dropped: list[dict]) -> dict:
+    lines = []
+    for m in dropped:
+        text = (m.get("content") or "").strip()
+        first_sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0][:160] if text else ""
+        calls = ", ".join(c["function"]["name"] for c in m.get("tool_calls", []))
+        lines.append(f"- {m['role']}: {first_sentence}" + (f" [called {calls}]" if calls else ""))
+    return {"role": "user", "content": "Summary of earlier conversation (older turns were shortened to fit the "
+                                       "context):\n" + "\n".join(lines)}

@@ -1,0 +1,61 @@
+"""The write-ahead journal of a run: every model call and tool call, before and after it happens.
+
+A resumed run re-executes its loop from the start; each operation first looks up its key here.
+Completed operations are replayed from the stored response, so the rebuilt conversation is exactly
+the one the crashed process had. An operation that was `started` but never `completed` is run
+again -- model calls are safe to repeat; a side-effecting tool gets the same idempotency key as the
+first attempt, so a tool that records its effect under that key does not act twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lmstack.db import transaction
+
+
+@dataclass
+class JournalEntry:
+    key: str
+    kind: str
+    status: str  # started | completed
+    request: Any
+    response: Any
+    idempotency_key: str | None
+    started_at: float
+    completed_at: float | None
+
+
+class Journal:
+    def __init__(self, conn: sqlite3.Connection, run_id: str):
+        self.conn = conn
+        self.run_id = run_id
+
+    def get(self, key: str) -> JournalEntry | None:
+        row = self.conn.execute("SELECT * FROM agent_journal WHERE run_id = ? AND key = ?", (self.run_id, key)).fetchone()
+        if row is None:
+            return None
+        return JournalEntry(row["key"], row["kind"], row["status"], json.loads(row["request"]),
+                            json.loads(row["response"]) if row["response"] is not None else None,
+                            row["idempotency_key"], row["started_at"], row["completed_at"])
+
+    def start(self, key: str, kind: str, request: Any, idempotency_key: str | None = None) -> None:
+        """Record intent; committed before the operation runs. A retry after a crash keeps the first row."""
+        with transaction(self.conn):
+            self.conn.execute("INSERT OR IGNORE INTO agent_journal (run_id, key, kind, status, request, "
+                              "idempotency_key, started_at) VALUES (?,?,?,?,?,?,?)",
+                              (self.run_id, key, kind, "started", json.dumps(request), idempotency_key, time.time()))
+
+    def complete(self, key: str, response: Any) -> None:
+        with transaction(self.conn):
+            self.conn.execute("UPDATE agent_journal SET status = 'completed', response = ?, completed_at = ? "
+                              "WHERE run_id = ? AND key = ?", (json.dumps(response), time.time(), self.run_id, key))
+
+    def entries(self) -> list[JournalEntry]:
+        keys = self.conn.execute("SELECT key FROM agent_journal WHERE run_id = ? ORDER BY started_at, key",
+                                 (self.run_id,)).fetchall()
+        return [self.get(r["key"]) for r in keys]

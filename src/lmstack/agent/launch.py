@@ -1,0 +1,88 @@
+"""Build an agent from its saved configuration, and the run lifecycle: start, resume, approve."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from pathlib import Path
+
+from lmstack.agent.builtin_tools import load_tools
+from lmstack.agent.client import ModelClient, OpenAIClient, RetryPolicy
+from lmstack.agent.memory import MemoryStore
+from lmstack.agent.runtime import AgentRuntime
+from lmstack.agent.settings import AgentConfig
+from lmstack.agent.store import RunRecord, create_run, get_run, open_agent_tables
+from lmstack.agent.tools import ToolRegistry
+from lmstack.config import from_dict, to_dict
+from lmstack.db import connect, lmstack_home, transaction
+from lmstack.errors import LmstackError
+
+
+def open_database(path: str | Path | None = None) -> sqlite3.Connection:
+    return open_agent_tables(connect(path))
+
+
+def build_client(config: AgentConfig) -> ModelClient:
+    if config.model.startswith(("http://", "https://")):
+        return OpenAIClient(config.model, config.model_name or first_model_id(config), os.environ.get(config.api_key_env),
+                            config.timeout_s, RetryPolicy(max_attempts=config.max_attempts), config.stream)
+    if Path(config.model).is_dir():
+        from lmstack.agent.engine_client import EngineClient
+
+        return EngineClient.from_checkpoint(config.model)
+    raise LmstackError(f"--model '{config.model}': expected an http(s):// base URL of an OpenAI-compatible endpoint "
+                       f"(e.g. http://127.0.0.1:8000/v1) or a checkpoint directory")
+
+
+def first_model_id(config: AgentConfig) -> str:
+    import openai
+
+    try:
+        sdk = openai.OpenAI(base_url=config.model, api_key=os.environ.get(config.api_key_env) or "not-needed",
+                            timeout=config.timeout_s, max_retries=2)
+        return sdk.models.list().data[0].id
+    except (openai.APIError, IndexError) as err:
+        raise LmstackError(f"--model {config.model}: cannot list its models ({err}); pass --model-name") from None
+
+
+def build_runtime(conn: sqlite3.Connection, run_id: str) -> AgentRuntime:
+    record = get_run(conn, run_id)
+    config = from_dict(AgentConfig, record.config)
+    memory = MemoryStore(conn)
+    workspace = Path(config.workspace)
+    workspace.mkdir(parents=True, exist_ok=True)
+    registry = ToolRegistry(load_tools(config.tools))
+    return AgentRuntime(conn, run_id, config, build_client(config), registry, workspace, memory)
+
+
+def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: str | None = None) -> RunRecord:
+    run_id = run_id or uuid.uuid4().hex[:12]
+    load_tools(config.tools)  # a bad --tools entry fails before the run exists
+    if not config.workspace:
+        config.workspace = str(lmstack_home() / "workspaces" / run_id)
+    config.workspace = str(Path(config.workspace).resolve())
+    if config.model.startswith(("http://", "https://")) and not config.model_name:
+        config.model_name = first_model_id(config)
+    create_run(conn, run_id, task, to_dict(config))
+    return build_runtime(conn, run_id).run()
+
+
+def resume_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
+    return build_runtime(conn, run_id).run()
+
+
+def decide_approvals(conn: sqlite3.Connection, run_id: str, approve: bool, call_key: str | None = None) -> list[str]:
+    """Approve (or deny) the run's pending tool calls -- all, or the one with `call_key`."""
+    get_run(conn, run_id)
+    rows = conn.execute("SELECT call_key FROM agent_approvals WHERE run_id = ? AND decision = 'pending'",
+                        (run_id,)).fetchall()
+    keys = [r["call_key"] for r in rows if call_key is None or r["call_key"] == call_key]
+    if not keys:
+        raise LmstackError(f"run '{run_id}' has no pending approval{f' for {call_key}' if call_key else ''}; "
+                           f"`lmstack agent trace {run_id}` shows its state")
+    with transaction(conn):
+        for key in keys:
+            conn.execute("UPDATE agent_approvals SET decision = ?, decided_at = strftime('%s','now') WHERE run_id = ? "
+                         "AND call_key = ?", ("approved" if approve else "denied", run_id, key))
+    return keys

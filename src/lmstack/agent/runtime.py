@@ -1,0 +1,280 @@
+"""The agent loop: model call -> monitors -> tool calls (in parallel) -> repeat, durable at every step.
+
+Each step:
+  1. check the budgets (a run over budget never makes the next call);
+  2. call the model (journaled; replayed on resume) on the conversation fitted to the context;
+  3. run the monitors on the new message; per policy flag it, re-ask with feedback, or stop;
+  4. no tool calls: the message is the final answer; otherwise check for loops, ask for approvals
+     (pausing the run as `waiting` if one is missing), and run the calls concurrently (journaled);
+  5. stop if no step has made progress for `loops.no_progress_limit` steps.
+`run()` is also `resume`: it replays the journal from the start and continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from lmstack.agent.budget import Spend, call_cost, over_budget
+from lmstack.agent.client import ModelCallError, ModelClient, ModelResponse
+from lmstack.agent.context import approx_tokens, fit_context
+from lmstack.agent.journal import Journal
+from lmstack.agent.memory import MemoryStore
+from lmstack.agent.monitors import MONITORS, MonitorEvent, PastCall, StepView
+from lmstack.agent.settings import AgentConfig
+from lmstack.agent.store import RESUMABLE, RunRecord, get_run, update_run
+from lmstack.agent.tools import PreparedCall, ToolContext, ToolRegistry, ToolResult
+from lmstack.agent.tracing import Tracer
+from lmstack.db import transaction
+
+
+class StopRun(Exception):
+    """Ends the loop with a terminal (or waiting) status."""
+
+    def __init__(self, status: str, reason: str, answer: str | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.answer = status, reason, answer
+
+
+class AgentRuntime:
+    def __init__(self, conn: sqlite3.Connection, run_id: str, config: AgentConfig, client: ModelClient,
+                 registry: ToolRegistry, workspace: Path, memory: MemoryStore | None = None):
+        self.conn, self.run_id, self.config = conn, run_id, config
+        self.client, self.registry, self.workspace, self.memory = client, registry, workspace, memory
+        self.journal = Journal(conn, run_id)
+        self.tracer = Tracer(conn, run_id)
+        self.scope = (config.agent_name, config.user)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def run(self) -> RunRecord:
+        record = get_run(self.conn, self.run_id)
+        if record.status not in RESUMABLE:
+            return record
+        update_run(self.conn, self.run_id, status="running", stop_reason=None)
+        self.record = record
+        self.session_start, self.active_before = time.monotonic(), record.active_seconds
+        self.spend = Spend()
+        self.past_calls: list[PastCall] = []
+        self.call_counts: dict[str, int] = {}
+        self.seen_results: set[str] = set()
+        self.steps_started = 0
+        messages = [{"role": "system", "content": self.config.system_prompt}, {"role": "user", "content": record.task}]
+        try:
+            self._loop(messages)
+        except StopRun as stop:
+            self._finish(stop.status, stop.reason, stop.answer)
+        except ModelCallError as err:
+            self._finish("failed", str(err), None)
+        return get_run(self.conn, self.run_id)
+
+    def _loop(self, messages: list[dict]) -> None:
+        steps_without_progress = 0
+        for step in range(10**9):
+            self.spend.steps = step
+            response = self._model_step(messages, step)
+            if not response.tool_calls:
+                raise StopRun("completed", "final answer", response.text)
+            self._check_loops(response)
+            results = self._run_tools(step, response)
+            messages.extend(r.message() for r in results)
+            steps_without_progress = 0 if self._made_progress(response, results) else steps_without_progress + 1
+            self._save_progress(step + 1)
+            if steps_without_progress >= self.config.loops.no_progress_limit:
+                raise StopRun("no_progress", f"no new successful tool result for {steps_without_progress} steps")
+
+    def _model_step(self, messages: list[dict], step: int) -> ModelResponse:
+        monitors = self.config.monitors
+        for attempt in range(monitors.max_retries + 1):
+            key = f"step{step}/model{attempt}"
+            response = self._model_call(key, f"step{step}", messages)
+            self.steps_started = step + 1
+            messages.append(response.assistant_message())
+            samples = self._samples(key, step, messages[:-1]) if not response.tool_calls else []
+            events = self._monitor(key, response, messages, samples)
+            policies = {getattr(monitors, e.monitor) for e in events}
+            if "stop" in policies:
+                flagged = [e for e in events if getattr(monitors, e.monitor) == "stop"][0]
+                raise StopRun("stopped_by_monitor", f"{flagged.monitor}: {flagged.text!r}: {flagged.detail}")
+            # Re-asking only fits a message without tool calls: a call must be answered by its result.
+            if "retry" not in policies or response.tool_calls or attempt == monitors.max_retries:
+                return response
+            problems = "; ".join(f"{e.text!r} ({e.detail})" for e in events if getattr(monitors, e.monitor) == "retry")
+            messages.append({"role": "user", "content": f"Monitor feedback: your last message has problems: {problems}. "
+                             "Use the tools to check, or answer without those claims."})
+        raise AssertionError("unreachable")
+
+    # ---- model calls ------------------------------------------------------------------------------
+    def _model_call(self, key: str, step_key: str, messages: list[dict], temperature: float | None = None
+                    ) -> ModelResponse:
+        view = fit_context(messages, self.config.context_tokens)
+        temperature = self.config.temperature if temperature is None else temperature
+        entry = self.journal.get(key)
+        if entry is None or entry.status != "completed":
+            self._check_budget(approx_tokens(view))
+            self.journal.start(key, "model", {"messages": view, "temperature": temperature})
+            response = self.client.complete(view, self.registry.schemas() or None, temperature=temperature,
+                                            max_tokens=self.config.max_output_tokens, logprobs=self.config.logprobs)
+            self.journal.complete(key, response.to_dict())
+            entry = self.journal.get(key)
+        response = ModelResponse.from_dict(entry.response)
+        cost = call_cost(self.client.model, self.config.budget, response.usage.prompt_tokens,
+                         response.usage.completion_tokens)
+        self.spend.prompt_tokens += response.usage.prompt_tokens
+        self.spend.completion_tokens += response.usage.completion_tokens
+        self.spend.cost_usd += cost
+        self.tracer.record(key, step_key, f"model {key}", "model", entry.started_at, entry.completed_at, {
+            "model": response.model or self.client.model, "prompt_tokens": response.usage.prompt_tokens,
+            "completion_tokens": response.usage.completion_tokens, "cost_usd": cost,
+            "tool_calls": len(response.tool_calls), "finish_reason": response.finish_reason})
+        return response
+
+    def _check_budget(self, next_prompt_tokens: int) -> None:
+        self.spend.wall_s = self.active_before + time.monotonic() - self.session_start
+        reason = over_budget(self.spend, self.config.budget, self.client.model, next_prompt_tokens)
+        if reason:
+            raise StopRun("budget_exceeded", reason)
+
+    def _samples(self, key: str, step: int, messages: list[dict]) -> list[str]:
+        monitors = self.config.monitors
+        if monitors.self_consistency == "off":
+            return []
+        return [self._model_call(f"{key}/sample{i}", f"step{step}", messages, monitors.sample_temperature).text
+                for i in range(monitors.self_consistency_k)]
+
+    # ---- monitors ---------------------------------------------------------------------------------
+    def _monitor(self, key: str, response: ModelResponse, messages: list[dict], samples: list[str]
+                 ) -> list[MonitorEvent]:
+        evidence = [m["content"] for m in messages[:-1] if m["role"] in ("system", "user", "tool") and m.get("content")]
+        if self.memory is not None:
+            evidence += self.memory.all_texts(self.scope)
+        view = StepView(response.text, response.tool_calls, response.logprobs, evidence, list(self.past_calls),
+                        {n: t.field_names() for n, t in self.registry.tools.items()},
+                        {n: t.actions for n, t in self.registry.tools.items()}, samples)
+        events = []
+        for name, check in MONITORS.items():
+            policy = getattr(self.config.monitors, name)
+            if policy == "off":
+                continue
+            for i, event in enumerate(check(view)):
+                events.append(event)
+                message_key = key if event.target == "content" else f"{key}#{event.target}"
+                self.tracer.event(f"{key}/{name}/{i}", key, name, policy, message_key, event.start, event.end,
+                                  event.text, event.detail)
+        return events
+
+    # ---- tools ------------------------------------------------------------------------------------
+    def _check_loops(self, response: ModelResponse) -> None:
+        for call in response.tool_calls:
+            try:
+                canonical = call.name + json.dumps(json.loads(call.arguments or "{}"), sort_keys=True)
+            except json.JSONDecodeError:
+                canonical = call.name + call.arguments
+            self.call_counts[canonical] = self.call_counts.get(canonical, 0) + 1
+            if self.call_counts[canonical] >= self.config.loops.repeat_limit:
+                raise StopRun("loop_detected", f"tool call {call.name}({call.arguments}) repeated "
+                                               f"{self.call_counts[canonical]} times")
+
+    def _run_tools(self, step: int, response: ModelResponse) -> list[ToolResult]:
+        results: dict[int, ToolResult] = {}
+        to_run: dict[int, PreparedCall] = {}
+        for i, call in enumerate(response.tool_calls):
+            key = f"step{step}/tool{i}"
+            entry = self.journal.get(key)
+            if entry is not None and entry.status == "completed":
+                results[i] = ToolResult(**entry.response)
+                self._trace_tool(key, step, entry)
+                continue
+            prepared = self.registry.prepare(call.id, call.name, call.arguments)
+            if isinstance(prepared, ToolResult):
+                results[i] = self._journal_result(key, step, {"name": call.name, "arguments": call.arguments}, prepared)
+            else:
+                to_run[i] = prepared
+        self._ask_approvals(step, to_run, results)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(to_run))) as pool:
+            futures = {i: pool.submit(self._execute, f"step{step}/tool{i}", step, p) for i, p in to_run.items()}
+            results.update({i: f.result() for i, f in futures.items()})
+        for i, call in enumerate(response.tool_calls):
+            try:
+                arguments = json.loads(call.arguments or "{}")
+            except json.JSONDecodeError:
+                arguments = {"__raw__": call.arguments}
+            self.past_calls.append(PastCall(call.name, arguments if isinstance(arguments, dict) else {}, results[i].ok))
+        return [results[i] for i in range(len(response.tool_calls))]
+
+    def _ask_approvals(self, step: int, to_run: dict[int, PreparedCall], results: dict[int, ToolResult]) -> None:
+        pending = []
+        for i, prepared in list(to_run.items()):
+            if not prepared.tool.requires_approval:
+                continue
+            key = f"step{step}/tool{i}"
+            with transaction(self.conn):
+                self.conn.execute("INSERT OR IGNORE INTO agent_approvals (run_id, call_key, tool, arguments, decision) "
+                                  "VALUES (?,?,?,?,?)", (self.run_id, key, prepared.tool.name,
+                                                         json.dumps(prepared.arguments, default=str), "pending"))
+            decision = self.conn.execute("SELECT decision FROM agent_approvals WHERE run_id = ? AND call_key = ?",
+                                         (self.run_id, key)).fetchone()["decision"]
+            if decision == "pending":
+                pending.append(f"{prepared.tool.name} ({key})")
+            elif decision == "denied":
+                del to_run[i]
+                denied = ToolResult(prepared.call_id, prepared.tool.name, "Error: a human denied this call. Do not "
+                                    "retry it; continue without it or explain what you need.", False, "denied")
+                results[i] = self._journal_result(key, step, {"name": prepared.tool.name}, denied)
+        if pending:
+            raise StopRun("waiting", f"approval needed for {', '.join(pending)}: run "
+                                     f"`lmstack agent approve {self.run_id}` (or --deny)")
+
+    def _execute(self, key: str, step: int, prepared: PreparedCall) -> ToolResult:
+        idempotency_key = f"{self.run_id}/{key}" if prepared.tool.side_effecting else None
+        self.journal.start(key, "tool", {"name": prepared.tool.name, "arguments": prepared.arguments}, idempotency_key)
+        context = ToolContext(self.run_id, key, idempotency_key, self.workspace, self.memory, self.scope)
+        result = self.registry.execute(prepared, context)
+        self.journal.complete(key, dataclasses.asdict(result))
+        self._trace_tool(key, step, self.journal.get(key))
+        return result
+
+    def _journal_result(self, key: str, step: int, request: dict, result: ToolResult) -> ToolResult:
+        self.journal.start(key, "tool", request)
+        self.journal.complete(key, dataclasses.asdict(result))
+        self._trace_tool(key, step, self.journal.get(key))
+        return result
+
+    def _trace_tool(self, key: str, step: int, entry) -> None:
+        result = entry.response
+        self.tracer.record(key, f"step{step}", f"tool {result['name']}", "tool", entry.started_at, entry.completed_at,
+                           {"tool": result["name"], "ok": result["ok"], "error_kind": result["error_kind"] or "",
+                            "idempotency_key": entry.idempotency_key or ""},
+                           status="ok" if result["ok"] else "error")
+
+    def _made_progress(self, response: ModelResponse, results: list[ToolResult]) -> bool:
+        new = False
+        for call, result in zip(response.tool_calls, results):
+            signature = f"{call.name}|{call.arguments}|{result.content}"
+            if result.ok and signature not in self.seen_results:
+                new = True
+            self.seen_results.add(signature)
+        return new
+
+    # ---- bookkeeping ------------------------------------------------------------------------------
+    def _save_progress(self, steps: int) -> None:
+        self.spend.wall_s = self.active_before + time.monotonic() - self.session_start
+        update_run(self.conn, self.run_id, steps=steps, prompt_tokens=self.spend.prompt_tokens,
+                   completion_tokens=self.spend.completion_tokens, cost_usd=self.spend.cost_usd,
+                   active_seconds=self.spend.wall_s)
+        step_entries = [e for e in self.journal.entries() if e.key.startswith(f"step{steps - 1}/")] if steps else []
+        if step_entries:
+            self.tracer.record(f"step{steps - 1}", "run", f"step {steps - 1}", "step", step_entries[0].started_at,
+                               max(e.completed_at or e.started_at for e in step_entries), {}, replace=True)
+
+    def _finish(self, status: str, reason: str, answer: str | None) -> None:
+        self._save_progress(self.steps_started)
+        update_run(self.conn, self.run_id, status=status, stop_reason=reason, final_answer=answer)
+        self.tracer.record("run", None, f"run {self.run_id}", "run", self.record.created_at, time.time(), {
+            "status": status, "task": self.record.task[:200], "steps": self.steps_started,
+            "prompt_tokens": self.spend.prompt_tokens, "completion_tokens": self.spend.completion_tokens,
+            "cost_usd": self.spend.cost_usd}, status="ok" if status in ("completed", "waiting") else status,
+            replace=True)

@@ -1,0 +1,143 @@
+"""Run untrusted Python in a subprocess with limits.
+
+Layers, from outside in:
+1. Wall-clock kill: the whole process group (and, with namespaces, the whole PID namespace) dies
+   when `wall_s` runs out.
+2. Linux namespaces via `unshare` (when we may create them, e.g. as root or with user namespaces):
+   a new network namespace (only a downed loopback: no network at all), a new PID namespace (a fork
+   bomb cannot see or signal other processes, and dies with its init), and a new mount namespace in
+   which the scratch directory is mounted at /tmp and every other mount is remounted read-only.
+3. Inside: the child drops to uid/gid `nobody` (when started as root) with no_new_privs, so it
+   cannot undo the read-only mounts or read other users' 0600 files or /proc/PID/environ of ours.
+4. `setrlimit`: CPU seconds, address space, process count, file size, open files.
+5. A minimal environment (PATH, HOME and TMPDIR pointing at the scratch dir, LANG): no secrets.
+
+What it does NOT protect against: kernel exploits and container escapes (it is not a VM); reading
+world-readable files (the filesystem is visible read-only); CPU-cache side channels; exhausting
+disk inside the scratch dir up to the file-size limit times the number of files; and, where
+namespaces are unavailable (`isolation == "rlimits"`), network access and writes to any path the
+user may write -- that fallback only limits resources and the environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+NOBODY = 65534
+
+
+@dataclass
+class SandboxLimits:
+    cpu_s: int = 10
+    wall_s: float = 20.0
+    memory_mb: int = 512
+    max_processes: int = 32
+    max_file_mb: int = 16
+    max_open_files: int = 64
+    max_output_chars: int = 20_000
+
+
+@dataclass
+class SandboxResult:
+    stdout: str
+    stderr: str
+    exit_code: int | None
+    killed_by: str | None  # "wall_clock" | "signal N" | None
+    isolation: str  # "namespaces" | "rlimits"
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.killed_by is None
+
+    def report(self) -> str:
+        status = "ok" if self.ok else (f"killed ({self.killed_by})" if self.killed_by else f"exit code {self.exit_code}")
+        parts = [f"[sandbox: {status}, {self.wall_s:.2f} s, isolation={self.isolation}]"]
+        if self.stdout:
+            parts.append(f"stdout:\n{self.stdout}")
+        if self.stderr:
+            parts.append(f"stderr:\n{self.stderr}")
+        return "\n".join(parts)
+
+
+@functools.lru_cache(maxsize=1)
+def namespaces_available() -> bool:
+    """Whether `unshare` can give us net+pid+mount namespaces and remount read-only here."""
+    if sys.platform != "linux" or shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--",
+             "sh", "-c", "mount --make-rprivate / && mount -o remount,bind,ro / 2>/dev/null || exit 3"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def sandbox_python() -> str:
+    """An interpreter `nobody` may execute: ours if every directory above it is world-searchable
+    (a venv under a private home is not), else the system's python3."""
+    for candidate in (os.path.realpath(sys.executable), shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")):
+        if candidate and all(os.stat(p).st_mode & 0o001 for p in [candidate, *Path(candidate).parents]):
+            return candidate
+    return sys.executable
+
+
+def run_python(code: str, limits: SandboxLimits | None = None, scratch_dir: str | Path | None = None) -> SandboxResult:
+    """Run `code` with `python -I` in the sandbox; the scratch dir is its cwd and only writable place."""
+    limits = limits or SandboxLimits()
+    own_scratch = scratch_dir is None
+    scratch = Path(scratch_dir or tempfile.mkdtemp(prefix="lmstack-sandbox-")).resolve()
+    scratch.mkdir(parents=True, exist_ok=True)
+    isolated = namespaces_available()
+    try:
+        (scratch / "__main__.py").write_text(code)
+        if os.geteuid() == 0:
+            os.chown(scratch, NOBODY, NOBODY)
+        boot = Path(__file__).with_name("sandbox_boot.py")
+        setup = json.dumps({"scratch": str(scratch), "limits": limits.__dict__, "isolated": isolated,
+                            "python": sandbox_python()})
+        command = [sys.executable, "-I", str(boot), setup]
+        if isolated:
+            command = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--"] + command
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": str(scratch), "LANG": "C.UTF-8"}
+        return _run(command, env, scratch, limits, "namespaces" if isolated else "rlimits")
+    finally:
+        if own_scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(command: list[str], env: dict, scratch: Path, limits: SandboxLimits, isolation: str) -> SandboxResult:
+    start = time.monotonic()
+    process = subprocess.Popen(command, env=env, cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    killed_by = None
+    try:
+        stdout, stderr = process.communicate(timeout=limits.wall_s)
+    except subprocess.TimeoutExpired:
+        killed_by = "wall_clock"
+        _kill_group(process.pid)
+        stdout, stderr = process.communicate()
+    _kill_group(process.pid)  # stragglers that left the group die with the PID namespace's init
+    if killed_by is None and process.returncode is not None and process.returncode < 0:
+        killed_by = f"signal {signal.Signals(-process.returncode).name}"
+    cap = limits.max_output_chars
+    return SandboxResult(stdout.decode(errors="replace")[:cap], stderr.decode(errors="replace")[-cap:],
+                         process.returncode, killed_by, isolation, time.monotonic() - start)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

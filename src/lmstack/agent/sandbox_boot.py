@@ -1,0 +1,73 @@
+"""Runs inside the sandbox's new namespaces, as their root, before the untrusted code: make every
+mount read-only except the scratch dir, set the resource limits, drop to `nobody`, then exec the code.
+Kept to the standard library and small, since it is the part that must not fail open.
+"""
+
+import ctypes
+import json
+import os
+import resource
+import sys
+
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+PR_SET_NO_NEW_PRIVS = 38
+NOBODY = 65534
+SANDBOX_TMP = "/tmp"
+
+
+def mount(libc, source, target, flags):
+    if libc.mount(source, target.encode(), None, flags, None) != 0:
+        raise OSError(ctypes.get_errno(), f"mount {target}: {os.strerror(ctypes.get_errno())}")
+
+
+def confine_filesystem(scratch):
+    """The scratch dir appears at /tmp (reachable by `nobody` whatever its real parents' modes);
+    every other mount becomes read-only."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    mount(libc, None, "/", MS_REC | MS_PRIVATE)
+    mount(libc, scratch.encode(), SANDBOX_TMP, MS_BIND)
+    with open("/proc/self/mountinfo") as f:
+        mount_points = [line.split()[4].replace("\\040", " ") for line in f]
+    for point in mount_points:
+        if point == SANDBOX_TMP:
+            continue
+        try:
+            mount(libc, None, point, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        except OSError:
+            if point == "/":
+                raise  # without a read-only root the sandbox would fail open
+
+
+def limit_resources(limits):
+    mib = 1024 * 1024
+    for which, value in [(resource.RLIMIT_CPU, limits["cpu_s"]), (resource.RLIMIT_AS, limits["memory_mb"] * mib),
+                         (resource.RLIMIT_NPROC, limits["max_processes"]),
+                         (resource.RLIMIT_FSIZE, limits["max_file_mb"] * mib),
+                         (resource.RLIMIT_NOFILE, limits["max_open_files"]), (resource.RLIMIT_CORE, 0)]:
+        resource.setrlimit(which, (value, value))
+
+
+def drop_privileges():
+    if os.geteuid() != 0:
+        return
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def main():
+    setup = json.loads(sys.argv[1])
+    scratch = setup["scratch"]
+    env = dict(os.environ)
+    if setup["isolated"]:
+        confine_filesystem(scratch)
+        scratch = env["HOME"] = env["TMPDIR"] = SANDBOX_TMP
+    os.chdir(scratch)
+    drop_privileges()
+    limit_resources(setup["limits"])
+    os.execve(setup["python"], [setup["python"], "-I", "__main__.py"], env)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The agent run's configuration: model, tools, context, budgets, loop limits, monitor policies.
+
+Saved as JSON with the run, so `resume` and `approve` rebuild exactly the same agent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmstack.agent.budget import BudgetConfig
+from lmstack.config import ConfigError
+
+POLICIES = ("off", "flag", "retry", "stop")
+
+
+@dataclass
+class LoopConfig:
+    repeat_limit: int = 3  # the same tool call with the same arguments this many times stops the run
+    no_progress_limit: int = 5  # this many steps in a row without a new successful tool result stops it
+
+
+@dataclass
+class MonitorConfig:
+    grounding: str = "flag"
+    action_claims: str = "flag"
+    uncertainty: str = "flag"
+    tool_hallucination: str = "flag"
+    self_consistency: str = "off"  # opt-in: costs self_consistency_k extra sampled calls per final answer
+    self_consistency_k: int = 3
+    sample_temperature: float = 1.0
+    max_retries: int = 1  # "retry" re-asks at most this many times per step, then only flags
+
+    def validate(self) -> None:
+        for name in ("grounding", "action_claims", "uncertainty", "tool_hallucination", "self_consistency"):
+            if getattr(self, name) not in POLICIES:
+                raise ConfigError(f"monitors.{name} = {getattr(self, name)!r}: use one of {', '.join(POLICIES)}")
+
+
+@dataclass
+class AgentConfig:
+    model: str = ""  # http(s) base URL of an OpenAI-compatible endpoint, or a checkpoint dir
+    model_name: str = ""  # the endpoint's model id (default: the first one /v1/models lists)
+    api_key_env: str = "OPENAI_API_KEY"  # the key itself is never stored with the run
+    tools: list[str] = field(default_factory=lambda: ["calculator"])
+    workspace: str = ""  # default: $LMSTACK_HOME/workspaces/RUN_ID
+    system_prompt: str = "You are a careful assistant. Use the tools to find facts; do not invent them."
+    agent_name: str = "default"
+    user: str = "default"
+    context_tokens: int = 8192
+    max_output_tokens: int | None = None
+    temperature: float = 0.0
+    logprobs: bool = True
+    stream: bool = False
+    timeout_s: float = 60.0
+    max_attempts: int = 4
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    loops: LoopConfig = field(default_factory=LoopConfig)
+    monitors: MonitorConfig = field(default_factory=MonitorConfig)

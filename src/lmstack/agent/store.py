@@ -1,0 +1,104 @@
+"""The agent layer's tables in the one lmstack database, and the run records.
+
+Run statuses: running, waiting (a tool call needs approval), completed, failed (the model endpoint
+failed for good), budget_exceeded, loop_detected, no_progress, stopped_by_monitor. Only `running`
+and `waiting` runs can be resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lmstack.db import ensure_schema, transaction
+from lmstack.errors import LmstackError
+
+MIGRATIONS = [
+    """
+    CREATE TABLE agent_runs (
+        id TEXT PRIMARY KEY, task TEXT NOT NULL, status TEXT NOT NULL, stop_reason TEXT, final_answer TEXT,
+        config TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+        active_seconds REAL NOT NULL DEFAULT 0, steps INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0);
+    CREATE TABLE agent_journal (
+        run_id TEXT NOT NULL REFERENCES agent_runs(id), key TEXT NOT NULL, kind TEXT NOT NULL,
+        status TEXT NOT NULL, request TEXT NOT NULL, response TEXT, idempotency_key TEXT,
+        started_at REAL NOT NULL, completed_at REAL, PRIMARY KEY (run_id, key));
+    CREATE TABLE agent_approvals (
+        run_id TEXT NOT NULL REFERENCES agent_runs(id), call_key TEXT NOT NULL, tool TEXT NOT NULL,
+        arguments TEXT NOT NULL, decision TEXT NOT NULL, decided_at REAL, PRIMARY KEY (run_id, call_key));
+    CREATE TABLE agent_spans (
+        run_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_id TEXT, name TEXT NOT NULL, kind TEXT NOT NULL,
+        start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL, status TEXT NOT NULL DEFAULT 'ok',
+        attributes TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (run_id, span_id));
+    CREATE TABLE agent_events (
+        run_id TEXT NOT NULL, event_key TEXT NOT NULL, span_id TEXT NOT NULL, monitor TEXT NOT NULL,
+        action TEXT NOT NULL, message_key TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
+        text TEXT NOT NULL, detail TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (run_id, event_key));
+    """,
+]
+
+RESUMABLE = ("running", "waiting")
+
+
+class RunNotFoundError(LmstackError):
+    """No agent run has the given id."""
+
+
+@dataclass
+class RunRecord:
+    id: str
+    task: str
+    status: str
+    stop_reason: str | None
+    final_answer: str | None
+    config: dict[str, Any]
+    created_at: float
+    updated_at: float
+    active_seconds: float
+    steps: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+
+def open_agent_tables(conn: sqlite3.Connection) -> sqlite3.Connection:
+    ensure_schema(conn, "agent", MIGRATIONS)
+    return conn
+
+
+def create_run(conn: sqlite3.Connection, run_id: str, task: str, config: dict[str, Any]) -> None:
+    now = time.time()
+    with transaction(conn):
+        if conn.execute("SELECT 1 FROM agent_runs WHERE id = ?", (run_id,)).fetchone():
+            raise LmstackError(f"run id '{run_id}' already exists; use `lmstack agent resume {run_id}` or a new --run-id")
+        conn.execute("INSERT INTO agent_runs (id, task, status, config, created_at, updated_at) VALUES (?,?,?,?,?,?)",
+                     (run_id, task, "running", json.dumps(config), now, now))
+
+
+def get_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
+    row = conn.execute("SELECT * FROM agent_runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise RunNotFoundError(f"no agent run with id '{run_id}'; `lmstack agent list` shows the runs")
+    data = dict(row)
+    data["config"] = json.loads(data["config"])
+    return RunRecord(**data)
+
+
+def list_runs(conn: sqlite3.Connection, status: str | None = None, limit: int = 50) -> list[RunRecord]:
+    query, params = "SELECT id FROM agent_runs", ()
+    if status:
+        query, params = query + " WHERE status = ?", (status,)
+    rows = conn.execute(query + " ORDER BY created_at DESC LIMIT ?", (*params, limit)).fetchall()
+    return [get_run(conn, r["id"]) for r in rows]
+
+
+def update_run(conn: sqlite3.Connection, run_id: str, **fields: Any) -> None:
+    assignments = ", ".join(f"{name} = ?" for name in fields)
+    with transaction(conn):
+        conn.execute(f"UPDATE agent_runs SET {assignments}, updated_at = ? WHERE id = ?",
+                     (*fields.values(), time.time(), run_id))

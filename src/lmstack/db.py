@@ -1,0 +1,107 @@
+"""The one SQLite database: `$LMSTACK_HOME/lmstack.db` (LMSTACK_HOME defaults to ~/.lmstack).
+
+WAL mode so readers (the CLI, the dashboard) never block the writer; `synchronous=FULL` so a
+committed transaction survives the process being killed at any instant. Every write goes through
+`transaction(conn)`. Each layer owns its tables: it calls `ensure_schema(conn, "agent", MIGRATIONS)`
+with its own ordered list of SQL scripts, and the version reached per layer is kept in
+`schema_versions`, so layers migrate independently and a script never runs twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from lmstack.errors import LmstackError
+
+
+class DatabaseError(LmstackError):
+    """The database file cannot be opened or is from a newer lmstack."""
+
+
+def lmstack_home() -> Path:
+    return Path(os.environ.get("LMSTACK_HOME") or Path.home() / ".lmstack")
+
+
+def default_db_path() -> Path:
+    return lmstack_home() / "lmstack.db"
+
+
+def connect(path: str | Path | None = None) -> sqlite3.Connection:
+    """Open (creating if needed) the database; autocommit mode, transactions are explicit."""
+    path = Path(path) if path is not None else default_db_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+    except (sqlite3.Error, OSError) as err:
+        raise DatabaseError(f"cannot open database '{path}': {err}; set LMSTACK_HOME to a writable "
+                            f"directory or pass --db PATH") from None
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (module TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    return conn
+
+
+_CONNECTION_LOCKS: dict[int, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(conn: sqlite3.Connection) -> threading.RLock:
+    with _LOCKS_GUARD:
+        return _CONNECTION_LOCKS.setdefault(id(conn), threading.RLock())
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception; takes the write lock up front.
+
+    Threads sharing a connection (parallel tool calls) take turns: SQLite has one transaction per
+    connection, so two threads must never interleave statements of two transactions. A nested call
+    from the same thread joins the open transaction.
+    """
+    lock = _lock_for(conn)
+    with lock:
+        if conn.in_transaction:
+            yield conn
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+def ensure_schema(conn: sqlite3.Connection, module: str, migrations: Sequence[str]) -> None:
+    """Apply `migrations[v:]` for `module`, each script and its version bump in one transaction."""
+    with transaction(conn):
+        row = conn.execute("SELECT version FROM schema_versions WHERE module = ?", (module,)).fetchone()
+        version = row["version"] if row else 0
+        if version > len(migrations):
+            raise DatabaseError(f"the '{module}' tables are at schema version {version}, newer than this "
+                                f"lmstack knows ({len(migrations)}); upgrade lmstack")
+        for number, script in enumerate(migrations[version:], start=version + 1):
+            # executescript would COMMIT our transaction; run statement by statement instead.
+            for statement in _split_statements(script):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_versions (module, version) VALUES (?, ?) "
+                         "ON CONFLICT(module) DO UPDATE SET version = excluded.version", (module, number))
+
+
+def _split_statements(script: str) -> list[str]:
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    assert not current.strip(), f"incomplete SQL statement in migration: {current!r}"
+    return statements

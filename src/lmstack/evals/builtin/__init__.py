@@ -1,0 +1,3 @@
+"""Built-in tasks; importing this package registers them (and every solver and scorer) by name."""
+
+from lmstack.evals import agent_solver, code_scorers, scorers, solvers  # noqa: F401

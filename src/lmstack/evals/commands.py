@@ -1,0 +1,141 @@
+"""`lmstack eval run | compare | report | list`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from lmstack.config import _parse_cli_value
+from lmstack.errors import LmstackError
+
+
+class EvalUsageError(LmstackError):
+    """A bad combination of eval command-line arguments."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate models: run tasks, compare runs, write reports")
+    commands = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
+
+    run = commands.add_parser("run", help="run an eval task against a model")
+    run.add_argument("task", help="a built-in task name (see `lmstack eval list`), TASK.yaml, or FILE.py[@TASK]")
+    run.add_argument("--model", required=True, help="an OpenAI-compatible base URL (http://.../v1) or a checkpoint dir")
+    run.add_argument("--model-name", help="the model name to request from a URL (default: the first it lists)")
+    run.add_argument("--api-key", help="API key for the model URL (default: $OPENAI_API_KEY or none)")
+    run.add_argument("--judge", help="judge model for model-graded scorers (URL or checkpoint dir)")
+    run.add_argument("--judge-name", help="the judge's model name at its URL")
+    run.add_argument("-T", dest="task_args", action="append", default=[], metavar="KEY=VALUE",
+                     help="argument for the task factory (repeatable)")
+    run.add_argument("--epochs", type=int, help="attempts per sample (for pass@k / pass^k)")
+    run.add_argument("--seed", type=int, help="base seed; each sample and epoch derives its own")
+    run.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    run.add_argument("--max-tokens", type=int, help="generation limit per model call")
+    run.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
+    run.add_argument("--reducers", help="comma-separated: mean, max, pass@K, pass^K")
+    run.add_argument("--max-concurrency", type=int, default=8, help="parallel requests per endpoint (default 8)")
+    run.add_argument("--price", nargs=2, type=float, metavar=("IN", "OUT"),
+                     help="dollars per million input / output tokens (default: the agent price table)")
+    run.add_argument("--run-id", help="name of the new run (default: a timestamp)")
+    run.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run; finished samples are skipped")
+    run.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
+    run.add_argument("--report", metavar="FILE.html", help="also write the HTML report")
+    run.add_argument("--db", help="SQLite database (default $LMSTACK_HOME/lmstack.db)")
+    run.set_defaults(func=cmd_run)
+
+    compare = commands.add_parser("compare", help="paired comparison of two runs (B against baseline A)")
+    compare.add_argument("run_a", metavar="RUN_A", help="baseline run id")
+    compare.add_argument("run_b", metavar="RUN_B", help="candidate run id")
+    compare.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    compare.add_argument("--fail-on-regression", action="store_true",
+                         help="exit 1 if B is significantly worse than A on any scorer (for CI gates)")
+    compare.add_argument("--db", help="SQLite database (default $LMSTACK_HOME/lmstack.db)")
+    compare.set_defaults(func=cmd_compare)
+
+    report = commands.add_parser("report", help="write one self-contained HTML report for runs")
+    report.add_argument("runs", nargs="+", metavar="RUN", help="run ids")
+    report.add_argument("-o", "--output", default="eval-report.html", help="HTML file (default eval-report.html)")
+    report.add_argument("--db", help="SQLite database (default $LMSTACK_HOME/lmstack.db)")
+    report.set_defaults(func=cmd_report)
+
+    listing = commands.add_parser("list", help="list the built-in tasks and recent runs")
+    listing.add_argument("--db", help="SQLite database (default $LMSTACK_HOME/lmstack.db)")
+    listing.set_defaults(func=cmd_list)
+    parser.set_defaults(func=lambda args: parser.print_help())
+
+
+def parse_task_args(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise EvalUsageError(f"-T '{item}': expected KEY=VALUE, e.g. -T split=test")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = _parse_cli_value(raw)
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lmstack.evals.clients import make_client
+    from lmstack.evals.loader import load_task
+    from lmstack.evals.model import CachedModel
+    from lmstack.evals.report import write_report
+    from lmstack.evals.runner import run_eval
+    from lmstack.evals.store import Store
+    from lmstack.evals.summary import format_scores
+
+    task = load_task(args.task, parse_task_args(args.task_args))
+    store = Store(args.db)
+    price = tuple(args.price) if args.price else None
+    model = CachedModel(make_client(args.model, args.model_name, args.api_key), store, args.max_concurrency,
+                        price, use_cache=not args.no_cache)
+    judge = (CachedModel(make_client(args.judge, args.judge_name, args.api_key), store, args.max_concurrency)
+             if args.judge else None)
+    overrides = {"epochs": args.epochs, "seed": args.seed, "limit": args.limit, "max_tokens": args.max_tokens,
+                 "temperature": args.temperature,
+                 "reducers": [r.strip() for r in args.reducers.split(",")] if args.reducers else None}
+    outcome = run_eval(task, model, store, judge=judge, overrides=overrides, run_id=args.run_id,
+                       resume=args.resume, max_workers=args.max_concurrency + (args.max_concurrency if judge else 0))
+    print(format_scores([store.run(outcome.run_id)]))
+    print(f"run {outcome.run_id}: {outcome.summary['results']} results, {outcome.summary['errors']} errors, "
+          f"{outcome.requests_made} model requests made (the rest from the cache)")
+    if args.report:
+        print(f"report: {write_report(store, [outcome.run_id], args.report)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lmstack.evals.compare import compare_runs, format_comparison
+    from lmstack.evals.store import Store
+
+    comparison = compare_runs(Store(args.db), args.run_a, args.run_b, alpha=args.alpha)
+    print(format_comparison(comparison))
+    if args.fail_on_regression and comparison.regressions:
+        names = ", ".join(s.scorer for s in comparison.regressions)
+        print(f"significant regression (alpha={args.alpha}) on: {names}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lmstack.evals.report import write_report
+    from lmstack.evals.store import Store
+
+    path = write_report(Store(args.db), args.runs, Path(args.output))
+    print(f"report: {path.resolve()}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from lmstack.evals.loader import TASKS
+    from lmstack.evals.store import Store
+
+    print("tasks:")
+    for name, factory in sorted(TASKS.items()):
+        doc = (factory.__doc__ or "").strip().splitlines()
+        print(f"  {name:<24} {doc[0] if doc else ''}")
+    runs = Store(args.db).runs()
+    print("runs:" if runs else "runs: none yet")
+    for run in runs:
+        print(f"  {run.id:<28} {run.status:<9} {run.task:<22} {run.model}")
+    return 0

@@ -1,0 +1,103 @@
+"""Paired comparison of two runs over the samples they share.
+
+Binary scores get McNemar's exact test; continuous ones a paired bootstrap of the mean difference
+(clustered by group). A *regression* is a drop in the direction that matters (`higher_is_better`)
+that is significant at `alpha`; only regressions fail a CI gate, so seed noise does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmstack.errors import LmstackError
+from lmstack.evals import stats
+from lmstack.evals.store import RunRecord, Store
+from lmstack.evals.summary import per_sample
+
+
+class CompareError(LmstackError):
+    """Two runs that cannot be compared (no shared scorer or no shared samples)."""
+
+
+@dataclass
+class ScorerComparison:
+    scorer: str
+    test: str  # 'mcnemar' | 'paired_bootstrap'
+    n: int  # samples scored in both runs
+    mean_a: float
+    mean_b: float
+    diff: float  # mean_b - mean_a
+    p_value: float
+    ci_low: float | None  # of the difference (paired bootstrap only)
+    ci_high: float | None
+    higher_is_better: bool
+    regression: bool
+    improvement: bool
+    flips: list[dict[str, Any]] = field(default_factory=list)  # samples whose outcome changed
+
+
+@dataclass
+class Comparison:
+    run_a: RunRecord
+    run_b: RunRecord
+    alpha: float
+    scorers: list[ScorerComparison]
+
+    @property
+    def regressions(self) -> list[ScorerComparison]:
+        return [s for s in self.scorers if s.regression]
+
+
+def compare_runs(store: Store, run_a: str, run_b: str, alpha: float = 0.05, seed: int = 0) -> Comparison:
+    a, b = store.run(run_a), store.run(run_b)
+    records_a, records_b = store.samples(run_a), store.samples(run_b)
+    shared = sorted(set(a.config.get("scorers", [])) & set(b.config.get("scorers", [])))
+    if not shared:
+        raise CompareError(f"runs '{run_a}' and '{run_b}' share no scorer; compare runs of the same task")
+    out = []
+    for scorer in shared:
+        values_a, values_b = per_sample(records_a, scorer), per_sample(records_b, scorer)
+        ids = sorted(set(values_a) & set(values_b))
+        if not ids:
+            raise CompareError(f"runs '{run_a}' and '{run_b}' have no sample scored by '{scorer}' in both")
+        higher = a.config.get("higher_is_better", {}).get(scorer, True)
+        out.append(_compare_scorer(scorer, ids, values_a, values_b, higher, alpha, seed))
+    return Comparison(a, b, alpha, out)
+
+
+def _compare_scorer(scorer: str, ids: list[str], values_a: dict, values_b: dict, higher: bool,
+                    alpha: float, seed: int) -> ScorerComparison:
+    xa = [values_a[i][0] for i in ids]
+    xb = [values_b[i][0] for i in ids]
+    groups = [values_a[i][1] for i in ids]
+    binary = all(v in (0.0, 1.0) for v in xa + xb)
+    if binary:
+        test = stats.mcnemar([v == 1.0 for v in xa], [v == 1.0 for v in xb])
+        p_value, low, high, name = test.p_value, None, None, "mcnemar"
+    else:
+        clustered = len(set(groups)) < len(groups)
+        test = stats.paired_bootstrap(xa, xb, groups if clustered else None, seed=seed)
+        p_value, low, high, name = test.p_value, test.ci_low, test.ci_high, "paired_bootstrap"
+    mean_a, mean_b = sum(xa) / len(xa), sum(xb) / len(xb)
+    diff = mean_b - mean_a
+    worse = diff < 0 if higher else diff > 0
+    significant = p_value < alpha and diff != 0
+    flips = [{"sample_id": i, "a": va, "b": vb} for i, va, vb in zip(ids, xa, xb) if va != vb]
+    return ScorerComparison(scorer, name, len(ids), mean_a, mean_b, diff, p_value, low, high, higher,
+                            regression=significant and worse, improvement=significant and not worse, flips=flips)
+
+
+def format_comparison(comparison: Comparison, max_flips: int = 20) -> str:
+    lines = [f"A = {comparison.run_a.id} ({comparison.run_a.task} on {comparison.run_a.model})",
+             f"B = {comparison.run_b.id} ({comparison.run_b.task} on {comparison.run_b.model})",
+             f"{'scorer':<16} {'n':>5} {'A':>8} {'B':>8} {'B-A':>8} {'p':>8}  test              verdict"]
+    for s in comparison.scorers:
+        verdict = "REGRESSION" if s.regression else "improvement" if s.improvement else "no significant change"
+        lines.append(f"{s.scorer:<16} {s.n:>5} {s.mean_a:>8.4f} {s.mean_b:>8.4f} {s.diff:>+8.4f} {s.p_value:>8.4f}"
+                     f"  {s.test:<17} {verdict}")
+        for flip in s.flips[:max_flips]:
+            lines.append(f"    flip {flip['sample_id']}: {flip['a']:g} -> {flip['b']:g}")
+        if len(s.flips) > max_flips:
+            lines.append(f"    ... and {len(s.flips) - max_flips} more flips")
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""Per-token logprobs of a prompt, for loglikelihood multiple choice and bits-per-byte.
+
+Over HTTP this is the legacy completions endpoint with `echo=True, logprobs=0` -- what
+lm-evaluation-harness's `local-completions` uses, so it works against our server, vLLM or llama.cpp.
+In-process (a client that holds an engine) it is one forward pass of the model, with the tokenizer's
+bos token in front so the first token of the prompt is scored too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from lmstack.agent.client import ModelCallError
+
+
+@dataclass(slots=True)
+class PromptToken:
+    token: str
+    logprob: float | None  # None where the endpoint scores nothing (the first token over HTTP)
+    offset: int  # character offset of the token in the prompt
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prompt_logprobs(client: Any, prompt: str) -> list[PromptToken]:
+    if getattr(client, "sdk", None) is not None:
+        return _over_http(client, prompt)
+    engine = getattr(client, "engine", None)
+    if engine is not None:
+        return model_prompt_logprobs(engine.model, engine.tokenizer, prompt)
+    raise ModelCallError(f"model client {type(client).__name__} cannot score prompts; use an OpenAI-compatible "
+                         "URL with a /v1/completions endpoint or a local checkpoint")
+
+
+def _over_http(client: Any, prompt: str) -> list[PromptToken]:
+    import openai
+
+    try:
+        # max_tokens=1: some servers reject 0; the generated token is dropped below by its offset.
+        completion = client.sdk.completions.create(model=client.model, prompt=prompt, max_tokens=1, echo=True,
+                                                   logprobs=0, temperature=0.0)
+    except openai.APIError as err:
+        raise ModelCallError(f"completions with echo+logprobs at {client.sdk.base_url} failed: {err}") from None
+    lp = completion.choices[0].logprobs
+    if lp is None or lp.text_offset is None:
+        raise ModelCallError(f"{client.sdk.base_url} returned no prompt logprobs; the endpoint must support "
+                             "echo=True with logprobs on /v1/completions")
+    return [PromptToken(token, logprob, offset)
+            for token, logprob, offset in zip(lp.tokens, lp.token_logprobs, lp.text_offset) if offset < len(prompt)]
+
+
+@torch.no_grad()
+def model_prompt_logprobs(model: torch.nn.Module, tokenizer: Any, prompt: str) -> list[PromptToken]:
+    encoding = tokenizer.hf.encode(prompt, add_special_tokens=False)
+    ids, offsets = encoding.ids, [start for start, _ in encoding.offsets]
+    block = model.cfg.block_size - 1
+    if len(ids) > block:
+        raise ModelCallError(f"prompt of {len(ids)} tokens is longer than the model's context ({block} + bos); "
+                             "use shorter samples")
+    device = next(model.parameters()).device
+    idx = torch.tensor([[tokenizer.bos_id, *ids]], device=device)
+    logits, _ = model(idx)
+    logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+    scored = logprobs.gather(1, idx[0, 1:, None])[:, 0].tolist()
+    return [PromptToken(tokenizer.decode([t]), lp, off) for t, lp, off in zip(ids, scored, offsets)]

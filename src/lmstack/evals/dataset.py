@@ -1,0 +1,131 @@
+"""Datasets of samples: JSONL, CSV, Hugging Face datasets by name, or a Python generator.
+
+Column names are mapped with `FieldMap` (defaults: id, input, target, choices, group; every other
+column goes into metadata). A row that cannot be a sample -- malformed JSON, no input -- becomes a
+Sample carrying an `error`, so the run reports it per sample and still finishes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from lmstack.errors import LmstackError
+from lmstack.evals.sample import Sample
+
+
+class DatasetError(LmstackError):
+    """A dataset that cannot be read at all (missing file, unknown format, missing package)."""
+
+
+@dataclass
+class FieldMap:
+    id: str = "id"
+    input: str = "input"
+    target: str = "target"
+    choices: str = "choices"
+    group: str = "group"
+
+
+def sample_from_row(row: Any, where: str, default_id: str, fields: FieldMap = FieldMap()) -> Sample:
+    """One dataset row -> Sample; problems become `Sample.error` naming the row and the fix."""
+    if not isinstance(row, dict):
+        return Sample(id=default_id, input="", error=f"{where}: expected an object with an '{fields.input}' field, "
+                                                      f"got {type(row).__name__}")
+    sample_id = str(row.get(fields.id, default_id))
+    known = {fields.id, fields.input, fields.target, fields.choices, fields.group}
+    metadata = {k: v for k, v in row.items() if k not in known}
+    value = row.get(fields.input)
+    error = None
+    if value is None or value == "" or value == []:
+        error = f"{where}: no '{fields.input}' field; add one (a prompt string or a list of chat messages)"
+        value = ""
+    elif not isinstance(value, (str, list)):
+        error = f"{where}: '{fields.input}' must be a string or a list of chat messages, got {type(value).__name__}"
+        value = str(value)
+    choices = row.get(fields.choices)
+    if isinstance(choices, str):
+        choices = json.loads(choices) if choices.strip().startswith("[") else choices.split("|")
+    group = row.get(fields.group)
+    return Sample(id=sample_id, input=value, target=row.get(fields.target), choices=choices,
+                  metadata=metadata, group=None if group is None else str(group), error=error)
+
+
+def load_jsonl(path: str | Path, fields: FieldMap = FieldMap()) -> list[Sample]:
+    path = _existing(path)
+    samples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path.name} line {lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                samples.append(Sample(id=str(lineno), input="", error=f"{where}: not valid JSON ({err.msg}); fix the line"))
+                continue
+            samples.append(sample_from_row(row, where, str(lineno), fields))
+    return samples
+
+
+def load_csv(path: str | Path, fields: FieldMap = FieldMap()) -> list[Sample]:
+    path = _existing(path)
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # Line 1 is the header, so row i is on line i + 2.
+    return [sample_from_row(row, f"{path.name} line {i + 2}", str(i + 2), fields) for i, row in enumerate(rows)]
+
+
+def load_hf(name: str, split: str = "test", subset: str | None = None, fields: FieldMap = FieldMap(),
+            **load_kwargs: Any) -> list[Sample]:
+    """A Hugging Face dataset by name (`pip install lmstack[hf]`); local JSON/CSV/parquet files work too."""
+    try:
+        import datasets
+    except ImportError:
+        raise DatasetError(f"dataset 'hf:{name}' needs the `datasets` package: pip install 'lmstack[hf]'") from None
+    try:
+        data = datasets.load_dataset(name, subset, split=split, **load_kwargs)
+    except Exception as err:  # the hub, the network, a missing split: all the user's to fix
+        raise DatasetError(f"dataset 'hf:{name}' (split {split!r}) could not be loaded: {err}") from None
+    return [sample_from_row(dict(row), f"hf:{name}[{i}]", str(i), fields) for i, row in enumerate(data)]
+
+
+def from_generator(generate: Callable[[], Iterable[Any]], fields: FieldMap = FieldMap()) -> list[Sample]:
+    """Samples from a Python generator of Sample objects or row dicts."""
+    out = []
+    for i, item in enumerate(generate()):
+        out.append(item if isinstance(item, Sample) else sample_from_row(item, f"generator item {i}", str(i), fields))
+    return out
+
+
+def load_dataset(spec: str, base_dir: Path | None = None, fields: FieldMap = FieldMap(), split: str = "test") -> list[Sample]:
+    """`file.jsonl`, `file.csv`, or `hf:NAME[:SUBSET]`; relative paths resolve against `base_dir`."""
+    if spec.startswith("hf:"):
+        name, _, subset = spec[3:].partition(":")
+        return load_hf(name, split=split, subset=subset or None, fields=fields)
+    path = Path(spec)
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    if path.suffix == ".jsonl":
+        return load_jsonl(path, fields)
+    if path.suffix == ".csv":
+        return load_csv(path, fields)
+    raise DatasetError(f"dataset '{spec}': unknown format; use a .jsonl or .csv file, or hf:NAME for a Hugging Face dataset")
+
+
+def check_unique_ids(samples: list[Sample]) -> None:
+    seen: set[str] = set()
+    for s in samples:
+        if s.id in seen:
+            raise DatasetError(f"sample id '{s.id}' appears twice; ids must be unique (results are keyed by id)")
+        seen.add(s.id)
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"dataset file '{path}' does not exist; check the path")
+    return path

@@ -1,0 +1,100 @@
+"""Find a task by what the user typed: a registered name, `file.py[@task]`, or a YAML file.
+
+A YAML task names a dataset, solvers and scorers by their registered names with keyword arguments:
+
+    name: capitals
+    dataset: capitals.jsonl          # relative to the YAML file; or hf:NAME
+    fields: {input: question, target: answer}
+    solver: [{system_message: {content: "Answer in one word."}}, generate]
+    scorer: [includes]
+    config: {epochs: 1, max_tokens: 16}
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmstack.config import from_dict
+from lmstack.evals import builtin  # noqa: F401  (registers the built-in tasks, solvers and scorers)
+from lmstack.evals.dataset import FieldMap, load_dataset
+from lmstack.evals.task import SCORERS, SOLVERS, TASKS, Task, TaskConfig, TaskError
+
+
+def load_task(spec: str, task_args: dict[str, Any] | None = None) -> Task:
+    task_args = task_args or {}
+    path_part = spec.split("@", 1)[0]
+    if path_part.endswith((".yaml", ".yml")):
+        return load_yaml_task(Path(path_part))
+    if path_part.endswith(".py"):
+        name = spec.split("@", 1)[1] if "@" in spec else None
+        return _build(_task_from_file(Path(path_part), name), task_args, spec)
+    if spec not in TASKS:
+        raise TaskError(f"unknown task '{spec}'; `lmstack eval list` shows the built-in tasks, or pass "
+                        "a YAML file or FILE.py@TASK")
+    return _build(TASKS[spec], task_args, spec)
+
+
+def _build(factory, task_args: dict[str, Any], spec: str) -> Task:
+    accepted = inspect.signature(factory).parameters
+    unknown = [k for k in task_args if k not in accepted]
+    if unknown:
+        raise TaskError(f"task '{spec}' has no argument '{unknown[0]}'; it takes: {', '.join(accepted) or 'none'}")
+    return factory(**task_args)
+
+
+def _task_from_file(path: Path, name: str | None):
+    if not path.is_file():
+        raise TaskError(f"task file '{path}' does not exist")
+    before = set(TASKS)
+    module_spec = importlib.util.spec_from_file_location(f"lmstack_user_tasks.{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    defined = [n for n in TASKS if n not in before or getattr(module, n, None) is TASKS[n]]
+    if name is None:
+        if len(defined) != 1:
+            raise TaskError(f"'{path}' defines tasks {defined or 'none'}; pick one with {path}@NAME")
+        name = defined[0]
+    if name not in TASKS:
+        raise TaskError(f"'{path}' defines no @task '{name}'; it defines: {', '.join(defined) or 'none'}")
+    return TASKS[name]
+
+
+def load_yaml_task(path: Path) -> Task:
+    if not path.is_file():
+        raise TaskError(f"task file '{path}' does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise TaskError(f"task file '{path}' is not valid YAML: {err}") from None
+    if not isinstance(spec, dict) or "dataset" not in spec:
+        raise TaskError(f"task file '{path}' needs at least 'dataset', 'solver' and 'scorer' keys")
+    fields = from_dict(FieldMap, spec.get("fields") or {})
+    dataset = load_dataset(str(spec["dataset"]), base_dir=path.parent, fields=fields, split=spec.get("split", "test"))
+    solvers = [_component(SOLVERS, "solver", item, path) for item in _as_list(spec.get("solver", ["generate"]))]
+    scorers = [_component(SCORERS, "scorer", item, path) for item in _as_list(spec.get("scorer"))]
+    if not scorers:
+        raise TaskError(f"task file '{path}' has no scorer; add e.g. `scorer: [exact]`")
+    config = from_dict(TaskConfig, spec.get("config") or {})
+    return Task(dataset=dataset, solver=solvers, scorer=scorers, config=config,
+                name=spec.get("name", path.stem), description=spec.get("description", ""))
+
+
+def _as_list(value: Any) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def _component(registry: dict, kind: str, item: Any, path: Path):
+    name, kwargs = (item, {}) if isinstance(item, str) else next(iter(item.items())) if isinstance(item, dict) and len(item) == 1 else (None, None)
+    if name is None:
+        raise TaskError(f"task file '{path}': a {kind} is a name or {{name: {{arguments}}}}, got {item!r}")
+    if name not in registry:
+        raise TaskError(f"task file '{path}': unknown {kind} '{name}'; known: {', '.join(sorted(registry))}")
+    try:
+        return registry[name](**(kwargs or {}))
+    except TypeError as err:
+        raise TaskError(f"task file '{path}': {kind} '{name}': {err}") from None

@@ -1,0 +1,122 @@
+"""The evaluated model as the solvers see it: the agent layer's `ModelClient`, plus a response cache,
+a concurrency limit per endpoint, per-sample event logs and token / dollar accounting.
+
+The cache key is a hash of the exact request (endpoint, model, messages, tools, sampling settings,
+seed), so re-running or resuming an eval makes no repeated model call for a request already
+answered. `SampleModel` implements the `ModelClient` protocol itself, so the agent runtime can run
+on it unchanged and every call it makes is cached and logged too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import threading
+import time
+from typing import Any
+
+from lmstack.agent.budget import BudgetConfig, call_cost
+from lmstack.agent.client import ModelClient, ModelResponse
+from lmstack.evals.completions import PromptToken, prompt_logprobs
+from lmstack.evals.sample import TaskState, Usage
+from lmstack.evals.store import Store
+
+
+def endpoint_id(client: Any) -> str:
+    """Where a client's answers come from: the base URL for HTTP clients, else the class and model."""
+    sdk = getattr(client, "sdk", None)
+    if sdk is not None:
+        return str(sdk.base_url).rstrip("/")
+    return f"{type(client).__name__}:{getattr(client, 'checkpoint', '')}"
+
+
+def request_key(endpoint: str, request: dict[str, Any]) -> str:
+    canonical = json.dumps({"endpoint": endpoint, **request}, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class CachedModel:
+    """One endpoint: the client, its concurrency limit, the shared cache and its prices."""
+
+    def __init__(self, client: ModelClient, store: Store, max_concurrency: int = 8,
+                 price_per_mtok: tuple[float, float] | None = None, use_cache: bool = True):
+        self.client = client
+        self.store = store
+        self.endpoint = endpoint_id(client)
+        self.slots = threading.BoundedSemaphore(max_concurrency)
+        # The agent layer's price table, unless the caller gives (input, output) dollars per million tokens.
+        price_in, price_out = price_per_mtok or (None, None)
+        self.pricing = BudgetConfig(price_in_per_mtok=price_in, price_out_per_mtok=price_out)
+        self.use_cache = use_cache
+        self.takes_seed = "seed" in inspect.signature(client.complete).parameters
+        self.requests_made = 0  # calls that reached the endpoint (not answered from the cache)
+        self._count_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.client.model
+
+    def for_sample(self, state: TaskState, role: str = "model") -> "SampleModel":
+        return SampleModel(self, state, role)
+
+    def call(self, request: dict[str, Any], send) -> tuple[dict[str, Any], bool]:
+        """The response to `request` from the cache, or from `send()` (then cached). Returns (response, cached)."""
+        key = request_key(self.endpoint, request)
+        if self.use_cache:
+            hit = self.store.cached_response(key)
+            if hit is not None:
+                return hit, True
+        with self.slots:
+            response = send()
+        with self._count_lock:
+            self.requests_made += 1
+        if self.use_cache:
+            self.store.cache_response(key, self.endpoint, request, response)
+        return response, False
+
+
+class SampleModel:
+    """A `ModelClient` bound to one sample: calls go through the cache and are logged on the sample."""
+
+    def __init__(self, cached: CachedModel, state: TaskState, role: str):
+        self.cached = cached
+        self.state = state
+        self.role = role
+        self.model = cached.name
+
+    def complete(self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.0,
+                 max_tokens: int | None = None, logprobs: bool = False) -> ModelResponse:
+        request = {"kind": "chat", "model": self.model, "messages": messages, "tools": tools,
+                   "temperature": temperature, "max_tokens": max_tokens, "logprobs": logprobs,
+                   "seed": self.state.seed}
+        params: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens, "logprobs": logprobs}
+        if self.cached.takes_seed:
+            params["seed"] = self.state.seed
+        started = time.perf_counter()
+        data, cached = self.cached.call(request, lambda: self.cached.client.complete(messages, tools, **params).to_dict())
+        response = ModelResponse.from_dict(data)
+        self._account(response.usage.prompt_tokens, response.usage.completion_tokens, cached)
+        self.state.log("model_call", role=self.role, model=self.model, cached=cached,
+                       latency_s=round(time.perf_counter() - started, 4), messages=list(messages),
+                       tools=[t.get("function", t).get("name") for t in tools or []],
+                       response=response.assistant_message(), usage=data["usage"])
+        return response
+
+    def prompt_logprobs(self, prompt: str) -> list[PromptToken]:
+        """Per-token logprobs of `prompt` under the model (completions with echo, or the engine)."""
+        request = {"kind": "prompt_logprobs", "model": self.model, "prompt": prompt}
+        started = time.perf_counter()
+        data, cached = self.cached.call(
+            request, lambda: [t.to_dict() for t in prompt_logprobs(self.cached.client, prompt)])
+        tokens = [PromptToken(**t) for t in data]
+        self._account(len(tokens), 0, cached)
+        self.state.log("logprobs_call", role=self.role, model=self.model, cached=cached,
+                       latency_s=round(time.perf_counter() - started, 4), prompt=prompt, tokens=len(tokens))
+        return tokens
+
+    def _account(self, prompt_tokens: int, completion_tokens: int, cached: bool) -> None:
+        usage = Usage(prompt_tokens, completion_tokens, 0.0, 0 if cached else 1, 1 if cached else 0)
+        # A cached answer cost nothing now, but the run's cost is what its answers cost to produce.
+        usage.cost_usd = call_cost(self.model, self.cached.pricing, prompt_tokens, completion_tokens)
+        self.state.usage.add(usage)

@@ -1,0 +1,139 @@
+"""Run a task against a model: concurrency, per-sample logs, deterministic seeds, epochs, resume.
+
+1. Resolve the settings (the task's config, overridden by the caller's) and the samples (`limit`).
+2. Create the run in the database, or load it when resuming, and skip every (sample, epoch) already done.
+3. Solve and score the rest on a thread pool; the model's own semaphore caps calls per endpoint.
+   Each result is committed as soon as it is scored, so a crash loses at most the samples in flight,
+   and their finished model calls are in the response cache.
+4. Summarize: epochs reduced per sample, mean / SE / bootstrap CI per scorer, usage and cost.
+
+A failure inside one sample (bad dataset row, model endpoint down, a solver or scorer raising) is
+recorded on that sample with its reason; the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from lmstack.errors import LmstackError
+from lmstack.evals.dataset import check_unique_ids
+from lmstack.evals.model import CachedModel
+from lmstack.evals.sample import Sample, Score, TaskState
+from lmstack.evals.solvers import SolveContext
+from lmstack.evals.store import SampleRecord, Store
+from lmstack.evals.summary import check_reducer, summarize_run
+from lmstack.evals.task import Task, TaskConfig, scorer_name
+from lmstack.train.runinfo import code_version
+
+
+class ResumeError(LmstackError):
+    """A run to resume that does not match the task or model given."""
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    summary: dict[str, Any]
+    requests_made: int  # model calls that reached an endpoint in this process (cache misses)
+
+
+def sample_seed(seed: int, sample_id: str, epoch: int) -> int:
+    """A seed per (sample, epoch), independent of order and concurrency."""
+    digest = hashlib.sha256(f"{seed}:{sample_id}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def resolve_config(task: Task, overrides: dict[str, Any]) -> TaskConfig:
+    config = TaskConfig(**{**asdict(task.config), **{k: v for k, v in overrides.items() if v is not None}})
+    config.validate()
+    for reducer in config.reducers:
+        check_reducer(reducer, config.epochs)
+    return config
+
+
+def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel | None = None,
+             overrides: dict[str, Any] | None = None, run_id: str | None = None, resume: str | None = None,
+             max_workers: int = 8, progress: bool = True) -> RunOutcome:
+    config = resolve_config(task, overrides or {})
+    samples = task.dataset[: config.limit] if config.limit else list(task.dataset)
+    check_unique_ids(samples)
+    scorer_names = [scorer_name(s) for s in task.scorers]
+    higher = {scorer_name(s): getattr(s, "higher_is_better", True) for s in task.scorers}
+    if resume:
+        run = store.run(resume)
+        if run.task != task.name or run.model != model.name:
+            raise ResumeError(f"run '{resume}' evaluated task '{run.task}' on '{run.model}', not '{task.name}' on "
+                              f"'{model.name}'; pass the same task and --model to resume it")
+        run_id = resume
+        config = TaskConfig(**run.config["task"])  # a resumed run keeps its own settings
+    else:
+        run_config = {"task": asdict(config), "scorers": scorer_names, "higher_is_better": higher,
+                      "endpoint": model.endpoint, "judge": judge.name if judge else None}
+        run_id = store.create_run(task.name, model.name, run_config, code_version(), run_id)
+
+    done = store.completed(run_id)
+    jobs = [(s, e) for e in range(config.epochs) for s in samples if (s.id, e) not in done]
+    bar = tqdm(total=len(samples) * config.epochs, initial=len(samples) * config.epochs - len(jobs),
+               desc=f"eval {task.name}", unit="sample", disable=not progress, dynamic_ncols=True)
+    errors = 0
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        futures = [pool.submit(evaluate_sample, task, config, sample, epoch, model, judge, run_id, store.path)
+                   for sample, epoch in jobs]
+        for future in as_completed(futures):
+            record = future.result()
+            store.save_sample(run_id, record)
+            errors += record.status == "error"
+            bar.update(1)
+            bar.set_postfix(errors=errors, refresh=False)
+    bar.close()
+    summary = summarize_run(store.samples(run_id), config.reducers, higher, seed=config.seed)
+    store.finish_run(run_id, summary)
+    requests = model.requests_made + (judge.requests_made if judge else 0)
+    return RunOutcome(run_id, summary, requests)
+
+
+def evaluate_sample(task: Task, config: TaskConfig, sample: Sample, epoch: int, model: CachedModel,
+                    judge: CachedModel | None, run_id: str = "", db_path: str | None = None) -> SampleRecord:
+    state = TaskState(sample, epoch, sample_seed(config.seed, sample.id, epoch))
+    if sample.error:
+        return _record(state, "error", sample.error, {})
+    ctx = SolveContext(model.for_sample(state), judge.for_sample(state, "judge") if judge else None, config,
+                       run_id, db_path)
+    try:
+        for solve in task.solvers:
+            state = solve(state, ctx)
+    except Exception as err:  # this sample's failure (endpoint down, bad data): recorded, the run goes on
+        state.log("error", where="solver", message=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        return _record(state, "error", f"solver failed: {type(err).__name__}: {err}", {})
+    scores: dict[str, dict[str, Any]] = {}
+    for score_fn in task.scorers:
+        name = scorer_name(score_fn)
+        try:
+            score = score_fn(state, ctx)
+            if score.value is not None and math.isnan(score.value):
+                raise ValueError("scorer returned NaN")
+        except Exception as err:  # a broken scorer spoils only its own column for this sample
+            state.log("error", where=f"scorer {name}", message=f"{type(err).__name__}: {err}",
+                      traceback=traceback.format_exc())
+            score = Score(None, error=f"{type(err).__name__}: {err}")
+        scores[name] = score.to_dict()
+        state.log("score", scorer=name, **score.to_dict())
+    return _record(state, "done", None, scores)
+
+
+def _record(state: TaskState, status: str, error: str | None, scores: dict[str, dict[str, Any]]) -> SampleRecord:
+    sample = asdict(state.sample)
+    sample["metadata"] = {**sample["metadata"], "solver": _jsonable(state.metadata)}
+    return SampleRecord(state.sample.id, state.epoch, status, sample, state.output, scores, state.events,
+                        state.usage.to_dict(), error)
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}

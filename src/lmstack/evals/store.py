@@ -1,0 +1,149 @@
+"""Eval runs, per-sample results and the response cache, in the one SQLite database (lmstack.db).
+
+A sample result is written in its own transaction as soon as it is scored, so a run killed at any
+instant keeps every finished sample; `lmstack eval run --resume RUN_ID` skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmstack.db import connect, ensure_schema, transaction
+from lmstack.errors import LmstackError
+
+MIGRATIONS = [
+    """
+    CREATE TABLE eval_runs (
+        id TEXT PRIMARY KEY, task TEXT NOT NULL, model TEXT NOT NULL, config TEXT NOT NULL,
+        status TEXT NOT NULL, created REAL NOT NULL, finished REAL, summary TEXT, environment TEXT);
+    CREATE TABLE eval_samples (
+        run_id TEXT NOT NULL REFERENCES eval_runs(id), sample_id TEXT NOT NULL, epoch INTEGER NOT NULL,
+        status TEXT NOT NULL, sample TEXT NOT NULL, output TEXT, scores TEXT NOT NULL, events TEXT NOT NULL,
+        usage TEXT NOT NULL, error TEXT, created REAL NOT NULL,
+        PRIMARY KEY (run_id, sample_id, epoch));
+    CREATE TABLE eval_cache (
+        key TEXT PRIMARY KEY, endpoint TEXT NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL,
+        created REAL NOT NULL);
+    """,
+]
+
+
+class RunNotFound(LmstackError):
+    """An eval run id that is not in the database."""
+
+
+@dataclass
+class SampleRecord:
+    """One (sample, epoch) result as stored."""
+    sample_id: str
+    epoch: int
+    status: str  # 'done' | 'error'
+    sample: dict[str, Any]
+    output: str | None
+    scores: dict[str, dict[str, Any]]  # scorer name -> Score.to_dict()
+    events: list[dict[str, Any]]
+    usage: dict[str, Any]
+    error: str | None
+
+    @property
+    def group(self) -> str:
+        return self.sample.get("group") or self.sample_id
+
+
+@dataclass
+class RunRecord:
+    id: str
+    task: str
+    model: str
+    config: dict[str, Any]
+    status: str  # 'running' | 'finished'
+    created: float
+    finished: float | None
+    summary: dict[str, Any] | None
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+class Store:
+    """Thread-safe access to the eval tables (one connection; a lock keeps transactions whole)."""
+
+    def __init__(self, db_path: str | Path | None = None):
+        self.path = str(db_path) if db_path is not None else None
+        self.conn: sqlite3.Connection = connect(db_path)
+        ensure_schema(self.conn, "evals", MIGRATIONS)
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ---- runs -----------------------------------------------------------------------------------
+    def create_run(self, task: str, model: str, config: dict[str, Any], environment: dict[str, Any],
+                   run_id: str | None = None) -> str:
+        run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        with self.lock, transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO eval_runs (id, task, model, config, status, created, environment) VALUES (?,?,?,?,?,?,?)",
+                (run_id, task, model, json.dumps(config), "running", time.time(), json.dumps(environment)))
+        return run_id
+
+    def run(self, run_id: str) -> RunRecord:
+        with self.lock:
+            row = self.conn.execute("SELECT * FROM eval_runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"no eval run '{run_id}' in the database; `lmstack eval list` shows the runs")
+        return RunRecord(row["id"], row["task"], row["model"], json.loads(row["config"]), row["status"],
+                         row["created"], row["finished"], json.loads(row["summary"]) if row["summary"] else None,
+                         json.loads(row["environment"] or "{}"))
+
+    def runs(self, limit: int = 50) -> list[RunRecord]:
+        with self.lock:
+            ids = [r["id"] for r in self.conn.execute(
+                "SELECT id FROM eval_runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()]
+        return [self.run(i) for i in ids]
+
+    def finish_run(self, run_id: str, summary: dict[str, Any]) -> None:
+        with self.lock, transaction(self.conn):
+            self.conn.execute("UPDATE eval_runs SET status = 'finished', finished = ?, summary = ? WHERE id = ?",
+                              (time.time(), json.dumps(summary), run_id))
+
+    # ---- samples --------------------------------------------------------------------------------
+    def save_sample(self, run_id: str, record: SampleRecord) -> None:
+        with self.lock, transaction(self.conn):
+            self.conn.execute(
+                "INSERT OR REPLACE INTO eval_samples (run_id, sample_id, epoch, status, sample, output, scores, "
+                "events, usage, error, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, record.sample_id, record.epoch, record.status, json.dumps(record.sample), record.output,
+                 json.dumps(record.scores), json.dumps(record.events, default=str), json.dumps(record.usage),
+                 record.error, time.time()))
+
+    def completed(self, run_id: str) -> set[tuple[str, int]]:
+        """(sample id, epoch) pairs finished without a model/solver error (errors are retried on resume)."""
+        with self.lock:
+            rows = self.conn.execute("SELECT sample_id, epoch FROM eval_samples WHERE run_id = ? AND status = 'done'",
+                                     (run_id,)).fetchall()
+        return {(r["sample_id"], r["epoch"]) for r in rows}
+
+    def samples(self, run_id: str) -> list[SampleRecord]:
+        with self.lock:
+            rows = self.conn.execute("SELECT * FROM eval_samples WHERE run_id = ? ORDER BY created, sample_id, epoch",
+                                     (run_id,)).fetchall()
+        return [SampleRecord(r["sample_id"], r["epoch"], r["status"], json.loads(r["sample"]), r["output"],
+                             json.loads(r["scores"]), json.loads(r["events"]), json.loads(r["usage"]), r["error"])
+                for r in rows]
+
+    # ---- response cache -------------------------------------------------------------------------
+    def cached_response(self, key: str) -> dict[str, Any] | None:
+        with self.lock:
+            row = self.conn.execute("SELECT response FROM eval_cache WHERE key = ?", (key,)).fetchone()
+        return json.loads(row["response"]) if row else None
+
+    def cache_response(self, key: str, endpoint: str, request: dict[str, Any], response: dict[str, Any]) -> None:
+        with self.lock, transaction(self.conn):
+            self.conn.execute("INSERT OR REPLACE INTO eval_cache (key, endpoint, request, response, created) "
+                              "VALUES (?,?,?,?,?)", (key, endpoint, json.dumps(request), json.dumps(response), time.time()))

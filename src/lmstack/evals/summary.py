@@ -1,0 +1,116 @@
+"""A run's score table from its stored samples: epochs reduced per sample, then mean / SE / CI.
+
+Reducers turn one sample's scores over epochs into one value: `mean`, `max`, `pass@K` (at least one of
+K attempts right, unbiased estimator) and `pass^K` (all K right: reliability). Scorer errors are
+left out of the means and counted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import asdict
+from typing import Any
+
+from lmstack.errors import LmstackError
+from lmstack.evals import stats
+from lmstack.evals.store import SampleRecord
+
+REDUCER = re.compile(r"^(mean|max|pass@(\d+)|pass\^(\d+))$")
+
+
+class ReducerError(LmstackError):
+    """An unknown reducer name, or one that needs more epochs than the run has."""
+
+
+def check_reducer(name: str, epochs: int) -> None:
+    match = REDUCER.match(name)
+    if not match:
+        raise ReducerError(f"unknown reducer '{name}'; use mean, max, pass@K or pass^K (e.g. pass@5)")
+    k = int(match.group(2) or match.group(3) or 1)
+    if k > epochs:
+        raise ReducerError(f"reducer '{name}' needs at least {k} epochs; run with --epochs {k} or more")
+
+
+def reduce(name: str, values: list[float]) -> float:
+    if name == "mean":
+        return sum(values) / len(values)
+    if name == "max":
+        return max(values)
+    match = REDUCER.match(name)
+    correct = sum(1 for v in values if v >= 1.0)
+    if match.group(2):
+        return stats.pass_at_k(len(values), correct, int(match.group(2)))
+    return stats.pass_hat_k(len(values), correct, int(match.group(3)))
+
+
+def per_sample(records: list[SampleRecord], scorer: str, reducer: str = "mean") -> dict[str, tuple[float, str]]:
+    """sample id -> (reduced value, group), over the samples whose every epoch has a valid score."""
+    values: dict[str, list[float]] = defaultdict(list)
+    groups: dict[str, str] = {}
+    broken: set[str] = set()
+    for r in records:
+        score = r.scores.get(scorer)
+        if r.status != "done" or score is None or score.get("error") or score.get("value") is None:
+            broken.add(r.sample_id)
+            continue
+        values[r.sample_id].append(float(score["value"]))
+        groups[r.sample_id] = r.group
+    return {sid: (reduce(reducer, v), groups[sid]) for sid, v in values.items() if sid not in broken}
+
+
+def summarize_run(records: list[SampleRecord], reducers: list[str], higher_is_better: dict[str, bool],
+                  n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    scorers = sorted({name for r in records for name in r.scores})
+    table: dict[str, dict[str, Any]] = {}
+    for scorer in scorers:
+        table[scorer] = {}
+        binary = all(s.get("value") in (0, 1, 0.0, 1.0) for r in records
+                     for s in [r.scores.get(scorer)] if s and s.get("error") is None and s.get("value") is not None)
+        for reducer in reducers:
+            if reducer.startswith("pass") and not binary:
+                continue
+            values = per_sample(records, scorer, reducer)
+            summary = stats.summarize([v for v, _ in values.values()], [g for _, g in values.values()],
+                                      n_boot=n_boot, seed=seed)
+            table[scorer][reducer] = _finite(asdict(summary))
+    usage: dict[str, float] = defaultdict(float)
+    for r in records:
+        for k, v in r.usage.items():
+            usage[k] += v
+    return {
+        "scores": table,
+        "higher_is_better": {s: higher_is_better.get(s, True) for s in scorers},
+        "samples": len({r.sample_id for r in records}),
+        "results": len(records),
+        "errors": sum(1 for r in records if r.status == "error"),
+        "scorer_errors": sum(1 for r in records for s in r.scores.values() if s.get("error")),
+        "usage": dict(usage),
+    }
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """NaN (an empty score list) stored as None: JSON has no NaN."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def format_scores(runs: list[Any]) -> str:
+    """The score table printed at the end of `lmstack eval run` (and by the demo)."""
+    lines = [f"{'run':<24} {'task':<22} {'model':<18} {'scorer':<14} {'reducer':<8} {'mean':>8} {'95% CI':>19} "
+             f"{'n':>5} {'err':>4} {'tokens':>8} {'cost $':>8}"]
+    for run in runs:
+        summary = run.summary or {"scores": {}, "usage": {}}
+        usage = summary.get("usage", {})
+        tokens = int(usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0))
+        for scorer, by_reducer in summary["scores"].items():
+            for reducer, s in by_reducer.items():
+                mean = "-" if s["mean"] is None else f"{s['mean']:.4f}"
+                ci = "-" if s["ci_low"] is None else f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+                lines.append(f"{run.id[:24]:<24} {run.task[:22]:<22} {run.model[-18:]:<18} {scorer[:14]:<14} "
+                             f"{reducer:<8} {mean:>8} {ci:>19} {s['n']:>5} {summary.get('errors', 0):>4} "
+                             f"{tokens:>8} {usage.get('cost_usd', 0.0):>8.4f}")
+        if not summary["scores"]:
+            lines.append(f"{run.id[:24]:<24} {run.task[:22]:<22} {run.model[-18:]:<18} (no scores: "
+                         f"{summary.get('errors', 0)} sample errors)")
+    return "\n".join(lines)

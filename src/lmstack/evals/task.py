@@ -1,0 +1,112 @@
+"""`Task`, and the `@task` / `@solver` / `@scorer` factories that register by name (Inspect's shape).
+
+    @scorer
+    def exact():
+        def score(state, ctx) -> Score: ...
+        return score
+
+    @task
+    def arithmetic():
+        return Task(dataset=[...], solver=[system_message("..."), generate()], scorer=[exact()])
+
+A decorated factory is registered under its function name (or `name=`), so the same task runs from
+Python (`run_eval(arithmetic(), ...)`) and from the CLI (`lmstack eval run arithmetic`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from lmstack.errors import LmstackError
+from lmstack.evals.sample import Sample, Score, TaskState
+
+
+class Solver(Protocol):
+    def __call__(self, state: TaskState, ctx: Any) -> TaskState: ...
+
+
+class Scorer(Protocol):
+    def __call__(self, state: TaskState, ctx: Any) -> Score: ...
+
+
+class TaskError(LmstackError):
+    """A task that cannot be found or built (unknown name, bad YAML, wrong types)."""
+
+
+@dataclass
+class TaskConfig:
+    epochs: int = 1
+    seed: int = 0
+    limit: int | None = None  # evaluate only the first N samples
+    max_tokens: int = 256
+    temperature: float = 0.0
+    reducers: list[str] = field(default_factory=lambda: ["mean"])  # mean, max, pass@K, pass^K
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise TaskError(f"epochs must be >= 1, got {self.epochs}")
+        if self.limit is not None and self.limit < 1:
+            raise TaskError(f"limit must be >= 1, got {self.limit}")
+
+
+@dataclass
+class Task:
+    dataset: list[Sample]
+    solver: Solver | list[Solver]
+    scorer: Scorer | list[Scorer]
+    config: TaskConfig = field(default_factory=TaskConfig)
+    name: str = "task"
+    description: str = ""
+
+    @property
+    def solvers(self) -> list[Solver]:
+        return list(self.solver) if isinstance(self.solver, (list, tuple)) else [self.solver]
+
+    @property
+    def scorers(self) -> list[Scorer]:
+        return list(self.scorer) if isinstance(self.scorer, (list, tuple)) else [self.scorer]
+
+
+TASKS: dict[str, Callable[..., Task]] = {}
+SOLVERS: dict[str, Callable[..., Solver]] = {}
+SCORERS: dict[str, Callable[..., Scorer]] = {}
+
+
+def _registering(registry: dict[str, Callable], kind: str, func: Callable | None, name: str | None):
+    def wrap(factory: Callable) -> Callable:
+        registered = name or factory.__name__
+
+        @functools.wraps(factory)
+        def build(*args: Any, **kwargs: Any) -> Any:
+            made = factory(*args, **kwargs)
+            if kind == "task":
+                if not isinstance(made, Task):
+                    raise TaskError(f"@task '{registered}' must return a Task, got {type(made).__name__}")
+                if made.name == "task":
+                    made.name = registered
+            else:
+                made.registry_name = registered  # scorers are reported under this name
+            return made
+
+        registry[registered] = build
+        return build
+
+    return wrap(func) if func is not None else wrap
+
+
+def task(func: Callable | None = None, *, name: str | None = None):
+    return _registering(TASKS, "task", func, name)
+
+
+def solver(func: Callable | None = None, *, name: str | None = None):
+    return _registering(SOLVERS, "solver", func, name)
+
+
+def scorer(func: Callable | None = None, *, name: str | None = None):
+    return _registering(SCORERS, "scorer", func, name)
+
+
+def scorer_name(fn: Scorer) -> str:
+    return getattr(fn, "registry_name", getattr(fn, "__name__", "score"))

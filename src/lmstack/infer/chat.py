@@ -1,0 +1,78 @@
+"""Terminal chat: a loop that reads a line, streams the reply, and keeps the conversation.
+
+The loop only needs a `TokenSource` -- something that turns the conversation so far into a stream
+of text pieces. `EngineSource` runs a local checkpoint through our engine and chat template; a
+remote OpenAI-compatible server is another source (the server layer adds it for `--url`).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Iterator, Protocol, TextIO
+
+from lmstack.infer.engine import Engine
+from lmstack.infer.params import SamplingParams
+
+Message = dict[str, Any]
+
+
+class TokenSource(Protocol):
+    def stream(self, messages: list[Message]) -> Iterator[str]:
+        """Yield the assistant's reply to `messages` piece by piece, as it is generated."""
+
+
+class EngineSource:
+    """A local model: render with our chat template, generate with the engine, stop at end of turn."""
+
+    def __init__(self, engine: Engine, params: SamplingParams):
+        if engine.tokenizer is None:
+            from lmstack.tokenizer import TokenizerError
+
+            raise TokenizerError("chat needs a tokenizer; the checkpoint dir has no tokenizer.json")
+        self.engine = engine
+        self.params = params
+
+    def stream(self, messages: list[Message]) -> Iterator[str]:
+        prompt = self.engine.tokenizer.render(messages, add_generation_prompt=True).ids
+        request_id = self.engine.add_request(prompt, self.params)
+        try:
+            while self.engine.has_unfinished():
+                for event in self.engine.step():
+                    if event.request_id == request_id and event.text:
+                        yield event.text
+        finally:
+            if self.engine.has_unfinished():  # the reader stopped early (Ctrl-C): free the request's blocks
+                self.engine.abort(request_id)
+                self.engine.step()
+
+
+HELP = "commands: /reset clears the conversation, /exit quits (or Ctrl-D)"
+
+
+def chat_loop(source: TokenSource, system: str | None = None, read: Callable[[str], str] = input,
+              out: TextIO = sys.stdout) -> list[Message]:
+    """Read user lines until EOF or /exit; stream each reply to `out`. Returns the conversation."""
+    base = [{"role": "system", "content": system}] if system else []
+    messages = list(base)
+    print(HELP, file=out)
+    while True:
+        try:
+            line = read("you> ").strip()
+        except EOFError:
+            print(file=out)
+            return messages
+        if line in ("/exit", "/quit"):
+            return messages
+        if line == "/reset":
+            messages = list(base)
+            continue
+        if not line:
+            continue
+        messages.append({"role": "user", "content": line})
+        print("assistant> ", end="", file=out, flush=True)
+        reply = []
+        for piece in source.stream(messages):
+            reply.append(piece)
+            print(piece, end="", file=out, flush=True)
+        print(file=out)
+        messages.append({"role": "assistant", "content": "".join(reply)})

@@ -1,0 +1,125 @@
+"""`lmstack sample`, `lmstack chat`, `lmstack inspect`: generate from, talk to, and look inside a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    from lmstack.cli import add_config_arguments
+
+    add_config_arguments(p)
+    p.epilog = "engine settings (--set KEY=VALUE or a TOML file): block_size, num_blocks, kv_memory_mb, " \
+               "max_num_seqs, max_batched_tokens, dtype, device, compile, enable_prefix_caching"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("sample", help="generate text from a checkpoint dir (streams when n = 1)")
+    p.add_argument("ckpt", help="lmstack checkpoint dir")
+    p.add_argument("--prompt", default="", help="text to continue (default: start from bos)")
+    p.add_argument("-n", type=int, default=1, help="number of samples")
+    add_sampling_arguments(p, max_tokens=200)
+    add_engine_arguments(p)
+    p.set_defaults(func=run_sample)
+
+    p = subparsers.add_parser("chat", help="chat with a checkpoint in the terminal, streaming replies")
+    p.add_argument("ckpt", help="lmstack checkpoint dir (needs a tokenizer with chat tokens)")
+    p.add_argument("--system", default=None, help="system prompt")
+    add_sampling_arguments(p, max_tokens=512)
+    add_engine_arguments(p)
+    p.set_defaults(func=run_chat)
+
+    p = subparsers.add_parser("inspect", help="attention maps, head entropy, logit lens and token logprobs for a prompt")
+    p.add_argument("ckpt", help="lmstack checkpoint dir")
+    p.add_argument("--prompt", required=True, help="text to inspect")
+    p.add_argument("--out", default="inspect", help="directory for the PNGs (default: ./inspect)")
+    p.add_argument("--top", type=int, default=5, help="tokens shown per layer by the logit lens")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run_inspect)
+
+
+def build_engine(args: argparse.Namespace):
+    from lmstack.config import load_config
+    from lmstack.infer.engine import Engine, EngineConfig
+
+    return Engine.from_checkpoint(args.ckpt, load_config(EngineConfig, args.config, args.overrides))
+
+
+def sampling_params(args: argparse.Namespace, **extra):
+    from lmstack.infer.params import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, seed=args.seed, **extra).validate()
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    engine = build_engine(args)
+    params = sampling_params(args, n=args.n)
+    if args.n == 1:
+        print(args.prompt, end="", flush=True)
+        engine.add_request(args.prompt, params)
+        while engine.has_unfinished():
+            for event in engine.step():
+                print(event.text, end="", flush=True)
+        print()
+        return 0
+    for output in engine.generate([args.prompt], params)[0].outputs:
+        print(f"--- sample {output.index} ({output.finish_reason})")
+        print(args.prompt + output.text)
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from lmstack.infer.chat import EngineSource, chat_loop
+
+    chat_loop(EngineSource(build_engine(args), sampling_params(args)), system=args.system)
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from lmstack.device import detect_device
+    from lmstack.infer.inspect import inspect_prompt, plot_attention, plot_token_scores
+    from lmstack.model.checkpoint import load_model_dir
+    from lmstack.tokenizer import TokenizerError
+
+    info = detect_device(args.device)
+    model, tokenizer, _ = load_model_dir(args.ckpt, device=info.torch_device)
+    if tokenizer is None:
+        raise TokenizerError(f"'{args.ckpt}' has no tokenizer.json; inspect needs one to encode --prompt")
+    ids = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(args.prompt)
+    if len(ids) > model.cfg.block_size:
+        from lmstack.infer.params import SamplingError
+
+        raise SamplingError(f"--prompt is {len(ids)} tokens, longer than the model's context of {model.cfg.block_size}")
+    result = inspect_prompt(model, ids, top=args.top)
+    labels = [tokenizer.token_str(t) for t in ids]
+    print_report(result, labels, tokenizer)
+    paths = plot_attention(result, labels, args.out) + [plot_token_scores(result, labels, args.out)]
+    print(f"\nwrote {len(paths)} PNGs to {args.out}/ (attention_layerNN.png, token_scores.png)")
+    return 0
+
+
+def print_report(result, labels: list[str], tokenizer, out=None) -> None:
+    out = out or sys.stdout
+    print("token                 logprob   next-token entropy", file=out)
+    for label, logprob, entropy in zip(labels, result.token_logprobs, result.token_entropy):
+        shown = "      -" if logprob is None else f"{logprob:7.2f}"
+        print(f"{label!r:20.20}  {shown}   {entropy:6.2f}", file=out)
+    print("\nattention entropy per head (nats; 0 = one key, ln T = uniform)", file=out)
+    for layer, row in enumerate(result.head_entropy.tolist()):
+        print(f"layer {layer:2d}: " + " ".join(f"{h:5.2f}" for h in row), file=out)
+    print("\nlogit lens at the last position (top tokens after each layer)", file=out)
+    for layer, top in enumerate(result.lens_top):
+        print(f"layer {layer:2d}: " + "  ".join(f"{tokenizer.token_str(t)!r} {p:.2f}" for t, p in top), file=out)
+    print("\nchecks: " + ("no broken attention pattern found" if not result.warnings else ""), file=out)
+    for warning in result.warnings:
+        print(f"  WARNING {warning}", file=out)

@@ -1,0 +1,399 @@
+"""The inference engine: paged KV cache, continuous batching, per-request sampling, logprobs.
+
+API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
+
+    engine = Engine.from_checkpoint("runs/x/final", EngineConfig(kv_memory_mb=512))   # or Engine(model, tokenizer, config)
+    outputs = engine.generate(["Once upon", [1, 2, 3]], SamplingParams(max_tokens=32))  # offline batch
+    outputs[0].text, outputs[0].token_ids, outputs[0].outputs[i]          # RequestOutput, n samples each
+
+    rid = engine.add_request("Hello", SamplingParams(temperature=0.7, stop=["\n"]))     # online
+    while engine.has_unfinished():
+        for event in engine.step():    # TokenEvent per new token, as soon as it is produced
+            event.request_id, event.index, event.token_id, event.text, event.logprob, event.top_logprobs,
+            event.finished, event.finish_reason ('stop' | 'length' | 'abort'), event.prompt_logprobs, event.usage
+    engine.abort(rid)
+
+- A prompt is text (encoded with the tokenizer, bos prepended when it has one) or a list of token ids
+  (used as is). The engine knows nothing about chat templates.
+- `add_request` and `abort` may be called from any thread; `step` from one thread only. Both only
+  touch an inbox under a lock; `step` applies it at its start.
+- Stats for /metrics: `num_free_blocks`, `num_total_blocks`, `num_waiting`, `num_running`.
+- A request that can never fit (prompt + max_tokens beyond the model's context or the KV pool) is
+  refused by `add_request` with a `SamplingError`; requests that merely do not fit *now* wait, and
+  running ones are preempted and recomputed when the pool runs dry.
+- Logprobs are those of the model's distribution (log_softmax of the raw logits), before
+  temperature, penalties and filtering, as in vLLM.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lmstack.device import detect_device, inference_dtype
+from lmstack.infer.block_manager import BlockManager
+from lmstack.infer.detokenizer import IncrementalDetokenizer
+from lmstack.infer.paged_cache import PagedKVCache, build_layout
+from lmstack.infer.params import SamplingError, SamplingParams
+from lmstack.infer.sampler import RowSettings, apply_penalties, sample
+from lmstack.infer.scheduler import ScheduledChunk, Scheduler
+from lmstack.infer.sequence import Sequence, Status, TokenLogprob
+from lmstack.model.gpt import GPT
+
+
+@dataclass
+class EngineConfig:
+    block_size: int = 16  # tokens per KV block
+    num_blocks: int | None = None  # KV pool size; None = from kv_memory_mb
+    kv_memory_mb: float = 512.0  # KV pool budget when num_blocks is None (capped at what max_num_seqs can use)
+    max_num_seqs: int = 64  # sequences decoded together
+    max_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decode tokens)
+    dtype: str = "auto"  # weights and cache: auto (bf16 where the device has it) | float32 | bfloat16 | float16
+    device: str = "auto"
+    compile: bool = False  # torch.compile the decode step (pays a compile per new shape; worth it for long runs)
+    enable_prefix_caching: bool = True
+
+
+@dataclass(slots=True)
+class TokenEvent:
+    request_id: str
+    index: int
+    token_id: int | None  # None on an abort event
+    text: str  # the text this token makes certain (may be empty; held-back text comes later)
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finished: bool = False
+    finish_reason: str | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # on the request's first event, when asked
+    usage: dict[str, int] | None = None  # on finish: prompt_tokens, completion_tokens
+
+
+@dataclass(slots=True)
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None
+    finish_reason: str | None
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    prompt_logprobs: list[TokenLogprob | None] | None
+    outputs: list[CompletionOutput] = field(default_factory=list)
+
+    # The first sample's fields, for the common n == 1 case.
+    @property
+    def text(self) -> str:
+        return self.outputs[0].text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.outputs[0].token_ids
+
+    @property
+    def logprobs(self) -> list[TokenLogprob] | None:
+        return self.outputs[0].logprobs
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.outputs[0].finish_reason
+
+
+class Engine:
+    def __init__(self, model: GPT, tokenizer=None, config: EngineConfig | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config = config or EngineConfig()
+        cfg = model.cfg
+        weight = model.tok_emb.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.num_total_blocks = self._pool_blocks(config, cfg, self.dtype)
+        self.cache = PagedKVCache(cfg.n_layer, self.num_total_blocks, config.block_size, cfg.kv_heads, cfg.head_dim,
+                                  self.dtype, self.device)
+        self.block_manager = BlockManager(self.num_total_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_batched_tokens)
+        self.requests: dict[str, list[Sequence]] = {}
+        self._inbox: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._decode_forward = torch.compile(model, dynamic=True) if config.compile else model
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, config: EngineConfig | None = None) -> "Engine":
+        from lmstack.model.checkpoint import load_model_dir
+
+        config = config or EngineConfig()
+        info = detect_device(config.device)
+        model, tokenizer, _ = load_model_dir(path, device=info.torch_device, dtype=inference_dtype(info, config.dtype))
+        return cls(model, tokenizer, config)
+
+    @staticmethod
+    def _pool_blocks(config: EngineConfig, cfg, dtype: torch.dtype) -> int:
+        if config.block_size < 1:
+            raise SamplingError(f"engine block_size must be at least 1, got {config.block_size}")
+        if config.num_blocks is not None:
+            if config.num_blocks < 1:
+                raise SamplingError(f"engine num_blocks must be at least 1, got {config.num_blocks}")
+            return config.num_blocks
+        per_block = PagedKVCache.bytes_per_block(cfg.n_layer, config.block_size, cfg.kv_heads, cfg.head_dim, dtype)
+        useful = config.max_num_seqs * -(-cfg.block_size // config.block_size)
+        blocks = min(int(config.kv_memory_mb * 2**20 // per_block), useful)
+        if blocks < 1:
+            raise SamplingError(f"kv_memory_mb={config.kv_memory_mb} holds no KV block of {per_block} bytes; raise it")
+        return blocks
+
+    # ---- stats (read from any thread) ----------------------------------------------------------
+    @property
+    def num_free_blocks(self) -> int:
+        return self.block_manager.num_free_blocks
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    # ---- requests --------------------------------------------------------------------------------
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None) -> str:
+        params = (params or SamplingParams()).validate(self.model.cfg.vocab_size)
+        prompt_ids = self._prompt_ids(prompt)
+        self._check_fits(len(prompt_ids), params)
+        if params.stop and self.tokenizer is None:
+            raise SamplingError("stop strings need a tokenizer; pass stop_token_ids instead or load one")
+        request_id = request_id or f"req-{next(self._ids)}"
+        stop_ids = set(params.stop_token_ids)
+        if not params.ignore_eos and self.tokenizer is not None:
+            stop_ids.update(self.tokenizer.stop_ids)
+        seqs = [Sequence(request_id, i, list(prompt_ids), params, self._generator(params, i),
+                         IncrementalDetokenizer(self.tokenizer, params.stop) if self.tokenizer else None,
+                         frozenset(stop_ids)) for i in range(params.n)]
+        with self._lock:
+            if request_id in self.requests:
+                raise SamplingError(f"request id '{request_id}' is already running; use a unique id")
+            self.requests[request_id] = seqs
+            self._inbox.append(("add", seqs))
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        with self._lock:
+            self._inbox.append(("abort", request_id))
+
+    def has_unfinished(self) -> bool:
+        with self._lock:
+            return bool(self._inbox or self.requests)
+
+    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise SamplingError("a text prompt needs a tokenizer; pass token ids or load a checkpoint with one")
+            bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []
+            ids = bos + self.tokenizer.encode(prompt)
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise SamplingError("the prompt is empty; pass at least one token")
+        bad = [t for t in ids if not 0 <= t < self.model.cfg.vocab_size]
+        if bad:
+            raise SamplingError(f"prompt token ids {bad[:5]} are outside the vocab [0, {self.model.cfg.vocab_size})")
+        return ids
+
+    def _check_fits(self, prompt_len: int, params: SamplingParams) -> None:
+        total = prompt_len + params.max_tokens
+        context = self.model.cfg.block_size
+        if total > context:
+            raise SamplingError(f"prompt of {prompt_len} tokens + max_tokens={params.max_tokens} exceeds the "
+                                f"model's context of {context} tokens; shorten the prompt or lower max_tokens")
+        capacity = self.num_total_blocks * self.config.block_size
+        if total > capacity:
+            raise SamplingError(f"prompt of {prompt_len} tokens + max_tokens={params.max_tokens} needs {total} KV slots "
+                                f"but the cache holds {capacity}; raise kv_memory_mb / num_blocks or lower max_tokens")
+
+    def _generator(self, params: SamplingParams, index: int) -> torch.Generator | None:
+        if params.temperature == 0:
+            return None
+        generator = torch.Generator(device=self.device)
+        if params.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(params.seed + index)
+        return generator
+
+    # ---- the step ------------------------------------------------------------------------------
+    def _apply_inbox(self) -> list[TokenEvent]:
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+        events = []
+        for kind, payload in inbox:
+            if kind == "add":
+                for seq in payload:
+                    self.scheduler.add(seq)
+                continue
+            with self._lock:
+                seqs = self.requests.pop(payload, [])
+            for seq in seqs:
+                if seq.status is not Status.FINISHED:
+                    self.scheduler.remove(seq)
+                    seq.finish_reason = "abort"
+                    events.append(TokenEvent(seq.request_id, seq.index, None, seq.detokenizer.flush() if seq.detokenizer else "",
+                                             finished=True, finish_reason="abort", usage=self._usage(seq)))
+        return events
+
+    @torch.inference_mode()
+    def step(self) -> list[TokenEvent]:
+        """Run one forward over the scheduled tokens; return an event per sampled token (and per abort)."""
+        events = self._apply_inbox()
+        chunks = self.scheduler.schedule()
+        if not chunks:
+            return events
+        logits, sample_rows, prompt_rows = self._forward(chunks)
+        for chunk in chunks:
+            chunk.seq.num_computed_tokens = chunk.start + chunk.length
+            self.block_manager.register_computed(chunk.seq)
+        for chunk, rows in prompt_rows:
+            self._record_prompt_logprobs(chunk, logits[rows])
+        sampling = [chunk for chunk in chunks if chunk.samples]
+        if sampling:
+            events += self._sample_and_emit(sampling, logits[sample_rows])
+        return events
+
+    def _forward(self, chunks: list[ScheduledChunk]):
+        """One forward over all chunks, flattened into a single row -> (logits, sampling rows, prompt-logprob rows)."""
+        ids: list[int] = []
+        positions: list[int] = []
+        logit_rows: list[int] = []
+        sample_rows: list[int] = []
+        prompt_rows: list[tuple[ScheduledChunk, list[int]]] = []
+        for chunk in chunks:
+            seq, base = chunk.seq, len(ids)
+            ids += seq.token_ids[chunk.start:chunk.start + chunk.length]
+            positions += range(chunk.start, chunk.start + chunk.length)
+            if seq.wants_prompt_logprobs:
+                first = len(logit_rows)
+                logit_rows += range(base, base + chunk.length)
+                prompt_rows.append((chunk, list(range(first, len(logit_rows)))))
+                if chunk.samples:
+                    sample_rows.append(len(logit_rows) - 1)
+            elif chunk.samples:
+                sample_rows.append(len(logit_rows))
+                logit_rows.append(base + chunk.length - 1)
+        self.cache.layout = build_layout([(c.seq.block_table, c.start, c.length) for c in chunks],
+                                         self.config.block_size, self.device)
+        decode_only = len(ids) == len(chunks)
+        forward = self._decode_forward if decode_only else self.model
+        logits, _ = forward(torch.tensor([ids], device=self.device), positions=torch.tensor([positions], device=self.device),
+                            kv_cache=self.cache, logits_at=torch.tensor(logit_rows, device=self.device, dtype=torch.long))
+        self.cache.layout = None
+        return logits.float(), sample_rows, prompt_rows
+
+    def _record_prompt_logprobs(self, chunk: ScheduledChunk, logits: torch.Tensor) -> None:
+        """Logits at position p score prompt token p + 1; the first prompt token gets None."""
+        seq = chunk.seq
+        k = seq.params.prompt_logprobs
+        if not seq.prompt_logprobs:
+            seq.prompt_logprobs.append(None)
+        log_probs = logits.log_softmax(dim=-1)
+        for row, position in enumerate(range(chunk.start, chunk.start + chunk.length)):
+            target = position + 1
+            if target != len(seq.prompt_logprobs) or target >= len(seq.prompt_ids):
+                continue
+            token = seq.prompt_ids[target]
+            seq.prompt_logprobs.append(_token_logprob(log_probs[row], token, k))
+
+    def _sample_and_emit(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[TokenEvent]:
+        seqs = [c.seq for c in chunks]
+        penalised = [i for i, s in enumerate(seqs) if s.params.needs_penalties]
+        scores = apply_penalties(logits, penalised, [seqs[i].params for i in penalised],
+                                 [seqs[i].prompt_ids for i in penalised], [seqs[i].output_ids for i in penalised])
+        rows = [RowSettings(s.params.temperature, max(s.params.top_k, 0), s.params.top_p, s.params.min_p, s.generator)
+                for s in seqs]
+        tokens = sample(scores, rows)
+        want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+        if want:
+            log_probs = logits[want].log_softmax(dim=-1)
+        token_list = tokens.tolist()  # the one sync per step: the host needs the ids
+        events = []
+        for i, (seq, token) in enumerate(zip(seqs, token_list)):
+            logprob = _token_logprob(log_probs[want.index(i)], token, seq.params.logprobs) if i in want else None
+            events.append(self._append_token(seq, token, logprob))
+        return events
+
+    def _append_token(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> TokenEvent:
+        seq.output_ids.append(token)
+        if logprob is not None:
+            seq.logprobs.append(logprob)
+        finish, delta = None, ""
+        if token in seq.stop_ids:
+            finish = "stop"
+            delta = seq.detokenizer.flush() if seq.detokenizer else ""
+        else:
+            if seq.detokenizer:
+                delta, stopped = seq.detokenizer.add(token)
+                finish = "stop" if stopped else None
+            if finish is None and len(seq.output_ids) >= seq.params.max_tokens:
+                finish = "length"
+                delta += seq.detokenizer.flush() if seq.detokenizer else ""
+        seq.text += delta
+        event = TokenEvent(seq.request_id, seq.index, token, delta,
+                           logprob.logprob if logprob else None, logprob.top if logprob else None)
+        if seq.params.prompt_logprobs is not None and not seq.prompt_logprobs_sent:
+            event.prompt_logprobs, seq.prompt_logprobs_sent = seq.prompt_logprobs, True
+        if finish:
+            seq.finish_reason = finish
+            self.scheduler.remove(seq)
+            event.finished, event.finish_reason, event.usage = True, finish, self._usage(seq)
+            with self._lock:
+                siblings = self.requests.get(seq.request_id, [])
+                if all(s.status is Status.FINISHED for s in siblings):
+                    self.requests.pop(seq.request_id, None)
+        return event
+
+    @staticmethod
+    def _usage(seq: Sequence) -> dict[str, int]:
+        return {"prompt_tokens": len(seq.prompt_ids), "completion_tokens": len(seq.output_ids)}
+
+    # ---- offline batches -------------------------------------------------------------------------
+    def generate(self, prompts: str | list[int] | list[str | list[int]],
+                 params: SamplingParams | list[SamplingParams] | None = None,
+                 show_progress: bool = False) -> list[RequestOutput]:
+        """Run prompts to completion together (continuous batching); outputs in the prompts' order."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise SamplingError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts; pass one or one each")
+        ids = [self.add_request(p, sp) for p, sp in zip(prompts, params_list)]
+        seqs = {rid: self.requests[rid] for rid in ids}
+        wanted = set(ids)
+        with tqdm(total=sum(len(s) for s in seqs.values()), desc="generate", unit="seq", disable=not show_progress) as bar:
+            while any(s.status is not Status.FINISHED for rid in wanted for s in seqs[rid]):
+                bar.update(sum(1 for e in self.step() if e.finished and e.request_id in wanted))
+        return [self._output(rid, seqs[rid]) for rid in ids]
+
+    @staticmethod
+    def _output(request_id: str, seqs: list[Sequence]) -> RequestOutput:
+        first = seqs[0]
+        return RequestOutput(
+            request_id, first.prompt_ids, first.prompt_logprobs if first.params.prompt_logprobs is not None else None,
+            [CompletionOutput(s.index, s.text, list(s.output_ids), s.logprobs if s.params.logprobs is not None else None,
+                              s.finish_reason) for s in seqs])
+
+
+def _token_logprob(log_probs: torch.Tensor, token: int, top_k: int | None) -> TokenLogprob:
+    """log_probs (V,) -> the token's logprob and the top_k alternatives."""
+    top: list[tuple[int, float]] = []
+    if top_k:
+        values, indices = log_probs.topk(top_k)
+        top = list(zip(indices.tolist(), values.tolist()))
+    return TokenLogprob(token, float(log_probs[token]), top)

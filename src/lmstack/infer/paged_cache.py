@@ -1,0 +1,103 @@
+"""The paged KV cache: one preallocated pool of slots per layer, addressed through block tables.
+
+Each step the engine flattens every scheduled token into one row (1, N) -- prefill chunks and decode
+tokens together, no padding in the matmuls -- and hands the cache a `StepLayout`: where each new
+token's k, v go (`slot_mapping`), and attention groups. Decode tokens form one batched group (one
+query each, keys gathered from their block tables, a length mask); each prefill chunk is its own
+group, so no query is padded to another sequence's length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(slots=True)
+class AttentionGroup:
+    query_index: torch.Tensor  # (G, Tq) rows of the flat step that are this group's queries
+    context_slots: torch.Tensor  # (G, L) cache slots of the keys each row may see (padded with slot 0)
+    mask: torch.Tensor | None  # (G, 1, Tq, L) bool, True = may attend; None = plain causal (Tq == L)
+
+
+@dataclass(slots=True)
+class StepLayout:
+    slot_mapping: torch.Tensor  # (N,) cache slot of each new token
+    groups: list[AttentionGroup]
+
+
+class PagedKVCache:
+    def __init__(self, n_layer: int, num_blocks: int, block_size: int, n_kv_head: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        shape = (n_layer, num_blocks * block_size, n_kv_head, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.block_size = block_size
+        self.layout: StepLayout | None = None
+
+    @staticmethod
+    def bytes_per_block(n_layer: int, block_size: int, n_kv_head: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * n_layer * block_size * n_kv_head * head_dim * torch.finfo(dtype).bits // 8
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (1, H, N, D), k and v (1, K, N, D) for the N flat tokens of this step -> (1, H, N, D)."""
+        layout = self.layout
+        k_layer, v_layer = self.k[layer_idx], self.v[layer_idx]
+        k_layer.index_copy_(0, layout.slot_mapping, k[0].transpose(0, 1))
+        v_layer.index_copy_(0, layout.slot_mapping, v[0].transpose(0, 1))
+        queries_flat = q[0].transpose(0, 1)  # (N, H, D)
+        out = torch.empty_like(queries_flat)
+        for group in layout.groups:
+            queries = queries_flat[group.query_index].transpose(1, 2)  # (G, H, Tq, D)
+            keys = k_layer[group.context_slots].transpose(1, 2)  # (G, K, L, D)
+            values = v_layer[group.context_slots].transpose(1, 2)
+            y = F.scaled_dot_product_attention(queries, keys, values, attn_mask=group.mask,
+                                               is_causal=group.mask is None, enable_gqa=True)
+            out.index_copy_(0, group.query_index.flatten(), y.transpose(1, 2).flatten(0, 1))
+        return out.transpose(0, 1).unsqueeze(0)
+
+
+def slots_of(block_table: list[int], positions: range, block_size: int) -> list[int]:
+    return [block_table[p // block_size] * block_size + p % block_size for p in positions]
+
+
+def context_slots(block_tables: list[list[int]], length: int, block_size: int, device: torch.device) -> torch.Tensor:
+    """(G, length) cache slots of positions 0 .. length-1 of each sequence (block tables padded with block 0)."""
+    width = -(-length // block_size)
+    padded = torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in block_tables], device=device)
+    return (padded.unsqueeze(2) * block_size + torch.arange(block_size, device=device)).flatten(1)[:, :length]
+
+
+def build_layout(chunks: list[tuple[list[int], int, int]], block_size: int, device: torch.device) -> StepLayout:
+    """chunks: (block_table, start, length) per scheduled sequence, in flat order; tokens start .. start+length-1
+    are new. Decode chunks (length 1) share one group; every longer chunk gets its own."""
+    slot_mapping: list[int] = []
+    decode_rows: list[int] = []
+    decode_tables: list[list[int]] = []
+    decode_lengths: list[int] = []
+    groups: list[AttentionGroup] = []
+    row = 0
+    for block_table, start, length in chunks:
+        end = start + length
+        slot_mapping += slots_of(block_table, range(start, end), block_size)
+        if length == 1:
+            decode_rows.append(row)
+            decode_tables.append(block_table)
+            decode_lengths.append(end)
+        else:
+            mask = None
+            if start > 0:  # query i sits at position start + i and sees keys 0 .. start + i
+                mask = torch.arange(end, device=device) <= torch.arange(start, end, device=device).unsqueeze(1)
+                mask = mask.view(1, 1, length, end)
+            groups.append(AttentionGroup(torch.arange(row, row + length, device=device).unsqueeze(0),
+                                         context_slots([block_table], end, block_size, device), mask))
+        row += length
+    if decode_rows:
+        longest = max(decode_lengths)
+        lengths = torch.tensor(decode_lengths, device=device)
+        mask = (torch.arange(longest, device=device) < lengths.unsqueeze(1)).view(len(decode_rows), 1, 1, longest)
+        groups.append(AttentionGroup(torch.tensor(decode_rows, device=device).unsqueeze(1),
+                                     context_slots(decode_tables, longest, block_size, device), mask))
+    return StepLayout(torch.tensor(slot_mapping, device=device), groups)

@@ -1,0 +1,60 @@
+"""Per-request sampling settings, shaped like vLLM's `SamplingParams` (and OpenAI's request fields)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmstack.errors import LmstackError
+
+
+class SamplingError(LmstackError):
+    """A sampling setting out of range, or a request the engine can never serve."""
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 (or -1) = off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # HF/CTRL style over prompt and output: >1 discourages repeats
+    frequency_penalty: float = 0.0  # OpenAI style over the output: minus penalty * count
+    presence_penalty: float = 0.0  # OpenAI style over the output: minus penalty once a token appeared
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    seed: int | None = None
+    n: int = 1
+    stop: list[str] = field(default_factory=list)  # matched on the text, never emitted
+    stop_token_ids: list[int] = field(default_factory=list)  # on top of the tokenizer's stop ids
+    ignore_eos: bool = False  # True: only max_tokens, stop strings and stop_token_ids end a sequence
+    logprobs: int | None = None  # None = off; k = the sampled token's logprob and the top k
+    prompt_logprobs: int | None = None  # None = off; k = each prompt token's logprob and the top k
+
+    def validate(self, vocab_size: int | None = None) -> "SamplingParams":
+        checks = [
+            (self.max_tokens >= 1, f"max_tokens must be at least 1, got {self.max_tokens}"),
+            (self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.top_k >= -1, f"top_k must be >= 0 (0 or -1 = off), got {self.top_k}"),
+            (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
+            (self.repetition_penalty > 0, f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}"),
+            (-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
+            (-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
+            (self.n >= 1, f"n must be at least 1, got {self.n}"),
+            (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be in [0, 20], got {self.logprobs}"),
+            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
+             f"prompt_logprobs must be in [0, 20], got {self.prompt_logprobs}"),
+            (all(isinstance(s, str) and s for s in self.stop), f"stop strings must be non-empty strings, got {self.stop!r}"),
+        ]
+        if vocab_size is not None:
+            bad = [t for t in [*self.logit_bias, *self.stop_token_ids] if not 0 <= int(t) < vocab_size]
+            checks.append((not bad, f"token ids {bad[:5]} in logit_bias/stop_token_ids are outside the vocab [0, {vocab_size})"))
+        for ok, message in checks:
+            if not ok:
+                raise SamplingError(message)
+        return self
+
+    @property
+    def needs_penalties(self) -> bool:
+        return (self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+                or bool(self.logit_bias))

@@ -1,0 +1,63 @@
+"""`lmstack import`, `lmstack export`, `lmstack info`: move models in and out, and look inside one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "import", help="convert a Hugging Face or nanoGPT model into a lmstack checkpoint dir",
+        description="Import GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM weights (a local directory or "
+                    "a hub id such as openai-community/gpt2), or a nanoGPT ckpt.pt.")
+    p.add_argument("--from", dest="source_format", choices=["hf", "nanogpt"], required=True)
+    p.add_argument("src", help="HF model dir or hub id; nanoGPT ckpt.pt or its out_dir")
+    p.add_argument("out_dir", help="checkpoint dir to write (replaced atomically if it exists)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="weights dtype (auto: as in the source)")
+    p.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
+                   help="tokenizer.json to store with the model (default: the HF dir's own; nanoGPT has none)")
+    p.set_defaults(func=run_import)
+
+    p = subparsers.add_parser(
+        "export", help="write a checkpoint dir in Hugging Face format (transformers, vLLM, llama.cpp)",
+        description="Write config.json + model.safetensors + tokenizer files that transformers' "
+                    "AutoModelForCausalLM / AutoTokenizer, vLLM and llama.cpp's convert_hf_to_gguf.py load.")
+    p.add_argument("--format", dest="target_format", choices=["hf"], default="hf")
+    p.add_argument("ckpt", help="lmstack checkpoint dir")
+    p.add_argument("out_dir", help="directory to write (replaced atomically if it exists)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="weights dtype (auto: as in the checkpoint)")
+    p.set_defaults(func=run_export)
+
+    p = subparsers.add_parser("info", help="show a checkpoint's shape, parameter count, dtype and files")
+    p.add_argument("ckpt", help="lmstack checkpoint dir")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=run_info)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    if args.source_format == "hf":
+        from lmstack.model.convert_hf import import_hf as convert
+    else:
+        from lmstack.model.convert_nanogpt import import_nanogpt as convert
+    out = convert(args.src, args.out_dir, dtype=args.dtype, tokenizer=args.tokenizer)
+    print(f"imported {args.src} -> {out}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from lmstack.model.convert_hf import export_hf
+
+    out = export_hf(args.ckpt, args.out_dir, dtype=args.dtype)
+    print(f"exported {args.ckpt} -> {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from lmstack.model.info import checkpoint_summary, format_summary
+
+    summary = checkpoint_summary(args.ckpt)
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    return 0

@@ -1,0 +1,72 @@
+"""What every conversion shares: its error, the dtype choice, and writing an imported checkpoint dir.
+
+The formats themselves live next door: `convert_hf.py` (Hugging Face import and export, names and
+config fields in `hf_layout.py`) and `convert_nanogpt.py` (nanoGPT `ckpt.pt` import).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmstack.atomic import atomic_directory
+from lmstack.errors import LmstackError
+from lmstack.model.checkpoint import TOKENIZER_FILE, write_model_files
+from lmstack.model.config import ModelConfig
+from lmstack.model.gpt import GPT
+from lmstack.tokenizer import Tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ConversionError(LmstackError):
+    """A model that cannot be converted; the message names the file or setting and what would work."""
+
+
+def target_dtype(requested: str, state: dict[str, torch.Tensor]) -> torch.dtype:
+    """`auto` keeps the source's float dtype (a bf16 model stays bf16: half the disk of fp32)."""
+    if requested != "auto":
+        if requested not in DTYPES:
+            raise ConversionError(f"--dtype {requested!r} is not one of auto, {', '.join(DTYPES)}")
+        return DTYPES[requested]
+    floats = [t.dtype for t in state.values() if t.is_floating_point()]
+    return max(set(floats), key=floats.count) if floats else torch.float32
+
+
+def check_tokenizer_file(path: str | Path) -> Path:
+    """A tokenizer.json to attach to an imported model (a file, or a dir holding one), checked by loading it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    Tokenizer.load(path)  # raises a TokenizerError naming the file if it is missing or malformed
+    return path
+
+
+def write_imported_checkpoint(out_dir: str | Path, cfg: ModelConfig, state: dict[str, torch.Tensor],
+                              tokenizer_file: Path | None, imported_from: dict[str, Any],
+                              dtype: str = "auto") -> Path:
+    """Check `state` (our names) against `cfg` and write a lmstack checkpoint dir, atomically.
+
+    The model is built on the meta device and the tensors are assigned into it, not copied: importing
+    a model needs one copy of its weights in memory, not two. The tokenizer file is copied byte for byte.
+    """
+    cast_to = target_dtype(dtype, state)
+    state = {name: t.to(cast_to) if t.is_floating_point() else t for name, t in state.items()}
+    with torch.device("meta"):
+        model = GPT(cfg)
+    if cfg.tied:
+        state["lm_head.weight"] = state["tok_emb.weight"]
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        raise ConversionError(f"the weights of {imported_from.get('path')} do not fit the model its config "
+                              f"describes: {err}") from None
+    model.tie_weights()
+    with atomic_directory(out_dir) as tmp:
+        write_model_files(tmp, model, None, {"imported_from": imported_from})
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
+    return Path(out_dir)

@@ -1,0 +1,129 @@
+"""Hugging Face checkpoints in and out: `lmstack import --from hf` and `lmstack export --format hf`.
+
+Import reads config.json and the safetensors (or pytorch_model.bin) weights of a local directory,
+or downloads them from the hub; export writes config.json + model.safetensors + tokenizer files
+that `transformers`, vLLM and llama.cpp's converter load. Neither direction needs `transformers`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from lmstack.atomic import atomic_directory
+from lmstack.config import from_dict
+from lmstack.model.checkpoint import CheckpointError, WEIGHTS_FILE, read_config
+from lmstack.model.config import ModelConfig
+from lmstack.model.convert import ConversionError, check_tokenizer_file, target_dtype, write_imported_checkpoint
+from lmstack.model.hf_layout import (hf_config_from_model, hf_tensor_maps, model_config_from_hf, rename_to_ours,
+                                     rename_to_theirs, zero_gpt2_biases)
+from lmstack.model.hf_tokenizer import write_tokenizer_files
+from lmstack.tokenizer import Tokenizer
+
+HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
+             "tokenizer_config.json", "generation_config.json"]
+
+
+# ---- import -----------------------------------------------------------------------------------------
+
+def import_hf(src: str, out_dir: str | Path, dtype: str = "auto", tokenizer: str | Path | None = None) -> Path:
+    """A HF GPT-2 / Llama / Qwen3 directory (or hub id) -> a lmstack checkpoint dir."""
+    source = resolve_source(src)
+    hf_config = read_hf_config(source)
+    cfg = model_config_from_hf(hf_config, str(source))
+    theirs = normalise_names(read_hf_weights(source), cfg)
+    state = rename_to_ours(theirs, hf_tensor_maps(cfg), str(source),
+                           ignored=("lm_head.weight",) if cfg.tied else ())
+    if tokenizer is not None:
+        tokenizer_file = check_tokenizer_file(tokenizer)
+    else:
+        tokenizer_file = source / "tokenizer.json" if (source / "tokenizer.json").is_file() else None
+    architecture = (hf_config.get("architectures") or [hf_config["model_type"]])[0]
+    return write_imported_checkpoint(out_dir, cfg, state, tokenizer_file,
+                                     {"format": "hf", "path": str(src), "architecture": architecture}, dtype)
+
+
+def resolve_source(src: str) -> Path:
+    """A local directory as is; anything else that looks like `org/name` is fetched from the hub."""
+    path = Path(src).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or src.startswith((".", "/", "~")) or src.count("/") > 1:
+        raise ConversionError(f"'{src}' is not a directory; pass a directory holding config.json and "
+                              "model.safetensors, or a hub id such as openai-community/gpt2")
+    from huggingface_hub import snapshot_download  # only the hub path needs it
+
+    try:
+        local = Path(snapshot_download(repo_id=src, allow_patterns=HUB_FILES))
+        if not any(local.glob("*.safetensors")):  # older repos ship only pytorch_model.bin
+            local = Path(snapshot_download(repo_id=src, allow_patterns=HUB_FILES + ["pytorch_model*.bin*"]))
+    except Exception as err:  # the hub raises many types (offline, not found, gated); all mean the same here
+        raise ConversionError(f"could not download '{src}' from the Hugging Face hub ({type(err).__name__}: "
+                              f"{err}); check the id and your network, or pass a local directory") from None
+    return local
+
+
+def read_hf_config(directory: Path) -> dict[str, Any]:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"'{directory}' has no config.json; it is not a Hugging Face model directory")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConversionError(f"'{path}' is not valid JSON: {err}") from None
+
+
+def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a HF model dir: one or sharded safetensors, else one or sharded pytorch_model.bin."""
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (directory / index).is_file():
+            files = sorted(set(json.loads((directory / index).read_text())["weight_map"].values()))
+        elif (directory / single).is_file():
+            files = [single]
+        else:
+            continue
+        state: dict[str, torch.Tensor] = {}
+        for name in tqdm(files, desc="reading weights", unit="file", disable=len(files) < 2):
+            if name.endswith(".safetensors"):
+                state.update(load_file(str(directory / name)))
+            else:  # weights_only: a checkpoint from the internet must not run code when unpickled
+                state.update(torch.load(directory / name, map_location="cpu", weights_only=True, mmap=True))
+        return state
+    raise ConversionError(f"'{directory}' has no model.safetensors or pytorch_model.bin (nor a sharded index)")
+
+
+def normalise_names(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Base-model checkpoints (GPT2Model, LlamaModel) omit the `transformer.` / `model.` prefix."""
+    prefix = "transformer." if cfg.arch == "gpt2" else "model."
+    return {k if k.startswith(prefix) or k == "lm_head.weight" else prefix + k: v for k, v in state.items()}
+
+
+# ---- export -----------------------------------------------------------------------------------------
+
+def export_hf(ckpt: str | Path, out_dir: str | Path, dtype: str = "auto") -> Path:
+    """A lmstack checkpoint dir -> a HF model dir (config.json, model.safetensors, tokenizer files)."""
+    ckpt = Path(ckpt)
+    config = read_config(ckpt)
+    if not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"'{ckpt}/config.json' has no \"model\" table; pass a lmstack checkpoint dir")
+    cfg = from_dict(ModelConfig, config["model"], prefix="model.")
+    if not (ckpt / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"'{ckpt}' has no {WEIGHTS_FILE}; the checkpoint is incomplete")
+    ours = load_file(str(ckpt / WEIGHTS_FILE))
+    cast_to = target_dtype(dtype, ours)
+    theirs = rename_to_theirs({k: v.to(cast_to) for k, v in ours.items()}, hf_tensor_maps(cfg))
+    if cfg.arch == "gpt2":
+        zero_gpt2_biases(theirs)
+    tokenizer = Tokenizer.load(ckpt) if (ckpt / "tokenizer.json").is_file() else None
+    with atomic_directory(out_dir) as tmp:
+        token_ids = write_tokenizer_files(tmp, tokenizer, cfg.block_size) if tokenizer else {}
+        hf_config = hf_config_from_model(cfg, cast_to, token_ids)
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        save_file(theirs, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    return Path(out_dir)

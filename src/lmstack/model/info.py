@@ -1,0 +1,71 @@
+"""`lmstack info CKPT`: what a checkpoint dir holds, read without loading its weights."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from lmstack.config import from_dict
+from lmstack.model.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, CheckpointError, read_config
+from lmstack.model.config import ModelConfig
+from lmstack.model.gpt import GPT
+from lmstack.tokenizer import Tokenizer
+
+SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+
+
+def checkpoint_summary(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    config = read_config(path)
+    if not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"'{path / CONFIG_FILE}' has no \"model\" table; pass a lmstack checkpoint dir")
+    cfg = from_dict(ModelConfig, config["model"], prefix="model.")
+    with torch.device("meta"):  # counts parameters without allocating them
+        model = GPT(cfg)
+    summary: dict[str, Any] = {
+        "path": str(path),
+        "model": {**asdict(cfg), "head_dim": cfg.head_dim, "mlp_hidden": cfg.hidden, "kv_heads": cfg.kv_heads,
+                  "tie_embeddings": cfg.tied, "bias": cfg.has_bias},
+        "params": model.num_params(),
+        "params_non_embedding": model.num_params(non_embedding=True),
+        "train_flops_per_token": model.flops_per_token(),
+        "files": {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()},
+    }
+    weights = path / WEIGHTS_FILE
+    if weights.is_file():
+        with safe_open(str(weights), framework="pt") as f:
+            stored = {f.get_slice(k).get_dtype() for k in f.keys()}
+        summary["weights_dtypes"] = sorted(SAFETENSORS_DTYPES.get(d, d) for d in stored)
+    if (path / TOKENIZER_FILE).is_file():
+        tokenizer = Tokenizer.load(path / TOKENIZER_FILE)
+        summary["tokenizer"] = {"vocab_size": tokenizer.vocab_size, "chat_tokens": tokenizer.has_chat_tokens,
+                                "bos_id": tokenizer.bos_id}
+    summary["other_config"] = {k: v for k, v in config.items() if k != "model"}
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    cfg = summary["model"]
+    lines = [
+        f"checkpoint  {summary['path']}",
+        f"model       {cfg['arch']}: {cfg['n_layer']} layers, {cfg['n_head']} heads ({cfg['kv_heads']} kv) "
+        f"x {cfg['head_dim']}, n_embd {cfg['n_embd']}, mlp {cfg['mlp_hidden']}, vocab {cfg['vocab_size']}, "
+        f"context {cfg['block_size']}",
+        f"            tied embeddings {cfg['tie_embeddings']}, bias {cfg['bias']}, qk_norm {cfg['qk_norm']}",
+        f"params      {summary['params'] / 1e6:,.2f}M ({summary['params_non_embedding'] / 1e6:,.2f}M without "
+        f"embeddings); training {summary['train_flops_per_token'] / 1e9:,.3f} GFLOP/token at full context",
+        f"weights     {', '.join(summary.get('weights_dtypes', ['missing']))}",
+    ]
+    if "tokenizer" in summary:
+        tok = summary["tokenizer"]
+        lines.append(f"tokenizer   vocab {tok['vocab_size']}, chat tokens {'yes' if tok['chat_tokens'] else 'no'}")
+    else:
+        lines.append("tokenizer   none")
+    lines.append("files       " + ", ".join(f"{name} ({size / 1e6:,.1f} MB)" for name, size in summary["files"].items()))
+    for key, value in summary["other_config"].items():
+        lines.append(f"{key:<11} {value}")
+    return "\n".join(lines)

@@ -1,0 +1,331 @@
+"""GRPO (Shao et al. 2024, DeepSeekMath): reinforcement learning with verifiable rewards, no value model.
+
+Each step: for every prompt, sample a group of G completions with the current model (on-policy); a
+Python reward function scores each one; a completion's advantage is its reward minus the group mean,
+divided by the group std (so only *differences within a group* teach anything). The loss raises the
+log-probability of above-average completions and lowers the rest, token by token, plus an optional KL
+penalty to the frozen reference (the k3 estimator, as in the paper). One gradient step per batch of
+samples, so the importance ratio is exactly 1 and needs no clipping.
+
+The prompts and the reward here are the synthetic tool-use task's decision points and checker
+(lmstack.data.toolcalls), but `GRPOObjective` takes any `reward(prompt, text) -> float`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmstack.atomic import atomic_write
+from lmstack.config import ConfigError
+from lmstack.data.toolcalls import decision_points, score_turn, turn_reward
+from lmstack.infer.engine import Engine, EngineConfig
+from lmstack.infer.params import SamplingParams
+from lmstack.model.gpt import GPT
+from lmstack.tokenizer import Tokenizer
+from lmstack.train.chat_data import ChatDataError, LoadReport, conversation_problem, read_jsonl
+from lmstack.train.logprobs import token_logprobs
+from lmstack.train.lora import lora_disabled, lora_layers
+from lmstack.train.metrics import read_metrics
+from lmstack.train.sft import FineTuner, FineTuneResult, MicroBatches, SFTConfig, run_finetune
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """rewards (n_groups, G) -> advantages of the same shape, zero-mean within each group.
+
+    A group whose samples all scored the same gets zero advantage: it carries no signal.
+    """
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    return (rewards - mean) / (std + eps)
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || ref) estimate exp(r) - r - 1 with r = log ref - log pi: unbiased and >= 0."""
+    r = ref_logprobs - logprobs
+    return torch.exp(r) - r - 1
+
+
+def grpo_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+              ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """logprobs, mask, ref_logprobs (N, T); advantages (N,) -> loss (mean over sequences of token means).
+
+    exp(logp - logp.detach()) is 1 in value, grad logp in gradient: the on-policy policy gradient.
+    """
+    mask = mask.float()
+    lengths = mask.sum(dim=1).clamp(min=1)
+    ratio = torch.exp(logprobs - logprobs.detach())
+    per_token = -ratio * advantages.unsqueeze(1)
+    kl_mean = 0.0
+    if ref_logprobs is not None:
+        kl = kl_k3(logprobs, ref_logprobs)
+        per_token = per_token + kl_coef * kl
+        kl_mean = ((kl * mask).sum(dim=1) / lengths).mean().item()
+    loss = ((per_token * mask).sum(dim=1) / lengths).mean()
+    return loss, {"kl": kl_mean}
+
+
+@dataclass
+class Rollouts:
+    """One step's samples as training rows: prompt + completion, scored only on the completion."""
+    inputs: torch.Tensor   # (N, T)
+    targets: torch.Tensor  # (N, T), -1 outside the completion
+    rewards: torch.Tensor  # (n_groups, G)
+    lengths: list[int]     # completion tokens per sample
+
+    def to(self, device: torch.device | str) -> "Rollouts":
+        return Rollouts(self.inputs.to(device), self.targets.to(device), self.rewards, self.lengths)
+
+
+def build_rollouts(prompts: list[list[int]], completions: list[list[list[int]]], rewards: list[list[float]],
+                   pad_id: int) -> Rollouts:
+    """prompts[i] with its group completions[i][j] -> padded rows (prompt tokens are never trained)."""
+    rows = [(p, c) for p, group in zip(prompts, completions) for c in group]
+    T = max(len(p) + len(c) for p, c in rows) - 1
+    inputs = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), T), -1, dtype=torch.long)
+    for r, (prompt, completion) in enumerate(rows):
+        ids = torch.tensor(prompt + completion)
+        inputs[r, :len(ids) - 1] = ids[:-1]
+        # target t predicts ids[t + 1]: the completion's tokens are targets len(prompt) - 1 onwards
+        targets[r, len(prompt) - 1:len(ids) - 1] = ids[len(prompt):]
+    return Rollouts(inputs, targets, torch.tensor(rewards, dtype=torch.float32), [len(c) for _, c in rows])
+
+
+class GRPOObjective:
+    """loss(model, rollouts) for the training loop: policy gradient with group advantages, plus a KL
+    penalty to `reference` (frozen) or, when it is None, to `model` with its LoRA adapters off."""
+
+    def __init__(self, reference: GPT | None, kl_coef: float = 0.0):
+        self.reference, self.kl_coef = reference, kl_coef
+
+    @torch.no_grad()
+    def reference_logprobs(self, model: torch.nn.Module, rollouts: Rollouts) -> torch.Tensor:
+        if self.reference is not None:
+            return token_logprobs(self.reference, rollouts.inputs, rollouts.targets)
+        if not any(True for _ in lora_layers(model)):
+            raise ValueError("a KL penalty without a reference model needs LoRA adapters to switch off")
+        with lora_disabled(model):
+            return token_logprobs(model, rollouts.inputs, rollouts.targets)
+
+    def __call__(self, model: torch.nn.Module, rollouts: Rollouts) -> tuple[torch.Tensor, dict[str, float]]:
+        advantages = group_advantages(rollouts.rewards).flatten().to(rollouts.inputs.device)
+        logprobs = token_logprobs(model, rollouts.inputs, rollouts.targets)
+        ref = self.reference_logprobs(model, rollouts) if self.kl_coef > 0 else None
+        loss, metrics = grpo_loss(logprobs, advantages, rollouts.targets >= 0, ref, self.kl_coef)
+        rewards = rollouts.rewards
+        return loss, {**metrics, "reward_mean": rewards.mean().item(),
+                      "reward_std": rewards.std(dim=1, unbiased=False).mean().item(),
+                      "sample_length": sum(rollouts.lengths) / len(rollouts.lengths)}
+
+
+# ---- sampling with the engine, and the synthetic tool-use task as prompts + reward -------------------
+@dataclass
+class ToolcallPrompt:
+    ids: list[int]          # the conversation so far, rendered with the generation prompt
+    target: dict[str, Any]  # what the next assistant turn should do (see toolcalls.decision_points)
+
+
+def toolcall_prompts(samples: list[dict[str, Any]], tokenizer: Tokenizer, max_prompt_tokens: int) -> list[ToolcallPrompt]:
+    """Every decision point of the synthetic samples that leaves room to answer within the context."""
+    prompts = []
+    for sample in samples:
+        for messages, target in decision_points(sample):
+            ids = tokenizer.render(messages, sample["tools"], add_generation_prompt=True).ids
+            if len(ids) <= max_prompt_tokens:
+                prompts.append(ToolcallPrompt(ids, target))
+    return prompts
+
+
+def toolcall_reward(tokenizer: Tokenizer, target: dict[str, Any], completion: list[int]) -> tuple[float, dict[str, bool]]:
+    """The checker's reward for generated ids (the stop token included or not) and the score behind it."""
+    content, calls = tokenizer.parse_assistant(tokenizer.decode(completion))
+    score = score_turn(content, calls, target)
+    return turn_reward(score), score
+
+
+@torch.no_grad()
+def sample_completions(model: GPT, tokenizer: Tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int,
+                       temperature: float, seed: int | None = None) -> list[list[list[int]]]:
+    """n completions per prompt from the engine (continuous batching over all of them); stop tokens kept.
+
+    A fresh engine each call: a prefix cache kept across optimizer steps would serve stale keys and values.
+    """
+    was_training = model.training
+    engine = Engine(model, tokenizer, EngineConfig(max_num_seqs=64))
+    params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, n=n,
+                             seed=None if seed is None else seed + 1000 * i) for i in range(len(prompts))]
+    outputs = engine.generate(prompts, params)
+    model.train(was_training)
+    return [[list(o.token_ids) for o in out.outputs] for out in outputs]
+
+
+def toolcall_accuracy(model: GPT, tokenizer: Tokenizer, prompts: list[ToolcallPrompt],
+                      max_new_tokens: int = 64) -> dict[str, float]:
+    """Greedy answers at every decision point, scored: how often calls parse, name the right tool,
+    carry the right arguments; how often answer turns call nothing and contain the answer; mean reward."""
+    completions = sample_completions(model, tokenizer, [p.ids for p in prompts], 1, max_new_tokens, temperature=0.0)
+    calls = {"parsed": 0, "right_tool": 0, "right_args": 0}
+    answers = {"no_call": 0, "correct": 0}
+    n_calls = n_answers = 0
+    total_reward = 0.0
+    for prompt, (completion,) in zip(prompts, completions):
+        reward, score = toolcall_reward(tokenizer, prompt.target, completion)
+        total_reward += reward
+        if score["expects_call"]:
+            n_calls += 1
+            for key in calls:
+                calls[key] += score[key]
+        else:
+            n_answers += 1
+            answers["no_call"] += score["right_tool"]
+            answers["correct"] += score["correct"]
+    return {"call_turns": n_calls, "answer_turns": n_answers,
+            **{f"call_{k}": v / max(n_calls, 1) for k, v in calls.items()},
+            **{f"answer_{k}": v / max(n_answers, 1) for k, v in answers.items()},
+            "mean_reward": total_reward / max(len(prompts), 1)}
+
+
+def load_toolcall_samples(path: str | Path) -> list[dict[str, Any]]:
+    report = LoadReport()
+    samples = list(read_jsonl(path, report, check=_toolcall_problem))
+    if not samples:
+        raise ChatDataError(f"'{path}' has no synthetic tool-use samples ({report.summary()}); "
+                            "write some with `lmstack data toolcalls --out DIR`")
+    return samples
+
+
+def _toolcall_problem(record: Any) -> str | None:
+    problem = conversation_problem(record)
+    if problem is None and not isinstance(record.get("expected"), dict):
+        return "no 'expected' (GRPO needs the checker's targets: use `lmstack data toolcalls` output)"
+    return problem
+
+
+# ---- the `lmstack grpo` trainer ---------------------------------------------------------------------------
+@dataclass
+class GRPOConfig(SFTConfig):
+    group_size: int = 8  # samples per prompt
+    kl_coef: float = 0.02
+    temperature: float = 1.0
+    max_new_tokens: int = 48
+    eval_prompts: int = 64  # held-out decision points scored greedily at each eval
+    run_name: str = "grpo"
+    batch_size: int = 4  # prompts per micro-batch (each with group_size samples)
+    max_steps: int = 30
+    lr: float = 2e-5
+    warmup_steps: int = 0
+    eval_every: int = 10
+    checkpoint_every: int = 10
+
+    def validate(self) -> None:
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be at least 2 (advantages compare samples), got {self.group_size}")
+        if self.kl_coef < 0 or self.temperature <= 0 or self.max_new_tokens < 1:
+            raise ConfigError("kl_coef must be >= 0, temperature > 0 and max_new_tokens >= 1")
+        super().validate()
+
+
+class RolloutLoader:
+    """Each batch: `batch_size` prompts (shuffled, sharded by rank), a group of samples for each from the
+    current model, scored by the checker. Resumable: the state is how many prompts were drawn."""
+
+    def __init__(self, trainer: "GRPOTrainer", prompts: list[ToolcallPrompt], rank: int, world_size: int):
+        self.trainer, self.prompts, self.rank, self.world_size = trainer, prompts, rank, world_size
+        self.draws = 0
+
+    def next_batch(self) -> Rollouts:
+        cfg, tokenizer = self.trainer.cfg, self.trainer.tokenizer
+        n = len(self.prompts)
+        picked = []
+        for k in range(cfg.batch_size):
+            draw = self.draws + self.rank * cfg.batch_size + k
+            order = random.Random(f"{cfg.seed}-{draw // n}").sample(range(n), n)
+            picked.append(self.prompts[order[draw % n]])
+        self.draws += cfg.batch_size * self.world_size
+        completions = sample_completions(self.trainer.model, tokenizer, [p.ids for p in picked], cfg.group_size,
+                                         cfg.max_new_tokens, cfg.temperature, seed=cfg.seed * 1_000_003 + self.draws)
+        rewards = [[toolcall_reward(tokenizer, p.target, c)[0] for c in group] for p, group in zip(picked, completions)]
+        return build_rollouts([p.ids for p in picked], completions, rewards, tokenizer.special["<|pad|>"])
+
+    def state_dict(self) -> dict[str, int]:
+        return {"draws": self.draws}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.draws = state["draws"]
+
+
+class GRPOTrainer(FineTuner):
+    cfg: GRPOConfig
+
+    def build_loader(self) -> MicroBatches:
+        cfg = self.cfg
+        room = self.model.cfg.block_size - cfg.max_new_tokens
+        train = toolcall_prompts(load_toolcall_samples(cfg.train_file), self.tokenizer, room)
+        val_samples = load_toolcall_samples(cfg.val_file) if cfg.val_file else []
+        self.val_prompts = toolcall_prompts(val_samples, self.tokenizer, room)[:cfg.eval_prompts]
+        if not train:
+            raise ChatDataError(f"no decision point of '{cfg.train_file}' fits the context with max_new_tokens="
+                                f"{cfg.max_new_tokens}; lower max_new_tokens")
+        self.say(f"GRPO: {len(train)} train prompts, {len(self.val_prompts)} val prompts, "
+                 f"groups of {cfg.group_size}")
+        self.objective = GRPOObjective(self.reference_model() if cfg.kl_coef > 0 else None, cfg.kl_coef)
+        return MicroBatches(lambda rank, ways: RolloutLoader(self, train, rank, ways), self.dist.rank,
+                            self.dist.world_size, self.grad_accum, self.device)
+
+    def compute_loss(self, batch: Rollouts) -> torch.Tensor:
+        loss, self.step_metrics = self.objective(self.forward_model, batch)
+        return loss
+
+    def run_eval(self) -> None:
+        if not self.val_prompts:
+            return
+        # Each rank scores the same prompts (greedy: identical results); only rank 0 writes them.
+        result = toolcall_accuracy(self.model, self.tokenizer, self.val_prompts, self.cfg.max_new_tokens)
+        self.last_val = 1.0 - result["mean_reward"]  # lower is better, as `best` expects
+        if not self.is_main:
+            return
+        record = {"val_reward": result["mean_reward"], "val_call_right_tool": result["call_right_tool"],
+                  "val_call_right_args": result["call_right_args"]}
+        self.metrics.write({"step": self.step, **record})
+        self.writers.write(self.step, record)
+        self.say(f"step {self.step}: held-out mean reward {result['mean_reward']:.3f} over {len(self.val_prompts)} "
+                 f"prompts; right tool {result['call_right_tool']:.1%}, right arguments {result['call_right_args']:.1%}")
+        plot_rewards(read_metrics(self.metrics.path), self.run_dir / "reward.png", self.cfg.run_name)
+
+
+def plot_rewards(records: list[dict[str, Any]], path: Path, title: str) -> None:
+    """reward.png: mean sampled reward per step (with its group std) and the held-out greedy reward."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["reward_mean"], r["reward_std"]) for r in records if "reward_mean" in r]
+    val = [(r["step"], r["val_reward"]) for r in records if "val_reward" in r]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if train:
+        steps, means, stds = zip(*train)
+        ax.plot(steps, means, color="tab:blue", label="train: mean reward of samples")
+        ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                        color="tab:blue", alpha=0.15, label="within-group std")
+    if val:
+        ax.plot(*zip(*val), "o-", color="tab:orange", label="held-out: greedy reward")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def grpo(cfg: GRPOConfig, resume: str = "auto") -> FineTuneResult:
+    if not cfg.train_file:
+        raise ChatDataError("no prompts: pass --data FILE.jsonl from `lmstack data toolcalls`")
+    return run_finetune(GRPOTrainer, cfg, resume)

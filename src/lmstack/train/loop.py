@@ -1,0 +1,353 @@
+"""The pretraining loop: `train(cfg)` runs (or resumes) a run in `cfg.resolved_run_dir`.
+
+Steps are numbered from 1; checkpoint `step_000040` holds the state after 40 optimizer steps. Order
+within a step: lr for the step -> forward/backward over the micro-batches -> all-reduced loss and grad
+norm -> guard -> optimizer step -> metrics -> eval (+ samples, plot) -> checkpoint -> stop on signal.
+Only rank 0 writes files; every rank takes part in every collective in the same order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lmstack.config import to_dict
+from lmstack.device import autocast_dtype, detect_device, device_for_rank, init_distributed, peak_flops
+from lmstack.errors import LmstackError
+from lmstack.model.checkpoint import load_model_dir
+from lmstack.model.gpt import build_model
+from lmstack.tokenizer import Tokenizer
+from lmstack.train import checkpoint as ckpt
+from lmstack.train.batches import GlobalBatchLoader
+from lmstack.train.config import TrainConfig
+from lmstack.train.distributed import any_rank, barrier, broadcast_object, gather_objects, mean_across_ranks, shutdown
+from lmstack.train.evaluate import draw_samples, evaluate, token_byte_lengths
+from lmstack.train.guards import LossGuard
+from lmstack.train.metrics import MetricsLog, memory_mb, mfu, read_metrics
+from lmstack.train.optim import build_optimizers
+from lmstack.train.plots import plot_losses
+from lmstack.train.resume import check_resumable
+from lmstack.train.rng import capture_rng, restore_rng, seed_everything
+from lmstack.train.rundir import append_log, ensure_writable, write_run_header
+from lmstack.train.runinfo import code_version, environment
+from lmstack.train.schedules import lr_multiplier, set_lr
+from lmstack.train.val import val_batches
+from lmstack.train.writers import ScalarWriters
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # optimizer steps completed
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    val_loss: float | None
+    interrupted_by: str | None  # "SIGINT" / "SIGTERM" when a signal ended the run early
+    samples: list[str]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: str = "auto"):
+        self.cfg = cfg
+        self.device_info = detect_device(cfg.device)
+        self.dist = init_distributed(self.device_info)
+        self.device = device_for_rank(self.device_info, self.dist)
+        self.is_main = self.dist.is_main
+        self.run_dir = cfg.resolved_run_dir
+        self._check_run_dir()
+        self.tokenizer = self._load_tokenizer()
+        self.config_dict = to_dict(cfg)
+        self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len * self.grad_accum * self.dist.world_size
+        resume_from = self._find_resume_point(resume)
+        seed_everything(cfg.seed + self.dist.rank)  # per-rank streams (dropout), same init via build_model's seed
+        self.model = self.build_model(resume_from)
+        self.model.train()
+        self.forward_model = self._wrap_model()
+        self.optimizers = build_optimizers(self.model, cfg, self.device)
+        self.loader = self.build_loader()
+        self.step_metrics: dict[str, float] = {}  # extra per-step figures a subclass's compute_loss reports
+        self.guard = LossGuard(cfg.guard)
+        self.step, self.best_val, self.last_val = 0, math.inf, None
+        self.last_checkpoint: Path | None = None
+        if resume_from:
+            self._restore(resume_from, restore_loader=True)
+            self.last_checkpoint = resume_from
+        amp_dtype = autocast_dtype(self.device_info, cfg.dtype)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
+        self.peak_flops = peak_flops(self.device_info, amp_dtype) * self.dist.world_size
+        self.byte_lengths = token_byte_lengths(self.tokenizer, cfg.model.vocab_size, self.device)
+        self.stop_signal: str | None = None
+        self.nan_hook_fired = False
+        self.samples: list[str] = []
+        self._open_logs(resume_from)
+
+    # ---- setup ---------------------------------------------------------------------------------
+    def _check_run_dir(self) -> None:
+        error = None
+        if self.is_main:
+            try:
+                ensure_writable(self.run_dir)
+                ckpt.clean_interrupted_writes(self.run_dir)
+            except LmstackError as err:
+                error = str(err)
+        error = broadcast_object(error)  # every rank stops, not only rank 0
+        if error:
+            raise LmstackError(error)
+
+    def _load_tokenizer(self) -> Tokenizer:
+        tokenizer = Tokenizer.load(self.cfg.tokenizer_path)
+        if tokenizer.vocab_size > self.cfg.model.vocab_size:
+            raise LmstackError(
+                f"the tokenizer '{self.cfg.tokenizer_path}' has {tokenizer.vocab_size} tokens but "
+                f"model.vocab_size={self.cfg.model.vocab_size}; --set model.vocab_size={tokenizer.vocab_size}")
+        return tokenizer
+
+    def _find_resume_point(self, resume: str) -> Path | None:
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if resume == "require" and latest is None:
+            raise LmstackError(f"--resume: the run dir '{self.run_dir}' has no checkpoint to resume from; "
+                               "run without --resume to start training")
+        if latest is not None:
+            check_resumable(latest, self.config_dict)
+        return latest
+
+    def _wrap_model(self) -> torch.nn.Module:
+        model: torch.nn.Module = self.model
+        if self.dist.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        if self.cfg.compile:
+            model = torch.compile(model)
+        return model
+
+    def _open_logs(self, resume_from: Path | None) -> None:
+        self.metrics = self.writers = None
+        if not self.is_main:
+            return
+        header = {"resumed_from": str(resume_from) if resume_from else None, "step": self.step,
+                  **code_version(), **environment(self.device_info, self.dist.world_size),
+                  "params": self.model.num_params(), "grad_accum": self.grad_accum,
+                  "tokens_per_step": self.tokens_per_step}
+        write_run_header(self.run_dir, header, self.config_dict)
+        self.metrics = MetricsLog(self.run_dir, self.step if resume_from else None)
+        self.metrics.write({"event": "start", "step": self.step, **header})
+        self.writers = ScalarWriters(self.run_dir, self.cfg.tensorboard, self.cfg.wandb, self.cfg.wandb_project,
+                                     self.cfg.run_name, self.config_dict)
+        self.say(f"run dir {self.run_dir}: {'resuming from ' + str(resume_from) if resume_from else 'new run'}; "
+                 f"{self.model.num_params():,} parameters on {self.device_info.name} x{self.dist.world_size}; "
+                 f"{self.tokens_per_step:,} tokens/step ({self.grad_accum} micro-batches per process)")
+
+    def say(self, message: str) -> None:
+        if self.is_main:
+            tqdm.write(message)
+            append_log(self.run_dir, message)
+
+    def event(self, name: str, **fields) -> None:
+        if self.is_main:
+            self.metrics.write({"event": name, "step": self.step, **fields})
+            self.say(f"[{name}] step {self.step}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+
+    # ---- what fine-tuning subclasses replace (lmstack.train.sft: SFT, LoRA, DPO, GRPO) ------------
+    def build_model(self, checkpoint: Path | None) -> torch.nn.Module:
+        """The model to train: the weights of `checkpoint` (resume, rollback), else a fresh init."""
+        if checkpoint is not None:
+            return load_model_dir(checkpoint, self.device, load_tokenizer=False)[0]
+        return build_model(self.cfg.model, self.device, seed=self.cfg.seed)
+
+    def build_loader(self):
+        """Any object with micro_batches() (this process's batches of one step), state_dict, load_state_dict."""
+        cfg = self.cfg
+        return GlobalBatchLoader(cfg.data_dir, cfg.batch_size, cfg.seq_len, self.dist.rank,
+                                 self.dist.world_size, self.grad_accum, cfg.seed, self.device)
+
+    def compute_loss(self, batch) -> torch.Tensor:
+        """One micro-batch's loss, through `forward_model` so that DDP syncs the gradients."""
+        x, y = batch
+        return self.forward_model(x, y)[1]
+
+    # ---- state ---------------------------------------------------------------------------------
+    def train_state(self) -> dict:
+        """The state beyond the weights; RNG and loader positions are gathered from every rank."""
+        return {
+            "step": self.step,
+            "best_val": self.best_val,
+            "last_val": self.last_val,
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "guard": self.guard.state_dict(),
+            "rng": gather_objects(capture_rng()),
+            "loader": gather_objects(self.loader.state_dict()),
+            "world_size": self.dist.world_size,
+        }
+
+    def _restore(self, path: Path, restore_loader: bool) -> None:
+        state = ckpt.load_train_state(path)
+        if state["world_size"] != self.dist.world_size:
+            raise LmstackError(f"'{path}' was saved by {state['world_size']} process(es), this run has "
+                               f"{self.dist.world_size}; resume with the same number of processes")
+        if restore_loader:
+            self.loader.load_state_dict(state["loader"][self.dist.rank])
+        else:  # a rollback: the weights go back, the data stays past the offending batch
+            self.model.load_state_dict(self.build_model(path).state_dict())
+        for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+            optimizer.load_state_dict(saved)
+        self.guard.load_state_dict(state["guard"])
+        restore_rng(state["rng"][self.dist.rank])
+        self.step, self.best_val, self.last_val = state["step"], state["best_val"], state["last_val"]
+
+    # ---- one step ------------------------------------------------------------------------------
+    def forward_backward(self) -> torch.Tensor:
+        """Accumulate gradients over this process's micro-batches; returns the mean loss (detached)."""
+        total = torch.zeros((), device=self.device)
+        micro_batches = list(self.loader.micro_batches())
+        for i, batch in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            # DDP all-reduces gradients on the last micro-batch only; the others just accumulate.
+            sync = contextlib.nullcontext() if last or self.dist.world_size == 1 else self.forward_model.no_sync()
+            with sync:
+                with self.autocast():
+                    loss = self.compute_loss(batch)
+                if self.cfg.debug_nan_at_step == self.step + 1 and not self.nan_hook_fired:
+                    loss = loss * float("nan")
+                    self.nan_hook_fired = i == len(micro_batches) - 1
+                (loss / self.grad_accum).backward()
+            total += loss.detach()
+        return total / self.grad_accum
+
+    def optimizer_step(self) -> tuple[float, float, str | None]:
+        """One step: (loss, grad norm, reason the step was skipped or None)."""
+        set_lr(self.optimizers, lr_multiplier(self.cfg, self.step))
+        loss = mean_across_ranks(self.forward_backward()).item()
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True).item()
+        reason = self.guard.check(loss, grad_norm)
+        if reason is None:
+            for optimizer in self.optimizers:
+                optimizer.step()
+            self.guard.accept(loss)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm, reason
+
+    def handle_bad_step(self, reason: str) -> None:
+        self.guard.reject(self.step, reason)
+        if self.cfg.guard.action == "rollback" and self.last_checkpoint is not None:
+            bad_step = self.step
+            self._restore(self.last_checkpoint, restore_loader=False)
+            self.event("rollback", bad_step=bad_step, reason=reason, to=str(self.last_checkpoint))
+        else:
+            self.event("skip", reason=reason)
+
+    # ---- eval, checkpoints ---------------------------------------------------------------------
+    def run_eval(self) -> None:
+        cfg = self.cfg
+        batches = val_batches(cfg.data_dir, cfg.batch_size, cfg.seq_len, self.dist.rank, self.dist.world_size,
+                              cfg.eval_batches, self.device)
+        result = evaluate(self.model, batches, self.byte_lengths, self.autocast)
+        self.last_val = result["val_loss"]
+        if not self.is_main:
+            return
+        self.metrics.write({"step": self.step, **result})
+        self.writers.write(self.step, result)
+        self.samples = draw_samples(self.model, self.tokenizer, cfg.sample_prompts, cfg.sample_tokens,
+                                    cfg.sample_temperature, cfg.sample_top_k, cfg.seed)
+        self.say(f"step {self.step}: val loss {result['val_loss']:.4f}, {result['val_bpb']:.4f} bits/byte")
+        for text in self.samples:
+            self.say("  sample: " + repr(text))
+        plot_losses(read_metrics(self.metrics.path), self.run_dir / "loss.png", cfg.log_x, title=cfg.run_name)
+
+    def save(self, final: bool) -> None:
+        new_best = self.last_val is not None and self.last_val < self.best_val
+        if new_best:
+            self.best_val = self.last_val
+        state = self.train_state()  # a collective: every rank gathers
+        error = None
+        if self.is_main:
+            try:
+                path = ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, self.config_dict,
+                                            state, self.cfg.debug_checkpoint_delay)
+                if new_best:
+                    ckpt.mark_best(self.run_dir, path, self.step, self.best_val)
+                ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)
+                self.last_checkpoint = path
+            except ckpt.CheckpointSaveError as err:
+                error = str(err)
+                self.event("checkpoint_failed", message=error)
+        error = broadcast_object(error)
+        self.last_checkpoint = broadcast_object(self.last_checkpoint)
+        barrier()  # every rank sees the new checkpoint before anyone may roll back to it
+        if error and final:
+            raise ckpt.CheckpointSaveError(error)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not self.is_main,
+                   dynamic_ncols=True)
+        try:
+            while self.step < cfg.max_steps:
+                self.train_one_step(bar)
+                last = self.step == cfg.max_steps
+                stop = any_rank(self.stop_signal is not None, self.device)
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
+                    self.run_eval()
+                improved = self.last_val is not None and self.last_val < self.best_val
+                if last or stop or improved or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                    self.save(final=last or stop)
+                if stop:
+                    self.say(f"stopped by {self.stop_signal or 'a signal on another rank'} at step {self.step}; "
+                             f"checkpoint saved; re-run the same command to resume")
+                    break
+        finally:
+            bar.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._close()
+        best = ckpt.best_checkpoint(self.run_dir)
+        return TrainResult(self.run_dir, self.step, self.last_checkpoint, best, self.last_val,
+                           self.stop_signal, self.samples)
+
+    def train_one_step(self, bar: tqdm) -> None:
+        t0 = time.perf_counter()
+        loss, grad_norm, reason = self.optimizer_step()
+        self.step += 1
+        if reason is not None:
+            self.handle_bad_step(reason)
+            bar.n = self.step
+            return
+        dt = time.perf_counter() - t0
+        tokens_per_s = self.tokens_per_step / dt
+        record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "loss": loss,
+                  "lr": self.optimizers[-1].param_groups[0]["lr"], "grad_norm": grad_norm,
+                  "tokens_per_s": tokens_per_s, "mfu": mfu(self.flops_per_token, tokens_per_s, self.peak_flops),
+                  "memory_mb": memory_mb(self.device), "step_s": dt, **self.step_metrics}
+        if self.is_main:
+            self.metrics.write(record)
+            self.writers.write(self.step, {k: record[k] for k in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")})
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            bar.update(self.step - bar.n)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signal.Signals(signum).name  # acted on after the current step
+
+    def _close(self) -> None:
+        if self.is_main:
+            self.metrics.close()
+            self.writers.close()
+
+
+def train(cfg: TrainConfig, resume: str = "auto") -> TrainResult:
+    """Train (or resume) the run described by `cfg`; `resume`: 'auto' (if a checkpoint exists) or 'require'."""
+    try:
+        return Trainer(cfg, resume).run()
+    finally:
+        shutdown()

@@ -1,0 +1,32 @@
+"""Whether a run dir's last checkpoint can be continued under the current config.
+
+Settings that change what the saved state means (the model's shape, the batch layout, the seed that
+fixes the data order, the optimizer whose state is saved) must match; the rest (max_steps, lr,
+eval cadence, ...) may change between a run and its resumption.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lmstack.errors import LmstackError
+from lmstack.model.checkpoint import read_config
+
+MUST_MATCH = ("model", "batch_size", "seq_len", "tokens_per_step", "seed", "optimizer")
+
+
+def check_resumable(checkpoint: Path, config: dict[str, Any]) -> None:
+    saved = read_config(checkpoint)
+    for key in MUST_MATCH:
+        if key not in saved or saved[key] == config[key]:
+            continue
+        if isinstance(config[key], dict):
+            differing = [k for k in config[key] if saved[key].get(k) != config[key][k]]
+            detail = ", ".join(f"{key}.{k}: saved {saved[key].get(k)!r}, now {config[key][k]!r}" for k in differing)
+        else:
+            detail = f"{key}: saved {saved[key]!r}, now {config[key]!r}"
+        run_dir = checkpoint.parent.parent
+        raise LmstackError(
+            f"the run dir '{run_dir}' has a checkpoint from a different config ({detail}); it cannot be resumed "
+            f"with these settings. Use another --set run_name=NAME for a new run, or delete '{run_dir}'")

@@ -1,0 +1,48 @@
+"""The run dir: checked writable before any work, and `run.log` with what produced the run at its top."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from lmstack.atomic import atomic_write_text
+from lmstack.errors import LmstackError
+
+RUN_LOG = "run.log"
+RUN_CONFIG = "config.json"
+
+
+class RunDirError(LmstackError):
+    """The run dir cannot be created or written; the message names it and the fix."""
+
+
+def ensure_writable(run_dir: Path) -> None:
+    """Create `run_dir` and prove it writable with a real write (a permission check is not enough:
+    root passes every permission check, yet a read-only mount or a full disk still refuses)."""
+    fix = "choose another with --set run_dir=PATH (or --set run_name=NAME)"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write_probe.{uuid.uuid4().hex}"
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as err:
+        raise RunDirError(f"run dir '{run_dir}' is not writable ({err.strerror or err}); {fix}") from None
+
+
+def write_run_header(run_dir: Path, header: dict[str, Any], config: dict[str, Any]) -> None:
+    """Append the code version, environment and config of this (re)start to run.log; the config also
+    goes to the run dir's config.json."""
+    config_text = json.dumps(config, indent=2)
+    with open(run_dir / RUN_LOG, "a") as log:
+        log.write(f"==== start {json.dumps(header)}\n{config_text}\n")
+    atomic_write_text(run_dir / RUN_CONFIG, config_text)
+
+
+def append_log(run_dir: Path, line: str) -> None:
+    with open(run_dir / RUN_LOG, "a") as log:
+        log.write(line + "\n")

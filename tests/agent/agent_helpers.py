@@ -1,0 +1,35 @@
+"""Shared pieces of the agent tests: an isolated database and agents against the scripted server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmstack.agent.client import OpenAIClient, RetryPolicy
+from lmstack.agent.launch import open_database
+from lmstack.agent.memory import MemoryStore
+from lmstack.agent.runtime import AgentRuntime
+from lmstack.agent.settings import AgentConfig
+from lmstack.agent.store import create_run
+from lmstack.agent.tools import Tool, ToolRegistry
+from lmstack.config import to_dict
+
+
+def call(name: str, arguments, id: str | None = None) -> dict:
+    out = {"name": name, "arguments": arguments}
+    if id:
+        out["id"] = id
+    return out
+
+
+def run_agent(tmp_path: Path, server, script_name: str, task: str, tools: list[Tool], config: AgentConfig | None = None,
+              run_id: str = "run1", stream: bool = False):
+    """Create and run an agent in-process against the scripted server; returns (record, conn)."""
+    conn = open_database(tmp_path / "lmstack.db")
+    config = config or AgentConfig()
+    config.model, config.model_name = server.base_url, script_name
+    config.workspace = str(tmp_path / "workspace")
+    Path(config.workspace).mkdir(exist_ok=True)
+    create_run(conn, run_id, task, to_dict(config))
+    client = OpenAIClient(server.base_url, script_name, timeout_s=10, retry=RetryPolicy(base_delay_s=0.01), stream=stream)
+    runtime = AgentRuntime(conn, run_id, config, client, ToolRegistry(tools), Path(config.workspace), MemoryStore(conn))
+    return runtime.run(), conn

@@ -1,0 +1,110 @@
+"""`prepare`: shards hold exactly the corpus, split by document, stably, the same on any worker count."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from lmstack.data.prepare import PrepareError, prepare
+from lmstack.data.shards import read_shard
+from lmstack.data.sources import SourceError
+from lmstack.tokenizer import Tokenizer
+
+
+def split_documents(out_dir, split, tokenizer) -> list[str]:
+    """Decode a split's token stream back into documents by cutting at bos."""
+    paths = sorted(out_dir.glob(f"{split}_*.bin"))
+    stream = np.concatenate([read_shard(p) for p in paths]) if paths else np.zeros(0, dtype=np.uint16)
+    starts = np.flatnonzero(stream == tokenizer.bos_id)
+    assert stream.size == 0 or starts[0] == 0
+    return [tokenizer.decode(doc[1:]) for doc in np.split(stream, starts[1:])] if stream.size else []
+
+
+def header_count(path) -> int:
+    return struct.unpack("<Q", path.read_bytes()[16:24])[0]
+
+
+def test_shards_hold_the_corpus_split_by_document(tokenizer, make_corpus, tmp_path, document_text):
+    corpus = make_corpus(60)
+    out = tmp_path / "data"
+    result = prepare(str(corpus), out, tokenizer, val_fraction=0.2, shard_tokens=500, workers=1, show_progress=False)
+    texts = [document_text(i) for i in range(60)]
+    expected_tokens = sum(len(tokenizer.encode(t)) + 1 for t in texts)  # [bos] + text, straight from the tokenizer
+
+    meta = json.loads((out / "meta.json").read_text())
+    for split, stats in (("train", result.train), ("val", result.val)):
+        paths = sorted(out.glob(f"{split}_*.bin"))
+        assert [p.name for p in paths] == stats.shards == meta[split]["shards"]
+        assert sum(header_count(p) for p in paths) == stats.tokens == meta[split]["tokens"]
+        assert all(header_count(p) == 500 for p in paths[:-1])
+    assert result.train.tokens + result.val.tokens == expected_tokens
+
+    train_docs, val_docs = split_documents(out, "train", tokenizer), split_documents(out, "val", tokenizer)
+    assert not set(train_docs) & set(val_docs)
+    assert sorted(train_docs + val_docs) == sorted(texts)
+    assert len(val_docs) == result.val.documents == meta["val"]["documents"] >= 2
+    assert len(train_docs) == result.train.documents
+    assert meta["vocab_size"] == tokenizer.vocab_size and meta["dtype"] == "uint16"
+    assert Tokenizer.load(out).encode("shard 🙂") == tokenizer.encode("shard 🙂")
+
+
+def test_split_is_stable_when_the_corpus_grows(tokenizer, make_corpus, tmp_path, document_text):
+    corpus = make_corpus(50)
+    settings = dict(val_fraction=0.2, min_val_docs=0, workers=1, show_progress=False)
+    prepare(str(corpus), tmp_path / "small", tokenizer, **settings)
+    make_corpus(50, start=50)  # same directory, 50 more documents
+    prepare(str(corpus), tmp_path / "big", tokenizer, **settings)
+    small_val = set(split_documents(tmp_path / "small", "val", tokenizer))
+    big_val = set(split_documents(tmp_path / "big", "val", tokenizer))
+    first_fifty = {document_text(i) for i in range(50)}
+    assert small_val and big_val & first_fifty == small_val
+
+
+def test_small_corpus_still_gets_val_documents(tokenizer, make_corpus, tmp_path):
+    corpus = make_corpus(5)
+    first = prepare(str(corpus), tmp_path / "a", tokenizer, val_fraction=0.01, min_val_docs=2, workers=1,
+                    show_progress=False)
+    again = prepare(str(corpus), tmp_path / "b", tokenizer, val_fraction=0.01, min_val_docs=2, workers=1,
+                    show_progress=False)
+    assert (first.train.documents, first.val.documents) == (3, 2)
+    assert split_documents(tmp_path / "a", "val", tokenizer) == split_documents(tmp_path / "b", "val", tokenizer)
+
+
+def test_worker_processes_write_the_same_bytes(tokenizer, make_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr("lmstack.data.tokenize_parallel.CHUNK_DOCS", 7)  # many chunks in flight
+    corpus = make_corpus(80)
+    prepare(str(corpus), tmp_path / "one", tokenizer, shard_tokens=700, workers=1, show_progress=False)
+    prepare(str(corpus), tmp_path / "two", tokenizer, shard_tokens=700, workers=2, show_progress=False)
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) > 4
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_rerun_replaces_a_data_dir_but_never_a_foreign_one(tokenizer, make_corpus, tmp_path):
+    corpus = make_corpus(10)
+    out = tmp_path / "data"
+    prepare(str(corpus), out, tokenizer, workers=1, show_progress=False)
+    prepare(str(make_corpus(3, directory=tmp_path / "other")), out, tokenizer, workers=1, show_progress=False)
+    assert json.loads((out / "meta.json").read_text())["train"]["documents"] + \
+        json.loads((out / "meta.json").read_text())["val"]["documents"] == 3
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(PrepareError, match="exists and is not a data dir written by `lmstack prepare`"):
+        prepare(str(corpus), precious, tokenizer, workers=1, show_progress=False)
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_bad_inputs_leave_no_output(tokenizer, make_corpus, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError, match="is empty"):
+        prepare(str(empty), tmp_path / "out", tokenizer, workers=1, show_progress=False)
+    with pytest.raises(PrepareError, match="--val-fraction 1.5 is out of range"):
+        prepare(str(make_corpus(3)), tmp_path / "out", tokenizer, val_fraction=1.5, show_progress=False)
+    one = make_corpus(1, directory=tmp_path / "one")
+    with pytest.raises(SourceError, match="all of them in val"):
+        prepare(str(one), tmp_path / "out", tokenizer, val_fraction=0.9999999, workers=1, show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "empty", "one"]  # no out, no temp dirs

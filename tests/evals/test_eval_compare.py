@@ -1,0 +1,56 @@
+"""`lmstack eval compare --fail-on-regression`: a planted regression fails the gate, seed noise does not."""
+
+import pytest
+
+from eval_helpers import answers, write_dataset
+from lmstack.agent.testing.scripted_server import ScriptedServer
+from lmstack.cli import main
+from lmstack.evals.compare import compare_runs
+from lmstack.evals.store import Store
+
+N = 60
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    write_dataset(tmp / "arith.jsonl", N)
+    task = tmp / "arith.yaml"
+    task.write_text("name: arith\ndataset: arith.jsonl\nsolver: [generate]\nscorer: [numeric, includes]\n")
+    db = str(tmp / "db.sqlite")
+    # Both models answer by the request's seed, right 3 times in 4; the worse one is also always wrong
+    # on every other question (the planted regression).
+    script = {"scripts": {"base": [{"answers": answers(N, noisy=True)}],
+                          "worse": [{"answers": answers(N, wrong_every=2, noisy=True)}]}}
+    with ScriptedServer(script) as server:
+        for run_id, name, seed in [("base-s1", "base", 1), ("base-s2", "base", 2), ("worse-s1", "worse", 1)]:
+            assert main(["eval", "run", str(task), "--model", server.base_url, "--model-name", name, "--seed", str(seed),
+                         "--temperature", "0.8", "--run-id", run_id, "--db", db]) == 0
+    return db
+
+
+def test_planted_regression_fails_the_gate(runs, capsys):
+    assert main(["eval", "compare", "base-s1", "worse-s1", "--fail-on-regression", "--db", runs]) == 1
+    out = capsys.readouterr()
+    assert "REGRESSION" in out.out and "flip q" in out.out and "significant regression" in out.err
+    comparison = compare_runs(Store(runs), "base-s1", "worse-s1")
+    numeric = next(s for s in comparison.scorers if s.scorer == "numeric")
+    assert numeric.test == "mcnemar" and numeric.p_value < 0.001 and numeric.diff < -0.2
+    # the reverse direction is an improvement, which never fails the gate
+    assert main(["eval", "compare", "worse-s1", "base-s1", "--fail-on-regression", "--db", runs]) == 0
+
+
+def test_same_model_different_seeds_passes_the_gate(runs, capsys):
+    assert main(["eval", "compare", "base-s1", "base-s2", "--fail-on-regression", "--db", runs]) == 0
+    comparison = compare_runs(Store(runs), "base-s1", "base-s2")
+    numeric = next(s for s in comparison.scorers if s.scorer == "numeric")
+    assert numeric.flips and numeric.p_value > 0.05  # outcomes differ sample by sample, but not significantly
+
+
+def test_report_command_writes_one_html_file(runs, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert main(["eval", "report", "base-s1", "worse-s1", "-o", str(out), "--db", runs]) == 0
+    html = out.read_text()
+    assert html.count("<h2>Run ") == 2 and "data:image/png;base64," in html and "<script" not in html
+    assert main(["eval", "report", "nope", "--db", runs]) == 2
+    assert "no eval run 'nope'" in capsys.readouterr().err

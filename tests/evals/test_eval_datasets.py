@@ -1,0 +1,96 @@
+"""Datasets (JSONL, CSV, generator, HF) and task loading (registry, Python file, YAML)."""
+
+import importlib.util
+import json
+
+import pytest
+
+from lmstack.evals.dataset import DatasetError, FieldMap, from_generator, load_csv, load_hf, load_jsonl
+from lmstack.evals.loader import load_task
+from lmstack.evals.task import TaskError
+
+
+def test_jsonl_bad_rows_become_samples_with_reasons(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"id": "a", "input": "2+2?", "target": "4", "topic": "math"}) + "\n"
+                    + json.dumps({"id": "b", "target": "5"}) + "\n"
+                    + "{not json\n\n"
+                    + json.dumps({"input": [{"role": "user", "content": "hi"}], "target": "hello", "group": "g1"}) + "\n")
+    samples = load_jsonl(path)
+    assert [s.id for s in samples] == ["a", "b", "3", "5"]
+    assert samples[0].error is None and samples[0].metadata == {"topic": "math"}
+    assert "d.jsonl line 2" in samples[1].error and "no 'input' field" in samples[1].error
+    assert "line 3" in samples[2].error and "not valid JSON" in samples[2].error
+    assert samples[3].input_text() == "hi" and samples[3].group == "g1"
+
+
+def test_csv_with_field_mapping(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("question,answer,choices\nSky?,blue,red|blue\n,x,\n")
+    samples = load_csv(path, FieldMap(input="question", target="answer"))
+    assert samples[0].input == "Sky?" and samples[0].target == "blue" and samples[0].choices == ["red", "blue"]
+    assert samples[0].id == "2" and "line 3" in samples[1].error
+
+
+def test_generator_dataset():
+    samples = from_generator(lambda: ({"input": f"{i}+1", "target": str(i + 1)} for i in range(3)))
+    assert [s.target for s in samples] == ["1", "2", "3"] and samples[2].id == "2"
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_jsonl(tmp_path / "nope.jsonl")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed")
+def test_hf_without_datasets_package_says_how_to_install():
+    with pytest.raises(DatasetError, match=r"pip install 'lmstack\[hf\]'"):
+        load_hf("gsm8k")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="needs the datasets package")
+def test_hf_loader_reads_a_local_json_dataset(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps({"input": "q", "target": "a"}) + "\n")
+    samples = load_hf("json", split="train", data_files=str(tmp_path / "d.json"))
+    assert samples[0].input == "q" and samples[0].target == "a"
+
+
+def test_yaml_task(tmp_path):
+    (tmp_path / "caps.jsonl").write_text(json.dumps({"question": "Capital of France?", "answer": "Paris"}) + "\n")
+    (tmp_path / "caps.yaml").write_text(
+        "name: capitals\ndataset: caps.jsonl\nfields: {input: question, target: answer}\n"
+        "solver: [{system_message: {content: 'One word.'}}, generate]\nscorer: [includes, {regex_match: {pattern: '(\\w+)'}}]\n"
+        "config: {epochs: 2, max_tokens: 8}\n")
+    task = load_task(str(tmp_path / "caps.yaml"))
+    assert task.name == "capitals" and task.config.epochs == 2 and task.config.max_tokens == 8
+    assert task.dataset[0].target == "Paris" and len(task.solvers) == 2
+    assert [s.registry_name for s in task.scorers] == ["includes", "regex_match"]
+
+
+def test_yaml_task_errors_name_the_problem(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"input": "x"}\n')
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: d.jsonl\nscorer: [nonsense]\n")
+    with pytest.raises(TaskError, match="unknown scorer 'nonsense'"):
+        load_task(str(bad))
+    bad.write_text("dataset: d.jsonl\nscorer: [exact]\nconfig: {epoch: 3}\n")
+    with pytest.raises(Exception, match="unknown config key 'epoch'"):
+        load_task(str(bad))
+
+
+def test_python_file_task(tmp_path):
+    (tmp_path / "my_tasks.py").write_text(
+        "from lmstack.evals.task import Task, task\n"
+        "from lmstack.evals.sample import Sample\n"
+        "from lmstack.evals.solvers import generate\n"
+        "from lmstack.evals.scorers import exact\n"
+        "@task\n"
+        "def doubled(n: int = 2):\n"
+        "    return Task(dataset=[Sample(id=str(i), input=f'{i}*2', target=str(2*i)) for i in range(n)],\n"
+        "                solver=generate(), scorer=exact())\n")
+    task = load_task(f"{tmp_path / 'my_tasks.py'}@doubled", {"n": 3})
+    assert task.name == "doubled" and len(task.dataset) == 3
+    with pytest.raises(TaskError, match="has no argument 'm'"):
+        load_task(f"{tmp_path / 'my_tasks.py'}@doubled", {"m": 3})
+    with pytest.raises(TaskError, match="unknown task"):
+        load_task("no_such_task")

@@ -1,0 +1,73 @@
+"""Statistics against hand-computed and closed-form values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lmstack.evals import stats
+
+
+def test_mcnemar_exact_p_value_by_hand():
+    # 9 samples right only under B, 1 right only under A, 5 agreeing: n_discordant = 10.
+    # Two-sided exact: 2 * P(X <= 1), X ~ Bin(10, 1/2) = 2 * (1 + 10) / 1024.
+    a = [True] * 1 + [False] * 9 + [True] * 3 + [False] * 2
+    b = [False] * 1 + [True] * 9 + [True] * 3 + [False] * 2
+    result = stats.mcnemar(a, b)
+    assert (result.a_only, result.b_only) == (1, 9)
+    assert result.p_value == pytest.approx(22 / 1024)
+
+
+def test_mcnemar_no_discordant_pairs_is_p_one():
+    assert stats.mcnemar([True, False], [True, False]).p_value == 1.0
+
+
+def test_mcnemar_balanced_discordance_is_capped_at_one():
+    # 3 vs 3: 2 * P(X <= 3), X ~ Bin(6, 1/2) = 2 * 42/64 > 1 -> 1.
+    a = [True] * 3 + [False] * 3
+    assert stats.mcnemar(a, [not x for x in a]).p_value == 1.0
+
+
+def test_bootstrap_ci_matches_normal_interval_on_large_sample():
+    rng = np.random.default_rng(1)
+    values = rng.binomial(1, 0.3, size=5000).astype(float)
+    low, high = stats.bootstrap_ci(values, n_boot=4000, seed=7)
+    mean = values.mean()
+    se = math.sqrt(mean * (1 - mean) / len(values))  # closed form for a proportion
+    assert low == pytest.approx(mean - 1.96 * se, abs=0.003)
+    assert high == pytest.approx(mean + 1.96 * se, abs=0.003)
+
+
+def test_stderr_by_hand():
+    # values 1,2,3,4: sample sd = sqrt(5/3), se = sqrt(5/3)/2
+    assert stats.mean_stderr([1, 2, 3, 4]) == pytest.approx(math.sqrt(5 / 3) / 2)
+
+
+def test_clustered_stderr_by_hand():
+    # groups {a: 1, 1}, {b: 0, 0}: mean 0.5, residual sums +1 and -1,
+    # var = G/(G-1) * (1 + 1) / n^2 = 2 * 2 / 16 = 0.25 -> se 0.5 (vs 0.289 unclustered)
+    assert stats.clustered_stderr([1, 1, 0, 0], ["a", "a", "b", "b"]) == pytest.approx(0.5)
+    assert stats.mean_stderr([1, 1, 0, 0]) == pytest.approx(math.sqrt(1 / 3) / 2)
+
+
+def test_summarize_clusters_only_when_groups_repeat():
+    s = stats.summarize([1, 1, 0, 0], ["a", "a", "b", "b"])
+    assert s.clusters == 2 and s.stderr == pytest.approx(0.5)
+    s = stats.summarize([1, 1, 0, 0], ["a", "b", "c", "d"])
+    assert s.clusters == 4 and s.stderr == pytest.approx(stats.mean_stderr([1, 1, 0, 0]))
+
+
+def test_paired_bootstrap_detects_shift_and_not_noise():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, 400)
+    shifted = stats.paired_bootstrap(a, a - 0.3 + rng.normal(0, 0.2, 400), seed=1)
+    assert shifted.p_value < 0.001 and shifted.ci_high < 0
+    noise = stats.paired_bootstrap(a, a + rng.normal(0, 0.2, 400), seed=1)
+    assert noise.p_value > 0.05 and noise.ci_low < 0 < noise.ci_high
+
+
+def test_pass_at_k_by_hand():
+    # n=5 attempts, 2 correct: pass@2 = 1 - C(3,2)/C(5,2) = 1 - 3/10; pass^2 = C(2,2)/C(5,2) = 1/10
+    assert stats.pass_at_k(5, 2, 2) == pytest.approx(0.7)
+    assert stats.pass_hat_k(5, 2, 2) == pytest.approx(0.1)
+    assert stats.pass_at_k(5, 0, 1) == 0.0 and stats.pass_hat_k(5, 5, 3) == 1.0

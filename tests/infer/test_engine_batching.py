@@ -1,0 +1,137 @@
+"""Batch invariance, sampling settings, n samples, stop strings, aborts, the memory budget, prefix caching."""
+
+import threading
+
+import pytest
+import torch
+from conftest import recompute_greedy, tiny_model
+
+from lmstack.infer.engine import Engine, EngineConfig
+from lmstack.infer.params import SamplingError, SamplingParams
+
+
+def mixed_requests() -> list[tuple[list[int], SamplingParams]]:
+    requests = []
+    for i in range(15):
+        prompt = [(7 * i + j) % 300 + 1 for j in range(3 + 5 * i)]
+        params = SamplingParams(max_tokens=10 + 3 * i, temperature=0.0 if i % 3 == 0 else 1.0, top_p=0.9, seed=i,
+                                presence_penalty=0.5 if i % 4 == 0 else 0.0)
+        requests.append((prompt, params))
+    return requests
+
+
+@pytest.mark.parametrize("params", [SamplingParams(max_tokens=30, temperature=0),
+                                    SamplingParams(max_tokens=30, temperature=1.0, top_k=50, seed=1234)])
+def test_same_tokens_alone_and_inside_a_batch_of_16(params):
+    model = tiny_model("llama")
+    prompt = [11, 22, 33, 44, 55]
+    config = EngineConfig(block_size=4, num_blocks=400, max_batched_tokens=64)
+    alone = Engine(model, None, config).generate([prompt], params)[0].token_ids
+    others = mixed_requests()
+    batch = Engine(model, None, config).generate([p for p, _ in others[:7]] + [prompt] + [p for p, _ in others[7:]],
+                                                 [sp for _, sp in others[:7]] + [params] + [sp for _, sp in others[7:]])
+    assert batch[7].token_ids == alone
+    if params.temperature == 0:
+        assert alone == recompute_greedy(model, prompt, 30)
+
+
+def test_top_k_1_equals_greedy_and_n_samples_differ():
+    model = tiny_model("gpt2")
+    engine = Engine(model, None, EngineConfig(block_size=8, num_blocks=64))
+    greedy = engine.generate([[3, 1, 4]], SamplingParams(max_tokens=20, temperature=0))[0]
+    top1 = engine.generate([[3, 1, 4]], SamplingParams(max_tokens=20, temperature=1.5, top_k=1, seed=5))[0]
+    assert top1.token_ids == greedy.token_ids
+    # Temperature 5 flattens the sharpened tiny model enough that three samples differ.
+    many = engine.generate([[3, 1, 4]], SamplingParams(max_tokens=20, temperature=5.0, n=3, seed=5))[0]
+    assert [o.index for o in many.outputs] == [0, 1, 2]
+    assert len({tuple(o.token_ids) for o in many.outputs}) == 3
+
+
+def test_stop_string_spanning_tokens_stops_and_is_not_emitted(tokenizer):
+    model = tiny_model("llama", vocab_size=tokenizer.vocab_size)
+    engine = Engine(model, tokenizer, EngineConfig(block_size=8, num_blocks=64))
+    # Bias the random model towards multi-letter tokens, so its text has token boundaries inside words.
+    wordy = {t: 50.0 for t in range(tokenizer.vocab_size) if len(tokenizer.token_str(t).strip()) >= 3
+             and tokenizer.token_str(t).strip().isalpha() and t not in tokenizer.special.values()}
+    params = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, logit_bias=wordy)
+    ids = engine.generate(["Hello"], params)[0].token_ids
+    pieces = [tokenizer.decode(ids[:k]) for k in range(len(ids) + 1)]
+    k = 4  # the stop string: the last 2 characters of token k-1's text and the first 2 of token k's
+    stop = pieces[k][-2:] + pieces[k + 1][len(pieces[k]):len(pieces[k]) + 2]
+    where = pieces[k + 1].find(stop)
+    streamed = []
+    rid = engine.add_request("Hello", SamplingParams(max_tokens=30, temperature=0, ignore_eos=True,
+                                                     logit_bias=wordy, stop=["zzzz", stop]))
+    while engine.has_unfinished():
+        streamed += [e for e in engine.step() if e.request_id == rid]
+    assert "".join(e.text for e in streamed) == pieces[k + 1][:where]
+    assert len(streamed) <= k + 1 and streamed[-1].finish_reason == "stop" and streamed[-1].finished
+    assert engine.num_free_blocks == engine.num_total_blocks
+
+
+def test_request_larger_than_the_cache_is_refused_clearly():
+    engine = Engine(tiny_model("gpt2"), None, EngineConfig(block_size=4, num_blocks=8))
+    with pytest.raises(SamplingError, match="cache holds 32"):
+        engine.add_request(list(range(1, 21)), SamplingParams(max_tokens=20))
+    with pytest.raises(SamplingError, match="context of 320"):
+        engine.add_request([1, 2], SamplingParams(max_tokens=400))
+    with pytest.raises(SamplingError, match="top_p"):
+        engine.add_request([1, 2], SamplingParams(top_p=0))
+
+
+def test_abort_frees_blocks_from_another_thread():
+    engine = Engine(tiny_model("llama"), None, EngineConfig(block_size=4, num_blocks=64))
+    initial = engine.num_free_blocks
+    rid = engine.add_request(list(range(1, 30)), SamplingParams(max_tokens=100))
+    engine.step()
+    engine.step()
+    assert engine.num_free_blocks < initial and engine.num_running == 1
+    caller = threading.Thread(target=engine.abort, args=(rid,))
+    caller.start()
+    caller.join()
+    events = engine.step()
+    assert [(e.request_id, e.finish_reason) for e in events] == [(rid, "abort")]
+    assert engine.num_free_blocks == initial and not engine.has_unfinished()
+
+
+def test_small_pool_queues_and_preempts_but_gives_the_same_tokens():
+    model = tiny_model("gpt2")
+    prompts = [[i + 1, i + 2, i + 3] for i in range(6)]
+    params = SamplingParams(max_tokens=45, temperature=0.7, seed=3)
+    ample = Engine(model, None, EngineConfig(block_size=4, num_blocks=200)).generate(prompts, params)
+    tight_engine = Engine(model, None, EngineConfig(block_size=4, num_blocks=24))
+    tight = tight_engine.generate(prompts, params)
+    assert tight_engine.scheduler.num_preemptions > 0
+    assert [o.token_ids for o in tight] == [o.token_ids for o in ample]
+
+
+def test_shared_system_prompt_is_computed_once():
+    model = tiny_model("llama")
+    engine = Engine(model, None, EngineConfig(block_size=4, num_blocks=64))
+    system = list(range(1, 33))  # 8 full blocks
+    first = engine.generate([system + [40, 41]], SamplingParams(max_tokens=5, temperature=0))[0]
+    rid = engine.add_request(system + [50, 51], SamplingParams(max_tokens=5, temperature=0))
+    engine._apply_inbox()
+    chunks = engine.scheduler.schedule()
+    assert chunks[0].start == 32 and chunks[0].length == 2  # only the new tokens are computed
+    engine.scheduler.remove(chunks[0].seq)
+    engine.requests.pop(rid)
+    second = engine.generate([system + [50, 51]], SamplingParams(max_tokens=5, temperature=0))[0]
+    assert first.token_ids == recompute_greedy(model, system + [40, 41], 5)
+    assert second.token_ids == recompute_greedy(model, system + [50, 51], 5)
+
+
+def test_penalties_and_logit_bias_change_the_choice_as_documented():
+    model = tiny_model("llama")
+    engine = Engine(model, None, EngineConfig(block_size=8, num_blocks=64))
+    prompt = [5, 6, 7]
+    greedy = engine.generate([prompt], SamplingParams(max_tokens=1, temperature=0))[0].token_ids[0]
+    biased = engine.generate([prompt], SamplingParams(max_tokens=1, temperature=0, logit_bias={17: 100.0}))[0]
+    assert biased.token_ids == [17]
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([prompt]))
+    row = logits[0, -1].clone()
+    row[prompt] = torch.where(row[prompt] > 0, row[prompt] / 1e6, row[prompt] * 1e6)
+    repetition = engine.generate([prompt + [greedy]], SamplingParams(max_tokens=1, temperature=0,
+                                                                     repetition_penalty=1e6))[0]
+    assert repetition.token_ids[0] not in prompt + [greedy]

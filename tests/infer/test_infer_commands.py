@@ -1,0 +1,75 @@
+"""`lmstack sample`, `chat` and `inspect` on a tiny checkpoint, through the real CLI."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import tiny_model
+
+from lmstack.cli import main
+from lmstack.infer.chat import chat_loop
+from lmstack.infer.engine import Engine, EngineConfig
+from lmstack.infer.params import SamplingParams
+from lmstack.model.checkpoint import save_model_dir
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_model_dir(path, tiny_model("llama", vocab_size=tokenizer.vocab_size), tokenizer)
+    return path
+
+
+def test_sample_streams_the_same_text_as_the_engine(checkpoint, capsys):
+    assert main(["sample", str(checkpoint), "--prompt", "Hello", "--max-tokens", "12", "--temperature", "0",
+                 "--set", "dtype=float32"]) == 0
+    printed = capsys.readouterr().out
+    engine = Engine.from_checkpoint(checkpoint, EngineConfig(dtype="float32"))
+    expected = engine.generate(["Hello"], SamplingParams(max_tokens=12, temperature=0))[0].text
+    assert printed == "Hello" + expected + "\n"
+    assert main(["sample", str(checkpoint), "-n", "2", "--max-tokens", "5", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.count("--- sample") == 2
+
+
+def test_sample_reports_bad_settings_as_one_line(checkpoint, capsys):
+    assert main(["sample", str(checkpoint), "--top-p", "0"]) == 2
+    assert "top_p must be in (0, 1]" in capsys.readouterr().err
+    assert main(["sample", str(checkpoint), "--max-tokens", "100000"]) == 2
+    assert "exceeds the model's context" in capsys.readouterr().err
+
+
+def test_inspect_prints_the_report_and_writes_pngs(checkpoint, tmp_path, capsys):
+    assert main(["inspect", str(checkpoint), "--prompt", "The quick brown fox", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "logit lens" in printed and "no broken attention pattern found" in printed
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["attention_layer00.png", "attention_layer01.png", "token_scores.png"]
+    assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in pngs)
+
+
+def test_chat_loop_keeps_the_conversation_and_streams(checkpoint):
+    engine = Engine.from_checkpoint(checkpoint, EngineConfig(dtype="float32"))
+
+    class Recorded:  # a token source that is not the engine: chat only needs .stream(messages)
+        def __init__(self):
+            self.seen = []
+
+        def stream(self, messages):
+            self.seen.append([m["content"] for m in messages])
+            yield from ["hi ", "there"]
+
+    source = Recorded()
+    lines = iter(["first", "second", "/exit"])
+    out = __import__("io").StringIO()
+    messages = chat_loop(source, system="be brief", read=lambda prompt: next(lines), out=out)
+    assert source.seen == [["be brief", "first"], ["be brief", "first", "hi there", "second"]]
+    assert messages[-1] == {"role": "assistant", "content": "hi there"}
+    assert engine.tokenizer.has_chat_tokens
+
+
+def test_chat_command_streams_a_reply_from_the_local_checkpoint(checkpoint):
+    run = subprocess.run([sys.executable, "-m", "lmstack.cli", "chat", str(checkpoint), "--max-tokens", "8",
+                          "--temperature", "0"], input="Hello there\n/exit\n", capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "assistant> " in run.stdout

@@ -1,0 +1,60 @@
+"""`lmstack import`, `lmstack export` and `lmstack info` run as real subprocesses on tiny models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from model_testing import random_tokens
+
+transformers = pytest.importorskip("transformers")
+
+from lmstack.model.checkpoint import load_model_dir  # noqa: E402
+from lmstack.model.info import format_summary  # noqa: E402
+
+
+def lmstack(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmstack.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_import_export_info_round_trip(tmp_path, tiny_tokenizer):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=tiny_tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=32)
+    hf_model = transformers.LlamaForCausalLM(config).eval()
+    hf_model.save_pretrained(tmp_path / "hf")
+    tiny_tokenizer.save(tmp_path / "hf" / "tokenizer.json")
+
+    done = lmstack("import", "--from", "hf", tmp_path / "hf", tmp_path / "ckpt")
+    assert done.returncode == 0, done.stderr
+    model, tokenizer, _ = load_model_dir(tmp_path / "ckpt")
+    assert tokenizer.vocab_size == tiny_tokenizer.vocab_size
+
+    done = lmstack("info", tmp_path / "ckpt", "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["params"] == hf_model.num_parameters()
+    assert info["model"]["n_kv_head"] == 2 and info["weights_dtypes"] == ["float32"]
+    assert info["tokenizer"]["chat_tokens"] is True
+    assert "llama: 2 layers, 4 heads (2 kv)" in format_summary(info)  # what `lmstack info` prints without --json
+
+    done = lmstack("export", "--format", "hf", tmp_path / "ckpt", tmp_path / "exported", "--dtype", "float32")
+    assert done.returncode == 0, done.stderr
+    exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
+    tokens = random_tokens(config.vocab_size)
+    with torch.no_grad():
+        assert (exported(tokens).logits - hf_model(tokens).logits).abs().max().item() < 1e-4
+        assert (model(tokens)[0] - hf_model(tokens).logits).abs().max().item() < 1e-4
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
+    done = lmstack("import", "--from", "hf", tmp_path / "missing_dir", tmp_path / "out")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "is not a directory" in done.stderr
+    done = lmstack("info", tmp_path)
+    assert done.returncode == 2 and "has no config.json" in done.stderr

@@ -84,6 +84,10 @@ def test_unreadable_file_is_named(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(SourceError, match=r"cannot read '.*latin1\.txt': it is not UTF-8 text.*convert it"):
         list(iter_documents(str(tmp_path)))
+    (tmp_path / "latin1.txt").unlink()
+    (tmp_path / "gone.txt").symlink_to(tmp_path / "deleted.txt")
+    with pytest.raises(SourceError, match=r"cannot read '.*gone\.txt': No such file"):
+        list(iter_documents(str(tmp_path)))
 
 
 def test_missing_and_unknown_sources(tmp_path):

@@ -131,6 +131,11 @@ def test_bad_states_and_data_are_clear_errors(data_dir, tmp_path):
         ShardLoader(data_dir, "val", batch_size=1, seq_len=200)
     with pytest.raises(ShardError, match=r"no test shards \(test_\*\.bin\)"):
         ShardLoader(data_dir, "test", batch_size=1, seq_len=8)
+    write_shard(tmp_path / "mixed" / "train_000000.bin", np.arange(50), vocab_size=320)
+    write_shard(tmp_path / "mixed" / "train_000001.bin", np.arange(50), vocab_size=4096)
+    with pytest.raises(ShardError, match=r"different vocab sizes \(train_000000.bin: 320, train_000001.bin: 4096\)"):
+        ShardLoader(tmp_path / "mixed", "train", batch_size=1, seq_len=8)
+    assert loader.vocab_size == 65536
     shard = data_dir / "train_000002.bin"
     shard.write_bytes(shard.read_bytes()[:-3])
     with pytest.raises(ShardError, match=r"train_000002\.bin' is truncated"):

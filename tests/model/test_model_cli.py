@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,9 +17,9 @@ from lmstack.model.checkpoint import load_model_dir  # noqa: E402
 from lmstack.model.info import format_summary  # noqa: E402
 
 
-def lmstack(*args: str) -> subprocess.CompletedProcess:
+def lmstack(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lmstack.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=None if env is None else {**os.environ, **env})
 
 
 def test_import_export_info_round_trip(tmp_path, tiny_tokenizer):
@@ -58,3 +59,12 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
     assert done.stderr.strip().count("\n") == 0 and "is not a directory" in done.stderr
     done = lmstack("info", tmp_path)
     assert done.returncode == 2 and "has no config.json" in done.stderr
+
+
+def test_hub_ids_go_to_the_hub_and_failures_say_so(tmp_path):
+    """No network in tests: offline mode makes the real download code fail, and the CLI must explain it."""
+    done = lmstack("import", "--from", "hf", "lmstack-tests/no-such-model", tmp_path / "out",
+                   env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")})
+    assert done.returncode == 2
+    assert "could not download 'lmstack-tests/no-such-model' from the Hugging Face hub" in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,8 @@
 """Per-run budgets (steps, tokens, wall time, dollars) and the per-model price table.
 
-The check runs before every model call, with the cost of the prompt about to be sent included, so
-a run at or over its dollar budget never makes the next call.
+The check runs before every model call, with the cost of the prompt about to be sent included
+(estimated as at least the previous prompt), so a run at or over its dollar budget never makes the
+next call, and a call that would cross the budget with its prompt alone is not made either.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ class ModelClient(Protocol):
     model: str
 
     def complete(self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.0,
-                 max_tokens: int | None = None, logprobs: bool = False) -> ModelResponse: ...
+                 max_tokens: int | None = None, logprobs: bool = False, seed: int | None = None) -> ModelResponse: ...
 
 
 @dataclass

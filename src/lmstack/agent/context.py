@@ -46,18 +46,24 @@ def _summarise_oldest(view: list[dict], max_tokens: int, count_tokens: Callable[
             turn_end += 1
         dropped.extend(body[:turn_end])
         body = body[turn_end:]
-        candidate = head + [_summary_message(dropped)] + body
+        candidate = head + [_summary_message(dropped, max_tokens)] + body
         if count_tokens(candidate) <= max_tokens:
             return candidate
-    return head + [_summary_message(dropped)] + body
+    return head + [_summary_message(dropped, max_tokens)] + body
 
 
-def _summary_message(dropped: list[dict]) -> dict:
-    lines = []
-    for m in dropped:
+def _summary_message(dropped: list[dict], max_tokens: int) -> dict:
+    """One line per dropped message, newest kept first, within a quarter of the context."""
+    budget_chars = max_tokens  # a quarter of the context at ~4 characters per token
+    lines: list[str] = []
+    for m in reversed(dropped):
         text = (m.get("content") or "").strip()
         first_sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0][:160] if text else ""
         calls = ", ".join(c["function"]["name"] for c in m.get("tool_calls", []))
-        lines.append(f"- {m['role']}: {first_sentence}" + (f" [called {calls}]" if calls else ""))
+        line = f"- {m['role']}: {first_sentence}" + (f" [called {calls}]" if calls else "")
+        if sum(len(x) for x in lines) + len(line) > budget_chars:
+            lines.append(f"- ({len(dropped) - len(lines)} earlier messages omitted)")
+            break
+        lines.append(line)
     return {"role": "user", "content": "Summary of earlier conversation (older turns were shortened to fit the "
-                                       "context):\n" + "\n".join(lines)}
+                                       "context):\n" + "\n".join(reversed(lines))}

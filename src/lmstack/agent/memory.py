@@ -1,4 +1,4 @@
-"""Long-term memories in SQLite: full-text search (FTS5, BM25) and optional embeddings.
+"""Long-term memories in SQLite: full-text search (FTS5 with Porter stemming, BM25) and optional embeddings.
 
 Memories are scoped by (agent, user) and carry created/updated timestamps, so stale facts can be
 listed (`stale`) and replaced (`save` with the same `key` supersedes the old fact; the old row is
@@ -24,7 +24,8 @@ MIGRATIONS = [
         id INTEGER PRIMARY KEY, agent TEXT NOT NULL, user TEXT NOT NULL, key TEXT, text TEXT NOT NULL,
         created_at REAL NOT NULL, updated_at REAL NOT NULL, superseded_by INTEGER, embedding BLOB);
     CREATE INDEX memories_scope ON memories(agent, user, superseded_by);
-    CREATE VIRTUAL TABLE memories_fts USING fts5(text, content='memories', content_rowid='id');
+    CREATE VIRTUAL TABLE memories_fts USING fts5(text, content='memories', content_rowid='id',
+                                              tokenize='porter unicode61');
     CREATE TRIGGER memories_ai AFTER INSERT ON memories BEGIN
         INSERT INTO memories_fts(rowid, text) VALUES (new.id, new.text);
     END;

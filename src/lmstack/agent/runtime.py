@@ -62,6 +62,7 @@ class AgentRuntime:
         self.call_counts: dict[str, int] = {}
         self.seen_results: set[str] = set()
         self.steps_started = 0
+        self.last_prompt_tokens = 0
         messages = [{"role": "system", "content": self.config.system_prompt}, {"role": "user", "content": record.task}]
         try:
             self._loop(messages)
@@ -114,13 +115,15 @@ class AgentRuntime:
         temperature = self.config.temperature if temperature is None else temperature
         entry = self.journal.get(key)
         if entry is None or entry.status != "completed":
-            self._check_budget(approx_tokens(view))
+            # A prompt only grows, so the last call's count is a floor for the next one's.
+            self._check_budget(max(approx_tokens(view), self.last_prompt_tokens))
             self.journal.start(key, "model", {"messages": view, "temperature": temperature})
             response = self.client.complete(view, self.registry.schemas() or None, temperature=temperature,
                                             max_tokens=self.config.max_output_tokens, logprobs=self.config.logprobs)
             self.journal.complete(key, response.to_dict())
             entry = self.journal.get(key)
         response = ModelResponse.from_dict(entry.response)
+        self.last_prompt_tokens = response.usage.prompt_tokens
         cost = call_cost(self.client.model, self.config.budget, response.usage.prompt_tokens,
                          response.usage.completion_tokens)
         self.spend.prompt_tokens += response.usage.prompt_tokens

@@ -24,7 +24,7 @@ def _register_prepare(subparsers: argparse._SubParsersAction) -> None:
     from lmstack.data.prepare import DEFAULT_SHARD_TOKENS
 
     parser = subparsers.add_parser("prepare", help="tokenize a corpus into train/val token shards",
-                                   description="Tokenize a corpus into OUT/train_*.bin, OUT/val_*.bin and OUT/meta.json.")
+                                   description="Tokenize a corpus into OUT/train_*.bin, OUT/val_*.bin, OUT/meta.json and a copy of the tokenizer.")
     _add_source_arguments(parser)
     parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer.json, or a dir that has one")
     parser.add_argument("--out", required=True, metavar="DIR", help="output data dir (replaced as a whole)")

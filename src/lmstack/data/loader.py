@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from lmstack.data.shards import ShardError, read_shard
+from lmstack.data.shards import ShardError, read_header, read_shard
 from lmstack.errors import LmstackError
 
 STATE_VERSION = 1
@@ -40,7 +40,9 @@ class ShardLoader:
         self.batch_size, self.seq_len = batch_size, seq_len
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle = split == "train" if shuffle is None else shuffle
-        self.shards = [read_shard(p) for p in self._shard_paths()]
+        paths = self._shard_paths()
+        self.vocab_size = _common_vocab_size(paths)  # for the trainer to check against its model
+        self.shards = [read_shard(p) for p in paths]
         sizes = [len(s) for s in self.shards]
         self.shard_starts = np.cumsum([0] + sizes)  # where each shard begins in the stream
         self.tokens = int(self.shard_starts[-1])
@@ -134,3 +136,12 @@ class ShardLoader:
         step = batch_size or self.batch_size
         for first in range(0, len(windows), step):
             yield self._batch(windows[first : first + step])
+
+
+def _common_vocab_size(paths: list[Path]) -> int:
+    sizes = {path: read_header(path).vocab_size for path in paths}
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"{path.name}: {size}" for path, size in sizes.items())
+        raise ShardError(f"the shards in '{paths[0].parent}' were written by tokenizers of different vocab sizes "
+                         f"({listing}); re-run `lmstack prepare` into an empty --out")
+    return next(iter(sizes.values()))

@@ -4,7 +4,8 @@ Every document is `[bos] + encode(text)`, so documents are separated by bos in t
 The split is by document: a document goes to val when the hash of its id falls below
 `val_fraction`, so the split is stable when the corpus is re-read, re-ordered or grows. When that
 leaves fewer than `min_val_docs` in val (small corpora), the train documents with the lowest hashes
-are moved over, which is just as stable. The whole directory appears at once (atomic rename).
+are moved over; that too depends only on the set of ids, never on order or worker count.
+The whole directory appears at once (atomic rename), so a failed run leaves no half of one.
 """
 
 from __future__ import annotations
@@ -88,37 +89,64 @@ def val_score(doc_id: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+class DocumentSplitter:
+    """Routes each document to the train or val writer (see the module docstring for the rule)."""
+
+    def __init__(self, train: ShardWriter, val: ShardWriter, val_fraction: float, min_val_docs: int):
+        self.train, self.val = train, val
+        self.val_fraction = val_fraction
+        self.min_val_docs = min_val_docs if val_fraction > 0 else 0
+        self.held: list[tuple[float, int, np.ndarray]] = []  # heap of (-score, order, tokens): lowest-score train docs
+        self.seen = 0
+
+    def add(self, doc_id: str, tokens: np.ndarray) -> None:
+        score = val_score(doc_id)
+        self.seen += 1
+        if score < self.val_fraction:
+            self.val.add(tokens)
+        elif self.min_val_docs:
+            heapq.heappush(self.held, (-score, self.seen, tokens))
+            if len(self.held) > self.min_val_docs:
+                self.train.add(heapq.heappop(self.held)[2])
+        else:
+            self.train.add(tokens)
+
+    def finish(self) -> tuple[SplitStats, SplitStats]:
+        """Top val up to `min_val_docs` with the lowest-score held documents (keeping one for train)."""
+        held = sorted(self.held, key=lambda item: -item[0])  # lowest score first
+        need = max(0, min(self.min_val_docs - self.val.stats.documents, len(held) - (self.train.stats.documents == 0)))
+        for _, _, tokens in held[:need]:
+            self.val.add(tokens)
+        for _, _, tokens in sorted(held[need:], key=lambda item: item[1]):  # back in corpus order
+            self.train.add(tokens)
+        self.held = []
+        return self.train.close(), self.val.close()
+
+    @property
+    def tokens(self) -> int:
+        return self.train.stats.tokens + self.val.stats.tokens
+
+
 def prepare(source: str, out_dir: str | Path, tokenizer: Tokenizer, val_fraction: float = 0.05,
             min_val_docs: int = 2, shard_tokens: int = DEFAULT_SHARD_TOKENS, workers: int | None = None,
             text_field: str = "text", split: str = "train", limit: int | None = None,
             show_progress: bool = True) -> PrepareResult:
     out_dir = Path(out_dir)
     _check_settings(out_dir, tokenizer, val_fraction, min_val_docs, shard_tokens)
-    workers = workers or os.cpu_count() or 1
     documents = iter_documents(source, text_field=text_field, split=split, limit=limit)
     total = document_count(source)
     total = min(total, limit) if total is not None and limit is not None else total or limit
-    wants_val = val_fraction > 0 and min_val_docs > 0
 
     with atomic_directory(out_dir) as tmp:
-        train = ShardWriter(tmp, "train", tokenizer.vocab_size, shard_tokens)
-        val = ShardWriter(tmp, "val", tokenizer.vocab_size, shard_tokens)
-        held: list[tuple[float, int, np.ndarray]] = []  # max-heap by score of the lowest-score train docs
+        splitter = DocumentSplitter(ShardWriter(tmp, "train", tokenizer.vocab_size, shard_tokens),
+                                    ShardWriter(tmp, "val", tokenizer.vocab_size, shard_tokens),
+                                    val_fraction, min_val_docs)
         with tqdm(total=total, desc=f"prepare {source}", unit="doc", disable=not show_progress) as bar:
-            for order, (doc, tokens) in enumerate(tokenize_documents(documents, tokenizer, workers)):
-                score = val_score(doc.id)
-                if score < val_fraction:
-                    val.add(tokens)
-                elif wants_val:
-                    heapq.heappush(held, (-score, order, tokens))
-                    if len(held) > min_val_docs:
-                        train.add(heapq.heappop(held)[2])
-                else:
-                    train.add(tokens)
+            for doc, tokens in tokenize_documents(documents, tokenizer, workers or os.cpu_count() or 1):
+                splitter.add(doc.id, tokens)
                 bar.update(1)
-                bar.set_postfix(tokens=f"{train.stats.tokens + val.stats.tokens:,}", refresh=False)
-        _settle_held(sorted(held, key=lambda item: -item[0]), train, val, min_val_docs)
-        result = PrepareResult(out_dir, train.close(), val.close())
+                bar.set_postfix(tokens=f"{splitter.tokens:,}", refresh=False)
+        result = PrepareResult(out_dir, *splitter.finish())
         if result.train.documents == 0:
             raise SourceError(f"the corpus '{source}' has {result.val.documents} document(s), all of them in "
                               "val; add documents or lower --val-fraction (train needs at least one)")
@@ -126,19 +154,6 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Tokenizer, val_fraction
                     val_fraction=val_fraction, min_val_docs=min_val_docs, shard_tokens=shard_tokens)
         tokenizer.hf.save(str(tmp / TOKENIZER_FILE))
     return result
-
-
-def _settle_held(held: list[tuple[float, int, np.ndarray]], train: ShardWriter, val: ShardWriter,
-                 min_val_docs: int) -> None:
-    """Top val up to `min_val_docs` with the lowest-score held documents; the rest go to train.
-
-    `held` is sorted lowest score first. One document always stays for train.
-    """
-    need = max(0, min(min_val_docs - val.stats.documents, len(held) - (train.stats.documents == 0)))
-    for _, _, tokens in held[:need]:
-        val.add(tokens)
-    for _, _, tokens in sorted(held[need:], key=lambda item: item[1]):  # back in corpus order
-        train.add(tokens)
 
 
 def _check_settings(out_dir: Path, tokenizer: Tokenizer, val_fraction: float, min_val_docs: int,

@@ -48,6 +48,8 @@ def iter_documents(source: str = "stdlib", text_field: str = "text", split: str 
 
     Raises SourceError when the source yields no document at all.
     """
+    if limit is not None and limit < 1:
+        raise SourceError(f"--limit {limit} would read no documents; use a positive number or leave it out")
     count = 0
     for doc in _documents(source, text_field, split):
         if not doc.text:
@@ -69,9 +71,12 @@ def document_count(source: str = "stdlib") -> int | None:
     if path.is_dir():
         return len(text_files(path))
     if path.suffix == ".parquet" and path.is_file():
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
 
-        return pq.ParquetFile(path).metadata.num_rows
+            return pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # no pyarrow, or a bad file: reading it will say which, clearly
+            return None
     return None
 
 

@@ -59,6 +59,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--db", help="SQLite database (default $LMSTACK_HOME/lmstack.db)")
     report.set_defaults(func=cmd_report)
 
+    harness = commands.add_parser("lm-eval", help="run lm-evaluation-harness tasks against an OpenAI-compatible URL")
+    harness.add_argument("url", help="base URL of the server, e.g. http://127.0.0.1:8000/v1")
+    harness.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    harness.add_argument("--model-name", default="lmstack", help="model name to send (default lmstack)")
+    harness.add_argument("--tokenizer", help="HF-format tokenizer dir (`lmstack export` output); needed for loglikelihood tasks")
+    harness.add_argument("--limit", type=int, help="samples per task")
+    harness.add_argument("--num-concurrent", type=int, default=8, help="parallel requests (default 8)")
+    harness.add_argument("--output-path", help="where lm-eval writes its results")
+    harness.add_argument("--dry-run", action="store_true", help="only print the lm_eval command")
+    harness.set_defaults(func=cmd_lm_eval)
+
     listing = commands.add_parser("list", help="list the built-in tasks and recent runs")
     listing.add_argument("--db", help="SQLite database (default $LMSTACK_HOME/lmstack.db)")
     listing.set_defaults(func=cmd_list)
@@ -124,6 +135,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_report(Store(args.db), args.runs, Path(args.output))
     print(f"report: {path.resolve()}")
     return 0
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    from lmstack.evals.lm_eval_adapter import lm_eval_command, run_lm_eval
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    return run_lm_eval(lm_eval_command(args.url, args.model_name, tasks, args.tokenizer, args.limit,
+                                       args.num_concurrent, args.output_path), dry_run=args.dry_run)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import inspect
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from lmstack.agent.budget import BudgetConfig, call_cost
@@ -24,11 +25,15 @@ from lmstack.evals.store import Store
 
 
 def endpoint_id(client: Any) -> str:
-    """Where a client's answers come from: the base URL for HTTP clients, else the class and model."""
+    """Where a client's answers come from: the base URL for HTTP clients; for an in-process checkpoint,
+    its path plus the weights file's size and mtime, so retraining into the same dir misses the cache."""
     sdk = getattr(client, "sdk", None)
     if sdk is not None:
         return str(sdk.base_url).rstrip("/")
-    return f"{type(client).__name__}:{getattr(client, 'checkpoint', '')}"
+    checkpoint = getattr(client, "checkpoint", "")
+    weights = Path(checkpoint) / "model.safetensors"
+    version = f"@{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if checkpoint and weights.is_file() else ""
+    return f"{type(client).__name__}:{checkpoint}{version}"
 
 
 def request_key(endpoint: str, request: dict[str, Any]) -> str:

@@ -86,7 +86,7 @@ def _registering(registry: dict[str, Callable], kind: str, func: Callable | None
                     raise TaskError(f"@task '{registered}' must return a Task, got {type(made).__name__}")
                 if made.name == "task":
                     made.name = registered
-            else:
+            elif not hasattr(made, "registry_name"):  # a factory may name what it made, e.g. per field
                 made.registry_name = registered  # scorers are reported under this name
             return made
 

@@ -178,7 +178,8 @@ class Engine:
             stop_ids.update(self.tokenizer.stop_ids)
         seqs = [Sequence(request_id, i, list(prompt_ids), params, self._generator(params, i),
                          IncrementalDetokenizer(self.tokenizer, params.stop) if self.tokenizer else None,
-                         frozenset(stop_ids)) for i in range(params.n)]
+                         frozenset(stop_ids), constraint=params.constraint() if params.constraint else None)
+                for i in range(params.n)]
         with self._lock:
             if request_id in self.requests:
                 raise SamplingError(f"request id '{request_id}' is already running; use a unique id")
@@ -316,6 +317,7 @@ class Engine:
         penalised = [i for i, s in enumerate(seqs) if s.params.needs_penalties]
         scores = apply_penalties(logits, penalised, [seqs[i].params for i in penalised],
                                  [seqs[i].prompt_ids for i in penalised], [seqs[i].output_ids for i in penalised])
+        scores = self._apply_constraints(seqs, scores)
         rows = [RowSettings(s.params.temperature, max(s.params.top_k, 0), s.params.top_p, s.params.min_p, s.generator)
                 for s in seqs]
         tokens = sample(scores, rows)
@@ -329,8 +331,21 @@ class Engine:
             events.append(self._append_token(seq, token, logprob))
         return events
 
+    @staticmethod
+    def _apply_constraints(seqs: list[Sequence], scores: torch.Tensor) -> torch.Tensor:
+        """Tokens a sequence's constraint forbids get -inf, before temperature and filtering."""
+        constrained = [i for i, s in enumerate(seqs) if s.constraint is not None]
+        if not constrained:
+            return scores
+        allowed = torch.ones_like(scores, dtype=torch.bool)
+        for i in constrained:
+            allowed[i] = seqs[i].constraint.allowed_tokens(scores.size(1)).to(scores.device)
+        return scores.masked_fill(~allowed, float("-inf"))
+
     def _append_token(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> TokenEvent:
         seq.output_ids.append(token)
+        if seq.constraint is not None:
+            seq.constraint.advance(token)
         if logprob is not None:
             seq.logprobs.append(logprob)
         finish, delta = None, ""

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from lmstack.errors import LmstackError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class SamplingError(LmstackError):
     """A sampling setting out of range, or a request the engine can never serve."""
+
+
+class LogitsConstraint(Protocol):
+    """Which tokens one sequence may sample next (a grammar, say); the hook for structured output."""
+
+    def allowed_tokens(self, vocab_size: int) -> torch.Tensor:
+        """A (vocab_size,) bool tensor on the CPU: True where the token may come next."""
+
+    def advance(self, token_id: int) -> None:
+        """The sequence sampled `token_id`; move past it."""
 
 
 @dataclass(slots=True)
@@ -29,6 +43,7 @@ class SamplingParams:
     ignore_eos: bool = False  # True: only max_tokens, stop strings and stop_token_ids end a sequence
     logprobs: int | None = None  # None = off; k = the sampled token's logprob and the top k
     prompt_logprobs: int | None = None  # None = off; k = each prompt token's logprob and the top k
+    constraint: Callable[[], LogitsConstraint] | None = None  # a factory, called once per sequence (n of them)
 
     def validate(self, vocab_size: int | None = None) -> "SamplingParams":
         checks = [

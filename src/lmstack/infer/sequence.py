@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -43,6 +44,7 @@ class Sequence:
     prompt_logprobs_sent: bool = False
     text: str = ""
     finish_reason: str | None = None
+    constraint: Any = None  # a LogitsConstraint of this sequence alone, or None
 
     @property
     def token_ids(self) -> list[int]:

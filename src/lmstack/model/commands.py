@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "import", help="convert a Hugging Face or nanoGPT model into a lmstack checkpoint dir",
         description="Import GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM weights (a local directory or "
                     "a hub id such as openai-community/gpt2), or a nanoGPT ckpt.pt.")
-    p.add_argument("--from", dest="source_format", choices=["hf", "nanogpt"], required=True)
+    p.add_argument("--from", dest="source_format", choices=["hf", "nanogpt"], required=True,
+                   help="hf: a Hugging Face model dir or hub id; nanogpt: nanoGPT's ckpt.pt")
     p.add_argument("src", help="HF model dir or hub id; nanoGPT ckpt.pt or its out_dir")
     p.add_argument("out_dir", help="checkpoint dir to write (replaced atomically if it exists)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="weights dtype (auto: as in the source)")
@@ -43,7 +44,8 @@ def run_import(args: argparse.Namespace) -> int:
     else:
         from lmstack.model.convert_nanogpt import import_nanogpt as convert
     out = convert(args.src, args.out_dir, dtype=args.dtype, tokenizer=args.tokenizer)
-    print(f"imported {args.src} -> {out}")
+    note = "" if (out / "tokenizer.json").is_file() else " (no tokenizer.json: add one with --tokenizer FILE)"
+    print(f"imported {args.src} -> {out}{note}")
     return 0
 
 

@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace, cls: type, train, **extra) -> int:
         print(format_config(cfg))
     result = train(cfg, resume="require" if args.resume else "auto")
     if rank_zero:
-        print(f"run dir: {result.train.run_dir}  (metrics.jsonl, loss.png, run.log)")
+        print(f"run dir: {result.train.run_dir}  (metrics.jsonl, plots, run.log)")
         print(f"final model: {result.final or 'not written (interrupted; re-run the same command to resume)'}")
     return SIGNAL_EXIT_CODES.get(result.train.interrupted_by, 0)
 

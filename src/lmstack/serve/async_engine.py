@@ -1,0 +1,146 @@
+"""The engine behind the server: one thread runs `Engine.step`, requests wait on asyncio queues.
+
+The engine is synchronous and single-threaded by design; the event loop must never block on a
+forward pass. So a daemon thread steps the engine whenever it has work and hands each step's
+events to the loop with `call_soon_threadsafe`. A request that stops being read (the client went
+away, the handler was cancelled) is aborted, which frees its KV blocks at the engine's next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from lmstack.infer.engine import Engine, TokenEvent
+from lmstack.infer.params import SamplingParams
+from lmstack.serve.errors import APIError
+from lmstack.serve.metrics import ServerMetrics
+
+log = logging.getLogger("lmstack.serve")
+
+
+@dataclass(eq=False)
+class RequestHandle:
+    request_id: str
+    n: int
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    started: bool = False  # a first event arrived: the request left the queue
+    finished: int = 0  # of its n sequences
+    last_token_at: dict[int, float] = field(default_factory=dict)
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine, metrics: ServerMetrics, max_queue: int):
+        self.engine = engine
+        self.metrics = metrics
+        self.max_queue = max_queue
+        self._handles: dict[str, RequestHandle] = {}
+        self._wake = threading.Event()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="lmstack-engine", daemon=True)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop stepping (after the server drained its requests) and abort whatever is left."""
+        for request_id in list(self._handles):
+            self.engine.abort(request_id)
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests accepted but not yet producing tokens."""
+        return sum(1 for h in list(self._handles.values()) if not h.started)
+
+    # ---- requests --------------------------------------------------------------------------------
+    def submit(self, prompt: list[int], params: SamplingParams) -> RequestHandle:
+        """Queue a request; SamplingError (-> 400) if it can never fit, APIError 429 if the queue is full."""
+        if self.queue_depth >= self.max_queue:
+            raise APIError(f"the server's queue is full ({self.max_queue} requests waiting); retry shortly",
+                           status=429, code="queue_full", headers={"Retry-After": "1"})
+        request_id = self.engine.add_request(prompt, params)
+        handle = RequestHandle(request_id, params.n)
+        self._handles[request_id] = handle
+        self._wake.set()
+        return handle
+
+    async def events(self, handle: RequestHandle) -> AsyncIterator[TokenEvent]:
+        """The request's events until all n sequences finish; aborts the request if the reader stops early."""
+        try:
+            while handle.finished < handle.n:
+                batch = await handle.queue.get()
+                if isinstance(batch, BaseException):
+                    raise batch
+                for event in batch:
+                    yield event
+        finally:
+            if handle.finished < handle.n:
+                self.abort(handle)
+
+    def abort(self, handle: RequestHandle) -> None:
+        if self._handles.pop(handle.request_id, None) is not None:
+            self.engine.abort(handle.request_id)
+            self._wake.set()
+
+    # ---- the engine thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            if not self.engine.has_unfinished():
+                self._wake.wait(timeout=1.0)
+                continue
+            try:
+                events = self.engine.step()
+            except Exception as err:  # an engine bug: fail the requests in flight, keep serving new ones
+                log.exception("engine step failed")
+                self._fail_all(err)
+                continue
+            self._dispatch(events)
+
+    def _dispatch(self, events: list[TokenEvent]) -> None:
+        now = time.perf_counter()
+        batches: dict[str, tuple[RequestHandle, list[TokenEvent]]] = {}
+        for event in events:
+            handle = self._handles.get(event.request_id)
+            if handle is None:  # aborted by its reader
+                continue
+            self._observe(handle, event, now)
+            batches.setdefault(event.request_id, (handle, []))[1].append(event)
+            if event.finished:
+                handle.finished += 1
+                if handle.finished == handle.n:
+                    self._handles.pop(event.request_id, None)
+        for handle, batch in batches.values():
+            self._loop.call_soon_threadsafe(handle.queue.put_nowait, batch)
+
+    def _observe(self, handle: RequestHandle, event: TokenEvent, now: float) -> None:
+        if event.token_id is not None:
+            if not handle.started:
+                self.metrics.time_to_first_token.observe(now - handle.submitted_at)
+            elif event.index in handle.last_token_at:
+                self.metrics.inter_token_latency.observe(now - handle.last_token_at[event.index])
+            handle.last_token_at[event.index] = now
+        handle.started = True
+        if event.finished and event.usage:
+            self.metrics.completion_tokens.inc(event.usage["completion_tokens"])
+            if event.index == 0:
+                self.metrics.prompt_tokens.inc(event.usage["prompt_tokens"])
+
+    def _fail_all(self, err: Exception) -> None:
+        failure = APIError(f"the engine failed while generating ({type(err).__name__}: {err}); see the server log",
+                           status=500)
+        for request_id, handle in list(self._handles.items()):
+            self.engine.abort(request_id)
+            self._loop.call_soon_threadsafe(handle.queue.put_nowait, failure)
+        self._handles.clear()

@@ -1,0 +1,93 @@
+"""The CLI end to end (real subprocesses): run, list, trace (tree and OpenTelemetry JSON), approve."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent_helpers import call
+from lmstack.agent.testing.scripted_server import ScriptedServer
+
+SCRIPT = {"scripts": {
+    "calc": [{"tool_calls": [call("calculator", {"expression": "6 * 7"}), call("calculator", {"expression": "6 + 7"})]},
+             {"content": "6 * 7 = 42 and 6 + 7 = 13; I saved both to results.txt."}],
+    "files": [{"tool_calls": [call("write_file", {"path": "plan.md", "content": "1. buy milk"})]},
+              {"content": "I saved the plan to plan.md."}],
+}}
+APPROVAL_TOOLS = Path(__file__).with_name("approval_tools.py")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ScriptedServer(SCRIPT) as s:
+        yield s
+
+
+def lmstack(*args, db: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmstack.cli", "agent", *args, "--db", str(db)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_run_list_and_trace(server, tmp_path):
+    db = tmp_path / "lmstack.db"
+    run = lmstack("run", "What are 6*7 and 6+7?", "--model", server.base_url, "--model-name", "calc",
+                  "--tools", "calculator", "--run-id", "r1", "--workspace", str(tmp_path / "ws"), db=db)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0].startswith("run r1: completed (2 steps")
+    assert "42 and 6 + 7 = 13" in run.stdout
+
+    listing = lmstack("list", db=db)
+    assert listing.returncode == 0 and "r1" in listing.stdout and "completed" in listing.stdout
+
+    tree = lmstack("trace", "r1", db=db).stdout.splitlines()
+    assert tree[0] == "run r1: completed -- final answer"
+    assert tree[1].startswith("run r1  (")
+    assert [line.strip().split("  (")[0] for line in tree if line.startswith("    tool")] == ["tool calculator"] * 2
+    # The answer claims a file was saved, but no tool wrote one: the action-claim monitor's event is on the tree.
+    flagged = [line for line in tree if line.strip().startswith("! action_claims")]
+    assert len(flagged) == 1 and "I saved both to results.txt" in flagged[0]
+
+    otel = json.loads(lmstack("trace", "r1", "--otel", "-", db=db).stdout)
+    spans = otel["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    by_id = {s["spanId"]: s for s in spans}
+    assert len({s["traceId"] for s in spans}) == 1 and len(spans[0]["traceId"]) == 32
+    assert all(len(s["spanId"]) == 16 and int(s["endTimeUnixNano"]) >= int(s["startTimeUnixNano"]) for s in spans)
+    kinds = sorted(next(a["value"]["stringValue"] for a in s["attributes"] if a["key"] == "lmstack.span_kind")
+                   for s in spans)
+    assert kinds == ["model", "model", "run", "step", "step", "tool", "tool"]
+    for s in spans:
+        if "parentSpanId" in s:
+            assert s["parentSpanId"] in by_id
+    events = [e for s in spans for e in s["events"]]
+    assert [e["name"] for e in events] == ["monitor.action_claims"]
+
+
+def test_file_tool_claim_is_not_flagged_when_the_file_was_written(server, tmp_path):
+    db = tmp_path / "lmstack.db"
+    run = lmstack("run", "Write a plan.", "--model", server.base_url, "--model-name", "files", "--tools", "files",
+                  "--run-id", "r2", "--workspace", str(tmp_path / "ws"), db=db)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "ws" / "plan.md").read_text() == "1. buy milk"
+    assert "! " not in lmstack("trace", "r2", db=db).stdout
+
+
+def test_approve_from_the_command_line(server, tmp_path):
+    db = tmp_path / "lmstack.db"
+    run = lmstack("run", "Write a plan.", "--model", server.base_url, "--model-name", "files",
+                  "--tools", f"{APPROVAL_TOOLS}:write_file", "--run-id", "r3", "--workspace", str(tmp_path / "ws"), db=db)
+    assert run.returncode == 0 and "run r3: waiting" in run.stdout and not (tmp_path / "ws" / "plan.md").exists()
+    assert "waiting" in lmstack("list", "--status", "waiting", db=db).stdout
+    approved = lmstack("approve", "r3", db=db)
+    assert approved.returncode == 0, approved.stderr
+    assert "approved: step0/tool0" in approved.stdout and "run r3: completed" in approved.stdout
+    assert (tmp_path / "ws" / "plan.md").read_text() == "1. buy milk"
+
+
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
+    missing = lmstack("resume", "nope", db=tmp_path / "x.db")
+    assert missing.returncode == 2 and "no agent run with id 'nope'" in missing.stderr
+    bad_tool = lmstack("run", "x", "--model", "http://127.0.0.1:9/v1", "--model-name", "m", "--tools", "teleport",
+                       db=tmp_path / "x.db")
+    assert bad_tool.returncode == 2 and "--tools 'teleport'" in bad_tool.stderr

@@ -1,0 +1,174 @@
+"""Budgets, loop detection, approvals, monitor policies and client retries, against the scripted server."""
+
+import pytest
+
+from agent_helpers import call, run_agent
+from lmstack.agent.builtin_tools import calculator
+from lmstack.agent.client import OpenAIClient, RetryPolicy
+from lmstack.agent.settings import AgentConfig
+from lmstack.agent.testing.scripted_server import ScriptedServer
+from lmstack.agent.tools import tool
+
+APPROVED = []
+
+
+@tool(requires_approval=True, side_effecting=True, actions=("sent",))
+def send_payment(to: str, amount_usd: float) -> str:
+    """Send money.
+
+    Args:
+        to: recipient.
+        amount_usd: amount in US dollars.
+    """
+    APPROVED.append((to, amount_usd))
+    return f"sent ${amount_usd:.2f} to {to}"
+
+
+def counting(i):
+    return {"tool_calls": [call("calculator", {"expression": f"{i} + 1"})],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 100}}
+
+
+SCRIPT = {"scripts": {
+    "long": [counting(i) for i in range(10)] + [{"content": "done"}],
+    "loop": [{"tool_calls": [call("calculator", {"expression": "1 + 1"})]}] * 5 + [{"content": "2"}],
+    "stuck": [{"tool_calls": [call("calculator", {"expression": f"1 / {0}"})]} for _ in range(8)] + [{"content": "?"}],
+    "pay": [{"tool_calls": [call("send_payment", {"to": "Ana", "amount_usd": 12.5})]},
+            {"content": "Sent $12.50 to Ana."}],
+    "invented": [{"content": "The answer is 42, as the Oracle of Delphi said."},
+                 {"content": "I do not know the answer yet."}],
+    "invented_stop": [{"content": "The answer is 42."}],
+    "flaky": [{"fail": [429, 503], "content": "survived"}],
+    "broken": [{"fail": [500] * 10, "content": "never"}],
+    "slow": [{"delay_s": 2.0, "content": "too late"}],
+}}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ScriptedServer(SCRIPT) as s:
+        yield s
+
+
+def sent_requests(server, name):
+    return [r for r in server.requests() if r["model"] == name]
+
+
+def test_step_budget_stops_the_run(tmp_path, server):
+    config = AgentConfig()
+    config.budget.max_steps = 3
+    record, _ = run_agent(tmp_path, server, "long", "count", [calculator], config)
+    assert record.status == "budget_exceeded" and record.stop_reason.startswith("steps")
+    assert record.steps == 3
+
+
+def test_token_budget_stops_the_run(tmp_path, server):
+    config = AgentConfig()
+    config.budget.max_tokens = 2500  # scripted usage is 1100 tokens per call
+    record, _ = run_agent(tmp_path, server, "long", "count", [calculator], config)
+    assert record.status == "budget_exceeded" and record.stop_reason.startswith("tokens")
+    assert record.prompt_tokens + record.completion_tokens == 3300
+
+
+def test_a_run_over_its_dollar_budget_never_makes_the_next_call(tmp_path, server):
+    before = len(sent_requests(server, "long"))
+    config = AgentConfig()
+    # $10 / $30 per million tokens: each scripted call (1000 in, 100 out) costs $0.013.
+    config.budget.price_in_per_mtok, config.budget.price_out_per_mtok = 10.0, 30.0
+    config.budget.max_dollars = 0.03
+    record, _ = run_agent(tmp_path, server, "long", "count", [calculator], config)
+    assert record.status == "budget_exceeded" and record.stop_reason.startswith("dollars")
+    assert record.cost_usd == pytest.approx(2 * 0.013) and record.cost_usd <= 0.03
+    assert len(sent_requests(server, "long")) - before == 2  # the third call would have crossed $0.03
+
+
+def test_the_same_call_repeated_is_a_loop(tmp_path, server):
+    record, conn = run_agent(tmp_path, server, "loop", "add", [calculator])
+    assert record.status == "loop_detected" and "repeated 3 times" in record.stop_reason
+    executed = conn.execute("SELECT COUNT(*) FROM agent_journal WHERE kind = 'tool'").fetchone()[0]
+    assert executed == 2  # the third identical call is not run
+
+
+def test_no_progress_stops_the_run(tmp_path, server):
+    config = AgentConfig()
+    config.loops.repeat_limit = 100
+    config.loops.no_progress_limit = 4
+    record, _ = run_agent(tmp_path, server, "stuck", "divide", [calculator], config)
+    assert record.status == "no_progress" and record.steps == 4
+
+
+def test_approval_pauses_the_run_until_approved(tmp_path, server):
+    from lmstack.agent.launch import decide_approvals
+    from lmstack.agent.runtime import AgentRuntime
+    from lmstack.agent.tools import ToolRegistry
+
+    APPROVED.clear()
+    record, conn = run_agent(tmp_path, server, "pay", "pay Ana", [send_payment])
+    assert record.status == "waiting" and "lmstack agent approve run1" in record.stop_reason
+    assert APPROVED == []
+    assert decide_approvals(conn, "run1", approve=True) == ["step0/tool0"]
+    config = AgentConfig(model=server.base_url, model_name="pay", workspace=str(tmp_path / "workspace"))
+    runtime = AgentRuntime(conn, "run1", config, OpenAIClient(server.base_url, "pay"), ToolRegistry([send_payment]),
+                           tmp_path / "workspace")
+    record = runtime.run()
+    assert record.status == "completed" and APPROVED == [("Ana", 12.5)]
+
+
+def test_a_denied_call_is_reported_to_the_model(tmp_path, server):
+    from lmstack.agent.launch import decide_approvals
+    from lmstack.agent.runtime import AgentRuntime
+    from lmstack.agent.tools import ToolRegistry
+
+    APPROVED.clear()
+    _, conn = run_agent(tmp_path, server, "pay", "pay Ana", [send_payment])
+    decide_approvals(conn, "run1", approve=False)
+    config = AgentConfig(model=server.base_url, model_name="pay")
+    record = AgentRuntime(conn, "run1", config, OpenAIClient(server.base_url, "pay"), ToolRegistry([send_payment]),
+                          tmp_path).run()
+    assert APPROVED == [] and record.status == "completed"
+    assert "denied" in sent_requests(server, "pay")[-1]["messages"][-1]["content"]
+    flagged = conn.execute("SELECT text FROM agent_events WHERE monitor = 'action_claims'").fetchall()
+    assert [r["text"] for r in flagged] == [], "'Sent $12.50' is not a first-person claim the monitor parses"
+
+
+def test_monitor_retry_policy_re_asks_with_feedback(tmp_path, server):
+    config = AgentConfig()
+    config.monitors.grounding = "retry"
+    record, conn = run_agent(tmp_path, server, "invented", "What is the answer?", [calculator], config)
+    assert record.status == "completed" and record.final_answer == "I do not know the answer yet."
+    feedback = sent_requests(server, "invented")[-1]["messages"][-1]
+    assert feedback["role"] == "user" and "Monitor feedback" in feedback["content"] and "'42'" in feedback["content"]
+    events = conn.execute("SELECT text, start, end, action FROM agent_events ORDER BY start").fetchall()
+    content = "The answer is 42, as the Oracle of Delphi said."
+    assert [(content[e["start"]:e["end"]], e["action"]) for e in events] == [
+        ("42", "retry"), ("Oracle", "retry"), ("Delphi", "retry")]
+
+
+def test_monitor_stop_policy_stops_the_run(tmp_path, server):
+    config = AgentConfig()
+    config.monitors.grounding = "stop"
+    record, _ = run_agent(tmp_path, server, "invented_stop", "What is the answer?", [calculator], config)
+    assert record.status == "stopped_by_monitor" and "'42'" in record.stop_reason
+
+
+def test_client_retries_429_and_5xx_then_succeeds(server):
+    client = OpenAIClient(server.base_url, "flaky", retry=RetryPolicy(max_attempts=3, base_delay_s=0.01))
+    response = client.complete([{"role": "user", "content": "hi"}], logprobs=True)
+    assert response.text == "survived"
+    assert "".join(t.token for t in response.logprobs) == "survived"
+    assert len(sent_requests(server, "flaky")) == 3
+
+
+def test_client_gives_up_and_the_run_fails_cleanly(tmp_path, server):
+    config = AgentConfig(max_attempts=2)
+    record, _ = run_agent(tmp_path, server, "broken", "hi", [calculator], config)
+    assert record.status == "failed" and "500" in record.stop_reason
+
+
+def test_per_call_timeout_is_retried(server):
+    from lmstack.agent.client import ModelCallError
+
+    client = OpenAIClient(server.base_url, "slow", timeout_s=0.3, retry=RetryPolicy(max_attempts=2, base_delay_s=0.01))
+    with pytest.raises(ModelCallError, match="timed out"):
+        client.complete([{"role": "user", "content": "hi"}])
+    assert len(sent_requests(server, "slow")) == 2

@@ -1,0 +1,84 @@
+"""Long-term memory (FTS5/BM25, embeddings, scopes, staleness) and the context-window policy."""
+
+import re
+import time
+import zlib
+
+import numpy as np
+
+from lmstack.agent.context import approx_tokens, fit_context
+from lmstack.agent.memory import MemoryStore
+from lmstack.db import connect
+
+SCOPE = ("assistant", "alice")
+
+
+def test_bm25_ranks_the_matching_fact_first_and_scopes_are_separate(tmp_path):
+    store = MemoryStore(connect(tmp_path / "m.db"))
+    store.save("Alice lives in Lisbon and works as a nurse.", SCOPE)
+    store.save("Alice's favourite drink is green tea.", SCOPE)
+    store.save("The office wifi password rotates monthly.", SCOPE)
+    store.save("Bob lives in Oslo.", ("assistant", "bob"))
+    found = store.search("where does she live", SCOPE)
+    assert found[0].text == "Alice lives in Lisbon and works as a nurse."
+    assert all("Bob" not in m.text for m in found)
+    assert store.search("tea drink", SCOPE)[0].text == "Alice's favourite drink is green tea."
+    assert store.search("!!!", SCOPE) == []
+
+
+def test_a_fact_saved_under_the_same_key_replaces_the_old_one_and_stale_facts_are_listed(tmp_path):
+    conn = connect(tmp_path / "m.db")
+    store = MemoryStore(conn)
+    old = store.save("Alice lives in Lisbon.", SCOPE, key="alice.city")
+    conn.execute("UPDATE memories SET created_at = created_at - 86400 * 90, updated_at = updated_at - 86400 * 90 "
+                 "WHERE id = ?", (old,))
+    assert [m.id for m in store.stale(SCOPE, older_than_s=86400 * 30)] == [old]
+    store.save("Alice lives in Porto.", SCOPE, key="alice.city")
+    assert [m.text for m in store.search("Alice lives", SCOPE)] == ["Alice lives in Porto."]
+    assert store.stale(SCOPE, older_than_s=86400 * 30) == []
+    assert conn.execute("SELECT superseded_by IS NOT NULL FROM memories WHERE id = ?", (old,)).fetchone()[0] == 1
+
+
+def hashed_bag_of_words(text: str, dims: int = 64) -> np.ndarray:
+    vector = np.zeros(dims, dtype=np.float32)
+    for word in re.findall(r"\w+", text.lower()):
+        vector[zlib.crc32(word[:4].encode()) % dims] += 1  # 4-letter stems: "cats" ~ "cat"
+    return vector
+
+
+def test_embeddings_find_a_fact_that_shares_no_exact_word(tmp_path):
+    store = MemoryStore(connect(tmp_path / "m.db"), embed=hashed_bag_of_words)
+    store.save("The user adores cats.", SCOPE)
+    store.save("The quarterly report is due Friday.", SCOPE)
+    # BM25 alone finds nothing for "catlike" (no shared token); the stem-embedding does.
+    assert MemoryStore(store.conn).search("catlike", SCOPE) == []
+    assert store.search("catlike", SCOPE)[0].text == "The user adores cats."
+
+
+def conversation(tool_output_chars: int, turns: int) -> list[dict]:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Research the topic."}]
+    for i in range(turns):
+        messages.append({"role": "assistant", "content": f"Step {i}. Looking it up.",
+                         "tool_calls": [{"id": f"c{i}", "type": "function",
+                                         "function": {"name": "search", "arguments": "{}"}}]})
+        messages.append({"role": "tool", "tool_call_id": f"c{i}", "content": f"result {i} " + "x" * tool_output_chars})
+    return messages
+
+
+def test_context_policy_truncates_oldest_tool_outputs_first():
+    messages = conversation(tool_output_chars=2000, turns=4)
+    view = fit_context(messages, max_tokens=1200)
+    assert approx_tokens(view) <= 1200
+    assert "[tool output truncated" in view[3]["content"] and view[-1] == messages[-1]
+    assert len(view) == len(messages) and messages[3]["content"].endswith("x")  # stored history untouched
+
+
+def test_context_policy_summarises_oldest_turns_when_truncation_is_not_enough():
+    messages = conversation(tool_output_chars=100, turns=30)
+    view = fit_context(messages, max_tokens=500)
+    assert approx_tokens(view) <= 500
+    assert view[:2] == messages[:2] and view[-1] == messages[-1]
+    assert view[2]["content"].startswith("Summary of earlier conversation") and "earlier messages omitted" in view[2]["content"]
+    # No tool result is left without the assistant message that called it.
+    first_kept = view[3]
+    assert first_kept["role"] == "assistant"

@@ -1,0 +1,117 @@
+"""@tool schemas from type hints and docstrings; every failure becomes a message the model can act on."""
+
+import json
+import time
+from typing import Literal
+
+import pytest
+
+from lmstack.agent.builtin_tools import calculator, evaluate, list_files, read_file, write_file
+from lmstack.agent.tools import ToolContext, ToolRegistry, ToolResult, tool
+
+
+@tool(timeout_s=0.3)
+def sleepy(seconds: float) -> str:
+    """Sleep."""
+    time.sleep(seconds)
+    return "awake"
+
+
+FLAKY_CALLS = []
+
+
+@tool(retries=2)
+def flaky(word: str) -> str:
+    """Fails twice, then works."""
+    FLAKY_CALLS.append(word)
+    if len(FLAKY_CALLS) < 3:
+        raise ConnectionError("upstream hiccup")
+    return word.upper()
+
+
+@tool(side_effecting=True)
+def book_table(restaurant: str, people: int, time_slot: Literal["18:00", "20:00"] = "18:00",
+               context: ToolContext = None) -> dict:
+    """Book a table at a restaurant.
+
+    Args:
+        restaurant: the restaurant's name.
+        people: how many guests, 1-12.
+        time_slot: when.
+    """
+    return {"restaurant": restaurant, "people": people, "time": time_slot, "key": context.idempotency_key}
+
+
+def test_schema_comes_from_type_hints_and_docstring():
+    schema = book_table.schema()["function"]
+    assert schema["name"] == "book_table" and schema["description"] == "Book a table at a restaurant."
+    params = schema["parameters"]
+    assert params["required"] == ["restaurant", "people"]
+    assert params["properties"]["people"] == {"type": "integer", "description": "how many guests, 1-12."}
+    assert params["properties"]["time_slot"]["enum"] == ["18:00", "20:00"]
+    assert "context" not in params["properties"] and params["additionalProperties"] is False
+    assert book_table.side_effecting
+
+
+def prepare_and_run(registry, name, arguments, context=None):
+    prepared = registry.prepare("c1", name, arguments)
+    if isinstance(prepared, ToolResult):
+        return prepared
+    return registry.execute(prepared, context or ToolContext())
+
+
+def test_every_kind_of_bad_call_becomes_a_correctable_message():
+    registry = ToolRegistry([book_table, calculator])
+    unknown = prepare_and_run(registry, "book_flight", "{}")
+    assert unknown.error_kind == "unknown_tool" and "book_table" in unknown.content
+    bad_json = prepare_and_run(registry, "book_table", '{"restaurant": "Noma", people: 2}')
+    assert bad_json.error_kind == "invalid_json" and "not valid JSON" in bad_json.content
+    wrong_type = prepare_and_run(registry, "book_table", json.dumps({"restaurant": "Noma", "people": "many"}))
+    assert wrong_type.error_kind == "validation" and "'people'" in wrong_type.content and "integer" in wrong_type.content
+    bad_enum = prepare_and_run(registry, "book_table", json.dumps({"restaurant": "Noma", "people": 2, "time_slot": "19:00"}))
+    assert bad_enum.error_kind == "validation" and "'18:00'" in bad_enum.content
+    raised = prepare_and_run(registry, "calculator", json.dumps({"expression": "1/0"}))
+    assert raised.error_kind == "exception" and "ZeroDivisionError" in raised.content
+    good = prepare_and_run(registry, "book_table", json.dumps({"restaurant": "Noma", "people": 2}),
+                           ToolContext(idempotency_key="run/step0/tool0"))
+    assert good.ok and json.loads(good.content) == {"restaurant": "Noma", "people": 2, "time": "18:00",
+                                                    "key": "run/step0/tool0"}
+
+
+def test_timeout_and_retry_policies():
+    registry = ToolRegistry([sleepy, flaky])
+    start = time.monotonic()
+    slow = prepare_and_run(registry, "sleepy", '{"seconds": 3}')
+    assert slow.error_kind == "timeout" and time.monotonic() - start < 1.5
+    assert prepare_and_run(registry, "flaky", '{"word": "ok"}').content == "OK"
+    assert len(FLAKY_CALLS) == 3
+
+
+@pytest.mark.parametrize("expression,value", [("2 + 3 * 4", 14), ("(17 * 3) / 4", 12.75), ("2 ** 10", 1024),
+                                              ("sqrt(16) + pi", 4 + 3.141592653589793), ("-7 // 2", -4)])
+def test_calculator_matches_python_arithmetic(expression, value):
+    assert evaluate(expression) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("attack", ["__import__('os').system('true')", "open('/etc/passwd').read()",
+                                    "(1).__class__", "9 ** 9 ** 9", "[x for x in range(3)]", "lambda: 1"])
+def test_calculator_refuses_anything_but_arithmetic(attack):
+    with pytest.raises(ValueError):
+        evaluate(attack)
+
+
+def test_file_tools_are_confined_to_the_workspace(tmp_path):
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (tmp_path / "secret.txt").write_text("s3cret")
+    (workspace / "link").symlink_to(tmp_path / "secret.txt")
+    registry = ToolRegistry([read_file, write_file, list_files])
+    context = ToolContext(workspace=workspace)
+    assert prepare_and_run(registry, "write_file", '{"path": "notes/a.txt", "content": "hello"}', context).ok
+    assert prepare_and_run(registry, "read_file", '{"path": "notes/a.txt"}', context).content == "hello"
+    assert prepare_and_run(registry, "list_files", "{}", context).content == "link\nnotes/a.txt"
+    for path in ["../secret.txt", str(tmp_path / "secret.txt"), "link"]:
+        result = prepare_and_run(registry, "read_file", json.dumps({"path": path}), context)
+        assert not result.ok and "outside the workspace" in result.content and "s3cret" not in result.content
+    escaped = prepare_and_run(registry, "write_file", '{"path": "../evil.txt", "content": "x"}', context)
+    assert not escaped.ok and not (tmp_path / "evil.txt").exists()

@@ -1,0 +1,49 @@
+"""Prompt logprobs for loglikelihood scoring, checked against the model's own cross-entropy."""
+
+import math
+
+import pytest
+import torch
+
+from lmstack.evals.completions import PromptToken, model_prompt_logprobs
+from lmstack.evals.solvers import continuation_logprob
+from lmstack.model.config import ModelConfig
+from lmstack.model.gpt import build_model
+from lmstack.tokenizer import Tokenizer
+
+TEXTS = ["The sky is blue. The grass is green. The sun is bright. " * 4, "def f(x):\n    return x + 1\n" * 4]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    tokenizer = Tokenizer.train(TEXTS * 4, vocab_size=300, show_progress=False, min_frequency=1)
+    model = build_model(ModelConfig(arch="llama", vocab_size=320, block_size=128, n_layer=2, n_head=4, n_kv_head=2,
+                                    n_embd=64), seed=0).eval()
+    return model, tokenizer
+
+
+def test_prompt_logprobs_sum_to_the_models_loss(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    text = "The sky is green. def f(x): return x"
+    tokens = model_prompt_logprobs(model, tokenizer, text)
+    ids = [tokenizer.bos_id, *tokenizer.encode(text)]
+    assert [t.token for t in tokens] == [tokenizer.decode([i]) for i in ids[1:]]
+    assert "".join(t.token for t in tokens) == text and tokens[0].offset == 0
+    idx = torch.tensor([ids])
+    with torch.no_grad():
+        _, loss = model(idx[:, :-1], idx[:, 1:], loss_reduction="sum")
+    assert sum(t.logprob for t in tokens) == pytest.approx(-loss.item(), rel=1e-5)
+
+
+def test_continuation_logprob_counts_only_tokens_after_the_context():
+    tokens = [PromptToken("Q", None, 0), PromptToken(":", -1.0, 1), PromptToken(" yes", -0.5, 2), PromptToken("!", -0.25, 6)]
+    assert continuation_logprob(tokens, "Q:") == (-0.75, 2)
+    with pytest.raises(ValueError, match="no logprob"):
+        continuation_logprob(tokens, "")
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(Exception, match="longer than the model's context"):
+        model_prompt_logprobs(model, tokenizer, "The sky is blue. " * 200)
+    assert math.isfinite(model_prompt_logprobs(model, tokenizer, "The sky")[0].logprob)

@@ -13,9 +13,9 @@ TEXTS = ["The quick brown fox jumps over the lazy dog. 1 2 3 4 5 6 7 8 9 10. " *
          "What is two plus two? It is four. Tools help agents compute. " * 4]
 
 
-def tiny_client() -> EngineClient:
+def tiny_client(block_size: int = 256) -> EngineClient:
     tokenizer = Tokenizer.train(TEXTS * 4, vocab_size=300, show_progress=False, min_frequency=1)
-    cfg = ModelConfig(arch="llama", vocab_size=320, block_size=256, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
+    cfg = ModelConfig(arch="llama", vocab_size=320, block_size=block_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
     model = build_model(cfg, seed=0).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(20)  # sharper logits: no near-ties between greedy candidates
@@ -59,7 +59,7 @@ def test_an_agent_runs_on_the_engine_client(tmp_path):
     conn = open_database(tmp_path / "db")
     config = AgentConfig(model="in-process", max_output_tokens=8)
     create_run(conn, "e1", "What is two plus two?", to_dict(config))
-    record = AgentRuntime(conn, "e1", config, tiny_client(), ToolRegistry([calculator]), Path(tmp_path)).run()
+    record = AgentRuntime(conn, "e1", config, tiny_client(block_size=1024), ToolRegistry([calculator]), Path(tmp_path)).run()
     # A random tiny model rarely emits a well-formed tool call; what matters is that the loop completes cleanly.
     assert record.status in ("completed", "no_progress", "loop_detected", "budget_exceeded"), record.stop_reason
     assert record.completion_tokens >= 1

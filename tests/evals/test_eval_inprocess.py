@@ -14,7 +14,7 @@ from lmstack.evals.scorers import bpb, choice
 from lmstack.evals.solvers import bits_per_byte, multiple_choice
 from lmstack.evals.store import Store
 from lmstack.evals.task import Task
-from lmstack.model.checkpoint import save_model_dir
+from lmstack.model.checkpoint import load_model_dir, save_model_dir
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import build_model
 from lmstack.tokenizer import Tokenizer
@@ -48,22 +48,22 @@ def test_multiple_choice_and_bpb_match_the_models_cross_entropy(checkpoint, tmp_
     store = Store(tmp_path / "db.sqlite")
     client = make_client(str(checkpoint))
     model = CachedModel(client, store)
-    engine_model, tokenizer = client.engine.model, client.engine.tokenizer
+    reference_model, tokenizer, _ = load_model_dir(checkpoint, dtype=torch.float32)  # independent fp32 copy
     dataset = [Sample(id=f"q{i}", input=q, choices=c, target=t) for i, (q, c, t) in enumerate(QUESTIONS)]
     mc = run_eval(Task(dataset=dataset, solver=multiple_choice(template="{question}"), scorer=choice(), name="mc"),
                   model, store, progress=False)
     expected_correct = 0
     for record, (question, choices, target) in zip(sorted(store.samples(mc.run_id), key=lambda r: r.sample_id),
                                                    QUESTIONS):
-        reference = [reference_logprob(engine_model.float(), tokenizer, question, " " + c) for c in choices]
+        reference = [reference_logprob(reference_model, tokenizer, question, " " + c) for c in choices]
         got = record.sample["metadata"]["solver"]["choice_logprobs"]
-        assert got == pytest.approx(reference, abs=2e-3)  # the engine may run in bf16
+        assert got == pytest.approx(reference, rel=1e-2)  # the engine runs in bf16 where the CPU has it
         expected_correct += max(range(len(choices)), key=reference.__getitem__) == target
     assert mc.summary["scores"]["choice"]["mean"]["mean"] == pytest.approx(expected_correct / len(QUESTIONS))
 
     text = "The sun is green. def f(x): return x"
     out = run_eval(Task(dataset=[Sample(id="t", input=text)], solver=bits_per_byte(), scorer=bpb(), name="bpb"),
                    model, store, progress=False)
-    bits = -reference_logprob(engine_model.float(), tokenizer, "", text) / math.log(2)
-    assert out.summary["scores"]["bpb"]["mean"]["mean"] == pytest.approx(bits / len(text.encode()), rel=1e-3)
+    bits = -reference_logprob(reference_model, tokenizer, "", text) / math.log(2)
+    assert out.summary["scores"]["bpb"]["mean"]["mean"] == pytest.approx(bits / len(text.encode()), rel=1e-2)
     assert out.summary["higher_is_better"] == {"bpb": False}

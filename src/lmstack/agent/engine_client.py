@@ -11,7 +11,7 @@ import json
 import threading
 from pathlib import Path
 
-from lmstack.agent.client import ModelResponse, TokenLogprob, ToolCall, Usage
+from lmstack.agent.client import ModelCallError, ModelResponse, TokenLogprob, ToolCall, Usage
 
 TOP_LOGPROBS = 5
 DEFAULT_MAX_TOKENS = 512
@@ -24,6 +24,14 @@ class EngineClient:
         self.checkpoint = checkpoint
         self._lock = threading.Lock()  # the engine's step() must be driven from one thread at a time
 
+    @property
+    def context_tokens(self) -> int:
+        return self.engine.model.cfg.block_size
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        """Exact prompt length under our chat template (the runtime fits the conversation with it)."""
+        return len(self.engine.tokenizer.render(messages, add_generation_prompt=True).ids)
+
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "EngineClient":
         from lmstack.infer.engine import Engine
@@ -33,15 +41,18 @@ class EngineClient:
 
     def complete(self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.0,
                  max_tokens: int | None = None, logprobs: bool = False, seed: int | None = None) -> ModelResponse:
-        from lmstack.infer.params import SamplingParams
+        from lmstack.infer.params import SamplingError, SamplingParams
 
         tokenizer = self.engine.tokenizer
         prompt = tokenizer.render(messages, tools, add_generation_prompt=True).ids
         room = self.engine.model.cfg.block_size - len(prompt)
         params = SamplingParams(max_tokens=max(1, min(max_tokens or DEFAULT_MAX_TOKENS, room)), temperature=temperature,
                                 seed=seed, logprobs=TOP_LOGPROBS if logprobs else None)
-        with self._lock:
-            output = self.engine.generate([prompt], params)[0]
+        try:
+            with self._lock:
+                output = self.engine.generate([prompt], params)[0]
+        except SamplingError as err:
+            raise ModelCallError(f"model '{self.model}': {err}") from None
         content, parsed = tokenizer.parse_assistant(output.text)
         calls = [ToolCall(f"call_{i}", call.name or "", json.dumps(call.arguments) if call.arguments is not None
                           else call.raw) for i, call in enumerate(parsed)]

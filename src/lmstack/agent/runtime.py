@@ -111,7 +111,10 @@ class AgentRuntime:
     # ---- model calls ------------------------------------------------------------------------------
     def _model_call(self, key: str, step_key: str, messages: list[dict], temperature: float | None = None
                     ) -> ModelResponse:
-        view = fit_context(messages, self.config.context_tokens)
+        # Clients that know their tokenizer and context (the engine client) count exactly.
+        context = min(self.config.context_tokens, getattr(self.client, "context_tokens", self.config.context_tokens))
+        reserve = self.config.max_output_tokens or context // 4
+        view = fit_context(messages, max(1, context - reserve), getattr(self.client, "count_tokens", approx_tokens))
         temperature = self.config.temperature if temperature is None else temperature
         entry = self.journal.get(key)
         if entry is None or entry.status != "completed":

@@ -67,7 +67,8 @@ def context_slots(block_tables: list[list[int]], length: int, block_size: int, d
     """(G, length) cache slots of positions 0 .. length-1 of each sequence (block tables padded with block 0)."""
     width = -(-length // block_size)
     padded = torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in block_tables], device=device)
-    return (padded.unsqueeze(2) * block_size + torch.arange(block_size, device=device)).flatten(1)[:, :length]
+    slots = padded.unsqueeze(2) * block_size + torch.arange(block_size, device=device)
+    return slots.flatten(1)[:, :length].contiguous()
 
 
 def build_layout(chunks: list[tuple[list[int], int, int]], block_size: int, device: torch.device) -> StepLayout:

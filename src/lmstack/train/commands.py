@@ -43,12 +43,9 @@ def load_train_config(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from lmstack.config import format_config
     from lmstack.train.loop import train
 
     cfg = load_train_config(args)
-    if _is_rank_zero():
-        print(format_config(cfg))
     result = train(cfg, resume="require" if args.resume else "auto")
     if _is_rank_zero():
         print(f"run dir: {result.run_dir}  (metrics.jsonl, loss.png, run.log)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lmstack.config import to_dict
+from lmstack.config import format_config, to_dict
 from lmstack.device import autocast_dtype, detect_device, device_for_rank, init_distributed, peak_flops
 from lmstack.errors import LmstackError
 from lmstack.model.checkpoint import load_model_dir
@@ -138,6 +138,7 @@ class Trainer:
                   "params": self.model.num_params(), "grad_accum": self.grad_accum,
                   "tokens_per_step": self.tokens_per_step}
         write_run_header(self.run_dir, header, self.config_dict)
+        tqdm.write(format_config(self.cfg))
         self.metrics = MetricsLog(self.run_dir, self.step if resume_from else None)
         self.metrics.write({"event": "start", "step": self.step, **header})
         self.writers = ScalarWriters(self.run_dir, self.cfg.tensorboard, self.cfg.wandb, self.cfg.wandb_project,

@@ -1,0 +1,149 @@
+"""What both endpoints share: request fields -> SamplingParams, running a request, logprob records, SSE.
+
+A request is submitted before any response byte is sent, so everything the engine refuses (context
+overflow, a bad token id) is still a plain 400; after that a failure can only reach a streaming
+client as an `error` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from lmstack.infer.engine import TokenEvent
+from lmstack.infer.params import SamplingParams
+from lmstack.serve.async_engine import AsyncEngine, RequestHandle
+from lmstack.serve.errors import APIError, api_error_from, error_body
+from lmstack.serve.schemas import SamplingFields
+
+log = logging.getLogger("lmstack.serve")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def resolve_max_tokens(requested: int | None, prompt_len: int, context: int, param: str) -> int:
+    """Without a limit a reply may use the rest of the context, as OpenAI's models do; beyond it is a 400."""
+    room = context - prompt_len
+    if requested is None and room >= 1:
+        return room
+    if requested is None or requested > room:
+        wanted = f" + {param}={requested}" if requested is not None else ""
+        raise APIError(f"the prompt of {prompt_len} tokens{wanted} does not fit the model's context of {context} "
+                       f"tokens; shorten the prompt or lower {param}", param=param, code="context_length_exceeded")
+    return requested
+
+
+def sampling_params(body: SamplingFields, max_tokens: int, *, logprobs: int | None = None,
+                    prompt_logprobs: int | None = None, constraint=None,
+                    banned_ids: list[int] = ()) -> SamplingParams:
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > 16 or not all(stop):
+        raise APIError("stop must be up to 16 non-empty strings", param="stop")
+    bias: dict[int, float] = {}
+    for key, value in (body.logit_bias or {}).items():
+        try:
+            bias[int(key)] = max(-100.0, min(100.0, float(value)))
+        except ValueError:
+            raise APIError(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias") from None
+    bias.update({token: float("-inf") for token in banned_ids})
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
+        repetition_penalty=body.repetition_penalty, frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty, logit_bias=bias, seed=body.seed, n=body.n, stop=stop,
+        ignore_eos=body.ignore_eos, logprobs=logprobs, prompt_logprobs=prompt_logprobs, constraint=constraint)
+
+
+@dataclass
+class SequenceResult:
+    """One of a request's n samples, gathered from its events."""
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] = field(default_factory=list)
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+@dataclass
+class RequestResult:
+    sequences: dict[int, SequenceResult]
+    prompt_tokens: int = 0
+    prompt_logprobs: list | None = None
+
+
+def record(result: RequestResult, event: TokenEvent) -> None:
+    seq = result.sequences.setdefault(event.index, SequenceResult())
+    seq.text += event.text
+    if event.token_id is not None:
+        seq.token_ids.append(event.token_id)
+        if event.logprob is not None:
+            seq.logprobs.append((event.token_id, event.logprob, event.top_logprobs or []))
+    if event.prompt_logprobs is not None:
+        result.prompt_logprobs = event.prompt_logprobs
+    if event.finished:
+        seq.finish_reason = event.finish_reason
+        if event.usage:
+            seq.completion_tokens = event.usage["completion_tokens"]
+            result.prompt_tokens = event.usage["prompt_tokens"]
+
+
+async def collect(engine: AsyncEngine, handle: RequestHandle, request: Request) -> RequestResult:
+    """Run a request to the end; abort it if the client disconnects first."""
+    result = RequestResult({})
+
+    async def gather() -> RequestResult:
+        async for event in engine.events(handle):
+            record(result, event)
+        return result
+
+    task = asyncio.ensure_future(gather())
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise APIError("the client disconnected", status=499)
+    finally:
+        if not task.done():
+            task.cancel()
+            engine.abort(handle)
+
+
+def sse_response(chunks: AsyncIterator[dict[str, Any]], on_close) -> StreamingResponse:
+    """Server-sent events: one `data:` line per chunk, an `error` event on failure, then [DONE]."""
+
+    async def body() -> AsyncIterator[str]:
+        try:
+            async for chunk in chunks:
+                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        except Exception as err:
+            api_error = api_error_from(err)
+            if api_error.status >= 500:
+                log.exception("stream failed")
+            yield f"event: error\ndata: {json.dumps(error_body(api_error.message, api_error.status))}\n\n"
+        finally:
+            on_close()  # the client may be gone: make sure the request stops holding KV blocks
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+

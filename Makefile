@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench clean browsers
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/lmstack quickstart
 
-test: $(STAMP)
+test: $(STAMP) browsers
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) browsers
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# The dashboard's browser tests drive Debian's chromium through Playwright (`playwright install` downloads
+# browsers, which a closed network refuses). Installed once, only as root; without it those tests skip.
+browsers:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium could not be installed: the browser tests will be skipped"; fi
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -61,7 +61,7 @@ def hf_tok_s(hf_dir: Path, dtype: torch.dtype, tokens: int, repeats: int) -> flo
     return tokens / median_time(run, repeats)
 
 
-def bench_model(name: str, cfg: ModelConfig, tokens: int, repeats: int, concurrent: int | None) -> dict:
+def bench_model(name: str, cfg: ModelConfig, tokens: int, repeats: int, concurrent: int | None, compile: bool) -> dict:
     model = build_model(cfg, seed=0)
     weights_dtype = inference_dtype(detect_device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,12 +69,18 @@ def bench_model(name: str, cfg: ModelConfig, tokens: int, repeats: int, concurre
         export_hf(Path(tmp) / "ours", Path(tmp) / "hf", dtype="float32")
         peer = {str(d).removeprefix("torch."): hf_tok_s(Path(tmp) / "hf", d, tokens, repeats)
                 for d in (torch.float32, torch.bfloat16)}
-    engine = Engine(model.to(weights_dtype), None, EngineConfig(block_size=16, max_num_seqs=64, kv_memory_mb=1024))
+    engine = Engine(model.to(weights_dtype), None,
+                    EngineConfig(block_size=16, max_num_seqs=64, kv_memory_mb=1024, compile=compile))
+    t0 = time.perf_counter()
+    ours_tok_s(engine, 1, 4, 1)  # compiles the decode step (bs=1 and the dynamic-shape graph)
+    ours_tok_s(engine, 2, 4, 1)
+    warmup_s = time.perf_counter() - t0
     ours = ours_tok_s(engine, 1, tokens, repeats)
     best_peer = max(peer.values())
     result = {"model": name, "params_m": round(model.num_params() / 1e6, 1), "dtype": str(weights_dtype),
               "ours_bs1_tok_s": round(ours, 1), "transformers_bs1_tok_s": {k: round(v, 1) for k, v in peer.items()},
-              "ratio_bs1": round(ours / best_peer, 2)}
+              "ratio_bs1": round(ours / best_peer, 2), "ratio_bs1_vs_transformers_float32": round(ours / peer["float32"], 2),
+              "compile": compile, "warmup_s": round(warmup_s, 1)}
     weight_bytes = model.num_params() * torch.finfo(weights_dtype).bits // 8
     result["bandwidth_bound_tok_s"] = round(MEMORY_BANDWIDTH_GBS * 1e9 / weight_bytes, 1)
     result["fraction_of_bound"] = round(ours / result["bandwidth_bound_tok_s"], 2)
@@ -90,12 +96,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="time the eager engine")
+    parser.add_argument("--small-only", action="store_true", help="skip the 124M model")
     args = parser.parse_args()
     torch.manual_seed(0)
     small = bench_model("llama-depth4", config_from_depth(4, vocab_size=8192, block_size=512),
-                        args.tokens, args.repeats, concurrent=32)
+                        args.tokens, args.repeats, concurrent=32, compile=args.compile)
+    if args.small_only:
+        return
     gpt2 = ModelConfig(arch="gpt2", vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
-    medium = bench_model("gpt2-124M", gpt2, args.tokens, args.repeats, concurrent=32)
+    medium = bench_model("gpt2-124M", gpt2, args.tokens, args.repeats, concurrent=32, compile=args.compile)
     print(json.dumps({
         "small_bs1_tok_s": small["ours_bs1_tok_s"], "small_peer_tok_s": max(small["transformers_bs1_tok_s"].values()),
         "small_ratio": small["ratio_bs1"], "gpt2_124m_bs1_tok_s": medium["ours_bs1_tok_s"],

@@ -18,9 +18,11 @@ COMMAND_MODULES: list[str] = [
     "lmstack.model.commands",  # import, export, info
     "lmstack.train.commands",  # train, quickstart
     "lmstack.train.posttrain_commands",  # sft, dpo, grpo, data toolcalls
-    "lmstack.infer.commands",  # sample, chat, inspect
+    "lmstack.infer.commands",  # sample, inspect
+    "lmstack.serve.commands",  # serve, chat (local or --url)
     "lmstack.agent.commands",  # agent run|resume|approve|list|trace
     "lmstack.evals.commands",  # eval run|compare|report|list
+    "lmstack.web.commands",  # ui (the dashboard without a model)
 ]
 
 

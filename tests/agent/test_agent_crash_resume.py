@@ -1,7 +1,6 @@
 """Crash test: `lmstack agent run` (a real subprocess) is SIGKILLed at a random moment and resumed;
 the run always finishes and the side-effecting tool's counter shows every call executed exactly once."""
 
-import os
 import random
 import signal
 import sqlite3

@@ -41,6 +41,12 @@ SCRIPT = {"scripts": {
     "flaky": [{"fail": [429, 503], "content": "survived"}],
     "broken": [{"fail": [500] * 10, "content": "never"}],
     "slow": [{"delay_s": 2.0, "content": "too late"}],
+    "sampled": [{"content": "The answer is 417.", "samples": ["The answer is 417.", "It is 471.", "Maybe 714."]}],
+    "guessing": [{"content": "Revenue was 9,120 dollars.", "logprobs": [
+        {"token": t, "logprob": lp, "top_logprobs": [{"token": t, "logprob": lp}, {"token": "7", "logprob": -1.0},
+                                                     {"token": "3", "logprob": -1.1}, {"token": "5", "logprob": -1.2}]}
+        for t, lp in [("Revenue", -0.1), (" was", -0.1), (" 9", -0.3), (",", -0.2), ("120", -3.2), (" dollars", -0.1),
+                      (".", -0.05)]]}],
 }}
 
 
@@ -172,3 +178,32 @@ def test_per_call_timeout_is_retried(server):
     with pytest.raises(ModelCallError, match="timed out"):
         client.complete([{"role": "user", "content": "hi"}])
     assert len(sent_requests(server, "slow")) == 2
+
+
+def test_wall_time_budget(tmp_path, server):
+    config = AgentConfig()
+    config.budget.max_wall_s = 0.0
+    record, _ = run_agent(tmp_path, server, "long", "count", [calculator], config)
+    assert record.status == "budget_exceeded" and record.stop_reason.startswith("wall time") and record.steps == 0
+
+
+def test_self_consistency_samples_k_answers_and_flags_disagreement(tmp_path, server):
+    config = AgentConfig()
+    config.monitors.self_consistency = "flag"
+    config.monitors.grounding = "off"
+    record, conn = run_agent(tmp_path, server, "sampled", "What is the answer?", [calculator], config)
+    assert record.status == "completed"
+    sampled = [r for r in sent_requests(server, "sampled") if r["temperature"] > 0]
+    assert len(sampled) == 3
+    events = conn.execute("SELECT monitor, start, end, detail FROM agent_events").fetchall()
+    assert [(e["monitor"], e["start"], e["end"]) for e in events] == [("self_consistency", 0, len("The answer is 417."))]
+    assert "1 of 3" in events[0]["detail"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_uncertainty_uses_the_endpoint_logprobs(tmp_path, server, stream):
+    config = AgentConfig()
+    config.monitors.grounding = "off"
+    record, conn = run_agent(tmp_path, server, "guessing", "Revenue?", [calculator], config, stream=stream)
+    events = conn.execute("SELECT monitor, text, start, end FROM agent_events").fetchall()
+    assert [(e["monitor"], e["text"], e["start"], e["end"]) for e in events] == [("uncertainty", "9,120", 12, 17)]

@@ -1,7 +1,6 @@
 """Long-term memory (FTS5/BM25, embeddings, scopes, staleness) and the context-window policy."""
 
 import re
-import time
 import zlib
 
 import numpy as np

@@ -115,3 +115,28 @@ def test_file_tools_are_confined_to_the_workspace(tmp_path):
         assert not result.ok and "outside the workspace" in result.content and "s3cret" not in result.content
     escaped = prepare_and_run(registry, "write_file", '{"path": "../evil.txt", "content": "x"}', context)
     assert not escaped.ok and not (tmp_path / "evil.txt").exists()
+
+
+def test_memory_tools_save_search_and_stay_idempotent(tmp_path):
+    from lmstack.agent.builtin_tools import memory_save, memory_search
+    from lmstack.agent.memory import MemoryStore
+    from lmstack.db import connect
+
+    memory = MemoryStore(connect(tmp_path / "m.db"))
+    registry = ToolRegistry([memory_save, memory_search])
+    context = ToolContext(memory=memory, scope=("agent", "ana"), idempotency_key="r/step0/tool0")
+    args = json.dumps({"text": "Ana's cat is called Miso.", "key": "ana.cat"})
+    assert prepare_and_run(registry, "memory_save", args, context).content.startswith("saved memory")
+    assert prepare_and_run(registry, "memory_save", args, context).content == "already saved"  # re-run after a crash
+    found = prepare_and_run(registry, "memory_search", '{"query": "what is the cat called"}', context).content
+    assert found.endswith("Ana's cat is called Miso.") and found.count("\n") == 0
+
+
+def test_python_tool_runs_in_the_sandbox(tmp_path):
+    from lmstack.agent.builtin_tools import python
+    from lmstack.agent.sandbox import namespaces_available
+
+    result = prepare_and_run(ToolRegistry([python]), "python", json.dumps({"code": "print(6 * 7)"}),
+                             ToolContext(workspace=tmp_path))
+    assert result.ok and "stdout:\n42" in result.content
+    assert f"isolation={'namespaces' if namespaces_available() else 'rlimits'}" in result.content

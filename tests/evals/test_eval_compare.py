@@ -54,3 +54,19 @@ def test_report_command_writes_one_html_file(runs, tmp_path, capsys):
     assert html.count("<h2>Run ") == 2 and "data:image/png;base64," in html and "<script" not in html
     assert main(["eval", "report", "nope", "--db", runs]) == 2
     assert "no eval run 'nope'" in capsys.readouterr().err
+
+
+def test_list_shows_builtin_tasks_and_runs(runs, capsys):
+    assert main(["eval", "list", "--db", runs]) == 0
+    out = capsys.readouterr().out
+    for name in ("val_bpb", "toolcalls", "hallucination_detection", "arithmetic_agent", "base-s1", "worse-s1"):
+        assert name in out
+
+
+def test_lm_eval_adapter_prints_the_local_completions_command(capsys):
+    assert main(["eval", "lm-eval", "http://127.0.0.1:8000/v1", "--tasks", "hellaswag,arc_easy", "--tokenizer",
+                 "runs/export", "--limit", "5", "--dry-run"]) == 0
+    command = capsys.readouterr().out.strip()
+    assert command.startswith("lm_eval --model local-completions --tasks hellaswag,arc_easy --model_args ")
+    assert "base_url=http://127.0.0.1:8000/v1/completions" in command and "tokenizer=runs/export" in command
+    assert command.endswith("--limit 5")

@@ -73,13 +73,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         base["workspace"] = args.workspace
     config = load_config(AgentConfig, args.config, args.overrides, base=base)
     conn = open_database(args.db)
-    return _report(start_run(conn, args.task, config, args.run_id))
+    print(f"run {args.run_id or '(new)'}: {config.model} {config.model_name}, tools: {', '.join(config.tools)}",
+          file=sys.stderr)
+    return _report(start_run(conn, args.task, config, args.run_id, show_progress=True))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from lmstack.agent.launch import open_database, resume_run
 
-    return _report(resume_run(open_database(args.db), args.run_id))
+    return _report(resume_run(open_database(args.db), args.run_id, show_progress=True))
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -88,7 +90,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     conn = open_database(args.db)
     keys = decide_approvals(conn, args.run_id, approve=not args.deny, call_key=args.call)
     print(f"{'denied' if args.deny else 'approved'}: {', '.join(keys)}")
-    return _report(resume_run(conn, args.run_id))
+    return _report(resume_run(conn, args.run_id, show_progress=True))
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -46,17 +46,18 @@ def first_model_id(config: AgentConfig) -> str:
         raise LmstackError(f"--model {config.model}: cannot list its models ({err}); pass --model-name") from None
 
 
-def build_runtime(conn: sqlite3.Connection, run_id: str) -> AgentRuntime:
+def build_runtime(conn: sqlite3.Connection, run_id: str, show_progress: bool = False) -> AgentRuntime:
     record = get_run(conn, run_id)
     config = from_dict(AgentConfig, record.config)
     memory = MemoryStore(conn)
     workspace = Path(config.workspace)
     workspace.mkdir(parents=True, exist_ok=True)
     registry = ToolRegistry(load_tools(config.tools))
-    return AgentRuntime(conn, run_id, config, build_client(config), registry, workspace, memory)
+    return AgentRuntime(conn, run_id, config, build_client(config), registry, workspace, memory, show_progress)
 
 
-def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: str | None = None) -> RunRecord:
+def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: str | None = None,
+              show_progress: bool = False) -> RunRecord:
     run_id = run_id or uuid.uuid4().hex[:12]
     load_tools(config.tools)  # a bad --tools entry fails before the run exists
     if not config.workspace:
@@ -65,11 +66,11 @@ def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: 
     if config.model.startswith(("http://", "https://")) and not config.model_name:
         config.model_name = first_model_id(config)
     create_run(conn, run_id, task, to_dict(config))
-    return build_runtime(conn, run_id).run()
+    return build_runtime(conn, run_id, show_progress).run()
 
 
-def resume_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
-    return build_runtime(conn, run_id).run()
+def resume_run(conn: sqlite3.Connection, run_id: str, show_progress: bool = False) -> RunRecord:
+    return build_runtime(conn, run_id, show_progress).run()
 
 
 def decide_approvals(conn: sqlite3.Connection, run_id: str, approve: bool, call_key: str | None = None) -> list[str]:

@@ -273,8 +273,8 @@ class MonitorScore:
     true_positives: int
     false_positives: int
     false_negatives: int
-    missed: list[str] = field(default_factory=list)  # ids of false negatives, then false positives
-    false_alarms: list[str] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)  # ids of the false negatives
+    false_alarms: list[str] = field(default_factory=list)  # ids of the false positives
 
 
 def score_monitors(steps: list[LabelledStep]) -> dict[str, MonitorScore]:

@@ -19,6 +19,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from lmstack.agent.budget import Spend, call_cost, over_budget
 from lmstack.agent.client import ModelCallError, ModelClient, ModelResponse
 from lmstack.agent.context import approx_tokens, fit_context
@@ -42,8 +44,10 @@ class StopRun(Exception):
 
 class AgentRuntime:
     def __init__(self, conn: sqlite3.Connection, run_id: str, config: AgentConfig, client: ModelClient,
-                 registry: ToolRegistry, workspace: Path, memory: MemoryStore | None = None):
+                 registry: ToolRegistry, workspace: Path, memory: MemoryStore | None = None,
+                 show_progress: bool = False):
         self.conn, self.run_id, self.config = conn, run_id, config
+        self.show_progress = show_progress
         self.client, self.registry, self.workspace, self.memory = client, registry, workspace, memory
         self.journal = Journal(conn, run_id)
         self.tracer = Tracer(conn, run_id)
@@ -64,12 +68,16 @@ class AgentRuntime:
         self.steps_started = 0
         self.last_prompt_tokens = 0
         messages = [{"role": "system", "content": self.config.system_prompt}, {"role": "user", "content": record.task}]
+        self.progress = tqdm(total=self.config.budget.max_steps, desc=f"agent {self.run_id}", unit="step",
+                             disable=not self.show_progress)
         try:
             self._loop(messages)
         except StopRun as stop:
             self._finish(stop.status, stop.reason, stop.answer)
         except ModelCallError as err:
             self._finish("failed", str(err), None)
+        finally:
+            self.progress.close()
         return get_run(self.conn, self.run_id)
 
     def _loop(self, messages: list[dict]) -> None:
@@ -84,6 +92,9 @@ class AgentRuntime:
             messages.extend(r.message() for r in results)
             steps_without_progress = 0 if self._made_progress(response, results) else steps_without_progress + 1
             self._save_progress(step + 1)
+            self.progress.update(1)
+            self.progress.set_postfix(tokens=self.spend.tokens, cost=f"${self.spend.cost_usd:.4f}",
+                                      tools=",".join(c.name for c in response.tool_calls)[:40])
             if steps_without_progress >= self.config.loops.no_progress_limit:
                 raise StopRun("no_progress", f"no new successful tool result for {steps_without_progress} steps")
 

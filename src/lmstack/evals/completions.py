@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-
 from lmstack.agent.client import ModelCallError
 
 
@@ -49,12 +47,27 @@ def _over_http(client: Any, prompt: str) -> list[PromptToken]:
     if lp is None or lp.text_offset is None:
         raise ModelCallError(f"{client.sdk.base_url} returned no prompt logprobs; the endpoint must support "
                              "echo=True with logprobs on /v1/completions")
-    return [PromptToken(token, logprob, offset)
-            for token, logprob, offset in zip(lp.tokens, lp.token_logprobs, lp.text_offset) if offset < len(prompt)]
+    shift = _prompt_start(lp.tokens, lp.text_offset, prompt)
+    return [PromptToken(token, logprob, offset - shift)
+            for token, logprob, offset in zip(lp.tokens, lp.token_logprobs, lp.text_offset)
+            if 0 <= offset - shift < len(prompt)]
 
 
-@torch.no_grad()
-def model_prompt_logprobs(model: torch.nn.Module, tokenizer: Any, prompt: str) -> list[PromptToken]:
+def _prompt_start(tokens: list[str], offsets: list[int], prompt: str) -> int:
+    """The server offset at which the prompt begins. Servers differ in whether a leading bos token's
+    text counts in the offsets, so find where the prompt starts in the tokens' own text instead."""
+    position = "".join(tokens).find(prompt[:32])
+    length = 0
+    for token, offset in zip(tokens, offsets):
+        if length >= position >= 0:
+            return offset - (length - position)
+        length += len(token)
+    return 0
+
+
+def model_prompt_logprobs(model: Any, tokenizer: Any, prompt: str) -> list[PromptToken]:
+    import torch  # only the in-process path needs it; HTTP-only evals start faster without it
+
     encoding = tokenizer.hf.encode(prompt, add_special_tokens=False)
     ids, offsets = encoding.ids, [start for start, _ in encoding.offsets]
     block = model.cfg.block_size - 1
@@ -63,7 +76,8 @@ def model_prompt_logprobs(model: torch.nn.Module, tokenizer: Any, prompt: str) -
                              "use shorter samples")
     device = next(model.parameters()).device
     idx = torch.tensor([[tokenizer.bos_id, *ids]], device=device)
-    logits, _ = model(idx)
+    with torch.no_grad():
+        logits, _ = model(idx)
     logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1)
     scored = logprobs.gather(1, idx[0, 1:, None])[:, 0].tolist()
     return [PromptToken(tokenizer.decode([t]), lp, off) for t, lp, off in zip(ids, scored, offsets)]

@@ -19,11 +19,11 @@ from lmstack.evals.summary import format_scores
 
 # (task, task arguments): each tool-using task is paired with its no-tools twin.
 DEMO_TASKS: list[tuple[str, dict[str, Any]]] = [
-    ("val_bpb", {"n": 32}),
-    ("toolcalls", {"n": 12, "tools": True}),
-    ("toolcalls", {"n": 12, "tools": False}),
-    ("arithmetic_agent", {"n": 10, "tools": True, "max_steps": 3}),
-    ("arithmetic_agent", {"n": 10, "tools": False}),
+    ("val_bpb", {"n": 64}),
+    ("toolcalls", {"n": 20, "tools": True}),
+    ("toolcalls", {"n": 20, "tools": False}),
+    ("arithmetic_agent", {"n": 20, "tools": True, "max_steps": 3}),
+    ("arithmetic_agent", {"n": 20, "tools": False}),
     ("hallucination_detection", {}),
 ]
 

@@ -41,6 +41,17 @@ def request_key(endpoint: str, request: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_SLOTS: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def endpoint_slots(endpoint: str, max_concurrency: int) -> threading.BoundedSemaphore:
+    """One semaphore per (endpoint, limit) in this process: a model and a judge served by the same
+    endpoint share its limit instead of each taking the whole of it."""
+    with _SLOTS_LOCK:
+        return _SLOTS.setdefault((endpoint, max_concurrency), threading.BoundedSemaphore(max_concurrency))
+
+
 class CachedModel:
     """One endpoint: the client, its concurrency limit, the shared cache and its prices."""
 
@@ -49,7 +60,7 @@ class CachedModel:
         self.client = client
         self.store = store
         self.endpoint = endpoint_id(client)
-        self.slots = threading.BoundedSemaphore(max_concurrency)
+        self.slots = endpoint_slots(self.endpoint, max_concurrency)
         # The agent layer's price table, unless the caller gives (input, output) dollars per million tokens.
         price_in, price_out = price_per_mtok or (None, None)
         self.pricing = BudgetConfig(price_in_per_mtok=price_in, price_out_per_mtok=price_out)

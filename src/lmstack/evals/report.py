@@ -71,37 +71,38 @@ def _score_table(runs: list[RunRecord]) -> str:
 
 
 def _plot(runs: list[RunRecord]) -> str:
-    """Bar chart: each (task, scorer) mean with its CI, one bar per run."""
+    """One horizontal bar per (run, scorer) mean with its 95% CI; lower-is-better scorers in their own panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bars = [(f"{run.task}\n{scorer}", run.id, s["mean"], s["ci_low"], s["ci_high"])
-            for run in runs for scorer, by_reducer in (run.summary or {"scores": {}})["scores"].items()
-            for reducer, s in by_reducer.items() if reducer == "mean" and s["mean"] is not None]
-    if not bars:
+    panels: dict[bool, list[tuple[str, float, float, float, int]]] = {True: [], False: []}
+    for index, run in enumerate(runs):
+        summary = run.summary or {"scores": {}}
+        for scorer, by_reducer in summary["scores"].items():
+            s = by_reducer.get("mean")
+            if s and s["mean"] is not None:
+                higher = summary.get("higher_is_better", {}).get(scorer, True)
+                low = s["ci_low"] if s["ci_low"] is not None else s["mean"]
+                high = s["ci_high"] if s["ci_high"] is not None else s["mean"]
+                panels[higher].append((f"{run.task} / {scorer} / {run.model} [{run.id[-6:]}]", s["mean"], low, high, index))
+    used = [(higher, rows) for higher, rows in panels.items() if rows]
+    if not used:
         return ""
-    labels = list(dict.fromkeys(b[0] for b in bars))
-    run_ids = list(dict.fromkeys(b[1] for b in bars))
-    width = 0.8 / len(run_ids)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels) * max(1, len(run_ids) / 2)), 4))
-    for j, run_id in enumerate(run_ids):
-        xs, means, errs = [], [], [[], []]
-        for label_index, label in enumerate(labels):
-            for b in bars:
-                if b[0] == label and b[1] == run_id:
-                    xs.append(label_index + j * width)
-                    means.append(b[2])
-                    errs[0].append(max(0.0, b[2] - (b[3] if b[3] is not None else b[2])))
-                    errs[1].append(max(0.0, (b[4] if b[4] is not None else b[2]) - b[2]))
-        ax.bar(xs, means, width, yerr=errs, capsize=3, label=run_id)
-    ax.set_xticks([i + width * (len(run_ids) - 1) / 2 for i in range(len(labels))], labels, fontsize=8)
-    ax.set_ylabel("mean score (95% CI)")
-    ax.legend(fontsize=7)
+    heights = [max(1.0, 0.28 * len(rows)) for _, rows in used]
+    fig, axes = plt.subplots(len(used), 1, figsize=(12, sum(heights) + 0.8 * len(used)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (higher, rows) in zip(axes[:, 0], used):
+        ys = list(range(len(rows)))[::-1]
+        ax.barh(ys, [r[1] for r in rows], xerr=[[r[1] - r[2] for r in rows], [r[3] - r[1] for r in rows]],
+                color=[colors[r[4] % len(colors)] for r in rows], capsize=3)
+        ax.set_yticks(ys, [r[0] for r in rows], fontsize=7)
+        ax.set_xlabel("mean score, 95% CI " + ("(higher is better)" if higher else "(lower is better)"))
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     return f"<h2>Comparison</h2><img alt='scores' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
 

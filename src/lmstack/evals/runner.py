@@ -62,8 +62,6 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
              overrides: dict[str, Any] | None = None, run_id: str | None = None, resume: str | None = None,
              max_workers: int = 8, progress: bool = True) -> RunOutcome:
     config = resolve_config(task, overrides or {})
-    samples = task.dataset[: config.limit] if config.limit else list(task.dataset)
-    check_unique_ids(samples)
     scorer_names = [scorer_name(s) for s in task.scorers]
     higher = {scorer_name(s): getattr(s, "higher_is_better", True) for s in task.scorers}
     if resume:
@@ -78,6 +76,8 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
                       "endpoint": model.endpoint, "judge": judge.name if judge else None}
         run_id = store.create_run(task.name, model.name, run_config, code_version(), run_id)
 
+    samples = task.dataset[: config.limit] if config.limit else list(task.dataset)
+    check_unique_ids(samples)
     done = store.completed(run_id)
     jobs = [(s, e) for e in range(config.epochs) for s in samples if (s.id, e) not in done]
     bar = tqdm(total=len(samples) * config.epochs, initial=len(samples) * config.epochs - len(jobs),

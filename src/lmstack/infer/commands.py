@@ -1,4 +1,4 @@
-"""`lmstack sample`, `lmstack chat`, `lmstack inspect`: generate from, talk to, and look inside a checkpoint."""
+"""`lmstack sample`, `lmstack inspect`: generate from and look inside a checkpoint (`lmstack chat` is in serve/commands.py)."""
 
 from __future__ import annotations
 
@@ -30,13 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_sampling_arguments(p, max_tokens=200)
     add_engine_arguments(p)
     p.set_defaults(func=run_sample)
-
-    p = subparsers.add_parser("chat", help="chat with a checkpoint in the terminal, streaming replies")
-    p.add_argument("ckpt", help="lmstack checkpoint dir (needs a tokenizer with chat tokens)")
-    p.add_argument("--system", default=None, help="system prompt")
-    add_sampling_arguments(p, max_tokens=512)
-    add_engine_arguments(p)
-    p.set_defaults(func=run_chat)
 
     p = subparsers.add_parser("inspect", help="attention maps, head entropy, logit lens and token logprobs for a prompt")
     p.add_argument("ckpt", help="lmstack checkpoint dir")
@@ -75,13 +68,6 @@ def run_sample(args: argparse.Namespace) -> int:
     for output in engine.generate([args.prompt], params)[0].outputs:
         print(f"--- sample {output.index} ({output.finish_reason})")
         print(args.prompt + output.text)
-    return 0
-
-
-def run_chat(args: argparse.Namespace) -> int:
-    from lmstack.infer.chat import EngineSource, chat_loop
-
-    chat_loop(EngineSource(build_engine(args), sampling_params(args)), system=args.system)
     return 0
 
 

@@ -77,20 +77,25 @@ class AsyncEngine:
 
     async def events(self, handle: RequestHandle) -> AsyncIterator[TokenEvent]:
         """The request's events until all n sequences finish; aborts the request if the reader stops early."""
+        # Count finishes as they are *read*: `handle.finished` is advanced by the engine thread before the
+        # batch reaches the queue, so testing it here could stop before the last batch was delivered.
+        delivered = 0
         try:
-            while handle.finished < handle.n:
+            while delivered < handle.n:
                 batch = await handle.queue.get()
                 if isinstance(batch, BaseException):
                     raise batch
                 for event in batch:
+                    delivered += bool(event.finished)
                     yield event
         finally:
-            if handle.finished < handle.n:
+            if delivered < handle.n:
                 self.abort(handle)
 
     def abort(self, handle: RequestHandle) -> None:
         if self._handles.pop(handle.request_id, None) is not None:
             self.engine.abort(handle.request_id)
+            self.metrics.aborted.inc()
             self._wake.set()
 
     # ---- the engine thread -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from lmstack.serve.generation import (RequestResult, collect, new_id, now, recor
                                       sse_response, usage)
 from lmstack.serve.schemas import ChatCompletionRequest
 from lmstack.serve.state import ServerState, server_state
+from lmstack.serve.structured import check_schema
 from lmstack.serve.tool_calls import ToolCallSplitter, merge_deltas
 from lmstack.tokenizer import TOOL_CALL_START
 
@@ -62,19 +63,19 @@ def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:
         raise APIError("tool_choice 'required' needs at least one tool in tools", param="tool_choice")
     prompt = state.tokenizer.render(messages, tools=body.tools and [t.model_dump() for t in body.tools],
                                     add_generation_prompt=True).ids
-    grammar, banned = None, []
+    grammar, banned, parse_calls = None, [], choice != "none"
     if choice == "required":
         grammar = state.grammars.tool_calls(functions, parallel=body.parallel_tool_calls)
     elif not isinstance(choice, str):
         grammar = state.grammars.tool_calls(chosen, parallel=False)
     else:
-        for i, fn in enumerate(functions):  # validated even when not enforced: a broken schema is the caller's bug
-            state.grammars.check(fn["parameters"], f"tools[{i}].function.parameters")
+        for i, fn in enumerate(functions):  # checked even when not enforced: a broken schema is the caller's bug
+            check_schema(fn["parameters"], f"tools[{i}].function.parameters")
         grammar = response_format_grammar(state, body)
+        parse_calls = parse_calls and grammar is None
         if choice == "none" and functions:
             banned = [state.tokenizer.id(TOOL_CALL_START)]
-    return ChatPlan(prompt, parse_calls=choice != "none" and grammar is None or choice == "required"
-                    or not isinstance(choice, str), grammar=grammar, banned_ids=banned)
+    return ChatPlan(prompt, parse_calls, grammar, banned)
 
 
 def response_format_grammar(state: ServerState, body: ChatCompletionRequest) -> str | None:

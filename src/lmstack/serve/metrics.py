@@ -22,6 +22,8 @@ class ServerMetrics:
                                 ["path", "status"], registry=registry)
         self.prompt_tokens = Counter("lmstack_prompt_tokens", "prompt tokens of finished requests", registry=registry)
         self.completion_tokens = Counter("lmstack_completion_tokens", "tokens generated", registry=registry)
+        self.aborted = Counter("lmstack_aborted_requests", "requests stopped early (client gone, shutdown)",
+                               registry=registry)
         self.time_to_first_token = Histogram("lmstack_time_to_first_token_seconds",
                                              "from accepting a request to its first token",
                                              buckets=LATENCY_BUCKETS, registry=registry)

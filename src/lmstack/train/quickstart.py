@@ -41,6 +41,7 @@ class Quickstart:
     run_dir: Path
     data_dir: Path
     overrides: dict[str, Any] = field(default_factory=dict)  # extra settings for the pretraining config
+    corpus_limit: int | None = None  # use only the first N stdlib files (tests, quick tries)
     pretrain: TrainResult | None = None
     interrupted_by: str | None = None
     outputs: list[tuple[str, Path]] = field(default_factory=list)  # (what, where), printed at the end
@@ -62,9 +63,10 @@ def stage_data(qs: Quickstart) -> None:
     if (qs.data_dir / META_FILE).is_file() and (qs.data_dir / "tokenizer.json").is_file():
         print(f"data: reusing {qs.data_dir}")
     else:
-        texts = (doc.text for doc in iter_documents("stdlib"))
-        tokenizer = Tokenizer.train(texts, VOCAB_SIZE, total=document_count("stdlib"))
-        result = prepare("stdlib", qs.data_dir, tokenizer)
+        total = qs.corpus_limit or document_count("stdlib")
+        texts = (doc.text for doc in iter_documents("stdlib", limit=qs.corpus_limit))
+        tokenizer = Tokenizer.train(texts, VOCAB_SIZE, total=total)
+        result = prepare("stdlib", qs.data_dir, tokenizer, limit=qs.corpus_limit)
         print(f"data: {result.train.tokens:,} train and {result.val.tokens:,} val tokens in {qs.data_dir}")
     qs.outputs.append(("tokenizer", qs.data_dir / "tokenizer.json"))
     qs.outputs.append(("token shards", qs.data_dir))
@@ -99,10 +101,11 @@ STAGES: list[tuple[str, Stage]] = [("data", stage_data), ("pretrain", stage_pret
 
 
 def quickstart(run_dir: str | Path = "runs/quickstart", data_dir: str | Path | None = None,
-               stages: list[tuple[str, Stage]] | None = None, **overrides: Any) -> Quickstart:
-    """Run the demo's stages; `overrides` are pretraining settings (e.g. max_steps=50)."""
+               stages: list[tuple[str, Stage]] | None = None, corpus_limit: int | None = None,
+               **overrides: Any) -> Quickstart:
+    """Run the demo's stages; `overrides` are pretraining settings (e.g. max_steps=50, **{"model.n_layer": 2})."""
     run_dir = Path(run_dir)
-    qs = Quickstart(run_dir, Path(data_dir) if data_dir else default_data_dir(run_dir), overrides)
+    qs = Quickstart(run_dir, Path(data_dir) if data_dir else default_data_dir(run_dir), overrides, corpus_limit)
     for name, stage in stages or STAGES:
         print(f"\n==== quickstart: {name}")
         start = time.perf_counter()

@@ -13,14 +13,15 @@ MAX_ENTROPY = 1.5  # nats over the top-k alternatives
 
 
 def token_offsets(step: StepView) -> list[tuple[int, int, float, float]] | None:
-    """(start, end, logprob, entropy) per token; None when the tokens do not spell the content."""
+    """(start, end, logprob, entropy) per token; None when the tokens do not spell the content
+    (a trailing stop token some servers include, like <|end|>, is allowed)."""
     if not step.logprobs:
         return None
     offsets, position = [], 0
     for entry in step.logprobs:
         offsets.append((position, position + len(entry.token), entry.logprob, entry.entropy))
         position += len(entry.token)
-    return offsets if "".join(e.token for e in step.logprobs) == step.content else None
+    return offsets if "".join(e.token for e in step.logprobs).startswith(step.content) else None
 
 
 def check_uncertainty(step: StepView, min_logprob: float = MIN_LOGPROB, max_entropy: float = MAX_ENTROPY

@@ -1,0 +1,88 @@
+"""`lmstack serve` (the OpenAI-compatible server) and `lmstack chat` (terminal chat, local or --url)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from lmstack.infer.commands import add_engine_arguments, add_sampling_arguments
+
+    p = subparsers.add_parser("serve", help="serve a checkpoint behind an OpenAI-compatible API")
+    p.add_argument("ckpt", help="lmstack checkpoint dir")
+    p.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p.add_argument("--api-key", default=None, help="require this bearer key (default: $LMSTACK_API_KEY, else none)")
+    p.add_argument("--model-name", default=None, help="model id in /v1/models (default: the dir's name)")
+    p.add_argument("--max-queue", type=int, default=None, help="waiting requests before 429 (default 256)")
+    add_engine_arguments(p)
+    p.epilog = "settings (--set KEY=VALUE or TOML): host, port, model_name, api_key, max_queue, max_body_bytes, " \
+               "graceful_shutdown_s, engine.{block_size, num_blocks, kv_memory_mb, max_num_seqs, " \
+               "max_batched_tokens, dtype, device, compile, enable_prefix_caching}"
+    p.set_defaults(func=run_serve)
+
+    p = subparsers.add_parser("chat", help="chat in the terminal with a checkpoint, or with any "
+                                           "OpenAI-compatible server (--url)")
+    p.add_argument("ckpt", nargs="?", help="lmstack checkpoint dir (needs a tokenizer with chat tokens)")
+    p.add_argument("--url", default=None, help="base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", default=None, help="with --url: the model id (default: the server's first model)")
+    p.add_argument("--api-key", default=None, help="with --url: bearer key (default: $OPENAI_API_KEY)")
+    p.add_argument("--system", default=None, help="system prompt")
+    add_sampling_arguments(p, max_tokens=512)
+    add_engine_arguments(p)
+    p.set_defaults(func=run_chat)
+
+
+def serve_config(args: argparse.Namespace):
+    from lmstack.config import load_config
+    from lmstack.serve.config import ServeConfig
+
+    config = load_config(ServeConfig, args.config, args.overrides)
+    for name in ("host", "port", "api_key", "model_name", "max_queue"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    config.api_key = config.api_key or os.environ.get("LMSTACK_API_KEY") or None
+    config.validate()
+    return config
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from lmstack.infer.engine import Engine
+    from lmstack.model.checkpoint import read_config
+    from lmstack.serve.app import create_app
+    from lmstack.web.api import dashboard_router
+    from lmstack.web.settings import DashboardSettings
+
+    config = serve_config(args)
+    read_config(args.ckpt)  # a wrong path fails here, before a server starts
+    model_name = config.model_name or Path(args.ckpt).resolve().name
+    dashboard = dashboard_router(DashboardSettings(local_model=True))  # the web dashboard at /
+    app = create_app(lambda: Engine.from_checkpoint(args.ckpt, config.engine), config, model_name, [dashboard])
+    auth = "API key required" if config.api_key else "no API key"
+    print(f"lmstack serve: '{model_name}' at http://{config.host}:{config.port}/v1 ({auth}); "
+          f"GET /health is 200 once the model is loaded", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info",
+                timeout_graceful_shutdown=config.graceful_shutdown_s)
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from lmstack.errors import LmstackError
+    from lmstack.infer.chat import EngineSource, chat_loop
+    from lmstack.infer.commands import build_engine, sampling_params
+
+    if (args.url is None) == (args.ckpt is None):
+        raise LmstackError("chat needs either a checkpoint dir or --url URL of an OpenAI-compatible server (not both)")
+    if args.url:
+        from lmstack.serve.remote_chat import RemoteSource
+
+        source = RemoteSource(args.url, model=args.model, api_key=args.api_key, max_tokens=args.max_tokens,
+                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    else:
+        source = EngineSource(build_engine(args), sampling_params(args))
+    chat_loop(source, system=args.system)
+    return 0

@@ -1,0 +1,166 @@
+"""POST /v1/completions: raw text or token-id prompts, `echo` with prompt logprobs (what
+lm-evaluation-harness's `local-completions` uses to score loglikelihoods), and streaming."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+
+from lmstack.serve.errors import APIError
+from lmstack.serve.generation import (RequestResult, collect, new_id, now, record, resolve_max_tokens, sampling_params,
+                                      sse_response, usage)
+from lmstack.serve.schemas import CompletionRequest
+from lmstack.serve.state import ServerState, server_state
+
+router = APIRouter()
+MAX_PROMPTS = 256
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    state = server_state(request, body.model)
+    prompts = split_prompts(body.prompt)
+    encoded = [encode_prompt(state, p) for p in prompts]
+    # max_tokens=0 scores the prompt alone (echo + logprobs); the engine always samples one token, which is dropped.
+    score_only = body.max_tokens == 0
+    handles = []
+    for ids in encoded:
+        max_tokens = 1 if score_only else resolve_max_tokens(body.max_tokens, len(ids), state.context, "max_tokens")
+        if score_only:
+            resolve_max_tokens(1, len(ids), state.context, "prompt")
+        params = sampling_params(body, max_tokens, logprobs=body.logprobs,
+                                 prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None)
+        try:
+            handles.append(state.engine.submit(ids, params))
+        except Exception:
+            for handle in handles:
+                state.engine.abort(handle)
+            raise
+    response_id, created = new_id("cmpl"), now()
+    if body.stream:
+        return sse_response(stream_chunks(state, body, prompts, encoded, handles, score_only, response_id, created),
+                            on_close=lambda: [state.engine.abort(h) for h in handles])
+    results = await asyncio.gather(*(collect(state.engine, h, request) for h in handles))
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for p, (prompt, ids, result) in enumerate(zip(prompts, encoded, results)):
+        prompt_tokens += len(ids)
+        for index in sorted(result.sequences):
+            seq = result.sequences[index]
+            records = [] if score_only else seq.logprobs
+            completion_tokens += 0 if score_only else seq.completion_tokens
+            text = "" if score_only else seq.text
+            logprobs = None
+            if body.logprobs is not None:
+                logprobs = logprobs_block(state, ids if body.echo else [], result.prompt_logprobs or [], records)
+            choices.append({"index": p * body.n + index, "text": (prompt_text(state, prompt) if body.echo else "") + text,
+                            "logprobs": logprobs, "finish_reason": "length" if score_only else seq.finish_reason})
+    return {"id": response_id, "object": "text_completion", "created": created, "model": state.model_name,
+            "system_fingerprint": None, "choices": choices, "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def split_prompts(prompt: str | list) -> list[str | list[int]]:
+    """OpenAI's four prompt shapes -> a list of prompts, each text or token ids."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise APIError("prompt must be a non-empty string, token-id list, or list of them", param="prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise APIError(f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}; split the batch",
+                       param="prompt")
+    return prompts
+
+
+def encode_prompt(state: ServerState, prompt: str | list[int]) -> list[int]:
+    """Text gets bos and our tokenizer, as the engine does; token ids are used as given."""
+    if isinstance(prompt, str):
+        bos = [state.tokenizer.bos_id] if state.tokenizer.bos_id is not None else []
+        return bos + state.tokenizer.encode(prompt)
+    bad = [t for t in prompt if not 0 <= t < state.vocab_size]
+    if bad:
+        raise APIError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {state.vocab_size})",
+                       param="prompt")
+    return list(prompt)
+
+
+def prompt_text(state: ServerState, prompt: str | list[int]) -> str:
+    return prompt if isinstance(prompt, str) else state.tokenizer.decode(prompt)
+
+
+def logprobs_block(state: ServerState, prompt_ids: list[int], prompt_records: list, records: list) -> dict[str, Any]:
+    """The legacy completions format: parallel lists of tokens, their logprobs, top alternatives, offsets.
+    The first prompt token has no logprob (nothing predicts it): None, as OpenAI and vLLM give."""
+    rows = []
+    for i, token_id in enumerate(prompt_ids):
+        scored = prompt_records[i] if i < len(prompt_records) else None
+        rows.append((token_id, scored.logprob if scored else None, scored.top if scored else None))
+    rows += records
+    out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    offset = 0
+    for token_id, logprob, top in rows:
+        token = state.tokenizer.token_str(token_id)
+        out["tokens"].append(token)
+        out["token_logprobs"].append(logprob)
+        out["top_logprobs"].append(None if top is None else {state.tokenizer.token_str(t): lp for t, lp in top})
+        out["text_offset"].append(offset)
+        offset += len(token)
+    return out
+
+
+async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, encoded, handles, score_only: bool,
+                        response_id: str, created: int) -> AsyncIterator[dict[str, Any]]:
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(index: int, text: str, logprobs=None, reason: str | None = None) -> dict[str, Any]:
+        out = {"id": response_id, "object": "text_completion", "created": created, "model": state.model_name,
+               "system_fingerprint": None,
+               "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}]}
+        if include_usage:
+            out["usage"] = None
+        return out
+
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(p: int, handle) -> None:
+        try:
+            async for event in state.engine.events(handle):
+                await queue.put((p, event))
+        except Exception as err:
+            await queue.put((p, err))
+        await queue.put((p, None))
+
+    tasks = [asyncio.ensure_future(pump(p, h)) for p, h in enumerate(handles)]
+    results = [RequestResult({}) for _ in handles]
+    try:
+        if body.echo:
+            for p, prompt in enumerate(prompts):
+                for index in range(body.n):
+                    yield chunk(p * body.n + index, prompt_text(state, prompt))
+        remaining = len(handles)
+        while remaining:
+            p, event = await queue.get()
+            if event is None:
+                remaining -= 1
+                continue
+            if isinstance(event, Exception):
+                raise event
+            record(results[p], event)
+            index = p * body.n + event.index
+            if not score_only and (event.text or event.logprob is not None):
+                logprobs = None
+                if body.logprobs is not None and event.token_id is not None:
+                    logprobs = logprobs_block(state, [], [], [(event.token_id, event.logprob, event.top_logprobs or [])])
+                yield chunk(index, event.text, logprobs)
+            if event.finished:
+                yield chunk(index, "", reason="length" if score_only else event.finish_reason)
+    finally:
+        for task in tasks:
+            task.cancel()
+    if include_usage:
+        prompt_tokens = sum(len(ids) for ids in encoded)
+        completion_tokens = 0 if score_only else sum(s.completion_tokens for r in results for s in r.sequences.values())
+        yield {"id": response_id, "object": "text_completion", "created": created, "model": state.model_name,
+               "choices": [], "usage": usage(prompt_tokens, completion_tokens)}

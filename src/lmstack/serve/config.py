@@ -1,0 +1,26 @@
+"""Settings of `lmstack serve` (TOML file and --set like every command; flags for the common ones)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmstack.config import ConfigError
+from lmstack.infer.engine import EngineConfig
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"  # loopback by default: exposing a model is a decision, not an accident
+    port: int = 8000
+    model_name: str | None = None  # the id in /v1/models; default: the checkpoint dir's name
+    api_key: str | None = None  # default: $LMSTACK_API_KEY; none = no authentication
+    max_queue: int = 256  # requests waiting for the engine before new ones get 429
+    max_body_bytes: int = 4 * 2**20
+    graceful_shutdown_s: float = 30.0  # how long SIGTERM waits for requests in flight
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def validate(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_queue < 1 or self.max_body_bytes < 1024:
+            raise ConfigError("max_queue must be >= 1 and max_body_bytes >= 1024")

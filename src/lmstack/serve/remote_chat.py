@@ -1,0 +1,56 @@
+"""A chat source for any OpenAI-compatible server (ours, vLLM, llama.cpp, Ollama, OpenAI), for `chat --url`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+import openai
+
+from lmstack.errors import LmstackError
+
+
+class RemoteChatError(LmstackError):
+    """The server at --url could not be reached or refused the request."""
+
+
+def api_base(url: str) -> str:
+    """Accept 'http://host:port' as well as 'http://host:port/v1'."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise RemoteChatError(f"--url '{url}' is not an http(s) URL; pass e.g. http://127.0.0.1:8000/v1")
+    return url.rstrip("/") if parsed.path not in ("", "/") else url.rstrip("/") + "/v1"
+
+
+class RemoteSource:
+    def __init__(self, url: str, model: str | None = None, api_key: str | None = None, max_tokens: int = 512,
+                 temperature: float = 0.8, top_p: float = 1.0, top_k: int = 0, seed: int | None = None):
+        self.client = openai.OpenAI(base_url=api_base(url), max_retries=0,
+                                    api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none")
+        self.sampling: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+        if seed is not None:
+            self.sampling["seed"] = seed
+        if top_k > 0:  # not an OpenAI field: sent only when asked for (vLLM and lmstack read it)
+            self.sampling["extra_body"] = {"top_k": top_k}
+        self.model = model or self._first_model(url)
+
+    def _first_model(self, url: str) -> str:
+        try:
+            models = self.client.models.list().data
+        except openai.OpenAIError as err:
+            raise RemoteChatError(f"could not list models at {url}: {err}") from None
+        if not models:
+            raise RemoteChatError(f"the server at {url} lists no models; pass --model")
+        return models[0].id
+
+    def stream(self, messages: list[dict[str, Any]]) -> Iterator[str]:
+        try:
+            stream = self.client.chat.completions.create(model=self.model, messages=messages, stream=True,
+                                                         **self.sampling)
+            with stream:
+                for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        yield chunk.choices[0].delta.content
+        except openai.OpenAIError as err:
+            raise RemoteChatError(f"the server refused the chat request: {err}") from None

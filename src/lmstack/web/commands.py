@@ -1,0 +1,37 @@
+"""`lmstack ui`: the web dashboard without a model (training runs, agent runs, evals, chat with endpoints)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("ui", help="serve the web dashboard without a model (`lmstack serve` also serves it at /)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--runs-root", default="runs", help="folder holding training run dirs (default runs)")
+    p.add_argument("--db", default=None, help="database file (default: $LMSTACK_HOME/lmstack.db)")
+    p.add_argument("--endpoint", action="append", default=[], metavar="NAME=URL",
+                   help="an OpenAI-compatible endpoint to chat with, e.g. local=http://127.0.0.1:8000/v1 (repeatable)")
+    p.add_argument("--api-key", default=None,
+                   help="require this bearer key for /api (default: $LMSTACK_API_KEY, else none)")
+    p.set_defaults(func=run_ui)
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from lmstack.web.settings import DashboardSettings, parse_endpoints
+    from lmstack.web.ui_app import create_ui_app
+
+    settings = DashboardSettings(runs_root=Path(args.runs_root), db_path=Path(args.db) if args.db else None,
+                                 endpoints=parse_endpoints(args.endpoint),
+                                 endpoint_api_key=os.environ.get("OPENAI_API_KEY") or None)
+    api_key = args.api_key or os.environ.get("LMSTACK_API_KEY") or None
+    app = create_ui_app(settings, api_key)
+    print(f"lmstack ui: dashboard at http://{args.host}:{args.port}/ ({'API key required' if api_key else 'no API key'}); "
+          f"runs from '{settings.runs_root}', {len(settings.endpoints)} chat endpoint(s)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,124 @@
+"""Readers for training run dirs (`runs/NAME/`): the list under a root, one run's config and samples,
+and its metrics read incrementally so a page can follow a run while it trains.
+
+The trainer writes `metrics.jsonl` (one record a line), `config.json` and `run.log` (which carries the
+samples drawn at each eval); nothing here writes to a run dir.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from lmstack.errors import LmstackError
+from lmstack.train.metrics import METRICS_FILE
+from lmstack.train.rundir import RUN_CONFIG, RUN_LOG
+
+# A run whose metrics changed this recently is shown as live (the trainer writes every step).
+LIVE_WINDOW_S = 30.0
+EVAL_LINE = re.compile(r"^step (\d+): val loss")
+SAMPLE_LINE = re.compile(r"^  sample: (.*)$")
+
+
+class TrainingRunNotFound(LmstackError):
+    """A run name that is not a run dir under the dashboard's runs root."""
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / METRICS_FILE).is_file() or (path / RUN_CONFIG).is_file())
+
+
+def resolve_run(root: Path, name: str) -> Path:
+    """The run dir `root/name`, refusing names that would leave the root."""
+    path = (root / name).resolve()
+    if path.parent != root.resolve() or not is_run_dir(path):
+        raise TrainingRunNotFound(f"no training run '{name}' under '{root}'; start the dashboard with "
+                                  f"--runs-root pointing at the folder that holds your run dirs")
+    return path
+
+
+def list_runs(root: Path) -> list[dict[str, Any]]:
+    """Every run dir directly under `root`, most recently updated first."""
+    if not root.is_dir():
+        return []
+    runs = [run_summary(path) for path in root.iterdir() if is_run_dir(path)]
+    return sorted(runs, key=lambda r: r["updated_at"], reverse=True)
+
+
+def run_summary(path: Path) -> dict[str, Any]:
+    metrics = path / METRICS_FILE
+    updated = max((p.stat().st_mtime for p in (metrics, path / RUN_CONFIG) if p.is_file()), default=0.0)
+    last = _last_train_record(metrics)
+    return {"name": path.name, "updated_at": updated, "live": time.time() - updated < LIVE_WINDOW_S,
+            "step": last.get("step"), "loss": last.get("loss")}
+
+
+def _last_train_record(metrics: Path, tail_bytes: int = 8192) -> dict[str, Any]:
+    """The last training-step record, read from the file's tail (metrics files grow without bound)."""
+    if not metrics.is_file():
+        return {}
+    with open(metrics, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - tail_bytes))
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "loss" in record and "event" not in record:
+            return record
+    return {}
+
+
+def run_detail(root: Path, name: str) -> dict[str, Any]:
+    path = resolve_run(root, name)
+    config_file = path / RUN_CONFIG
+    config = json.loads(config_file.read_text()) if config_file.is_file() else None
+    return {**run_summary(path), "path": str(path), "config": config, "samples": read_samples(path / RUN_LOG),
+            "checkpoints": sorted(p.name for p in path.iterdir() if p.is_dir())}
+
+
+def read_samples(run_log: Path) -> list[dict[str, Any]]:
+    """[{step, text}] for every sample the trainer logged after an eval (newest last)."""
+    if not run_log.is_file():
+        return []
+    samples, step = [], None
+    for line in run_log.read_text(errors="replace").splitlines():
+        if match := EVAL_LINE.match(line):
+            step = int(match.group(1))
+        elif (match := SAMPLE_LINE.match(line)) and step is not None:
+            try:
+                text = ast.literal_eval(match.group(1))  # the trainer logs repr(text)
+            except (ValueError, SyntaxError):
+                continue
+            samples.append({"step": step, "text": str(text)})
+    return samples
+
+
+def read_metrics_from(root: Path, name: str, offset: int, max_bytes: int = 4 << 20) -> dict[str, Any]:
+    """Whole metric records from byte `offset` on, and the offset to ask from next time.
+
+    A line still being written has no newline yet: it is left for the next call. When the trainer
+    resumed and truncated the file below `offset`, the reader starts again from 0 (`reset`).
+    """
+    metrics = resolve_run(root, name) / METRICS_FILE
+    if not metrics.is_file():
+        return {"records": [], "offset": 0, "reset": offset != 0}
+    size = metrics.stat().st_size
+    reset = offset > size
+    start = 0 if reset else offset
+    with open(metrics, "rb") as f:
+        f.seek(start)
+        chunk = f.read(max_bytes)
+    whole = chunk[: chunk.rfind(b"\n") + 1]
+    records = []
+    for line in whole.decode("utf-8", "replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return {"records": records, "offset": start + len(whole), "reset": reset}

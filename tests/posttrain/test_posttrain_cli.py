@@ -1,0 +1,63 @@
+"""The commands end to end on a tiny checkpoint: `lmstack data toolcalls`, `sft` (LoRA, resume, merged
+export), `dpo` and `grpo` write metrics and a final checkpoint that loads as a plain one."""
+
+import json
+
+import pytest
+import torch
+
+from lmstack.cli import main
+from lmstack.model.checkpoint import load_model_dir, save_model_dir
+from lmstack.train.metrics import read_metrics
+
+
+@pytest.fixture
+def workdir(tmp_path, chat_tokenizer, make_model):
+    save_model_dir(tmp_path / "base", make_model(chat_tokenizer, block_size=256), chat_tokenizer, {})
+    assert main(["data", "toolcalls", "--out", str(tmp_path / "tc"), "--train", "40", "--test", "8"]) == 0
+    return tmp_path
+
+
+def test_sft_with_lora_resumes_and_exports_a_merged_checkpoint(workdir):
+    args = ["sft", "--init-from", str(workdir / "base"), "--data", str(workdir / "tc/train.jsonl"),
+            "--val-data", str(workdir / "tc/test.jsonl"), "--run-dir", str(workdir / "run"), "--lora-rank", "4",
+            "--set", "batch_size=2", "--set", "seq_len=256", "--set", "eval_every=2", "--set", "checkpoint_every=2",
+            "--set", "lr=1e-2"]
+    assert main(args + ["--steps", "2"]) == 0
+    assert main(args + ["--steps", "4"]) == 0  # the same command with more steps continues at step 3
+    records = read_metrics(workdir / "run/metrics.jsonl")
+    steps = [r["step"] for r in records if "loss" in r and "event" not in r]
+    assert steps == [1, 2, 3, 4]
+    assert any(r.get("event") == "start" and r.get("resumed_from") for r in records)
+    assert (workdir / "run/loss.png").is_file()
+    final, _, config = load_model_dir(workdir / "run/final")  # plain checkpoint: no adapter tensors left
+    base, _, _ = load_model_dir(workdir / "base")
+    assert config["lora_rank"] == 4 and config["finetuned_step"] == 4
+    changed = [n for n, p in final.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert changed and all(n.endswith(("qkv.weight", "proj.weight", "up.weight", "down.weight")) for n in changed)
+
+
+def test_dpo_and_grpo_commands_run_and_log_their_metrics(workdir):
+    prefs = workdir / "prefs.jsonl"
+    prefs.write_text("".join(json.dumps({"prompt": f"Say {c}.", "chosen": c, "rejected": "no"}) + "\n"
+                             for c in ["yes", "red", "blue", "green"]))
+    common = ["--init-from", str(workdir / "base"), "--steps", "2", "--set", "batch_size=2", "--set", "eval_every=2"]
+    assert main(["dpo", *common, "--data", str(prefs), "--run-dir", str(workdir / "dpo")]) == 0
+    dpo = read_metrics(workdir / "dpo/metrics.jsonl")
+    assert {"reward_margin", "reward_accuracy"} <= set(next(r for r in dpo if r.get("step") == 1))
+    assert any("val_reward_accuracy" in r for r in dpo)
+    assert main(["grpo", *common, "--data", str(workdir / "tc/train.jsonl"), "--val-data", str(workdir / "tc/test.jsonl"),
+                 "--run-dir", str(workdir / "grpo"), "--group-size", "3", "--set", "max_new_tokens=8",
+                 "--set", "eval_prompts=4"]) == 0
+    grpo = read_metrics(workdir / "grpo/metrics.jsonl")
+    assert {"reward_mean", "reward_std", "kl", "sample_length"} <= set(next(r for r in grpo if r.get("step") == 1))
+    assert any("val_reward" in r for r in grpo) and (workdir / "grpo/reward.png").is_file()
+    assert load_model_dir(workdir / "grpo/final")[0] is not None
+
+
+def test_bad_command_input_is_a_one_line_error(workdir, capsys):
+    assert main(["sft", "--init-from", str(workdir / "base"), "--data", str(workdir / "missing.jsonl"),
+                 "--run-dir", str(workdir / "bad")]) == 2
+    assert "missing.jsonl' does not exist" in capsys.readouterr().err
+    assert main(["sft", "--init-from", str(workdir / "nowhere"), "--data", "x"]) == 2
+    assert main(["sft", "--init-from", str(workdir / "base"), "--data", "x", "--lora-targets", "attention"]) == 2

@@ -1,0 +1,30 @@
+"""One `lmstack serve` subprocess (with an API key) shared by the server test modules."""
+
+import openai
+import pytest
+from serve_helpers import make_checkpoint, running_server
+
+API_KEY = "test-key-123"
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("serve") / "tiny-chat")
+
+
+@pytest.fixture(scope="session")
+def server(checkpoint):
+    with running_server(checkpoint, "--api-key", API_KEY) as (base, _proc):
+        yield base
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(checkpoint):
+    from lmstack.tokenizer import Tokenizer
+
+    return Tokenizer.load(checkpoint)

@@ -1,0 +1,86 @@
+"""A tiny checkpoint and a real `lmstack serve` subprocess on a free 127.0.0.1 port, for the server tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from lmstack.model.checkpoint import save_model_dir
+from lmstack.model.config import ModelConfig
+from lmstack.model.gpt import build_model
+from lmstack.tokenizer import Tokenizer
+
+WORDS = "the a cat dog sat ran on mat home blue red green one two three yes no hello world weather city".split()
+CONTEXT = 1024
+
+
+def corpus() -> list[str]:
+    texts = [f"{WORDS[i % 21]} {WORDS[(i * 7) % 21]} {WORDS[(i * 5 + 3) % 21]}." for i in range(300)]
+    texts += ['{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}', '{"ok": true, "n": [1, 2]}'] * 20
+    return texts
+
+
+def make_checkpoint(path: Path, seed: int = 0) -> Path:
+    tokenizer = Tokenizer.train(corpus(), vocab_size=300, show_progress=False, min_frequency=1)
+    cfg = ModelConfig(arch="llama", vocab_size=320, block_size=CONTEXT, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
+    model = build_model(cfg, seed=seed).eval()
+    with torch.no_grad():  # random init gives nearly flat logits; sharpen them so greedy choices are clear
+        model.lm_head.weight.mul_(20)
+    return save_model_dir(path, model, tokenizer)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(ckpt: Path, *extra: str, env: dict[str, str] | None = None, startup_s: float = 90):
+    """Start `lmstack serve`, wait for /health 200, yield the base URL; SIGTERM it afterwards."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "lmstack.cli", "serve", str(ckpt), "--port", str(port),
+           "--set", "engine.dtype=float32", *extra]
+    log = open(ckpt.parent / f"server-{port}.log", "w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{Path(log.name).read_text()}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not healthy after {startup_s}s:\n{Path(log.name).read_text()}")
+            time.sleep(0.2)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def metric(base: str, name: str) -> float:
+    """One unlabelled sample from GET /metrics."""
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)

@@ -1,0 +1,54 @@
+"""/v1/completions: text and token-id prompts, echo + prompt logprobs (lm-eval's loglikelihood path)."""
+
+import pytest
+import torch
+
+from lmstack.model.checkpoint import load_model_dir
+
+MODEL = "tiny-chat"
+
+
+@pytest.fixture(scope="module")
+def reference_model(checkpoint):
+    model, _, _ = load_model_dir(checkpoint, dtype=torch.float32)
+    return model.eval()
+
+
+@torch.no_grad()
+def reference_logprobs(model, ids: list[int]) -> list[float]:
+    """log p(ids[i] | ids[:i]) for i >= 1, from one plain forward pass (no cache, no server)."""
+    logits, _ = model(torch.tensor([ids]))
+    log_probs = logits[0].float().log_softmax(-1)
+    return [float(log_probs[i - 1, ids[i]]) for i in range(1, len(ids))]
+
+
+def test_echo_logprobs_of_a_token_prompt_match_a_direct_forward(client, tokenizer, reference_model):
+    ids = [tokenizer.bos_id] + tokenizer.encode("the cat sat on the mat.")
+    reply = client.completions.create(model=MODEL, prompt=ids, max_tokens=1, temperature=0, echo=True, logprobs=1)
+    lp = reply.choices[0].logprobs
+    assert len(lp.tokens) == len(ids) + 1 and lp.tokens[:len(ids)] == [tokenizer.token_str(t) for t in ids]
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:len(ids)] == pytest.approx(reference_logprobs(reference_model, ids), abs=1e-4)
+    # the one generated token is greedy, so it is the top-1 alternative, as lm-eval's is_greedy check reads it
+    (best, best_lp), = lp.top_logprobs[-1].items()
+    assert best == lp.tokens[-1] and best_lp == pytest.approx(lp.token_logprobs[-1])
+    assert reply.choices[0].text.startswith(tokenizer.decode(ids))
+    assert reply.usage.prompt_tokens == len(ids) and reply.usage.completion_tokens == 1
+
+
+def test_max_tokens_zero_scores_the_prompt_only(client, tokenizer, reference_model):
+    ids = [tokenizer.bos_id] + tokenizer.encode("hello world")
+    reply = client.completions.create(model=MODEL, prompt=[ids, ids[:3]], max_tokens=0, echo=True, logprobs=0)
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert reply.choices[0].logprobs.token_logprobs[1:] == pytest.approx(reference_logprobs(reference_model, ids), abs=1e-4)
+    assert len(reply.choices[1].logprobs.tokens) == 3
+    assert reply.usage.completion_tokens == 0 and reply.usage.prompt_tokens == len(ids) + 3
+
+
+def test_text_prompt_counts_bos_and_continues(client, tokenizer):
+    text = "two blue dogs"
+    reply = client.completions.create(model=MODEL, prompt=text, max_tokens=6, temperature=0)
+    assert reply.usage.prompt_tokens == 1 + len(tokenizer.encode(text))
+    assert reply.usage.completion_tokens == 6 and reply.choices[0].finish_reason == "length"
+    streamed = client.completions.create(model=MODEL, prompt=text, max_tokens=6, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == reply.choices[0].text

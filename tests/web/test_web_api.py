@@ -1,0 +1,85 @@
+"""The dashboard's JSON API over HTTP against the real `lmstack ui` process: the API key, the OpenAPI
+schema, live metric reads, paged traces and run lists (checked against the layers' own readers)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from lmstack.agent.launch import open_database
+from lmstack.agent.store import list_runs
+from web_seed import train_record
+
+KEY = {"authorization": "Bearer dashboard-test-key"}
+
+
+@pytest.fixture
+def client(ui_server):
+    with httpx.Client(base_url=ui_server, timeout=30) as c:
+        yield c
+
+
+def test_api_needs_the_key_and_the_page_does_not(client):
+    refused = client.get("/api/agents/runs")
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert client.get("/api/agents/runs", headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/api/agents/runs", headers=KEY).status_code == 200
+    page = client.get("/")  # the page itself holds no data; it asks for the key
+    assert page.status_code == 200 and "<title>lmstack dashboard</title>" in page.text
+    assert client.get("/web/../api.py").status_code == 404
+
+
+def test_openapi_documents_every_dashboard_route(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/training/runs/{name}/metrics", "/api/agents/runs", "/api/agents/runs/{run_id}/steps",
+                 "/api/agents/runs/{run_id}/approvals", "/api/evals/compare", "/api/endpoints"):
+        assert path in paths, path
+        for operation in paths[path].values():
+            assert operation["description"], path
+
+
+def test_metrics_are_read_incrementally_and_a_half_written_line_waits(client, seeded):
+    run_dir = seeded["runs_root"] / "incremental"
+    run_dir.mkdir()
+    lines = [json.dumps(train_record(step)) + "\n" for step in (1, 2, 3, 4)]
+    (run_dir / "metrics.jsonl").write_text("".join(lines[:3]) + lines[3][:20])  # the trainer is mid-write
+    first = client.get("/api/training/runs/incremental/metrics", headers=KEY).json()
+    assert [r["step"] for r in first["records"]] == [1, 2, 3]
+    assert first["offset"] == len("".join(lines[:3]).encode())
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(lines[3][20:])
+    second = client.get(f"/api/training/runs/incremental/metrics?offset={first['offset']}", headers=KEY).json()
+    assert [r["step"] for r in second["records"]] == [4] and not second["reset"]
+    (run_dir / "metrics.jsonl").write_text(lines[0])  # a resume truncated the file
+    third = client.get(f"/api/training/runs/incremental/metrics?offset={second['offset']}", headers=KEY).json()
+    assert third["reset"] and [r["step"] for r in third["records"]] == [1]
+
+
+def test_unknown_names_are_404_and_cannot_leave_the_runs_root(client):
+    for path in ("/api/training/runs/nope", "/api/training/runs/..%2F..%2Fetc", "/api/agents/runs/nope",
+                 "/api/agents/runs/nope/steps", "/api/evals/runs/nope", "/api/endpoints/nope/v1/models"):
+        response = client.get(path, headers=KEY)
+        assert response.status_code == 404, path
+        assert response.json()["error"]["message"]
+
+
+def test_run_list_pages_and_counts_match_the_agent_store(client, seeded):
+    conn = open_database(seeded["db"])
+    completed = list_runs(conn, "completed", limit=10**6)
+    page = client.get("/api/agents/runs?status=completed&offset=100&limit=25", headers=KEY).json()
+    assert page["total"] == len(completed) == page["status_counts"]["completed"]
+    assert [r["id"] for r in page["runs"]] == [r.id for r in completed[100:125]]
+    conn.close()
+
+
+def test_trace_pages_carry_durations_tokens_and_cost(client):
+    page = client.get("/api/agents/runs/long-trace/steps?offset=490&limit=20", headers=KEY).json()
+    assert [s["step"] for s in page["steps"]] == list(range(490, 500))
+    model, tool = page["steps"][0]["items"]
+    assert (model["kind"], tool["kind"]) == ("model", "tool")
+    assert model["usage"] == {"prompt_tokens": 590, "completion_tokens": 12}
+    assert model["attributes"]["cost_usd"] == 0.0001 and model["duration_s"] >= 0
+    assert tool["arguments"] == {"text": "item 490"} and tool["output"] == "item 490" and tool["ok"]

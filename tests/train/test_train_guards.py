@@ -31,9 +31,9 @@ def events(run_dir, name):
 def test_planted_nan_step_is_skipped_and_training_continues(data_dir, tmp_path, action):
     run_dir = tmp_path / "run"
     cfg = load_config(TrainConfig, overrides=tiny_overrides(
-        data_dir, run_dir, max_steps=30, debug_nan_at_step=12, **{"guard.action": action}))
+        data_dir, run_dir, max_steps=20, debug_nan_at_step=12, **{"guard.action": action}))
     result = train(cfg)
-    assert result.step == 30
+    assert result.step == 20
     [bad] = events(run_dir, action)
     assert bad["step"] == (10 if action == "rollback" else 12) and "nan" in bad["reason"]
     if action == "rollback":

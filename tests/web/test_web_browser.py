@@ -90,12 +90,12 @@ def test_agent_list_pages_through_a_thousand_runs(page, screenshot):
     page.goto("/#/agents")
     rows = page.locator("#agent-runs tr.clickable")
     expect(rows).to_have_count(50)
-    expect(page.locator("#agent-runs .pager")).to_contain_text("1–50 of 1003")
+    expect(page.locator("#agent-runs .pager")).to_contain_text("1–50 of 1004")
     page.click("#agent-runs >> text=next ›")
-    expect(page.locator("#agent-runs .pager")).to_contain_text("51–100 of 1003")
+    expect(page.locator("#agent-runs .pager")).to_contain_text("51–100 of 1004")
     page.click(".filters >> text=waiting for approval")
-    expect(rows).to_have_count(1)
-    expect(rows.first).to_contain_text("approval-run")
+    expect(rows).to_have_count(2)
+    expect(page.locator("#agent-runs tr[data-run='approval-run']")).to_be_visible()
     assert time.perf_counter() - started < 10
     page.click(".filters >> text=all")
     screenshot(page, "agents")
@@ -124,6 +124,24 @@ def test_approving_a_waiting_tool_call_resumes_the_run(page, screenshot):
     expect(page.locator("#run-overview")).to_contain_text("Shipped.", timeout=20_000)
     expect(page.locator("#run-overview .badge")).to_have_text("done")
     expect(page.locator(".tool-output")).to_have_text("approved: ship it")
+
+
+def test_rejecting_a_waiting_tool_call_resumes_the_run_without_it(page):
+    page.goto("/#/agents/reject-run")
+    page.locator(".approval[data-call='step0/tool0'] >> text=Reject").click()
+    expect(page.locator("#run-overview .badge")).to_have_text("done", timeout=20_000)
+    expect(page.locator(".tool-output")).to_contain_text("a human denied this call")
+    expect(page.locator("#approvals")).to_be_empty()
+
+
+def test_eval_run_drills_down_into_a_sample_transcript(page):
+    page.goto("/#/evals/run/eval-a")
+    expect(page.locator("#eval-samples tr.clickable")).to_have_count(40)
+    page.click("#eval-samples tr[data-sample='q4']")
+    transcript = page.locator("#transcript")
+    expect(transcript.locator(".sample-output")).to_have_text("The answer is 12.")
+    expect(transcript.locator(".msg.user .content")).to_have_text("What is 4 plus 7?")
+    expect(transcript).to_contain_text("match: 0")
 
 
 def test_eval_runs_compare_with_paired_test_and_flips(page, seeded, screenshot):

@@ -73,7 +73,9 @@ def seed_agent_runs(db: Path, base_url: str, workspace: Path) -> dict:
                         "flagged-run")
     waiting = start_run(conn, "Ship it, with approval.", agent_config(base_url, "agent-approval", workspace),
                         "approval-run")
-    assert (flagged.status, waiting.status) == ("completed", "waiting"), (flagged, waiting)
+    to_reject = start_run(conn, "Ship it, unless a human says no.", agent_config(base_url, "agent-approval", workspace),
+                          "reject-run")
+    assert (flagged.status, waiting.status, to_reject.status) == ("completed", "waiting", "waiting")
     statuses = ["completed", "failed", "budget_exceeded", "running", "completed"]
     with transaction(conn):  # one commit for the lot: the nested writes join this transaction
         for i in range(1000):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import json
 import sqlite3
 import time
@@ -82,7 +83,7 @@ class AgentRuntime:
 
     def _loop(self, messages: list[dict]) -> None:
         steps_without_progress = 0
-        for step in range(10**9):
+        for step in itertools.count():  # budgets, loops and the final answer end it
             self.spend.steps = step
             response = self._model_step(messages, step)
             if not response.tool_calls:

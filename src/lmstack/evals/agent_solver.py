@@ -8,7 +8,7 @@ copied onto the sample's event log, where the `hallucination` scorer and the rep
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
 from typing import Any
 
 from lmstack.agent.budget import BudgetConfig
@@ -43,7 +43,7 @@ def agent(tools: list[str] | None = None, system_prompt: str = DEFAULT_SYSTEM, m
                              budget=BudgetConfig(max_steps=max_steps, max_dollars=max_dollars),
                              monitors=from_dict(MonitorConfig, monitors or {}))
         run_id = f"eval-{ctx.run_id}-{state.sample.id}-e{state.epoch}"
-        workspace = lmstack_home() / "workspaces" / run_id
+        workspace = lmstack_home() / "workspaces" / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
         workspace.mkdir(parents=True, exist_ok=True)
         config.workspace = str(workspace)
         conn = open_database(ctx.db_path)
@@ -51,7 +51,7 @@ def agent(tools: list[str] | None = None, system_prompt: str = DEFAULT_SYSTEM, m
             if conn.execute("SELECT 1 FROM agent_runs WHERE id = ?", (run_id,)).fetchone() is None:
                 create_run(conn, run_id, state.sample.input_text(), to_dict(config))
             runtime = AgentRuntime(conn, run_id, config, ctx.model, ToolRegistry(load_tools(tool_specs)),
-                                   Path(workspace), MemoryStore(conn) if memory else None)
+                                   workspace, MemoryStore(conn) if memory else None)
             record = runtime.run()
             _copy_trace(conn, run_id, state)
         finally:

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=None, help="waiting requests before 429 (default 256)")
     add_engine_arguments(p)
     p.epilog = "settings (--set KEY=VALUE or TOML): host, port, model_name, api_key, max_queue, max_body_bytes, " \
-               "graceful_shutdown_s, engine.{block_size, num_blocks, kv_memory_mb, max_num_seqs, " \
+               "graceful_shutdown_s, torch_threads, engine.{block_size, num_blocks, kv_memory_mb, max_num_seqs, " \
                "max_batched_tokens, dtype, device, compile, enable_prefix_caching}"
     p.set_defaults(func=run_serve)
 
@@ -49,6 +49,7 @@ def serve_config(args: argparse.Namespace):
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import torch
     import uvicorn
 
     from lmstack.infer.engine import Engine
@@ -59,6 +60,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     config = serve_config(args)
     read_config(args.ckpt)  # a wrong path fails here, before a server starts
+    torch.set_num_threads(config.torch_threads or max(1, (os.cpu_count() or 2) - 1))
     model_name = config.model_name or Path(args.ckpt).resolve().name
     dashboard = dashboard_router(DashboardSettings(local_model=True))  # the web dashboard at /
     app = create_app(lambda: Engine.from_checkpoint(args.ckpt, config.engine), config, model_name, [dashboard])

@@ -17,10 +17,15 @@ class ServeConfig:
     max_queue: int = 256  # requests waiting for the engine before new ones get 429
     max_body_bytes: int = 4 * 2**20
     graceful_shutdown_s: float = 30.0  # how long SIGTERM waits for requests in flight
+    # torch CPU threads; 0 = all cores but one. The spare core keeps the HTTP event loop responsive: on a
+    # busy 2-core machine, two torch threads plus the loop made decode ~15x slower (OpenMP barriers starve).
+    torch_threads: int = 0
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def validate(self) -> None:
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        if self.torch_threads < 0:
+            raise ConfigError(f"torch_threads must be >= 0 (0 = all cores but one), got {self.torch_threads}")
         if self.max_queue < 1 or self.max_body_bytes < 1024:
             raise ConfigError("max_queue must be >= 1 and max_body_bytes >= 1024")

@@ -77,11 +77,13 @@ class Trainer:
         self.guard = LossGuard(cfg.guard)
         self.step, self.best_val, self.last_val = 0, math.inf, None
         self.last_checkpoint: Path | None = None
+        amp_dtype = autocast_dtype(self.device_info, cfg.dtype)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        # fp16 (GPUs without bf16) needs loss scaling; with any other dtype the scaler passes everything through.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
         if resume_from:
             self._restore(resume_from, restore_loader=True)
             self.last_checkpoint = resume_from
-        amp_dtype = autocast_dtype(self.device_info, cfg.dtype)
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
         self.peak_flops = peak_flops(self.device_info, amp_dtype) * self.dist.world_size
         self.byte_lengths = token_byte_lengths(self.tokenizer, cfg.model.vocab_size, self.device)
@@ -187,6 +189,7 @@ class Trainer:
             "rng": gather_objects(capture_rng()),
             "loader": gather_objects(self.loader.state_dict()),
             "world_size": self.dist.world_size,
+            "scaler": self.scaler.state_dict(),
         }
 
     def _restore(self, path: Path, restore_loader: bool) -> None:
@@ -201,6 +204,8 @@ class Trainer:
         for optimizer, saved in zip(self.optimizers, state["optimizers"]):
             optimizer.load_state_dict(saved)
         self.guard.load_state_dict(state["guard"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"][self.dist.rank])
         self.step, self.best_val, self.last_val = state["step"], state["best_val"], state["last_val"]
 
@@ -219,7 +224,7 @@ class Trainer:
                 if self.cfg.debug_nan_at_step == self.step + 1 and not self.nan_hook_fired:
                     loss = loss * float("nan")
                     self.nan_hook_fired = i == len(micro_batches) - 1
-                (loss / self.grad_accum).backward()
+                self.scaler.scale(loss / self.grad_accum).backward()
             total += loss.detach()
         return total / self.grad_accum
 
@@ -227,13 +232,20 @@ class Trainer:
         """One step: (loss, grad norm, reason the step was skipped or None)."""
         set_lr(self.optimizers, lr_multiplier(self.cfg, self.step))
         loss = mean_across_ranks(self.forward_backward()).item()
+        for optimizer in self.optimizers:
+            self.scaler.unscale_(optimizer)  # clip and judge the true gradients
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True).item()
         reason = self.guard.check(loss, grad_norm)
-        if reason is None:
+        # An fp16 overflow is the scaler's business: it skips the update and lowers its scale.
+        fp16_overflow = self.scaler.is_enabled() and math.isfinite(loss) and not math.isfinite(grad_norm)
+        if reason is None or fp16_overflow:
             for optimizer in self.optimizers:
-                optimizer.step()
-            self.guard.accept(loss)
+                self.scaler.step(optimizer)
+            self.scaler.update()
+            reason = None
+            if not fp16_overflow:
+                self.guard.accept(loss)
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         return loss, grad_norm, reason

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any
 
 from lmstack.evals.compare import compare_runs
 from lmstack.evals.store import RunNotFound, Store
+from lmstack.evals.summary import _finite  # NaN -> None: JSON has no NaN
 
 
 def runs_page(store: Store, offset: int, limit: int) -> dict[str, Any]:
@@ -21,15 +21,11 @@ def runs_page(store: Store, offset: int, limit: int) -> dict[str, Any]:
         total = store.conn.execute("SELECT COUNT(*) FROM eval_runs").fetchone()[0]
         ids = [r["id"] for r in store.conn.execute("SELECT id FROM eval_runs ORDER BY created DESC, id "
                                                    "LIMIT ? OFFSET ?", (limit, offset))]
-    return {"total": total, "offset": offset, "runs": [_run_json(store, i) for i in ids]}
-
-
-def _run_json(store: Store, run_id: str) -> dict[str, Any]:
-    return dataclasses.asdict(store.run(run_id))
+    return {"total": total, "offset": offset, "runs": [run_detail(store, i) for i in ids]}
 
 
 def run_detail(store: Store, run_id: str) -> dict[str, Any]:
-    return _run_json(store, run_id)
+    return dataclasses.asdict(store.run(run_id))
 
 
 def samples_page(store: Store, run_id: str, offset: int, limit: int) -> dict[str, Any]:
@@ -57,10 +53,5 @@ def sample_detail(store: Store, run_id: str, sample_id: str, epoch: int) -> dict
 def comparison(store: Store, run_a: str, run_b: str, alpha: float) -> dict[str, Any]:
     result = compare_runs(store, run_a, run_b, alpha=alpha)
     scorers = [_finite(dataclasses.asdict(s)) for s in result.scorers]
-    return {"run_a": _run_json(store, run_a), "run_b": _run_json(store, run_b), "alpha": alpha, "scorers": scorers,
+    return {"run_a": run_detail(store, run_a), "run_b": run_detail(store, run_b), "alpha": alpha, "scorers": scorers,
             "regressions": [s.scorer for s in result.regressions]}
-
-
-def _finite(d: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN or infinity: such a figure is sent as null."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}

@@ -141,9 +141,11 @@ def data_router(sources: DataSources) -> APIRouter:
 
 def _resume(sources: DataSources, run_id: str) -> None:
     """Runs in its own thread with its own connection: a resumed run can take minutes."""
+    conn = open_database(sources.settings.db_path)
     try:
-        conn = open_database(sources.settings.db_path)
         record = resume_run(conn, run_id)
         log.info("agent run %s resumed from the dashboard: %s", run_id, record.status)
     except Exception:  # a thread has no caller to raise to; the run's own status records model failures
         log.exception("resuming agent run %s failed", run_id)
+    finally:
+        conn.close()

@@ -2,7 +2,7 @@
 // scroll), monitor events highlighted on the characters they flag, and approve / reject for waiting calls.
 import { api, el, append, clear, errorBox, fmt, pager, statusBadge } from "./util.js";
 
-const PAGE = 50, STEP_PAGE = 20, POLL_MS = 3000;
+const PAGE = 50, STEP_PAGE = 20, POLL_MS = 3000, LIST_REFRESH_MS = 5000;
 const FILTERS = ["running", "waiting", "completed", "failed", "budget_exceeded", "loop_detected", "no_progress", "stopped_by_monitor"];
 
 export function render(container, [runId]) {
@@ -10,7 +10,7 @@ export function render(container, [runId]) {
 }
 
 function renderList(container) {
-  let offset = 0, status = "";
+  let offset = 0, status = "", timer = null;
   const filters = el("div", { class: "filters pager" });
   const body = el("div", { id: "agent-runs" });
   append(container, [el("h2", {}, "Agent runs"), filters, body]);
@@ -34,8 +34,11 @@ function renderList(container) {
     } catch (err) {
       clear(body).append(errorBox(err));
     }
+    clearTimeout(timer);
+    timer = setTimeout(load, LIST_REFRESH_MS);  // statuses change while runs run
   }
   load();
+  return () => clearTimeout(timer);
 }
 
 function renderRun(container, runId) {

@@ -101,7 +101,7 @@ def main() -> None:
     batches = [(torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)) for _ in range(args.steps)]
     batches = [(b[:, :-1].contiguous().to(device), b[:, 1:].contiguous().to(device)) for b in batches]
     our_model, our_step = ours(cfg, device, args.compile)
-    _, peer_step = peer(cfg, device)
+    peer_model, peer_step = peer(cfg, device)
     for step in (our_step, peer_step):  # warm-up: allocator, kernels, compilation
         tokens_per_second(step, batches[:2], device)
     our_rates, peer_rates = [], []
@@ -116,7 +116,8 @@ def main() -> None:
         "metric": "train tokens/s", "device": info.name, "threads": torch.get_num_threads(),
         "ours": round(ours_median), "peer": round(peer_median), "ratio": round(ours_median / peer_median, 3),
         "ours_mfu": round(flops_per_token * ours_median / peak, 4), "peer_mfu": round(flops_per_token * peer_median / peak, 4),
-        "peer_name": "transformers GPT2LMHeadModel", "config": vars(args),
+        "peer_name": "transformers GPT2LMHeadModel", "peer_attention": peer_model.config._attn_implementation,
+        "config": vars(args),
         "rounds": {"ours": [round(r) for r in our_rates], "peer": [round(r) for r in peer_rates]},
     }))
 

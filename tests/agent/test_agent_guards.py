@@ -207,3 +207,28 @@ def test_uncertainty_uses_the_endpoint_logprobs(tmp_path, server, stream):
     record, conn = run_agent(tmp_path, server, "guessing", "Revenue?", [calculator], config, stream=stream)
     events = conn.execute("SELECT monitor, text, start, end FROM agent_events").fetchall()
     assert [(e["monitor"], e["text"], e["start"], e["end"]) for e in events] == [("uncertainty", "9,120", 12, 17)]
+
+
+def test_a_run_owned_by_a_live_process_cannot_be_resumed_twice(tmp_path, server):
+    import subprocess
+
+    from lmstack.agent.launch import open_database
+    from lmstack.agent.runtime import AgentRuntime
+    from lmstack.agent.store import create_run
+    from lmstack.agent.tools import ToolRegistry
+    from lmstack.config import to_dict
+    from lmstack.errors import LmstackError
+
+    conn = open_database(tmp_path / "db")
+    config = AgentConfig(model=server.base_url, model_name="flaky")
+    create_run(conn, "busy", "hi", to_dict(config))
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        conn.execute("UPDATE agent_runs SET owner_pid = ? WHERE id = 'busy'", (other.pid,))
+        runtime = AgentRuntime(conn, "busy", config, OpenAIClient(server.base_url, "flaky"), ToolRegistry([]), tmp_path)
+        with pytest.raises(LmstackError, match=f"being executed by process {other.pid}"):
+            runtime.run()
+    finally:
+        other.kill()
+        other.wait()
+    assert runtime.run().status in ("completed", "failed")  # the owner is gone: resuming is allowed again

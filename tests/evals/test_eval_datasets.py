@@ -94,3 +94,16 @@ def test_python_file_task(tmp_path):
         load_task(f"{tmp_path / 'my_tasks.py'}@doubled", {"m": 3})
     with pytest.raises(TaskError, match="unknown task"):
         load_task("no_such_task")
+
+
+def test_duplicate_ids_and_taken_run_ids_are_clear_errors(tmp_path):
+    from lmstack.evals.dataset import check_unique_ids
+    from lmstack.evals.sample import Sample
+    from lmstack.evals.store import RunExists, Store
+
+    with pytest.raises(DatasetError, match="sample id 'a' appears twice"):
+        check_unique_ids([Sample(id="a", input="x"), Sample(id="a", input="y")])
+    store = Store(tmp_path / "db.sqlite")
+    store.create_run("t", "m", {}, {}, run_id="nightly")
+    with pytest.raises(RunExists, match="--resume nightly"):
+        store.create_run("t", "m", {}, {}, run_id="nightly")

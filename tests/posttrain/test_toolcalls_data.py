@@ -74,3 +74,15 @@ def test_write_splits_writes_both_files(tmp_path):
     assert json.loads(lines[0])["id"] == "toolcalls-test-000000"
     with pytest.raises(tc.ToolCallError, match="is a file"):
         tc.write_splits(paths["train"], 1, 1)
+
+
+def test_tokenizer_texts_spell_calls_as_the_chat_template_does(chat_tokenizer):
+    samples, texts = tc.generate(20, seed=0), list(tc.tokenizer_texts(20, seed=0))
+    index = next(i for i, s in enumerate(samples) if s["expected"]["calls"])
+    sample, text = samples[index], texts[index]
+    rendered = chat_tokenizer.decode(chat_tokenizer.render(sample["messages"], sample["tools"]).ids)
+    call = sample["expected"]["calls"][0]
+    payload = json.dumps({"name": call["name"], "arguments": call["arguments"]})
+    schema = json.dumps(tc.TOOL_SCHEMAS[0]["function"])
+    assert payload in text and payload in rendered
+    assert schema in text and schema in rendered

@@ -2,9 +2,7 @@
 
 import openai
 import pytest
-from serve_helpers import make_checkpoint, running_server
-
-API_KEY = "test-key-123"
+from serve_helpers import API_KEY, make_checkpoint, running_server
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from lmstack.tokenizer import Tokenizer
 
 WORDS = "the a cat dog sat ran on mat home blue red green one two three yes no hello world weather city".split()
 CONTEXT = 1024
+API_KEY = "test-key-123"  # the shared test server requires it
 
 
 def corpus() -> list[str]:

@@ -3,7 +3,7 @@
 import httpx
 import openai
 import pytest
-from conftest import API_KEY
+from serve_helpers import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = "/v1/chat/completions"

@@ -5,8 +5,7 @@ import asyncio
 import time
 
 import openai
-from conftest import API_KEY
-from serve_helpers import metric
+from serve_helpers import API_KEY, metric
 
 MODEL = "tiny-chat"
 PROMPTS = [[{"role": "user", "content": text}] for text in ("hello cat", "two dogs ran", "blue mat", "yes no")]

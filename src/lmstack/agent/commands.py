@@ -23,6 +23,11 @@ def register(subparsers) -> None:
     run.add_argument("--run-id", default=None, help="id for the new run (default: random)")
     run.add_argument("--workspace", default=None, help="directory the file tools are confined to")
     add_config_arguments(run)
+    run.epilog = ("settings (--set KEY=VALUE or TOML): system_prompt, context_tokens, max_output_tokens, temperature, "
+                  "logprobs, stream, timeout_s, max_attempts, api_key_env, agent_name, user, "
+                  "budget.{max_steps, max_tokens, max_wall_s, max_dollars, price_in_per_mtok, price_out_per_mtok}, "
+                  "loops.{repeat_limit, no_progress_limit}, monitors.{grounding, action_claims, uncertainty, "
+                  "tool_hallucination, self_consistency} = off|flag|retry|stop, monitors.self_consistency_k")
     run.set_defaults(func=cmd_run)
 
     resume = commands.add_parser("resume", help="continue a crashed or paused run from its last completed step")

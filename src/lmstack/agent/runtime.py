@@ -29,7 +29,7 @@ from lmstack.agent.journal import Journal
 from lmstack.agent.memory import MemoryStore
 from lmstack.agent.monitors import MONITORS, MonitorEvent, PastCall, StepView
 from lmstack.agent.settings import AgentConfig
-from lmstack.agent.store import RESUMABLE, RunRecord, get_run, update_run
+from lmstack.agent.store import RESUMABLE, RunRecord, claim_run, get_run, update_run
 from lmstack.agent.tools import PreparedCall, ToolContext, ToolRegistry, ToolResult
 from lmstack.agent.tracing import Tracer
 from lmstack.db import transaction
@@ -59,7 +59,7 @@ class AgentRuntime:
         record = get_run(self.conn, self.run_id)
         if record.status not in RESUMABLE:
             return record
-        update_run(self.conn, self.run_id, status="running", stop_reason=None)
+        claim_run(self.conn, self.run_id)
         self.record = record
         self.session_start, self.active_before = time.monotonic(), record.active_seconds
         self.spend = Spend()

@@ -8,6 +8,7 @@ and `waiting` runs can be resumed.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ MIGRATIONS = [
         action TEXT NOT NULL, message_key TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
         text TEXT NOT NULL, detail TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (run_id, event_key));
     """,
+    # The process executing a run, so a second `resume` of a live run is refused.
+    "ALTER TABLE agent_runs ADD COLUMN owner_pid INTEGER;",
 ]
 
 RESUMABLE = ("running", "waiting")
@@ -85,6 +88,7 @@ def get_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
     if row is None:
         raise RunNotFoundError(f"no agent run with id '{run_id}'; `lmstack agent list` shows the runs")
     data = dict(row)
+    data.pop("owner_pid")
     data["config"] = json.loads(data["config"])
     return RunRecord(**data)
 
@@ -102,3 +106,24 @@ def update_run(conn: sqlite3.Connection, run_id: str, **fields: Any) -> None:
     with transaction(conn):
         conn.execute(f"UPDATE agent_runs SET {assignments}, updated_at = ? WHERE id = ?",
                      (*fields.values(), time.time(), run_id))
+
+
+def claim_run(conn: sqlite3.Connection, run_id: str) -> None:
+    """Mark this process as the run's executor; refuse if another live process already is."""
+    with transaction(conn):
+        row = conn.execute("SELECT status, owner_pid FROM agent_runs WHERE id = ?", (run_id,)).fetchone()
+        owner = row["owner_pid"]
+        if row["status"] == "running" and owner and owner != os.getpid() and _alive(owner):
+            raise LmstackError(f"run '{run_id}' is being executed by process {owner}; wait for it or stop it first")
+        conn.execute("UPDATE agent_runs SET owner_pid = ?, status = 'running', stop_reason = NULL, updated_at = ? "
+                     "WHERE id = ?", (os.getpid(), time.time(), run_id))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

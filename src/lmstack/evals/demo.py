@@ -44,7 +44,7 @@ def evaluate_demo_model(checkpoint: str | Path, report_path: str | Path, db_path
 
 def stage_evals(qs: Any) -> None:
     """Quickstart stage: the fine-tuned model when there is one, else the pretrained one."""
-    checkpoint = getattr(qs, "sft_checkpoint", None) or qs.pretrain.last_checkpoint
+    checkpoint = next((where for what, where in qs.outputs if what == "SFT model"), None) or qs.pretrain.last_checkpoint
     _, report = evaluate_demo_model(checkpoint, qs.run_dir / "eval-report.html")
     print(f"eval report: {report}")
     qs.outputs.append(("eval report", report))

@@ -62,6 +62,7 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
              overrides: dict[str, Any] | None = None, run_id: str | None = None, resume: str | None = None,
              max_workers: int = 8, progress: bool = True) -> RunOutcome:
     config = resolve_config(task, overrides or {})
+    check_unique_ids(task.dataset)
     scorer_names = [scorer_name(s) for s in task.scorers]
     higher = {scorer_name(s): getattr(s, "higher_is_better", True) for s in task.scorers}
     if resume:
@@ -77,13 +78,13 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
         run_id = store.create_run(task.name, model.name, run_config, code_version(), run_id)
 
     samples = task.dataset[: config.limit] if config.limit else list(task.dataset)
-    check_unique_ids(samples)
     done = store.completed(run_id)
     jobs = [(s, e) for e in range(config.epochs) for s in samples if (s.id, e) not in done]
     bar = tqdm(total=len(samples) * config.epochs, initial=len(samples) * config.epochs - len(jobs),
                desc=f"eval {task.name}", unit="sample", disable=not progress, dynamic_ncols=True)
     errors = 0
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=max_workers)
+    try:
         futures = [pool.submit(evaluate_sample, task, config, sample, epoch, model, judge, run_id, store.path)
                    for sample, epoch in jobs]
         for future in as_completed(futures):
@@ -92,7 +93,10 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
             errors += record.status == "error"
             bar.update(1)
             bar.set_postfix(errors=errors, refresh=False)
-    bar.close()
+    finally:
+        # On Ctrl-C, drop the queued samples instead of waiting for all of them; `--resume` does them later.
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     summary = summarize_run(store.samples(run_id), config.reducers, higher, seed=config.seed)
     store.finish_run(run_id, summary)
     requests = model.requests_made + (judge.requests_made if judge else 0)

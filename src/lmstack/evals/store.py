@@ -39,6 +39,10 @@ class RunNotFound(LmstackError):
     """An eval run id that is not in the database."""
 
 
+class RunExists(LmstackError):
+    """A new run named with an id that is taken."""
+
+
 @dataclass
 class SampleRecord:
     """One (sample, epoch) result as stored."""
@@ -87,6 +91,9 @@ class Store:
                    run_id: str | None = None) -> str:
         run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         with self.lock, transaction(self.conn):
+            if self.conn.execute("SELECT 1 FROM eval_runs WHERE id = ?", (run_id,)).fetchone():
+                raise RunExists(f"eval run '{run_id}' already exists; continue it with --resume {run_id} "
+                                "or pick another --run-id")
             self.conn.execute(
                 "INSERT INTO eval_runs (id, task, model, config, status, created, environment) VALUES (?,?,?,?,?,?,?)",
                 (run_id, task, model, json.dumps(config), "running", time.time(), json.dumps(environment)))

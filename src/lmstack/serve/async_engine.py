@@ -86,6 +86,9 @@ class AsyncEngine:
                 if isinstance(batch, BaseException):
                     raise batch
                 for event in batch:
+                    if event.finish_reason == "abort":  # not by this reader (that would have ended the loop)
+                        raise APIError("the server stopped this request before it finished (shutting down); "
+                                       "retry it", status=503, code="aborted")
                     delivered += bool(event.finished)
                     yield event
         finally:

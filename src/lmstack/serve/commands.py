@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
+    from lmstack.config import to_dict
     from lmstack.infer.engine import Engine
     from lmstack.model.checkpoint import read_config
     from lmstack.serve.app import create_app
@@ -64,6 +66,8 @@ def run_serve(args: argparse.Namespace) -> int:
     model_name = config.model_name or Path(args.ckpt).resolve().name
     dashboard = dashboard_router(DashboardSettings(local_model=True))  # the web dashboard at /
     app = create_app(lambda: Engine.from_checkpoint(args.ckpt, config.engine), config, model_name, [dashboard])
+    shown = {**to_dict(config), "api_key": "***" if config.api_key else None}
+    print(f"lmstack serve: config {json.dumps(shown)}", flush=True)
     auth = "API key required" if config.api_key else "no API key"
     print(f"lmstack serve: '{model_name}' at http://{config.host}:{config.port}/v1 ({auth}); "
           f"GET /health is 200 once the model is loaded", flush=True)

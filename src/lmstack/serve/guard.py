@@ -12,6 +12,10 @@ import json
 from lmstack.serve.errors import error_body
 from lmstack.serve.metrics import ServerMetrics
 
+# Behind the API key: the OpenAI API and the dashboard's JSON API. /health and /metrics stay open for
+# orchestrators and scrapers; the dashboard page itself holds no data.
+PROTECTED_PREFIXES = ("/v1/", "/api/")
+
 
 class RequestGuard:
     def __init__(self, app, api_key: str | None, max_body_bytes: int, metrics: ServerMetrics):
@@ -30,8 +34,7 @@ class RequestGuard:
                 self.metrics.count_request(path, message["status"])
             await send(message)
 
-        # /api/ is the web dashboard's JSON API: the same key protects it.
-        if self.api_key and path.startswith(("/v1/", "/api/")) and not self._authorized(scope):
+        if self.api_key and path.startswith(PROTECTED_PREFIXES) and not self._authorized(scope):
             return await _reply(counted_send, 401, "invalid or missing API key; send 'Authorization: Bearer <key>'",
                                 "invalid_api_key")
         body, too_large = await self._read_body(scope, receive)

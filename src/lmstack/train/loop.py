@@ -106,6 +106,9 @@ class Trainer:
             raise LmstackError(error)
 
     def _load_tokenizer(self) -> Tokenizer:
+        if self.cfg.tokenizer is None and not Path(self.cfg.data_dir).is_dir():
+            raise LmstackError(f"data dir '{self.cfg.data_dir}' does not exist; create it with `lmstack prepare "
+                               f"--tokenizer DIR --out {self.cfg.data_dir}` or point --set data_dir=DIR at one")
         tokenizer = Tokenizer.load(self.cfg.tokenizer_path)
         if tokenizer.vocab_size > self.cfg.model.vocab_size:
             raise LmstackError(

@@ -102,9 +102,16 @@ def stage_samples(qs: Quickstart) -> None:
     print("-" * 60)
 
 
+def stage_evals(qs: Quickstart) -> None:
+    """The demo model scored with and without tools on the built-in eval tasks, plus an HTML report."""
+    from lmstack.evals.demo import stage_evals as evaluate  # imported here: the eval layer sits below train
+
+    evaluate(qs)
+
+
 Stage = Callable[[Quickstart], None]
 STAGES: list[tuple[str, Stage]] = [("data", stage_data), ("pretrain", stage_pretrain), ("samples", stage_samples),
-                                   ("sft", stage_sft)]
+                                   ("sft", stage_sft), ("evals", stage_evals)]
 
 
 def quickstart(run_dir: str | Path = "runs/quickstart", data_dir: str | Path | None = None,

@@ -1,0 +1,24 @@
+"""`lmstack chat --url` talks to an OpenAI-compatible server (ours) through the real CLI."""
+
+import subprocess
+import sys
+from serve_helpers import API_KEY
+
+
+
+def test_chat_url_streams_the_servers_reply(server, client):
+    expected = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hello cat"}],
+                                              max_tokens=6, temperature=0).choices[0].message.content
+    run = subprocess.run([sys.executable, "-m", "lmstack.cli", "chat", "--url", server, "--api-key", API_KEY,
+                          "--max-tokens", "6", "--temperature", "0"],
+                         input="hello cat\n/exit\n", capture_output=True, text=True, encoding="utf-8",
+                         errors="replace", timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert f"assistant> {expected}" in run.stdout
+
+
+def test_chat_url_reports_an_unreachable_server_in_one_line():
+    run = subprocess.run([sys.executable, "-m", "lmstack.cli", "chat", "--url", "http://127.0.0.1:9/v1"],
+                         input="", capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "could not list models" in run.stderr and "Traceback" not in run.stderr

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from lmstack.data.toolcalls import generate
 from lmstack.model.checkpoint import load_model_dir
-from lmstack.train.grpo import GRPOConfig, grpo, toolcall_accuracy, toolcall_prompts
+from lmstack.train.grpo import GRPOConfig, grpo
+from lmstack.train.toolcall_rewards import toolcall_accuracy, toolcall_prompts
 from lmstack.train.sft import load_finetune_config
 
 

@@ -35,10 +35,17 @@ def tokenizer() -> Tokenizer:
 
 
 @torch.no_grad()
-def recompute_greedy(model, prompt: list[int], steps: int) -> list[int]:
-    """The reference: full forward over the whole sequence for every token, no cache."""
-    ids = list(prompt)
+def recompute_greedy_batch(model, prompts: list[list[int]], steps: int) -> list[list[int]]:
+    """The reference: a full forward over every whole sequence for every token, no cache. Sequences are
+    right-padded into one batch: under the causal mask, padding after a token cannot change its logits."""
+    seqs = [list(p) for p in prompts]
     for _ in range(steps):
-        logits, _ = model(torch.tensor([ids]))
-        ids.append(int(logits[0, -1].argmax()))
-    return ids[len(prompt):]
+        longest = max(map(len, seqs))
+        logits, _ = model(torch.tensor([s + [0] * (longest - len(s)) for s in seqs]))
+        for i, s in enumerate(seqs):
+            s.append(int(logits[i, len(s) - 1].argmax()))
+    return [s[len(p):] for s, p in zip(seqs, prompts)]
+
+
+def recompute_greedy(model, prompt: list[int], steps: int) -> list[int]:
+    return recompute_greedy_batch(model, [prompt], steps)[0]

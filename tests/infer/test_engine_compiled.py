@@ -25,3 +25,13 @@ def test_engine_on_gpu_equals_full_recompute_on_cpu():
     engine = Engine(model.to("cuda"), None, EngineConfig(block_size=8, num_blocks=128))
     outputs = engine.generate(PROMPTS, SamplingParams(max_tokens=40, temperature=0))
     assert [o.token_ids for o in outputs] == expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.version.hip is not None, reason="needs an NVIDIA GPU")
+def test_cuda_graph_decode_equals_full_recompute_on_cpu():
+    model = tiny_model("gpt2")
+    expected = [recompute_greedy(model, p, 40) for p in PROMPTS]
+    engine = Engine(model.to("cuda"), None, EngineConfig(block_size=8, num_blocks=128, max_num_seqs=8, cuda_graphs=True))
+    outputs = engine.generate(PROMPTS, SamplingParams(max_tokens=40, temperature=0))
+    assert engine._graphs.graphs, "decode steps should have been captured"
+    assert [o.token_ids for o in outputs] == expected

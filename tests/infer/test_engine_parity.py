@@ -1,7 +1,7 @@
 """The paged, batched engine against the slowest correct path: full recomputation without a cache."""
 
 import torch
-from conftest import recompute_greedy, tiny_model
+from conftest import recompute_greedy_batch, tiny_model
 
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
@@ -14,9 +14,8 @@ def test_greedy_batched_equals_full_recompute_for_200_tokens(arch):
     # Small blocks and a small token budget: prefill is chunked and sequences cross many block boundaries.
     engine = Engine(model, None, EngineConfig(block_size=8, num_blocks=160, max_batched_tokens=40))
     outputs = engine.generate(PROMPTS, SamplingParams(max_tokens=200, temperature=0))
-    for prompt, output in zip(PROMPTS, outputs):
-        assert output.token_ids == recompute_greedy(model, prompt, 200)
-        assert output.finish_reason == "length"
+    assert [o.token_ids for o in outputs] == recompute_greedy_batch(model, PROMPTS, 200)
+    assert all(o.finish_reason == "length" for o in outputs)
     assert engine.num_free_blocks == engine.num_total_blocks
 
 

@@ -4,7 +4,9 @@ hung-up requests are aborted so the KV pool is all free again afterwards."""
 import asyncio
 import time
 
+import httpx
 import openai
+import pytest
 from serve_helpers import API_KEY, metric
 
 MODEL = "tiny-chat"
@@ -62,3 +64,18 @@ def test_disconnects_abort_and_everyone_else_gets_full_answers(server):
     assert metric(server, "lmstack_kv_blocks_free") == total
     assert metric(server, "lmstack_aborted_requests_total") - aborted_before == 8
     assert metric(server, "lmstack_running_sequences") == 0 and metric(server, "lmstack_queue_depth") == 0
+
+
+def test_a_non_streaming_client_that_gives_up_is_aborted(server):
+    aborted_before = metric(server, "lmstack_aborted_requests_total")
+    with pytest.raises(httpx.ReadTimeout):  # the client stops waiting long before 1000 tokens are ready
+        httpx.post(f"{server}/v1/completions", json={"prompt": "hi", "max_tokens": 1000, "ignore_eos": True},
+                   headers={"Authorization": f"Bearer {API_KEY}"}, timeout=0.3)
+    total = metric(server, "lmstack_kv_blocks_total")
+    deadline = time.monotonic() + 10
+    while metric(server, "lmstack_aborted_requests_total") == aborted_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(server, "lmstack_aborted_requests_total") == aborted_before + 1
+    while metric(server, "lmstack_kv_blocks_free") != total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(server, "lmstack_kv_blocks_free") == total

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from lmstack.device import detect_device, inference_dtype
 from lmstack.infer.block_manager import BlockManager
+from lmstack.infer.cuda_graphs import CudaGraphDecoder
 from lmstack.infer.detokenizer import IncrementalDetokenizer
 from lmstack.infer.paged_cache import PagedKVCache, build_layout
 from lmstack.infer.params import SamplingError, SamplingParams
@@ -56,8 +57,9 @@ class EngineConfig:
     max_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decode tokens)
     dtype: str = "auto"  # weights and cache: auto (bf16 where the device has it) | float32 | bfloat16 | float16
     device: str = "auto"
-    compile: bool = False  # torch.compile the decode step (pays a compile per new shape; worth it for long runs)
+    compile: bool = False  # torch.compile the decode step (a compile of ~1 min first; worth it for long runs)
     enable_prefix_caching: bool = True
+    cuda_graphs: bool = False  # replay captured decode steps on NVIDIA GPUs (captured on the first decode)
 
 
 @dataclass(slots=True)
@@ -117,8 +119,12 @@ class Engine:
         weight = model.tok_emb.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.num_total_blocks = self._pool_blocks(config, cfg, self.dtype)
-        self.cache = PagedKVCache(cfg.n_layer, self.num_total_blocks, config.block_size, cfg.kv_heads, cfg.head_dim,
-                                  self.dtype, self.device)
+        use_graphs = config.cuda_graphs and self.device.type == "cuda" and torch.version.hip is None
+        # CUDA graphs pad batches; padded rows write into one spare block that the block manager never hands out.
+        self.cache = PagedKVCache(cfg.n_layer, self.num_total_blocks + use_graphs, config.block_size, cfg.kv_heads,
+                                  cfg.head_dim, self.dtype, self.device)
+        self._graphs = CudaGraphDecoder(model, self.cache, config.max_num_seqs, cfg.block_size,
+                                        spare_block=self.num_total_blocks) if use_graphs else None
         self.block_manager = BlockManager(self.num_total_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_batched_tokens)
         self.requests: dict[str, list[Sequence]] = {}
@@ -289,9 +295,14 @@ class Engine:
             elif chunk.samples:
                 sample_rows.append(len(logit_rows))
                 logit_rows.append(base + chunk.length - 1)
+        decode_only = len(ids) == len(chunks)  # then logit_rows == range(len(chunks))
+        if decode_only and self._graphs is not None:
+            if not self._graphs.graphs:
+                self._graphs.capture()
+            logits = self._graphs.run(ids, positions, [c.seq.block_table for c in chunks])
+            return logits.float(), sample_rows, prompt_rows
         self.cache.layout = build_layout([(c.seq.block_table, c.start, c.length) for c in chunks],
                                          self.config.block_size, self.device)
-        decode_only = len(ids) == len(chunks)
         forward = self._decode_forward if decode_only else self.model
         logits, _ = forward(torch.tensor([ids], device=self.device), positions=torch.tensor([positions], device=self.device),
                             kv_cache=self.cache, logits_at=torch.tensor(logit_rows, device=self.device, dtype=torch.long))

@@ -42,7 +42,11 @@ async def completions(body: CompletionRequest, request: Request):
     if body.stream:
         return sse_response(stream_chunks(state, body, prompts, encoded, handles, score_only, response_id, created),
                             on_close=lambda: [state.engine.abort(h) for h in handles])
-    results = await asyncio.gather(*(collect(state.engine, h, request) for h in handles))
+    try:
+        results = await asyncio.gather(*(collect(state.engine, h, request) for h in handles))
+    finally:  # one prompt failing (or the client leaving) releases the others too; finished ones are no-ops
+        for handle in handles:
+            state.engine.abort(handle)
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for p, (prompt, ids, result) in enumerate(zip(prompts, encoded, results)):
         prompt_tokens += len(ids)

@@ -1,7 +1,8 @@
 """Request bodies of the OpenAI API, as pydantic models: wrong types and missing fields are 400s.
 
 Unknown fields are ignored (clients send ones we do not use: `user`, `store`, `metadata`...).
-Our extras beyond OpenAI's fields follow vLLM: `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`.
+Our extras beyond OpenAI's fields follow vLLM: `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`,
+`stop_token_ids`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class SamplingFields(BaseModel):
     min_p: float = Field(default=0.0, ge=0, le=1)
     repetition_penalty: float = Field(default=1.0, gt=0)
     ignore_eos: bool = False
+    stop_token_ids: list[int] = Field(default_factory=list, max_length=64)
 
 
 class StreamOptions(BaseModel):

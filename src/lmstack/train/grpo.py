@@ -7,8 +7,8 @@ log-probability of above-average completions and lowers the rest, token by token
 penalty to the frozen reference (the k3 estimator, as in the paper). One gradient step per batch of
 samples, so the importance ratio is exactly 1 and needs no clipping.
 
-The prompts and the reward here are the synthetic tool-use task's decision points and checker
-(lmstack.data.toolcalls), but `GRPOObjective` takes any `reward(prompt, text) -> float`.
+`lmstack grpo` trains on the synthetic tool-use task (prompts and rewards: lmstack.train.toolcall_rewards);
+`GRPOObjective` itself only sees token ids and rewards.
 """
 
 from __future__ import annotations
@@ -22,16 +22,14 @@ import torch
 
 from lmstack.atomic import atomic_write
 from lmstack.config import ConfigError
-from lmstack.data.toolcalls import decision_points, score_turn, turn_reward
-from lmstack.infer.engine import Engine, EngineConfig
-from lmstack.infer.params import SamplingParams
 from lmstack.model.gpt import GPT
-from lmstack.tokenizer import Tokenizer
-from lmstack.train.chat_data import ChatDataError, LoadReport, conversation_problem, read_jsonl
+from lmstack.train.chat_data import ChatDataError
 from lmstack.train.logprobs import token_logprobs
 from lmstack.train.lora import lora_disabled, lora_layers
 from lmstack.train.metrics import read_metrics
 from lmstack.train.sft import FineTuner, FineTuneResult, MicroBatches, SFTConfig, run_finetune
+from lmstack.train.toolcall_rewards import (ToolcallPrompt, load_toolcall_samples, sample_completions,
+                                            toolcall_accuracy, toolcall_prompts, toolcall_reward)
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -123,89 +121,6 @@ class GRPOObjective:
                       "sample_length": sum(rollouts.lengths) / len(rollouts.lengths)}
 
 
-# ---- sampling with the engine, and the synthetic tool-use task as prompts + reward -------------------
-@dataclass
-class ToolcallPrompt:
-    ids: list[int]          # the conversation so far, rendered with the generation prompt
-    target: dict[str, Any]  # what the next assistant turn should do (see toolcalls.decision_points)
-
-
-def toolcall_prompts(samples: list[dict[str, Any]], tokenizer: Tokenizer, max_prompt_tokens: int) -> list[ToolcallPrompt]:
-    """Every decision point of the synthetic samples that leaves room to answer within the context."""
-    prompts = []
-    for sample in samples:
-        for messages, target in decision_points(sample):
-            ids = tokenizer.render(messages, sample["tools"], add_generation_prompt=True).ids
-            if len(ids) <= max_prompt_tokens:
-                prompts.append(ToolcallPrompt(ids, target))
-    return prompts
-
-
-def toolcall_reward(tokenizer: Tokenizer, target: dict[str, Any], completion: list[int]) -> tuple[float, dict[str, bool]]:
-    """The checker's reward for generated ids (the stop token included or not) and the score behind it."""
-    content, calls = tokenizer.parse_assistant(tokenizer.decode(completion))
-    score = score_turn(content, calls, target)
-    return turn_reward(score), score
-
-
-@torch.no_grad()
-def sample_completions(model: GPT, tokenizer: Tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int,
-                       temperature: float, seed: int | None = None) -> list[list[list[int]]]:
-    """n completions per prompt from the engine (continuous batching over all of them); stop tokens kept.
-
-    A fresh engine each call: a prefix cache kept across optimizer steps would serve stale keys and values.
-    """
-    was_training = model.training
-    engine = Engine(model, tokenizer, EngineConfig(max_num_seqs=64))
-    params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, n=n,
-                             seed=None if seed is None else seed + 1000 * i) for i in range(len(prompts))]
-    outputs = engine.generate(prompts, params)
-    model.train(was_training)
-    return [[list(o.token_ids) for o in out.outputs] for out in outputs]
-
-
-def toolcall_accuracy(model: GPT, tokenizer: Tokenizer, prompts: list[ToolcallPrompt],
-                      max_new_tokens: int = 64) -> dict[str, float]:
-    """Greedy answers at every decision point, scored: how often calls parse, name the right tool,
-    carry the right arguments; how often answer turns call nothing and contain the answer; mean reward."""
-    completions = sample_completions(model, tokenizer, [p.ids for p in prompts], 1, max_new_tokens, temperature=0.0)
-    calls = {"parsed": 0, "right_tool": 0, "right_args": 0}
-    answers = {"no_call": 0, "correct": 0}
-    n_calls = n_answers = 0
-    total_reward = 0.0
-    for prompt, (completion,) in zip(prompts, completions):
-        reward, score = toolcall_reward(tokenizer, prompt.target, completion)
-        total_reward += reward
-        if score["expects_call"]:
-            n_calls += 1
-            for key in calls:
-                calls[key] += score[key]
-        else:
-            n_answers += 1
-            answers["no_call"] += score["right_tool"]
-            answers["correct"] += score["correct"]
-    return {"call_turns": n_calls, "answer_turns": n_answers,
-            **{f"call_{k}": v / max(n_calls, 1) for k, v in calls.items()},
-            **{f"answer_{k}": v / max(n_answers, 1) for k, v in answers.items()},
-            "mean_reward": total_reward / max(len(prompts), 1)}
-
-
-def load_toolcall_samples(path: str | Path) -> list[dict[str, Any]]:
-    report = LoadReport()
-    samples = list(read_jsonl(path, report, check=_toolcall_problem))
-    if not samples:
-        raise ChatDataError(f"'{path}' has no synthetic tool-use samples ({report.summary()}); "
-                            "write some with `lmstack data toolcalls --out DIR`")
-    return samples
-
-
-def _toolcall_problem(record: Any) -> str | None:
-    problem = conversation_problem(record)
-    if problem is None and not isinstance(record.get("expected"), dict):
-        return "no 'expected' (GRPO needs the checker's targets: use `lmstack data toolcalls` output)"
-    return problem
-
-
 # ---- the `lmstack grpo` trainer ---------------------------------------------------------------------------
 @dataclass
 class GRPOConfig(SFTConfig):
@@ -217,7 +132,7 @@ class GRPOConfig(SFTConfig):
     run_name: str = "grpo"
     batch_size: int = 4  # prompts per micro-batch (each with group_size samples)
     max_steps: int = 30
-    lr: float = 2e-5
+    lr: float = 5e-5
     warmup_steps: int = 0
     eval_every: int = 10
     checkpoint_every: int = 10

@@ -14,7 +14,7 @@ from typing import Any
 from lmstack.data.toolcalls import generate, run_tool, write_splits
 from lmstack.infer.simple import generate as generate_ids
 from lmstack.model.checkpoint import load_model_dir
-from lmstack.train.grpo import toolcall_accuracy, toolcall_prompts
+from lmstack.train.toolcall_rewards import toolcall_accuracy, toolcall_prompts
 from lmstack.train.sft import SFTConfig, load_finetune_config, sft
 
 TRAIN_CONVERSATIONS, TEST_CONVERSATIONS, SCORED_CONVERSATIONS = 4000, 200, 60

@@ -79,7 +79,8 @@ def bench_model(name: str, cfg: ModelConfig, tokens: int, repeats: int, concurre
     best_peer = max(peer.values())
     result = {"model": name, "params_m": round(model.num_params() / 1e6, 1), "dtype": str(weights_dtype),
               "ours_bs1_tok_s": round(ours, 1), "transformers_bs1_tok_s": {k: round(v, 1) for k, v in peer.items()},
-              "ratio_bs1": round(ours / best_peer, 2), "ratio_bs1_vs_transformers_float32": round(ours / peer["float32"], 2),
+              "ratio_bs1": round(ours / best_peer, 2),
+              "ratio_bs1_vs_transformers_float32": round(ours / peer["float32"], 2),
               "compile": compile, "warmup_s": round(warmup_s, 1)}
     weight_bytes = model.num_params() * torch.finfo(weights_dtype).bits // 8
     result["bandwidth_bound_tok_s"] = round(MEMORY_BANDWIDTH_GBS * 1e9 / weight_bytes, 1)

@@ -115,6 +115,8 @@ def main() -> None:
     print(json.dumps({
         "metric": "train tokens/s", "device": info.name, "threads": torch.get_num_threads(),
         "ours": round(ours_median), "peer": round(peer_median), "ratio": round(ours_median / peer_median, 3),
+        # Each round runs both sides back to back, so its ratio is robust to the machine's load changing.
+        "round_ratio_median": round(statistics.median(o / p for o, p in zip(our_rates, peer_rates)), 3),
         "ours_mfu": round(flops_per_token * ours_median / peak, 4), "peer_mfu": round(flops_per_token * peer_median / peak, 4),
         "peer_name": "transformers GPT2LMHeadModel", "peer_attention": peer_model.config._attn_implementation,
         "config": vars(args),

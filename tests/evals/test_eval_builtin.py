@@ -95,3 +95,15 @@ def test_val_bpb_reads_only_the_val_split():
     assert len(task.dataset) == 12
     assert all(val_score(s.group) < 0.05 for s in task.dataset)
     assert max(sum(1 for s in task.dataset if s.group == g) for g in {s.group for s in task.dataset}) <= 3
+
+
+def test_agent_whose_model_fails_is_a_sample_error_with_the_reason(tmp_path):
+    from lmstack.agent.client import RetryPolicy
+
+    store = Store(tmp_path / "db.sqlite")
+    with ScriptedServer({"scripts": {"broken": [{"content": "x", "fail": [500] * 10}]}}) as server:
+        client = OpenAIClient(server.base_url, "broken", retry=RetryPolicy(max_attempts=1))
+        outcome = run_eval(load_task("arithmetic_agent", {"n": 2}), CachedModel(client, store), store, progress=False)
+    records = store.samples(outcome.run_id)
+    assert outcome.summary["errors"] == 2
+    assert all("failed" in r.error and "500" in r.error for r in records)

@@ -1,7 +1,5 @@
 """Prompt logprobs for loglikelihood scoring, checked against the model's own cross-entropy."""
 
-import math
-
 import pytest
 import torch
 
@@ -42,8 +40,23 @@ def test_continuation_logprob_counts_only_tokens_after_the_context():
         continuation_logprob(tokens, "")
 
 
-def test_prompt_longer_than_the_context_is_a_clear_error(model_and_tokenizer):
+def test_prompt_longer_than_the_context_is_scored_in_sliding_windows(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    with pytest.raises(Exception, match="longer than the model's context"):
-        model_prompt_logprobs(model, tokenizer, "The sky is blue. " * 200)
-    assert math.isfinite(model_prompt_logprobs(model, tokenizer, "The sky")[0].logprob)
+    text = "The sky is blue. def f(x): return x + 1. " * 30
+    full = [tokenizer.bos_id, *tokenizer.encode(text)]
+    block, half = model.cfg.block_size, model.cfg.block_size // 2
+    assert len(full) > 3 * block
+    tokens = model_prompt_logprobs(model, tokenizer, text)
+    assert len(tokens) == len(full) - 1
+    # The reference, one position at a time: windows end at block, block + half, block + 2 * half, ... (the
+    # last one at the end of the text); position p is scored by the first window ending after it, from the
+    # tokens of that window before p.
+    for p in range(1, len(full), 9):
+        end = block
+        while end <= p:
+            end += half
+        end = min(end, len(full))
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([full[max(0, end - block):p]]))
+        expected = torch.log_softmax(logits[0, -1].float(), dim=-1)[full[p]].item()
+        assert tokens[p - 1].logprob == pytest.approx(expected, abs=1e-4), p

@@ -48,7 +48,7 @@ def test_every_step_is_logged_with_throughput_and_the_run_is_described(data_dir,
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = (run_dir / "run.log").read_text()
     assert log.startswith("==== start {") and '"git_dirty"' in log and '"lr": 0.01' in log
-    assert len(result.samples) == len(cfg.sample_prompts) and result.samples[0].startswith("def ")
+    assert len(result.samples) == len(cfg.sample_prompts) and result.samples[0].startswith("def")
     assert (result.best_checkpoint / "config.json").is_file()
 
 

@@ -23,9 +23,14 @@ from lmstack.agent.tools import ToolRegistry
 from lmstack.agent.tracing import load_events
 from lmstack.config import from_dict, to_dict
 from lmstack.db import lmstack_home
+from lmstack.errors import LmstackError
 from lmstack.evals.sample import TaskState
 from lmstack.evals.solvers import SolveContext
 from lmstack.evals.task import solver
+
+class AgentRunError(LmstackError):
+    """The agent run behind a sample ended without an answer to score."""
+
 
 DEFAULT_SYSTEM = "You are a careful assistant. Use the tools to find facts and compute; do not invent them."
 
@@ -42,12 +47,12 @@ def agent(tools: list[str] | None = None, system_prompt: str = DEFAULT_SYSTEM, m
                              max_output_tokens=ctx.config.max_tokens,
                              budget=BudgetConfig(max_steps=max_steps, max_dollars=max_dollars),
                              monitors=from_dict(MonitorConfig, monitors or {}))
-        run_id = f"eval-{ctx.run_id}-{state.sample.id}-e{state.epoch}"
-        workspace = lmstack_home() / "workspaces" / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
-        workspace.mkdir(parents=True, exist_ok=True)
-        config.workspace = str(workspace)
         conn = open_database(ctx.db_path)
         try:
+            run_id = _agent_run_id(conn, f"eval-{ctx.run_id}-{state.sample.id}-e{state.epoch}")
+            workspace = lmstack_home() / "workspaces" / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+            workspace.mkdir(parents=True, exist_ok=True)
+            config.workspace = str(workspace)
             if conn.execute("SELECT 1 FROM agent_runs WHERE id = ?", (run_id,)).fetchone() is None:
                 create_run(conn, run_id, state.sample.input_text(), to_dict(config))
             runtime = AgentRuntime(conn, run_id, config, ctx.model, ToolRegistry(load_tools(tool_specs)),
@@ -56,11 +61,24 @@ def agent(tools: list[str] | None = None, system_prompt: str = DEFAULT_SYSTEM, m
             _copy_trace(conn, run_id, state)
         finally:
             conn.close()
+        if record.status in ("failed", "waiting"):  # no answer to score: the model failed, or a tool awaits approval
+            raise AgentRunError(f"agent run {run_id} {record.status}: {record.stop_reason}")
         state.output = record.final_answer or ""
         state.metadata.update(agent_run=run_id, agent_status=record.status, agent_stop_reason=record.stop_reason,
                               agent_steps=record.steps)
         return state
     return solve
+
+
+def _agent_run_id(conn, base: str) -> str:
+    """The sample's agent run: an unfinished one is resumed, a finished one replayed from its journal,
+    a failed one (e.g. the endpoint was down) left as it is and tried afresh under the next id."""
+    run_id, attempt = base, 0
+    while (row := conn.execute("SELECT status FROM agent_runs WHERE id = ?", (run_id,)).fetchone()) is not None \
+            and row["status"] == "failed":
+        attempt += 1
+        run_id = f"{base}-retry{attempt}"
+    return run_id
 
 
 def _copy_trace(conn, run_id: str, state: TaskState) -> None:

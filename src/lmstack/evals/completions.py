@@ -66,18 +66,24 @@ def _prompt_start(tokens: list[str], offsets: list[int], prompt: str) -> int:
 
 
 def model_prompt_logprobs(model: Any, tokenizer: Any, prompt: str) -> list[PromptToken]:
+    """Every prompt token's logprob given bos and the text before it. A prompt longer than the context
+    is scored in sliding windows: each window scores the next block/2 tokens with at least block/2
+    tokens of context, so no token is scored from a cold start (as in perplexity-of-long-text evals)."""
     import torch  # only the in-process path needs it; HTTP-only evals start faster without it
 
     encoding = tokenizer.hf.encode(prompt, add_special_tokens=False)
     ids, offsets = encoding.ids, [start for start, _ in encoding.offsets]
-    block = model.cfg.block_size - 1
-    if len(ids) > block:
-        raise ModelCallError(f"prompt of {len(ids)} tokens is longer than the model's context ({block} + bos); "
-                             "use shorter samples")
+    full = [tokenizer.bos_id, *ids]  # position p (>= 1) is predicted from full[:p]
+    block = model.cfg.block_size
     device = next(model.parameters()).device
-    idx = torch.tensor([[tokenizer.bos_id, *ids]], device=device)
-    with torch.no_grad():
-        logits, _ = model(idx)
-    logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1)
-    scored = logprobs.gather(1, idx[0, 1:, None])[:, 0].tolist()
+    scored: list[float] = []
+    while len(scored) < len(ids):
+        first = len(scored) + 1
+        end = min(len(full), block if first == 1 else first + block // 2)
+        begin = max(0, end - block)
+        window = torch.tensor([full[begin:end]], device=device)
+        with torch.no_grad():
+            logits, _ = model(window)
+        logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1).gather(1, window[0, 1:, None])[:, 0]
+        scored += logprobs[first - begin - 1:].tolist()
     return [PromptToken(tokenizer.decode([t]), lp, off) for t, lp, off in zip(ids, scored, offsets)]

@@ -97,7 +97,7 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
 
 def format_scores(runs: list[Any]) -> str:
     """The score table printed at the end of `lmstack eval run` (and by the demo)."""
-    lines = [f"{'run':<24} {'task':<22} {'model':<18} {'scorer':<22} {'reducer':<8} {'mean':>8} {'95% CI':>19} "
+    lines = [f"{'run':<24} {'task':<22} {'model':<18} {'scorer':<26} {'reducer':<8} {'mean':>8} {'95% CI':>19} "
              f"{'n':>5} {'err':>4} {'tokens':>8} {'cost $':>8}"]
     for run in runs:
         summary = run.summary or {"scores": {}, "usage": {}}
@@ -107,7 +107,7 @@ def format_scores(runs: list[Any]) -> str:
             for reducer, s in by_reducer.items():
                 mean = "-" if s["mean"] is None else f"{s['mean']:.4f}"
                 ci = "-" if s["ci_low"] is None else f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
-                lines.append(f"{run.id[:24]:<24} {run.task[:22]:<22} {run.model[-18:]:<18} {scorer[:22]:<22} "
+                lines.append(f"{run.id[:24]:<24} {run.task[:22]:<22} {run.model[-18:]:<18} {scorer[:26]:<26} "
                              f"{reducer:<8} {mean:>8} {ci:>19} {s['n']:>5} {summary.get('errors', 0):>4} "
                              f"{tokens:>8} {usage.get('cost_usd', 0.0):>8.4f}")
         if not summary["scores"]:

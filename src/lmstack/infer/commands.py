@@ -1,4 +1,7 @@
-"""`lmstack sample`, `lmstack inspect`: generate from and look inside a checkpoint (`lmstack chat` is in serve/commands.py)."""
+"""`lmstack sample`, `lmstack inspect`: generate from and look inside a checkpoint.
+
+(`lmstack chat` is registered in serve/commands.py, which adds `--url`; its loop is infer/chat.py.)
+"""
 
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_engine_arguments(p)
     p.set_defaults(func=run_sample)
 
-    p = subparsers.add_parser("inspect", help="attention maps, head entropy, logit lens and token logprobs for a prompt")
+    p = subparsers.add_parser("inspect",
+                              help="attention maps, head entropy, logit lens and token logprobs for a prompt")
     p.add_argument("ckpt", help="lmstack checkpoint dir")
     p.add_argument("--prompt", required=True, help="text to inspect")
     p.add_argument("--out", default="inspect", help="directory for the PNGs (default: ./inspect)")

@@ -2,7 +2,7 @@
 
 API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
 
-    engine = Engine.from_checkpoint("runs/x/final", EngineConfig(kv_memory_mb=512))   # or Engine(model, tokenizer, config)
+    engine = Engine.from_checkpoint("runs/x/final", EngineConfig(kv_memory_mb=512))  # or Engine(model, tok, config)
     outputs = engine.generate(["Once upon", [1, 2, 3]], SamplingParams(max_tokens=32))  # offline batch
     outputs[0].text, outputs[0].token_ids, outputs[0].outputs[i]          # RequestOutput, n samples each
 
@@ -23,6 +23,9 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
   running ones are preempted and recomputed when the pool runs dry.
 - Logprobs are those of the model's distribution (log_softmax of the raw logits), before
   temperature, penalties and filtering, as in vLLM.
+- `SamplingParams.constraint` (a factory of per-sequence token masks) is the hook structured output uses.
+- `Engine(model, ...)` serves the model in the dtype and on the device it is in; `from_checkpoint`
+  loads it with `config.dtype` and `config.device`. `compile` and `cuda_graphs` only change speed.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ class Engine:
         self._inbox: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
         self._ids = itertools.count()
-        self._decode_forward = torch.compile(model, dynamic=True) if config.compile else model
+        self._decode_forward = compiled_decode(model) if config.compile else model
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: EngineConfig | None = None) -> "Engine":
@@ -224,8 +227,9 @@ class Engine:
                                 f"model's context of {context} tokens; shorten the prompt or lower max_tokens")
         capacity = self.num_total_blocks * self.config.block_size
         if total > capacity:
-            raise SamplingError(f"prompt of {prompt_len} tokens + max_tokens={params.max_tokens} needs {total} KV slots "
-                                f"but the cache holds {capacity}; raise kv_memory_mb / num_blocks or lower max_tokens")
+            raise SamplingError(f"prompt of {prompt_len} tokens + max_tokens={params.max_tokens} needs {total} "
+                                f"KV slots but the cache holds {capacity}; raise kv_memory_mb / num_blocks "
+                                "or lower max_tokens")
 
     def _generator(self, params: SamplingParams, index: int) -> torch.Generator | None:
         if params.temperature == 0:
@@ -253,7 +257,8 @@ class Engine:
                 if seq.status is not Status.FINISHED:
                     self.scheduler.remove(seq)
                     seq.finish_reason = "abort"
-                    events.append(TokenEvent(seq.request_id, seq.index, None, seq.detokenizer.flush() if seq.detokenizer else "",
+                    rest = seq.detokenizer.flush() if seq.detokenizer else ""
+                    events.append(TokenEvent(seq.request_id, seq.index, None, rest,
                                              finished=True, finish_reason="abort", usage=self._usage(seq)))
         return events
 
@@ -304,8 +309,9 @@ class Engine:
         self.cache.layout = build_layout([(c.seq.block_table, c.start, c.length) for c in chunks],
                                          self.config.block_size, self.device)
         forward = self._decode_forward if decode_only else self.model
-        logits, _ = forward(torch.tensor([ids], device=self.device), positions=torch.tensor([positions], device=self.device),
-                            kv_cache=self.cache, logits_at=torch.tensor(logit_rows, device=self.device, dtype=torch.long))
+        device = self.device
+        logits, _ = forward(torch.tensor([ids], device=device), positions=torch.tensor([positions], device=device),
+                            kv_cache=self.cache, logits_at=torch.tensor(logit_rows, device=device, dtype=torch.long))
         self.cache.layout = None
         return logits.float(), sample_rows, prompt_rows
 
@@ -398,11 +404,13 @@ class Engine:
             prompts = [prompts]
         params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
         if len(params_list) != len(prompts):
-            raise SamplingError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts; pass one or one each")
+            raise SamplingError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts; "
+                                "pass one, or one per prompt")
         ids = [self.add_request(p, sp) for p, sp in zip(prompts, params_list)]
         seqs = {rid: self.requests[rid] for rid in ids}
         wanted = set(ids)
-        with tqdm(total=sum(len(s) for s in seqs.values()), desc="generate", unit="seq", disable=not show_progress) as bar:
+        total = sum(len(s) for s in seqs.values())
+        with tqdm(total=total, desc="generate", unit="seq", disable=not show_progress) as bar:
             while any(s.status is not Status.FINISHED for rid in wanted for s in seqs[rid]):
                 bar.update(sum(1 for e in self.step() if e.finished and e.request_id in wanted))
         return [self._output(rid, seqs[rid]) for rid in ids]
@@ -412,8 +420,23 @@ class Engine:
         first = seqs[0]
         return RequestOutput(
             request_id, first.prompt_ids, first.prompt_logprobs if first.params.prompt_logprobs is not None else None,
-            [CompletionOutput(s.index, s.text, list(s.output_ids), s.logprobs if s.params.logprobs is not None else None,
-                              s.finish_reason) for s in seqs])
+            [CompletionOutput(s.index, s.text, list(s.output_ids),
+                              s.logprobs if s.params.logprobs is not None else None, s.finish_reason) for s in seqs])
+
+
+def compiled_decode(model: GPT):
+    """torch.compile of the model for decode steps, with shapes dynamic (batch and context vary per step).
+
+    The paged attention is a graph break (see PagedKVCache.attend); the frames after it would be
+    compiled once per layer, since each layer's index is an int on a module, and past dynamo's
+    recompile limit silently run eager. Unspecialised module ints let all layers share one compile.
+    """
+    compiled = torch.compile(model, dynamic=True)
+
+    def forward(*args, **kwargs):
+        with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True):
+            return compiled(*args, **kwargs)
+    return forward
 
 
 def _token_logprob(log_probs: torch.Tensor, token: int, top_k: int | None) -> TokenLogprob:

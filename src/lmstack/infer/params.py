@@ -59,11 +59,13 @@ class SamplingParams:
             (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be in [0, 20], got {self.logprobs}"),
             (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
              f"prompt_logprobs must be in [0, 20], got {self.prompt_logprobs}"),
-            (all(isinstance(s, str) and s for s in self.stop), f"stop strings must be non-empty strings, got {self.stop!r}"),
+            (all(isinstance(s, str) and s for s in self.stop),
+             f"stop strings must be non-empty strings, got {self.stop!r}"),
         ]
         if vocab_size is not None:
             bad = [t for t in [*self.logit_bias, *self.stop_token_ids] if not 0 <= int(t) < vocab_size]
-            checks.append((not bad, f"token ids {bad[:5]} in logit_bias/stop_token_ids are outside the vocab [0, {vocab_size})"))
+            checks.append((not bad, f"token ids {bad[:5]} in logit_bias/stop_token_ids are outside the vocab "
+                                    f"[0, {vocab_size})"))
         for ok, message in checks:
             if not ok:
                 raise SamplingError(message)

@@ -65,7 +65,8 @@ def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, temperature
     out: list[int] = []
     for _ in range(max_new_tokens):
         positions = torch.arange(cache.length, cache.length + idx.size(1), device=device).unsqueeze(0)
-        logits, _ = model(idx, positions=positions, kv_cache=cache, logits_at=torch.tensor([idx.size(1) - 1], device=device))
+        last = torch.tensor([idx.size(1) - 1], device=device)
+        logits, _ = model(idx, positions=positions, kv_cache=cache, logits_at=last)
         next_id = sample(logits, [row])
         token = int(next_id.item())  # the caller wants ids; one sync per token is the price of stop ids
         if token in stop:

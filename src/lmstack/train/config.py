@@ -68,7 +68,7 @@ class TrainConfig:
     # ---- evaluation, samples, checkpoints ----
     eval_every: int = 100  # steps; 0 = only at the end
     eval_batches: int = 8
-    sample_prompts: list[str] = field(default_factory=lambda: ["def ", "import ", "class "])
+    sample_prompts: list[str] = field(default_factory=lambda: ["def", "import", "class"])
     sample_tokens: int = 48
     sample_temperature: float = 0.8
     sample_top_k: int = 40

@@ -35,9 +35,9 @@ PRETRAIN_SETTINGS: dict[str, Any] = {
     "batch_size": 16, "seq_len": 256, "max_steps": 360,
     "lr": 3e-3, "warmup_steps": 20, "schedule": "cosine", "min_lr_ratio": 0.1,
     "eval_every": 40, "eval_batches": 4, "checkpoint_every": 120, "keep_last": 1,
-    "sample_prompts": ["def ", "import ", "class ", "    for "],
+    "sample_prompts": ["def", "import", "class", "    for"],
 }
-SAMPLE_PROMPTS = ["def ", "class ", "import os\n", "    if "]
+SAMPLE_PROMPTS = ["def", "class", "import os\n", "    if"]
 
 
 @dataclass
@@ -137,4 +137,4 @@ def print_summary(qs: Quickstart) -> None:
     for what, where in qs.outputs:
         print(f"  {what:<14} {where}")
     if qs.pretrain and qs.pretrain.last_checkpoint:
-        print(f"\nnext: lmstack sample {qs.pretrain.last_checkpoint} --prompt 'def '")
+        print(f"\nnext: lmstack sample {qs.pretrain.last_checkpoint} --prompt 'def'")

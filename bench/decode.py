@@ -6,7 +6,7 @@ Figures (medians of a few runs, greedy, fixed token counts):
   - for 124M, the distance to the memory-bandwidth bound (weights read once per token).
 The peer is the faster of transformers in float32 and in bfloat16. The last line is JSON.
 
-    .venv/bin/python bench/decode.py [--tokens 64] [--repeats 3]
+    .venv/bin/python bench/decode.py [--tokens 64] [--repeats 3] [--threads 1] [--compile]
 """
 
 from __future__ import annotations
@@ -97,9 +97,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-compile", dest="compile", action="store_false", help="time the eager engine")
+    parser.add_argument("--compile", action="store_true", help="time the engine with torch.compile'd decode steps")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both engines (on a busy machine, 1 avoids OpenMP spin-waits)")
     parser.add_argument("--small-only", action="store_true", help="skip the 124M model")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     small = bench_model("llama-depth4", config_from_depth(4, vocab_size=8192, block_size=512),
                         args.tokens, args.repeats, concurrent=32, compile=args.compile)
@@ -108,7 +112,7 @@ def main() -> None:
     gpt2 = ModelConfig(arch="gpt2", vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
     medium = bench_model("gpt2-124M", gpt2, args.tokens, args.repeats, concurrent=32, compile=args.compile)
     print(json.dumps({
-        "small_bs1_tok_s": small["ours_bs1_tok_s"], "small_peer_tok_s": max(small["transformers_bs1_tok_s"].values()),
+        "threads": torch.get_num_threads(), "compile": args.compile, "small_bs1_tok_s": small["ours_bs1_tok_s"], "small_peer_tok_s": max(small["transformers_bs1_tok_s"].values()),
         "small_ratio": small["ratio_bs1"], "gpt2_124m_bs1_tok_s": medium["ours_bs1_tok_s"],
         "gpt2_124m_peer_tok_s": max(medium["transformers_bs1_tok_s"].values()), "gpt2_124m_ratio": medium["ratio_bs1"],
         "gpt2_124m_fraction_of_bandwidth_bound": medium["fraction_of_bound"],

@@ -14,9 +14,13 @@ from lmstack.train.metrics import read_metrics
 from train_helpers import make_data, tiny_overrides
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("precision") / "data")
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_autocast_dtypes_train(tmp_path, dtype):
-    data_dir = make_data(tmp_path / "data")
+def test_autocast_dtypes_train(data_dir, tmp_path, dtype):
     run_dir = tmp_path / "run"
     cfg = load_config(TrainConfig, overrides=tiny_overrides(data_dir, run_dir, max_steps=15, eval_every=0,
                                                             checkpoint_every=0, dtype=dtype))

@@ -21,9 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     run = commands.add_parser("run", help="run an eval task against a model")
     run.add_argument("task", help="a built-in task name (see `lmstack eval list`), TASK.yaml, or FILE.py[@TASK]")
-    run.add_argument("--model", required=True, help="an OpenAI-compatible base URL (http://.../v1) or a checkpoint dir")
+    run.add_argument("--model", required=True,
+                     help="an OpenAI-compatible base URL (http://.../v1; key from $OPENAI_API_KEY) or a checkpoint dir")
     run.add_argument("--model-name", help="the model name to request from a URL (default: the first it lists)")
-    run.add_argument("--api-key", help="API key for the model URL (default: $OPENAI_API_KEY or none)")
     run.add_argument("--judge", help="judge model for model-graded scorers (URL or checkpoint dir)")
     run.add_argument("--judge-name", help="the judge's model name at its URL")
     run.add_argument("-T", dest="task_args", action="append", default=[], metavar="KEY=VALUE",
@@ -98,9 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     task = load_task(args.task, parse_task_args(args.task_args))
     store = Store(args.db)
     price = tuple(args.price) if args.price else None
-    model = CachedModel(make_client(args.model, args.model_name, args.api_key), store, args.max_concurrency,
+    model = CachedModel(make_client(args.model, args.model_name), store, args.max_concurrency,
                         price, use_cache=not args.no_cache)
-    judge = (CachedModel(make_client(args.judge, args.judge_name, args.api_key), store, args.max_concurrency)
+    judge = (CachedModel(make_client(args.judge, args.judge_name), store, args.max_concurrency)
              if args.judge else None)
     overrides = {"epochs": args.epochs, "seed": args.seed, "limit": args.limit, "max_tokens": args.max_tokens,
                  "temperature": args.temperature,

@@ -57,7 +57,8 @@ def per_sample(records: list[SampleRecord], scorer: str, reducer: str = "mean") 
             continue
         values[r.sample_id].append(float(score["value"]))
         groups[r.sample_id] = r.group
-    return {sid: (reduce(reducer, v), groups[sid]) for sid, v in values.items() if sid not in broken}
+    # Sorted by id: the bootstrap then sees the same order whatever order the samples finished in.
+    return {sid: (reduce(reducer, values[sid]), groups[sid]) for sid in sorted(values) if sid not in broken}
 
 
 def summarize_run(records: list[SampleRecord], reducers: list[str], higher_is_better: dict[str, bool],

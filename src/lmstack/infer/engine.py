@@ -60,7 +60,7 @@ class EngineConfig:
     max_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decode tokens)
     dtype: str = "auto"  # weights and cache: auto (bf16 where the device has it) | float32 | bfloat16 | float16
     device: str = "auto"
-    compile: bool = False  # torch.compile the decode step (a compile of ~1 min first; worth it for long runs)
+    compile: bool = False  # torch.compile the decode step (~1 min of compiling; measure: bench/decode.py --compile)
     enable_prefix_caching: bool = True
     cuda_graphs: bool = False  # replay captured decode steps on NVIDIA GPUs (captured on the first decode)
 

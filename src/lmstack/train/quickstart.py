@@ -22,16 +22,17 @@ from lmstack.train.config import TrainConfig
 from lmstack.train.loop import TrainResult, train
 from lmstack.train.sft_stage import stage_sft
 
-# Sized for ~5 minutes on 2 CPU cores: 3.3M parameters (4 layers of width 192, vocab 4096) see 1.5M
-# tokens in 360 steps of 4096. One step measured 1.0 CPU-second on one thread of an EPYC core
-# (~70 GFLOP/s at 17.7 MFLOP/token), so ~0.6 s is expected on two; the val loss starts at ~8.3 (uniform).
+# Sized for ~5 minutes on 2 CPU cores: 1.9M parameters (4 layers of width 128, vocab 4096) see 1.5M
+# tokens in 360 steps of 4096 (9.8 MFLOP/token, 1.4e13 FLOPs in all). A step took ~1.2 CPU-seconds on a
+# loaded 2-core EPYC, so ~0.6 s of wall time on an idle one. For this budget a small model on more
+# tokens beats a wide one on fewer (Chinchilla: compute-optimal N ~ sqrt(C / 120) ~ 0.35M).
 VOCAB_SIZE = 4096
 CHAT_TEXTS = 1000  # synthetic tool-use conversations mixed into the tokenizer's corpus
 PRETRAIN_SETTINGS: dict[str, Any] = {
     "run_name": "quickstart",
     "device": "cpu",
-    "model": {"arch": "llama", "vocab_size": VOCAB_SIZE, "block_size": 256, "n_layer": 4, "n_head": 3,
-              "n_embd": 192},
+    "model": {"arch": "llama", "vocab_size": VOCAB_SIZE, "block_size": 256, "n_layer": 4, "n_head": 2,
+              "n_embd": 128},
     "batch_size": 16, "seq_len": 256, "max_steps": 360,
     "lr": 3e-3, "warmup_steps": 20, "schedule": "cosine", "min_lr_ratio": 0.1,
     "eval_every": 40, "eval_batches": 4, "checkpoint_every": 120, "keep_last": 1,

@@ -13,8 +13,8 @@ from lmstack.infer.params import SamplingError, SamplingParams
 def mixed_requests() -> list[tuple[list[int], SamplingParams]]:
     requests = []
     for i in range(15):
-        prompt = [(7 * i + j) % 300 + 1 for j in range(3 + 5 * i)]
-        params = SamplingParams(max_tokens=10 + 3 * i, temperature=0.0 if i % 3 == 0 else 1.0, top_p=0.9, seed=i,
+        prompt = [(7 * i + j) % 300 + 1 for j in range(3 + 3 * i)]
+        params = SamplingParams(max_tokens=8 + 2 * i, temperature=0.0 if i % 3 == 0 else 1.0, top_p=0.9, seed=i,
                                 presence_penalty=0.5 if i % 4 == 0 else 0.0)
         requests.append((prompt, params))
     return requests

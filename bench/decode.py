@@ -3,10 +3,12 @@
 Figures (medians of a few runs, greedy, fixed token counts):
   - bs=1 decode tok/s for a small llama (depth 4) and for GPT-2-124M-sized random weights;
   - throughput with 32 concurrent requests, as a multiple of our bs=1 figure;
-  - for 124M, the distance to the memory-bandwidth bound (weights read once per token).
+  - the distance to two bounds: the nominal memory-bandwidth bound (weights read once per token at
+    MEMORY_BANDWIDTH_GBS) and the measured one: every weight matmul alone ("weights_only"), same run.
+Ours and the peers take turns within each repeat, so load from other jobs hits them alike.
 The peer is the faster of transformers in float32 and in bfloat16. The last line is JSON.
 
-    .venv/bin/python bench/decode.py [--tokens 64] [--repeats 3] [--threads 1] [--compile]
+    .venv/bin/python bench/decode.py [--tokens 64] [--repeats 3] [--threads 1] [--compile] [--dtype auto]
 """
 
 from __future__ import annotations
@@ -32,23 +34,27 @@ MEMORY_BANDWIDTH_GBS = 35.0  # measured read bandwidth of the benchmark machine 
 PROMPT = list(range(1, 17))
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def interleaved_medians(runs: dict[str, callable], repeats: int) -> dict[str, float]:
+    """Seconds per call of each run, median of `repeats`; the runs take turns, so a load spike from other
+    jobs on the machine hits all of them rather than one."""
+    for run in runs.values():
+        run()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def ours_tok_s(engine: Engine, batch: int, tokens: int, repeats: int) -> float:
+def ours_run(engine: Engine, batch: int, tokens: int):
     prompts = [[(p + i) % 1000 + 1 for p in PROMPT] for i in range(batch)]
     params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
-    return batch * tokens / median_time(lambda: engine.generate(prompts, params), repeats)
+    return lambda: engine.generate(prompts, params)
 
 
-def hf_tok_s(hf_dir: Path, dtype: torch.dtype, tokens: int, repeats: int) -> float:
+def hf_run(hf_dir: Path, dtype: torch.dtype, tokens: int):
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=dtype).eval()
@@ -58,25 +64,42 @@ def hf_tok_s(hf_dir: Path, dtype: torch.dtype, tokens: int, repeats: int) -> flo
         with torch.inference_mode():
             model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens,
                            min_new_tokens=tokens, do_sample=False, pad_token_id=0)
-    return tokens / median_time(run, repeats)
+    return run
 
 
-def bench_model(name: str, cfg: ModelConfig, tokens: int, repeats: int, concurrent: int | None, compile: bool) -> dict:
+def weights_only_run(model: torch.nn.Module, tokens: int):
+    """Every weight matrix times one row, once per token: what any decoder pays with PyTorch's kernels just to
+    read its weights, on this machine in this run (the practical floor, unlike the nominal bandwidth bound)."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    rows = {w.size(1): torch.zeros(1, w.size(1), dtype=w.dtype) for w in weights}
+
+    def run():
+        with torch.inference_mode():
+            for _ in range(tokens):
+                for w in weights:
+                    torch.nn.functional.linear(rows[w.size(1)], w)
+    return run
+
+
+def bench_model(name: str, cfg: ModelConfig, tokens: int, repeats: int, concurrent: int | None, compile: bool,
+                dtype: str) -> dict:
     model = build_model(cfg, seed=0)
-    weights_dtype = inference_dtype(detect_device("cpu"))
-    with tempfile.TemporaryDirectory() as tmp:
-        save_model_dir(Path(tmp) / "ours", model, None)
-        export_hf(Path(tmp) / "ours", Path(tmp) / "hf", dtype="float32")
-        peer = {str(d).removeprefix("torch."): hf_tok_s(Path(tmp) / "hf", d, tokens, repeats)
-                for d in (torch.float32, torch.bfloat16)}
+    weights_dtype = inference_dtype(detect_device("cpu"), dtype)
     engine = Engine(model.to(weights_dtype), None,
                     EngineConfig(block_size=16, max_num_seqs=64, kv_memory_mb=1024, compile=compile))
     t0 = time.perf_counter()
-    ours_tok_s(engine, 1, 4, 1)  # compiles the decode step (bs=1 and the dynamic-shape graph)
-    ours_tok_s(engine, 2, 4, 1)
+    ours_run(engine, 1, 4)()  # compiles the decode step (bs=1 and the dynamic-shape graph)
+    ours_run(engine, 2, 4)()
     warmup_s = time.perf_counter() - t0
-    ours = ours_tok_s(engine, 1, tokens, repeats)
-    best_peer = max(peer.values())
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model_dir(Path(tmp) / "ours", model, None)
+        export_hf(Path(tmp) / "ours", Path(tmp) / "hf", dtype="float32")
+        runs = {"ours": ours_run(engine, 1, tokens), "weights_only": weights_only_run(model, tokens)}
+        runs.update({f"transformers_{str(d).removeprefix('torch.')}": hf_run(Path(tmp) / "hf", d, tokens)
+                     for d in (torch.float32, torch.bfloat16)})
+        tok_s = {k: tokens / v for k, v in interleaved_medians(runs, repeats).items()}
+    peer = {k.removeprefix("transformers_"): v for k, v in tok_s.items() if k.startswith("transformers_")}
+    ours, best_peer = tok_s["ours"], max(peer.values())
     result = {"model": name, "params_m": round(model.num_params() / 1e6, 1), "dtype": str(weights_dtype),
               "ours_bs1_tok_s": round(ours, 1), "transformers_bs1_tok_s": {k: round(v, 1) for k, v in peer.items()},
               "ratio_bs1": round(ours / best_peer, 2),
@@ -85,8 +108,11 @@ def bench_model(name: str, cfg: ModelConfig, tokens: int, repeats: int, concurre
     weight_bytes = model.num_params() * torch.finfo(weights_dtype).bits // 8
     result["bandwidth_bound_tok_s"] = round(MEMORY_BANDWIDTH_GBS * 1e9 / weight_bytes, 1)
     result["fraction_of_bound"] = round(ours / result["bandwidth_bound_tok_s"], 2)
+    result["weights_only_tok_s"] = round(tok_s["weights_only"], 1)
+    result["fraction_of_weights_only"] = round(ours / tok_s["weights_only"], 2)
     if concurrent:
-        many = ours_tok_s(engine, concurrent, tokens, max(1, repeats - 1))
+        many = concurrent * tokens / interleaved_medians({"many": ours_run(engine, concurrent, tokens)},
+                                                         max(1, repeats - 1))["many"]
         result[f"ours_{concurrent}_concurrent_tok_s"] = round(many, 1)
         result[f"ratio_{concurrent}_concurrent_vs_bs1"] = round(many / ours, 2)
     print(json.dumps(result))
@@ -101,16 +127,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for both engines (on a busy machine, 1 avoids OpenMP spin-waits)")
     parser.add_argument("--small-only", action="store_true", help="skip the 124M model")
+    parser.add_argument("--dtype", default="auto", help="our engine's dtype: auto | float32 | bfloat16")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     small = bench_model("llama-depth4", config_from_depth(4, vocab_size=8192, block_size=512),
-                        args.tokens, args.repeats, concurrent=32, compile=args.compile)
+                        args.tokens, args.repeats, concurrent=32, compile=args.compile, dtype=args.dtype)
     if args.small_only:
         return
     gpt2 = ModelConfig(arch="gpt2", vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
-    medium = bench_model("gpt2-124M", gpt2, args.tokens, args.repeats, concurrent=32, compile=args.compile)
+    medium = bench_model("gpt2-124M", gpt2, args.tokens, args.repeats, concurrent=32, compile=args.compile,
+                         dtype=args.dtype)
     print(json.dumps({
         "threads": torch.get_num_threads(), "compile": args.compile, "small_bs1_tok_s": small["ours_bs1_tok_s"], "small_peer_tok_s": max(small["transformers_bs1_tok_s"].values()),
         "small_ratio": small["ratio_bs1"], "gpt2_124m_bs1_tok_s": medium["ours_bs1_tok_s"],

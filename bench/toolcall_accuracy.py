@@ -1,7 +1,7 @@
 """Tool-use accuracy of a fine-tuned checkpoint on the held-out synthetic split (and, optionally, GRPO).
 
     python bench/toolcall_accuracy.py [--checkpoint runs/quickstart/sft/final] [--n 200]
-    python bench/toolcall_accuracy.py --grpo-steps 20   # + a short GRPO run: held-out reward before/after
+    python bench/toolcall_accuracy.py --grpo-steps 20 [--grpo-lr 3e-4]   # + a short GRPO run: held-out reward before/after
 
 Every decision point of the held-out conversations is answered greedily by the engine. Our figure is
 the share of tool-calling turns whose call parses and names the right tool. The peer, measured on the
@@ -38,13 +38,13 @@ def measure(checkpoint: str, samples: list[dict], max_new_tokens: int):
     return result, prompts, time.perf_counter() - t0
 
 
-def run_grpo(checkpoint: str, steps: int, test_file: Path, seed: int) -> str:
+def run_grpo(checkpoint: str, steps: int, lr: float, test_file: Path, seed: int) -> str:
     """A short GRPO run from `checkpoint` on freshly generated train prompts; returns its final dir."""
     work = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
     train_file = work / "train.jsonl"
     train_file.write_text("\n".join(json.dumps(s) for s in generate(500, seed, "train")) + "\n")
     cfg = load_finetune_config(GRPOConfig, checkpoint, None, [], train_file=str(train_file), val_file=str(test_file),
-                               run_dir=str(work / "run"), max_steps=steps, eval_every=steps, checkpoint_every=steps)
+                               run_dir=str(work / "run"), max_steps=steps, eval_every=steps, checkpoint_every=steps, lr=lr)
     return str(grpo(cfg).final)
 
 
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--grpo-steps", type=int, default=0, help="also run GRPO this many steps and report before/after")
+    parser.add_argument("--grpo-lr", type=float, default=GRPOConfig.lr, help=f"GRPO learning rate (default {GRPOConfig.lr})")
     args = parser.parse_args()
 
     samples = generate(args.n, args.seed, "test")
@@ -73,10 +74,10 @@ def main() -> None:
     if args.grpo_steps:
         test_file = Path(tempfile.mkdtemp(prefix="grpo-test-")) / "test.jsonl"
         test_file.write_text("\n".join(json.dumps(s) for s in samples) + "\n")
-        after, _, _ = measure(run_grpo(args.checkpoint, args.grpo_steps, test_file, args.seed), samples, args.max_new_tokens)
+        after, _, _ = measure(run_grpo(args.checkpoint, args.grpo_steps, args.grpo_lr, test_file, args.seed), samples, args.max_new_tokens)
         print(f"GRPO {args.grpo_steps} steps: held-out mean reward {result['mean_reward']:.4f} -> {after['mean_reward']:.4f} "
               f"over {len(prompts)} decision points")
-        figures.update({"grpo_steps": args.grpo_steps, "reward_before": round(result["mean_reward"], 4),
+        figures.update({"grpo_steps": args.grpo_steps, "grpo_lr": args.grpo_lr, "reward_before": round(result["mean_reward"], 4),
                         "reward_after": round(after["mean_reward"], 4), "reward_points": len(prompts)})
     print(json.dumps(figures))
 

@@ -277,7 +277,8 @@ class Engine:
             self._record_prompt_logprobs(chunk, logits[rows])
         sampling = [chunk for chunk in chunks if chunk.samples]
         if sampling:
-            events += self._sample_and_emit(sampling, logits[sample_rows])
+            every_row = len(sample_rows) == logits.size(0)  # then sample_rows == 0 .. B-1: skip the gather
+            events += self._sample_and_emit(sampling, logits if every_row else logits[sample_rows])
         return events
 
     def _forward(self, chunks: list[ScheduledChunk]):
@@ -310,10 +311,13 @@ class Engine:
                                          self.config.block_size, self.device)
         forward = self._decode_forward if decode_only else self.model
         device = self.device
+        # logit_rows rises through 0 .. N-1, so equal lengths mean every row is wanted: no row selection.
+        every_row = len(logit_rows) == len(ids)
+        logits_at = None if every_row else torch.tensor(logit_rows, device=device, dtype=torch.long)
         logits, _ = forward(torch.tensor([ids], device=device), positions=torch.tensor([positions], device=device),
-                            kv_cache=self.cache, logits_at=torch.tensor(logit_rows, device=device, dtype=torch.long))
+                            kv_cache=self.cache, logits_at=logits_at)
         self.cache.layout = None
-        return logits.float(), sample_rows, prompt_rows
+        return logits.reshape(-1, logits.size(-1)).float(), sample_rows, prompt_rows
 
     def _record_prompt_logprobs(self, chunk: ScheduledChunk, logits: torch.Tensor) -> None:
         """Logits at position p score prompt token p + 1; the first prompt token gets None."""

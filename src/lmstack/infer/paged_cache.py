@@ -18,14 +18,17 @@ import torch.nn.functional as F
 @dataclass(slots=True)
 class AttentionGroup:
     """G sequences with Tq new tokens each, attending over L keys each."""
-    query_rows: torch.Tensor  # (G * Tq,) rows of the flat step that are this group's queries
+    query_rows: torch.Tensor | None  # (G * Tq,) rows of the flat step that are this group's queries; None = all, in order
     key_slots: torch.Tensor  # (G * L,) cache slots of the keys each sequence sees (padded with slot 0)
-    mask: torch.Tensor | None  # (G, 1, Tq, L) bool, True = may attend; None = one sequence, plain causal (Tq == L)
+    mask: torch.Tensor | None  # (G, 1, Tq, L) bool, True = may attend; None = one sequence that sees all its keys
+    # (Tq == 1, a decode) or a plain causal prefill from position 0 (Tq == L)
 
-    def shape(self) -> tuple[int, int, int]:
-        """(G, Tq, L), read from tensor sizes so that torch.compile sees them as dynamic."""
+    def shape(self, num_rows: int) -> tuple[int, int, int]:
+        """(G, Tq, L) for a step of `num_rows` flat tokens, read from tensor sizes so that torch.compile
+        sees them as dynamic."""
         if self.mask is None:
-            return 1, self.query_rows.size(0), self.query_rows.size(0)
+            queries = num_rows if self.query_rows is None else self.query_rows.size(0)
+            return 1, queries, self.key_slots.size(0)
         G, _, T, L = self.mask.shape
         return G, T, L
 
@@ -58,18 +61,33 @@ class PagedKVCache:
         k_layer, v_layer = self.k[layer_idx], self.v[layer_idx]
         k_layer.index_copy_(0, layout.slot_mapping, k[0].transpose(0, 1))
         v_layer.index_copy_(0, layout.slot_mapping, v[0].transpose(0, 1))
+        num_rows = q.size(2)
+        if len(layout.groups) == 1 and layout.groups[0].query_rows is None:
+            # One group holding every row (all decodes, or one prefill): no query gather, no output scatter.
+            group = layout.groups[0]
+            G, T, L = group.shape(num_rows)
+            y = self._group_attention(group, q[0].unflatten(1, (G, T)).transpose(0, 1), k_layer, v_layer, L)
+            return y.transpose(0, 1).flatten(1, 2).unsqueeze(0)
         queries_flat = q[0].transpose(0, 1)  # (N, H, D)
         out = torch.empty_like(queries_flat)
         for group in layout.groups:
             # index_select on flat indices: advanced indexing with a 2-D index is ~10x slower on CPU.
-            G, T, L = group.shape()
+            G, T, L = group.shape(num_rows)
             queries = queries_flat.index_select(0, group.query_rows).view(G, T, *queries_flat.shape[1:])
-            keys = k_layer.index_select(0, group.key_slots).view(G, L, *k_layer.shape[1:])
-            values = v_layer.index_select(0, group.key_slots).view(G, L, *v_layer.shape[1:])
-            y = F.scaled_dot_product_attention(queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
-                                               attn_mask=group.mask, is_causal=group.mask is None, enable_gqa=True)
+            y = self._group_attention(group, queries.transpose(1, 2), k_layer, v_layer, L)
             out.index_copy_(0, group.query_rows, y.transpose(1, 2).flatten(0, 1))
         return out.transpose(0, 1).unsqueeze(0)
+
+    @staticmethod
+    def _group_attention(group: AttentionGroup, queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torch.Tensor,
+                         L: int) -> torch.Tensor:
+        """queries (G, H, T, D) -> (G, H, T, D) over the group's L keys each."""
+        G = queries.size(0)
+        keys = k_layer.index_select(0, group.key_slots).view(G, L, *k_layer.shape[1:])
+        values = v_layer.index_select(0, group.key_slots).view(G, L, *v_layer.shape[1:])
+        causal = group.mask is None and queries.size(2) > 1
+        return F.scaled_dot_product_attention(queries, keys.transpose(1, 2), values.transpose(1, 2),
+                                              attn_mask=group.mask, is_causal=causal, enable_gqa=True)
 
 
 def slots_of(block_table: list[int], positions: range, block_size: int) -> list[int]:
@@ -110,8 +128,12 @@ def build_layout(chunks: list[tuple[list[int], int, int]], block_size: int, devi
         row += length
     if decode_rows:
         longest = max(decode_lengths)
-        lengths = torch.tensor(decode_lengths, device=device)
-        mask = (torch.arange(longest, device=device) < lengths.unsqueeze(1)).view(len(decode_rows), 1, 1, longest)
+        mask = None  # a single decode sees all its keys
+        if len(decode_rows) > 1:
+            lengths = torch.tensor(decode_lengths, device=device)
+            mask = (torch.arange(longest, device=device) < lengths.unsqueeze(1)).view(len(decode_rows), 1, 1, longest)
         groups.append(AttentionGroup(torch.tensor(decode_rows, device=device),
                                      context_slots(decode_tables, longest, block_size, device), mask))
+    if len(groups) == 1:
+        groups[0].query_rows = None  # it holds every row of the step, in order
     return StepLayout(torch.tensor(slot_mapping, device=device), groups)

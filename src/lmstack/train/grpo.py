@@ -126,7 +126,7 @@ class GRPOObjective:
 class GRPOConfig(SFTConfig):
     group_size: int = 8  # samples per prompt
     kl_coef: float = 0.02
-    temperature: float = 1.0
+    temperature: float = 0.7
     max_new_tokens: int = 48
     eval_prompts: int = 64  # held-out decision points scored greedily at each eval
     run_name: str = "grpo"

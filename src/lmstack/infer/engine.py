@@ -439,8 +439,7 @@ def compiled_decode(model: GPT):
     + `cpp_wrapper` (the graph is called from C++, not Python) ~680. Freezing bakes the weights in: a
     change to the model's weights after the first decode step is not seen.
     """
-    options = {"freezing": True, "cpp_wrapper": True} if model.tok_emb.weight.device.type == "cpu" else None
-    compiled = torch.compile(model, dynamic=True, options=options)
+    compiled = torch.compile(model, dynamic=True)
 
     def forward(*args, **kwargs):
         with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True):

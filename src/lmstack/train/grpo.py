@@ -132,7 +132,7 @@ class GRPOConfig(SFTConfig):
     run_name: str = "grpo"
     batch_size: int = 4  # prompts per micro-batch (each with group_size samples)
     max_steps: int = 30
-    lr: float = 5e-5
+    lr: float = 1e-4
     warmup_steps: int = 0
     eval_every: int = 10
     checkpoint_every: int = 10

@@ -95,6 +95,8 @@ def bench_model(name: str, cfg: ModelConfig, tokens: int, repeats: int, concurre
         save_model_dir(Path(tmp) / "ours", model, None)
         export_hf(Path(tmp) / "ours", Path(tmp) / "hf", dtype="float32")
         runs = {"ours": ours_run(engine, 1, tokens), "weights_only": weights_only_run(model, tokens)}
+        if concurrent:
+            runs["ours_concurrent"] = ours_run(engine, concurrent, tokens)
         runs.update({f"transformers_{str(d).removeprefix('torch.')}": hf_run(Path(tmp) / "hf", d, tokens)
                      for d in (torch.float32, torch.bfloat16)})
         tok_s = {k: tokens / v for k, v in interleaved_medians(runs, repeats).items()}
@@ -111,8 +113,7 @@ def bench_model(name: str, cfg: ModelConfig, tokens: int, repeats: int, concurre
     result["weights_only_tok_s"] = round(tok_s["weights_only"], 1)
     result["fraction_of_weights_only"] = round(ours / tok_s["weights_only"], 2)
     if concurrent:
-        many = concurrent * tokens / interleaved_medians({"many": ours_run(engine, concurrent, tokens)},
-                                                         max(1, repeats - 1))["many"]
+        many = concurrent * tok_s["ours_concurrent"]
         result[f"ours_{concurrent}_concurrent_tok_s"] = round(many, 1)
         result[f"ratio_{concurrent}_concurrent_vs_bs1"] = round(many / ours, 2)
     print(json.dumps(result))
@@ -140,10 +141,14 @@ def main() -> None:
     medium = bench_model("gpt2-124M", gpt2, args.tokens, args.repeats, concurrent=32, compile=args.compile,
                          dtype=args.dtype)
     print(json.dumps({
-        "threads": torch.get_num_threads(), "compile": args.compile, "small_bs1_tok_s": small["ours_bs1_tok_s"], "small_peer_tok_s": max(small["transformers_bs1_tok_s"].values()),
-        "small_ratio": small["ratio_bs1"], "gpt2_124m_bs1_tok_s": medium["ours_bs1_tok_s"],
+        "threads": torch.get_num_threads(), "compile": args.compile, "dtype": small["dtype"],
+        "small_bs1_tok_s": small["ours_bs1_tok_s"], "small_peer_tok_s": max(small["transformers_bs1_tok_s"].values()),
+        "small_ratio": small["ratio_bs1"], "small_fraction_of_weights_only": small["fraction_of_weights_only"],
+        "gpt2_124m_bs1_tok_s": medium["ours_bs1_tok_s"],
         "gpt2_124m_peer_tok_s": max(medium["transformers_bs1_tok_s"].values()), "gpt2_124m_ratio": medium["ratio_bs1"],
         "gpt2_124m_fraction_of_bandwidth_bound": medium["fraction_of_bound"],
+        "gpt2_124m_weights_only_tok_s": medium["weights_only_tok_s"],
+        "gpt2_124m_fraction_of_weights_only": medium["fraction_of_weights_only"],
         "small_32_concurrent_vs_bs1": small["ratio_32_concurrent_vs_bs1"],
         "gpt2_124m_32_concurrent_vs_bs1": medium["ratio_32_concurrent_vs_bs1"]}))
 

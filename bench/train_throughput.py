@@ -1,10 +1,14 @@
 """Training throughput: lmstack's GPT + optimizer vs transformers' GPT2LMHeadModel, same config, data and optimizer.
 
-Both sides run the same training step (forward, loss, backward, clip to 1.0, AdamW, zero_grad) on the
-same random token batches, alternating in rounds so that a busy machine slows both alike; each side's
-figure is the median over rounds. The last line printed is a JSON object: {ours, peer, ratio, ...}.
+Both sides run the same training step (forward, loss, backward, clip to 1.0 with foreach, the same fused
+AdamW, zero_grad(set_to_none)) on the same random token batches with the same thread count, alternating
+in rounds so that a busy machine slows both alike; each side's figure is the median over rounds. Both
+sides run eager by default, or both through torch.compile with --compile: never one of each. The peer
+runs its default attention (`sdpa` in transformers 5.x; reported as peer_attention) and GPT-2's default
+activation `gelu_new`, the same tanh GELU as ours. The last line printed is a JSON object:
+{ours, peer, ratio, ...}.
 
-    .venv/bin/python bench/train_throughput.py [--rounds 5] [--steps 4] [--no-compile] [--device cpu]
+    .venv/bin/python bench/train_throughput.py [--rounds 7] [--steps 3] [--compile] [--threads N] [--device cpu]
 """
 
 from __future__ import annotations
@@ -28,16 +32,16 @@ LR, BETAS, WEIGHT_DECAY = 1e-3, (0.9, 0.95), 0.1
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating measurement rounds (median is reported)")
-    parser.add_argument("--steps", type=int, default=4, help="timed training steps per round")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating measurement rounds (median is reported)")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per round")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both sides (default: torch's)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
-    # On by default: `compile = true` is how lmstack trains fastest; --no-compile measures the eager model.
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="torch.compile our model (needs a C++ compiler on CPU; ~1 min to compile)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="torch.compile both models (needs a C++ compiler on CPU; minutes to compile)")
     return parser.parse_args()
 
 
@@ -59,7 +63,7 @@ def ours(cfg: ModelConfig, device: torch.device, compile_model: bool):
     return model, step
 
 
-def peer(cfg: ModelConfig, device: torch.device):
+def peer(cfg: ModelConfig, device: torch.device, compile_model: bool):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
@@ -70,13 +74,16 @@ def peer(cfg: ModelConfig, device: torch.device):
     # transformers' own split: no decay on biases and LayerNorm weights (as its Trainer does), torch's AdamW.
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    # The same optimizer as ours: torch's AdamW with the fused kernel where lmstack uses it (CPU and CUDA).
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=BETAS)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=BETAS,
+                                  fused=device.type in ("cpu", "cuda"))
+    forward = torch.compile(model) if compile_model else model
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        loss = model(input_ids=x, labels=x).loss
+        loss = forward(input_ids=x, labels=x).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
@@ -95,6 +102,8 @@ def tokens_per_second(step, batches, device: torch.device) -> float:
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = detect_device(args.device)
     device = info.torch_device
     cfg = ModelConfig(arch="gpt2", vocab_size=args.vocab, block_size=args.seq, n_layer=args.layers,
@@ -103,7 +112,7 @@ def main() -> None:
     batches = [(torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)) for _ in range(args.steps)]
     batches = [(b[:, :-1].contiguous().to(device), b[:, 1:].contiguous().to(device)) for b in batches]
     our_model, our_step = ours(cfg, device, args.compile)
-    peer_model, peer_step = peer(cfg, device)
+    peer_model, peer_step = peer(cfg, device, args.compile)
     for step in (our_step, peer_step):  # warm-up: allocator, kernels, compilation
         tokens_per_second(step, batches[:2], device)
     our_rates, peer_rates = [], []

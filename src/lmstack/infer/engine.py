@@ -60,8 +60,7 @@ class EngineConfig:
     max_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decode tokens)
     dtype: str = "auto"  # weights and cache: auto (bf16 where the device has it) | float32 | bfloat16 | float16
     device: str = "auto"
-    compile: bool = False  # torch.compile the decode step: ~3x faster bs=1 decode on CPU after ~1 min of compiling
-    # (bench/decode.py --compile); on CPU the weights are frozen into the graph
+    compile: bool = False  # torch.compile the decode step (~1 min of compiling; measure: bench/decode.py --compile)
     enable_prefix_caching: bool = True
     cuda_graphs: bool = False  # replay captured decode steps on NVIDIA GPUs (captured on the first decode)
 
@@ -432,12 +431,12 @@ class Engine:
 def compiled_decode(model: GPT):
     """torch.compile of the model for decode steps, with shapes dynamic (batch and context vary per step).
 
-    A decode step's attention is one custom op (see paged_cache), so the whole step is one graph. Each
-    layer's index is an int on a module; unspecialised, all layers share one trace instead of
-    recompiling per layer. On CPU, measured on the depth-4 llama at bs=1 (bf16, 1 thread, loaded machine):
-    eager ~190 tok/s, compiled ~270, + `freezing` (weights become constants, prepacked for oneDNN) ~390,
-    + `cpp_wrapper` (the graph is called from C++, not Python) ~680. Freezing bakes the weights in: a
-    change to the model's weights after the first decode step is not seen.
+    The paged attention is a graph break (see PagedKVCache.attend); the frames after it would be
+    compiled once per layer, since each layer's index is an int on a module, and past dynamo's
+    recompile limit silently run eager. Unspecialised module ints let all layers share one compile.
+    Measured on CPU it does not pay (bench/decode.py --compile; depth-4 llama bs=1, 1 thread, bf16,
+    interleaved: eager 403 tok/s, compiled 398; inductor's `freezing` / `cpp_wrapper` 389 / 383):
+    removing per-op overhead does not help, since aten::mm is ~60% of a compiled CPU decode step.
     """
     compiled = torch.compile(model, dynamic=True)
 

@@ -5,8 +5,8 @@ tokens together, no padding in the matmuls -- and hands the cache a `StepLayout`
 token's k, v go (`slot_mapping`), and attention groups. Decode tokens form one batched group (one
 query each, keys gathered from their block tables, a length mask); each prefill chunk is its own
 group, so no query is padded to another sequence's length. When one group holds the whole step (every
-decode step, or a lone prefill) its queries and outputs need no gather or scatter, and under torch.compile
-it is one custom op, so a whole decode step compiles into one graph (see `whole_step_attention_op`).
+decode step, or a lone prefill) its queries and outputs need no gather or scatter, and a lone decode
+needs no mask.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 @dataclass(slots=True)
 class AttentionGroup:
     """G sequences with Tq new tokens each, attending over L keys each."""
-    query_rows: torch.Tensor | None  # (G * Tq,) rows of the flat step that are this group's queries; None = all, in order
+    query_rows: torch.Tensor | None  # (G * Tq,) the flat step's rows that are this group's queries; None = all
     key_slots: torch.Tensor  # (G * L,) cache slots of the keys each sequence sees (padded with slot 0)
     mask: torch.Tensor | None  # (G, 1, Tq, L) bool, True = may attend; None = one sequence that sees all its keys
     # (Tq == 1, a decode) or a plain causal prefill from position 0 (Tq == L)
@@ -52,25 +52,24 @@ class PagedKVCache:
     def bytes_per_block(n_layer: int, block_size: int, n_kv_head: int, head_dim: int, dtype: torch.dtype) -> int:
         return 2 * n_layer * block_size * n_kv_head * head_dim * torch.finfo(dtype).bits // 8
 
+    # Kept out of torch.compile: a compiled in-place write into the pool copied the whole pool each step
+    # (measured: 440 ms/step for a 270 MB pool). Passing the pool through a mutating custom op instead gave
+    # one graph for the whole step, but no speed (depth-4 llama bs=1: eager 428 tok/s, compiled 288,
+    # interleaved): a CPU decode step is bound by reading the weights, so the op was not kept.
+    @torch.compiler.disable
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (1, H, N, D), k and v (1, K, N, D) for the N flat tokens of this step -> (1, H, N, D)."""
         layout = self.layout
+        k_layer, v_layer = self.k[layer_idx], self.v[layer_idx]
+        k_layer.index_copy_(0, layout.slot_mapping, k[0].transpose(0, 1))
+        v_layer.index_copy_(0, layout.slot_mapping, v[0].transpose(0, 1))
         if len(layout.groups) == 1 and layout.groups[0].query_rows is None:
             # One group holding every row (all decodes, or one prefill): no query gather, no output scatter.
-            # Under torch.compile it is one opaque op that writes the pool in place, so the whole decode step
-            # compiles to one graph; traced, the pool write became a copy of the whole pool per step.
-            group = layout.groups[0]
-            attend_all = whole_step_attention_op if torch.compiler.is_compiling() else whole_step_attention
-            return attend_all(q, k, v, self.k[layer_idx], self.v[layer_idx], layout.slot_mapping, group.key_slots,
-                              group.mask)
-        return self._attend_groups(layer_idx, q, k, v)
-
-    @torch.compiler.disable
-    def _attend_groups(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """A step of several groups (prefill chunks beside decodes): gather each group's queries, scatter back."""
-        layout = self.layout
-        k_layer, v_layer = self.k[layer_idx], self.v[layer_idx]
-        write_pool(k_layer, v_layer, layout.slot_mapping, k, v)
+            mask = layout.groups[0].mask
+            G = 1 if mask is None else mask.size(0)
+            queries = q[0].unflatten(1, (G, q.size(2) // G)).transpose(0, 1)  # (G, H, T, D)
+            y = group_attention(queries, k_layer, v_layer, layout.groups[0].key_slots, mask)
+            return y.transpose(0, 1).flatten(1, 2).unsqueeze(0)
         queries_flat = q[0].transpose(0, 1)  # (N, H, D)
         out = torch.empty_like(queries_flat)
         for group in layout.groups:
@@ -80,13 +79,6 @@ class PagedKVCache:
             y = group_attention(queries.transpose(1, 2), k_layer, v_layer, group.key_slots, group.mask)
             out.index_copy_(0, group.query_rows, y.transpose(1, 2).flatten(0, 1))
         return out.transpose(0, 1).unsqueeze(0)
-
-
-def write_pool(k_layer: torch.Tensor, v_layer: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor,
-               v: torch.Tensor) -> None:
-    """Store the step's k, v (1, K, N, D) at their slots of one layer's pool (slots, K, D)."""
-    k_layer.index_copy_(0, slot_mapping, k[0].transpose(0, 1))
-    v_layer.index_copy_(0, slot_mapping, v[0].transpose(0, 1))
 
 
 def group_attention(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torch.Tensor, key_slots: torch.Tensor,
@@ -99,28 +91,6 @@ def group_attention(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torch
     causal = mask is None and queries.size(2) > 1
     return F.scaled_dot_product_attention(queries, keys.transpose(1, 2), values.transpose(1, 2),
                                           attn_mask=mask, is_causal=causal, enable_gqa=True)
-
-
-def whole_step_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_layer: torch.Tensor,
-                         v_layer: torch.Tensor, slot_mapping: torch.Tensor, key_slots: torch.Tensor,
-                         mask: torch.Tensor | None) -> torch.Tensor:
-    """Write the step's k, v, then attend all N rows as one group of G sequences with N / G queries each."""
-    write_pool(k_layer, v_layer, slot_mapping, k, v)
-    G = 1 if mask is None else mask.size(0)
-    y = group_attention(q[0].unflatten(1, (G, q.size(2) // G)).transpose(0, 1), k_layer, v_layer, key_slots, mask)
-    return y.transpose(0, 1).flatten(1, 2).unsqueeze(0).contiguous()
-
-
-@torch.library.custom_op("lmstack::whole_step_attention", mutates_args=("k_layer", "v_layer"))
-def whole_step_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_layer: torch.Tensor,
-                            v_layer: torch.Tensor, slot_mapping: torch.Tensor, key_slots: torch.Tensor,
-                            mask: torch.Tensor | None) -> torch.Tensor:
-    return whole_step_attention(q, k, v, k_layer, v_layer, slot_mapping, key_slots, mask)
-
-
-@whole_step_attention_op.register_fake
-def _(q, k, v, k_layer, v_layer, slot_mapping, key_slots, mask):
-    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
 def slots_of(block_table: list[int], positions: range, block_size: int) -> list[int]:

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmstack.model.config import ModelConfig
+from lmstack.model.lm_loss import cross_entropy, linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -187,7 +188,8 @@ class GPT(nn.Module):
         positions: (B, T) absolute positions (default 0..T-1); needed with a KV cache and for packing.
         attn_mask: bool, True = may attend, broadcastable to (B, 1, T, T); default causal.
         logits_at: flat indices into B*T: only those rows of logits are computed (prefill, sampling).
-        targets:   (B, T) next-token ids, -1 = not trained on; gives the cross-entropy loss.
+        targets:   (B, T) next-token ids, -1 = not trained on; gives the cross-entropy loss. With a loss,
+                   the logits may come back detached (lmstack.model.lm_loss): differentiate the loss.
         """
         B, T = idx.shape
         if positions is None:
@@ -206,11 +208,15 @@ class GPT(nn.Module):
         x = self.norm_f(x)
         if logits_at is not None:
             x = x.reshape(B * T, -1)[logits_at]
-        logits = self.lm_head(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-1, reduction=loss_reduction)
+        if targets is None:
+            return self.lm_head(x), None
+        flat_x, flat_targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)
+        if type(self.lm_head) is nn.Linear:  # not when an adapter (LoRA) computes the head's output itself
+            loss, logits = linear_cross_entropy(flat_x, self.lm_head.weight, flat_targets, loss_reduction)
+            logits = logits.view(*x.shape[:-1], -1)
+        else:
+            logits = self.lm_head(x)
+            loss = cross_entropy(logits.reshape(flat_x.size(0), -1), flat_targets, loss_reduction)
         return logits, loss
 
     # ---- accounting ---------------------------------------------------------------------------

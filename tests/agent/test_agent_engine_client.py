@@ -63,3 +63,41 @@ def test_an_agent_runs_on_the_engine_client(tmp_path):
     # A random tiny model rarely emits a well-formed tool call; what matters is that the loop completes cleanly.
     assert record.status in ("completed", "no_progress", "loop_detected", "budget_exceeded"), record.stop_reason
     assert record.completion_tokens >= 1
+
+
+def test_the_view_sent_to_a_small_model_fits_its_context_with_the_tool_schemas(tmp_path):
+    """Regression: the conversation used to be fitted without counting the tool schemas the template
+    adds to the system turn, so a long run on a 256-token model overflowed its context."""
+    from pathlib import Path
+
+    from lmstack.agent.builtin_tools import calculator
+    from lmstack.agent.launch import open_database
+    from lmstack.agent.runtime import AgentRuntime
+    from lmstack.agent.settings import AgentConfig
+    from lmstack.agent.store import create_run
+    from lmstack.config import to_dict
+    from lmstack.agent.tools import ToolRegistry
+
+    registry = ToolRegistry([calculator])
+    schemas = registry.schemas()
+    counter = tiny_client()
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add up the numbers."}]
+    schema_tokens = counter.count_tokens(messages, schemas) - counter.count_tokens(messages)
+    i = 0
+    while counter.count_tokens(messages) < schema_tokens + 300:  # a history well beyond the schemas
+        messages.append({"role": "assistant", "content": "", "tool_calls": [
+            {"id": f"c{i}", "type": "function", "function": {"name": "calculator", "arguments": '{"expression": "1+2"}'}}]})
+        messages.append({"role": "tool", "tool_call_id": f"c{i}", "content": "3 " * 20})
+        i += 1
+    # A context the whole run would fit without the schemas, but not with them.
+    context = counter.count_tokens(messages) + 20
+    client = tiny_client(block_size=context)
+    config = AgentConfig(model="in-process", max_output_tokens=8)
+    conn = open_database(tmp_path / "db")
+    create_run(conn, "fit", "Add up the numbers.", to_dict(config))
+    runtime = AgentRuntime(conn, "fit", config, client, registry, Path(tmp_path))
+    view, tools = runtime.context_view(messages)
+    assert client.count_tokens(view, tools) + config.max_output_tokens <= context
+    assert view[:2] == messages[:2]  # the system prompt and the task are never dropped
+    response = client.complete(view, tools, max_tokens=config.max_output_tokens)  # raised on overflow before
+    assert response.usage.prompt_tokens == client.count_tokens(view, tools)

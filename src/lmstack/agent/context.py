@@ -46,15 +46,26 @@ def _summarise_oldest(view: list[dict], max_tokens: int, count_tokens: Callable[
             turn_end += 1
         dropped.extend(body[:turn_end])
         body = body[turn_end:]
-        candidate = head + [_summary_message(dropped, max_tokens)] + body
+        candidate = _with_summary(head, dropped, body, max_tokens, count_tokens)
         if count_tokens(candidate) <= max_tokens:
             return candidate
-    return head + [_summary_message(dropped, max_tokens)] + body
+    return _with_summary(head, dropped, body, max_tokens, count_tokens)
 
 
-def _summary_message(dropped: list[dict], max_tokens: int) -> dict:
-    """One line per dropped message, newest kept first, within a quarter of the context."""
+def _with_summary(head: list[dict], dropped: list[dict], body: list[dict], max_tokens: int,
+                  count_tokens: Callable[[list[dict]], int]) -> list[dict]:
+    """head + summary + body, the summary halved until the whole fits (a tokenizer may need far more
+    than the assumed 4 characters per token), down to a bare count of what was dropped."""
     budget_chars = max_tokens  # a quarter of the context at ~4 characters per token
+    while True:
+        candidate = head + [_summary_message(dropped, budget_chars)] + body
+        if budget_chars == 0 or count_tokens(candidate) <= max_tokens:
+            return candidate
+        budget_chars //= 2
+
+
+def _summary_message(dropped: list[dict], budget_chars: int) -> dict:
+    """One line per dropped message, newest kept first, within `budget_chars`."""
     lines: list[str] = []
     for m in reversed(dropped):
         text = (m.get("content") or "").strip()

@@ -28,9 +28,10 @@ class EngineClient:
     def context_tokens(self) -> int:
         return self.engine.model.cfg.block_size
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        """Exact prompt length under our chat template (the runtime fits the conversation with it)."""
-        return len(self.engine.tokenizer.render(messages, add_generation_prompt=True).ids)
+    def count_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> int:
+        """Exact prompt length under our chat template, tool schemas included (the runtime fits the
+        conversation with it; the schemas alone can be half of a small model's context)."""
+        return len(self.engine.tokenizer.render(messages, tools, add_generation_prompt=True).ids)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "EngineClient":

@@ -121,19 +121,27 @@ class AgentRuntime:
         raise AssertionError("unreachable")
 
     # ---- model calls ------------------------------------------------------------------------------
-    def _model_call(self, key: str, step_key: str, messages: list[dict], temperature: float | None = None
-                    ) -> ModelResponse:
-        # Clients that know their tokenizer and context (the engine client) count exactly.
+    def context_view(self, messages: list[dict]) -> tuple[list[dict], list[dict] | None]:
+        """The conversation as sent to the model, fitted to its context, and the tool schemas sent with it."""
+        # Clients that know their tokenizer and context (the engine client) count exactly, tool schemas
+        # included: on a small model they can be half of the context.
         context = min(self.config.context_tokens, getattr(self.client, "context_tokens", self.config.context_tokens))
         reserve = self.config.max_output_tokens or context // 4
-        view = fit_context(messages, max(1, context - reserve), getattr(self.client, "count_tokens", approx_tokens))
+        tools = self.registry.schemas() or None
+        exact_count = getattr(self.client, "count_tokens", None)
+        count = (lambda view: exact_count(view, tools)) if exact_count else approx_tokens
+        return fit_context(messages, max(1, context - reserve), count), tools
+
+    def _model_call(self, key: str, step_key: str, messages: list[dict], temperature: float | None = None
+                    ) -> ModelResponse:
+        view, tools = self.context_view(messages)
         temperature = self.config.temperature if temperature is None else temperature
         entry = self.journal.get(key)
         if entry is None or entry.status != "completed":
             # A prompt only grows, so the last call's count is a floor for the next one's.
             self._check_budget(max(approx_tokens(view), self.last_prompt_tokens))
             self.journal.start(key, "model", {"messages": view, "temperature": temperature})
-            response = self.client.complete(view, self.registry.schemas() or None, temperature=temperature,
+            response = self.client.complete(view, tools, temperature=temperature,
                                             max_tokens=self.config.max_output_tokens, logprobs=self.config.logprobs)
             self.journal.complete(key, response.to_dict())
             entry = self.journal.get(key)

@@ -102,7 +102,7 @@ def test_without_torchrun_environment_it_is_one_process(monkeypatch):
 
 
 WORKER = """
-import json, sys
+import json, pathlib, sys
 import torch
 import torch.distributed as dist
 from lmstack.device import detect_device, init_distributed
@@ -113,8 +113,10 @@ total = torch.tensor([float(rank.rank + 1)])
 dist.all_reduce(total)
 ranks = [None] * rank.world_size
 dist.all_gather_object(ranks, rank.rank)
-print(json.dumps({"rank": rank.rank, "local_rank": rank.local_rank, "world": rank.world_size,
-                  "main": rank.is_main, "sum": total.item(), "ranks": ranks, "backend": dist.get_backend()}))
+# One file per rank: the two processes share one stdout, where their lines can interleave.
+report = {"rank": rank.rank, "local_rank": rank.local_rank, "world": rank.world_size,
+          "main": rank.is_main, "sum": total.item(), "ranks": ranks, "backend": dist.get_backend()}
+pathlib.Path(sys.argv[1], f"rank{rank.rank}.json").write_text(json.dumps(report))
 dist.destroy_process_group()
 """
 
@@ -123,11 +125,11 @@ def test_two_processes_under_torchrun_use_gloo(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(WORKER))
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(tmp_path)],
         capture_output=True, text=True, timeout=180, env={**_clean_env(), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    reports = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")),
-                     key=lambda r: r["rank"])
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [(r["rank"], r["local_rank"], r["world"], r["main"]) for r in reports] == [(0, 0, 2, True), (1, 1, 2, False)]
     assert all(r["sum"] == 3.0 and r["ranks"] == [0, 1] and r["backend"] == "gloo" for r in reports)
 

@@ -26,13 +26,6 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The config flags every configurable command shares."""
-    parser.add_argument("--config", metavar="FILE.toml", help="TOML file with settings (overridden by --set)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting, e.g. --set model.n_layer=6 (repeatable)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmstack", description="The whole LLM stack: pretrain, fine-tune, serve, agents, evals.")

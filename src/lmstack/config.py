@@ -8,6 +8,7 @@ every artifact (`to_dict` / `from_dict`).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -194,3 +195,10 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def format_config(obj: Any) -> str:
     """The config as TOML-like text, printed at the start of a run."""
     return json.dumps(to_dict(obj), indent=2, sort_keys=False)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The config flags every configurable command shares."""
+    parser.add_argument("--config", metavar="FILE.toml", help="TOML file with settings (overridden by --set)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set model.n_layer=6 (repeatable)")

@@ -31,12 +31,21 @@ def default_db_path() -> Path:
     return lmstack_home() / "lmstack.db"
 
 
+class LockedConnection(sqlite3.Connection):
+    """A connection that carries the lock its threads take turns on (see `transaction`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lock = threading.RLock()
+
+
 def connect(path: str | Path | None = None) -> sqlite3.Connection:
     """Open (creating if needed) the database; autocommit mode, transactions are explicit."""
     path = Path(path) if path is not None else default_db_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False,
+                               factory=LockedConnection)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -49,15 +58,6 @@ def connect(path: str | Path | None = None) -> sqlite3.Connection:
     return conn
 
 
-_CONNECTION_LOCKS: dict[int, threading.RLock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-def _lock_for(conn: sqlite3.Connection) -> threading.RLock:
-    with _LOCKS_GUARD:
-        return _CONNECTION_LOCKS.setdefault(id(conn), threading.RLock())
-
-
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception; takes the write lock up front.
@@ -66,8 +66,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     connection, so two threads must never interleave statements of two transactions. A nested call
     from the same thread joins the open transaction.
     """
-    lock = _lock_for(conn)
-    with lock:
+    with conn.lock:
         if conn.in_transaction:
             yield conn
             return

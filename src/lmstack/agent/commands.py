@@ -8,7 +8,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from lmstack.cli import add_config_arguments
+    from lmstack.config import add_config_arguments
 
     agent = subparsers.add_parser("agent", help="run durable tool-using agents (run, resume, approve, list, trace)")
     commands = agent.add_subparsers(dest="agent_command", metavar="SUBCOMMAND", required=True)

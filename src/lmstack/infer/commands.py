@@ -18,7 +18,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser, max_tokens: int) -> None:
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
-    from lmstack.cli import add_config_arguments
+    from lmstack.config import add_config_arguments
 
     add_config_arguments(p)
     p.epilog = "engine settings (--set KEY=VALUE or a TOML file): block_size, num_blocks, kv_memory_mb, " \

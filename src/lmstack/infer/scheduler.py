@@ -49,9 +49,6 @@ class Scheduler:
             self.waiting.remove(seq)
         seq.status = Status.FINISHED
 
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
-
     def schedule(self) -> list[ScheduledChunk]:
         budget = self.max_batched_tokens
         chunks: list[ScheduledChunk] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 from lmstack.config import ConfigError
@@ -80,7 +80,3 @@ def config_from_depth(depth: int, arch: str = "llama", vocab_size: int = 8192, b
                       n_head=n_head, n_embd=n_embd)
     cfg.validate()
     return cfg
-
-
-def with_vocab(cfg: ModelConfig, vocab_size: int) -> ModelConfig:
-    return replace(cfg, vocab_size=vocab_size)

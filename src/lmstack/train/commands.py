@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from lmstack.cli import add_config_arguments
+from lmstack.config import add_config_arguments
 
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 
-from lmstack.atomic import atomic_write
 from lmstack.config import ConfigError
 from lmstack.model.gpt import GPT
 from lmstack.train.chat_data import ChatDataError
 from lmstack.train.logprobs import token_logprobs
 from lmstack.train.lora import lora_disabled, lora_layers
 from lmstack.train.metrics import read_metrics
+from lmstack.train.plots import plot_rewards
 from lmstack.train.sft import FineTuner, FineTuneResult, MicroBatches, SFTConfig, run_finetune
 from lmstack.train.toolcall_rewards import (ToolcallPrompt, load_toolcall_samples, sample_completions,
                                             toolcall_accuracy, toolcall_prompts, toolcall_reward)
@@ -211,33 +209,6 @@ class GRPOTrainer(FineTuner):
         self.say(f"step {self.step}: held-out mean reward {result['mean_reward']:.3f} over {len(self.val_prompts)} "
                  f"prompts; right tool {result['call_right_tool']:.1%}, right arguments {result['call_right_args']:.1%}")
         plot_rewards(read_metrics(self.metrics.path), self.run_dir / "reward.png", self.cfg.run_name)
-
-
-def plot_rewards(records: list[dict[str, Any]], path: Path, title: str) -> None:
-    """reward.png: mean sampled reward per step (with its group std) and the held-out greedy reward."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    train = [(r["step"], r["reward_mean"], r["reward_std"]) for r in records if "reward_mean" in r]
-    val = [(r["step"], r["val_reward"]) for r in records if "val_reward" in r]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    if train:
-        steps, means, stds = zip(*train)
-        ax.plot(steps, means, color="tab:blue", label="train: mean reward of samples")
-        ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                        color="tab:blue", alpha=0.15, label="within-group std")
-    if val:
-        ax.plot(*zip(*val), "o-", color="tab:orange", label="held-out: greedy reward")
-    ax.set_xlabel("step")
-    ax.set_ylabel("reward")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
 
 
 def grpo(cfg: GRPOConfig, resume: str = "auto") -> FineTuneResult:

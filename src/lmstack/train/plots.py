@@ -1,4 +1,4 @@
-"""`loss.png`: train loss (raw and smoothed) and val loss against the step, rewritten at each eval."""
+"""Training plots, rewritten at each eval: `loss.png` (train raw and smoothed, val) and GRPO's `reward.png`."""
 
 from __future__ import annotations
 
@@ -35,8 +35,28 @@ def plot_losses(records: list[dict[str, Any]], path: Path, log_x: bool = False, 
         ax.plot(steps, losses, "o-", color="tab:orange", linewidth=1.6, label="val")
     if log_x:
         ax.set_xscale("symlog", linthresh=1)  # symlog: step 0 stays on the plot
+    save_figure(fig, ax, path, title, "loss (nats/token)")
+
+
+def plot_rewards(records: list[dict[str, Any]], path: Path, title: str) -> None:
+    """reward.png: mean sampled reward per step (with its group std) and the held-out greedy reward."""
+    train = [(r["step"], r["reward_mean"], r["reward_std"]) for r in records if "reward_mean" in r]
+    val = [(r["step"], r["val_reward"]) for r in records if "val_reward" in r]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if train:
+        steps, means, stds = zip(*train)
+        ax.plot(steps, means, color="tab:blue", label="train: mean reward of samples")
+        ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                        color="tab:blue", alpha=0.15, label="within-group std")
+    if val:
+        ax.plot(*zip(*val), "o-", color="tab:orange", label="held-out: greedy reward")
+    save_figure(fig, ax, path, title, "reward")
+
+
+def save_figure(fig, ax, path: Path, title: str, ylabel: str) -> None:
+    """Label, lay out and write the figure atomically (a reader never sees half a PNG)."""
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()

@@ -98,6 +98,7 @@ def test_the_view_sent_to_a_small_model_fits_its_context_with_the_tool_schemas(t
     runtime = AgentRuntime(conn, "fit", config, client, registry, Path(tmp_path))
     view, tools = runtime.context_view(messages)
     assert client.count_tokens(view, tools) + config.max_output_tokens <= context
-    assert view[:2] == messages[:2]  # the system prompt and the task are never dropped
+    assert view[0] == messages[0]  # the system prompt and the task are never dropped
+    assert view[1]["role"] == "user" and view[1]["content"].startswith(messages[1]["content"])  # (+ the summary)
     response = client.complete(view, tools, max_tokens=config.max_output_tokens)  # raised on overflow before
     assert response.usage.prompt_tokens == client.count_tokens(view, tools)

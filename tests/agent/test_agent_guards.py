@@ -39,6 +39,7 @@ SCRIPT = {"scripts": {
                  {"content": "I do not know the answer yet."}],
     "invented_stop": [{"content": "The answer is 42."}],
     "flaky": [{"fail": [429, 503], "content": "survived"}],
+    "hello": [{"content": "hello back"}],
     "broken": [{"fail": [500] * 10, "content": "never"}],
     "slow": [{"delay_s": 2.0, "content": "too late"}],
     "sampled": [{"content": "The answer is 417.", "samples": ["The answer is 417.", "It is 471.", "Maybe 714."]}],
@@ -163,6 +164,21 @@ def test_client_retries_429_and_5xx_then_succeeds(server):
     assert response.text == "survived"
     assert "".join(t.token for t in response.logprobs) == "survived"
     assert len(sent_requests(server, "flaky")) == 3
+
+
+@pytest.mark.parametrize("form", ["with /v1", "host:port only", "trailing slash"])
+def test_client_accepts_the_server_url_with_or_without_v1(server, form):
+    root = server.base_url.removesuffix("/v1")
+    url = {"with /v1": server.base_url, "host:port only": root, "trailing slash": root + "/"}[form]
+    response = OpenAIClient(url, "hello", retry=RetryPolicy(max_attempts=1)).complete([{"role": "user", "content": "hi"}])
+    assert response.text == "hello back"
+
+
+def test_client_refuses_a_url_that_is_not_http():
+    from lmstack.openai_url import OpenAIURLError
+
+    with pytest.raises(OpenAIURLError, match="not an http"):
+        OpenAIClient("127.0.0.1:8000", "hello")
 
 
 def test_client_gives_up_and_the_run_fails_cleanly(tmp_path, server):

@@ -76,8 +76,23 @@ def test_context_policy_summarises_oldest_turns_when_truncation_is_not_enough():
     messages = conversation(tool_output_chars=100, turns=30)
     view = fit_context(messages, max_tokens=500)
     assert approx_tokens(view) <= 500
-    assert view[:2] == messages[:2] and view[-1] == messages[-1]
-    assert view[2]["content"].startswith("Summary of earlier conversation") and "earlier messages omitted" in view[2]["content"]
+    assert view[0] == messages[0] and view[-1] == messages[-1]
+    # The summary rides on the task message, so user and assistant messages still alternate.
+    task = view[1]["content"]
+    assert view[1]["role"] == "user" and task.startswith(messages[1]["content"] + "\n\nSummary of earlier conversation")
+    assert "earlier messages omitted" in task
+    assert not any(a["role"] == b["role"] == "user" for a, b in zip(view, view[1:]))
     # No tool result is left without the assistant message that called it.
-    first_kept = view[3]
+    first_kept = view[2]
     assert first_kept["role"] == "assistant"
+
+
+def test_summary_handles_content_given_as_a_list_of_parts():
+    messages = conversation(tool_output_chars=100, turns=8)
+    messages[1] = {"role": "user", "content": [{"type": "text", "text": "Research "}, {"type": "text", "text": "it."}]}
+    messages[6] = dict(messages[6], content=[{"type": "text", "text": "Parted step. More."}])  # the third turn
+    view = fit_context(messages, max_tokens=400)
+    assert approx_tokens(view) <= 400
+    assert view[1]["content"].startswith("Research it.\n\nSummary of earlier conversation")
+    assert "- assistant: Parted step. [called search]" in view[1]["content"]
+    assert messages[1]["content"][0]["text"] == "Research "  # stored history untouched

@@ -140,3 +140,23 @@ def test_python_tool_runs_in_the_sandbox(tmp_path):
                              ToolContext(workspace=tmp_path))
     assert result.ok and "stdout:\n42" in result.content
     assert f"isolation={'namespaces' if namespaces_available() else 'rlimits'}" in result.content
+
+
+@pytest.mark.parametrize("expression", ["((10**9999)**9999)**9999", "(10**9999)**20", "(10**9999)*(10**9999)*(10**9999)*(10**9999)"])
+def test_calculator_refuses_huge_integer_results_quickly(expression):
+    """A capped exponent alone let ((10**9999)**9999)**9999 through, freezing the process; the check
+    runs in a child so a regression fails here instead of hanging the test run."""
+    import subprocess
+    import sys
+
+    program = ("import json; from lmstack.agent.builtin_tools import calculator\n"
+               "from lmstack.agent.tools import ToolContext, ToolRegistry\n"
+               "r = ToolRegistry([calculator]); p = r.prepare('c1', 'calculator', json.dumps({'expression': %r}))\n"
+               "res = r.execute(p, ToolContext()); print(res.error_kind, res.content)" % expression)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("exception") and "bits (limit 100000)" in done.stdout
+
+
+def test_calculator_still_computes_big_but_reasonable_integers():
+    assert evaluate("2**10000") == 2 ** 10000 and evaluate("(10**300)*(10**300)") == 10 ** 600

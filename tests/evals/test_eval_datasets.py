@@ -32,6 +32,36 @@ def test_csv_with_field_mapping(tmp_path):
     assert samples[0].id == "2" and "line 3" in samples[1].error
 
 
+def test_bad_choices_become_sample_errors(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text('input,choices\nPick?,"[""a"", ""b"""\nPick?,"[""a"", ""b""]"\n')
+    broken, fine = load_csv(path)
+    assert "c.csv line 2" in broken.error and "'choices'" in broken.error and "not valid JSON" in broken.error
+    assert fine.error is None and fine.choices == ["a", "b"]
+    path = tmp_path / "c.jsonl"
+    rows = [{"input": "x", "choices": '["a"'}, {"input": "x", "choices": "[1]"}, {"input": "x", "choices": {"a": 1}},
+            {"input": "x", "choices": '{"a": 1}'}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    samples = load_jsonl(path)
+    assert "line 1" in samples[0].error and "not valid JSON" in samples[0].error
+    assert samples[1].error is None and samples[1].choices == [1]
+    assert "line 3" in samples[2].error and "must be a list" in samples[2].error and samples[2].choices is None
+    assert samples[3].error is None and samples[3].choices == ['{"a": 1}']  # not JSON-looking: split on '|'
+
+
+def test_non_utf8_files_name_the_file_and_line(tmp_path):
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(json.dumps({"input": "ok"}).encode() + b"\n" + b'{"input": "caf\xe9"}\n'
+                     + json.dumps({"input": "fine"}).encode() + b"\n")
+    samples = load_jsonl(path)
+    assert samples[0].error is None and samples[2].error is None
+    assert "latin.jsonl line 2" in samples[1].error and "UTF-8" in samples[1].error
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"input,target\nok,1\ncaf\xe9,2\n")
+    with pytest.raises(DatasetError, match=r"latin\.csv' line 3: not valid UTF-8"):
+        load_csv(path)
+
+
 def test_generator_dataset():
     samples = from_generator(lambda: ({"input": f"{i}+1", "target": str(i + 1)} for i in range(3)))
     assert [s.target for s in samples] == ["1", "2", "3"] and samples[2].id == "2"

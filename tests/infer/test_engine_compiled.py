@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import recompute_greedy, tiny_model
+from infer_helpers import recompute_greedy, tiny_model
 
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams

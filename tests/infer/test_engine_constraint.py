@@ -1,7 +1,7 @@
 """The engine's per-sequence logits-constraint hook (what the server's structured output builds on)."""
 
 import torch
-from conftest import tiny_model
+from infer_helpers import tiny_model
 
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams

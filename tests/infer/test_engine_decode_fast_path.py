@@ -2,7 +2,7 @@
 mask for a lone sequence; no logits row selection) against full recomputation without a cache."""
 
 import torch
-from conftest import recompute_greedy, recompute_greedy_batch, tiny_model
+from infer_helpers import recompute_greedy, recompute_greedy_batch, tiny_model
 
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams

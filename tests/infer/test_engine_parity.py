@@ -1,7 +1,7 @@
 """The paged, batched engine against the slowest correct path: full recomputation without a cache."""
 
 import torch
-from conftest import recompute_greedy_batch, tiny_model
+from infer_helpers import recompute_greedy_batch, tiny_model
 
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams

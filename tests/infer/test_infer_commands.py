@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_model
+from infer_helpers import tiny_model
 
 from lmstack.cli import main
 from lmstack.infer.chat import chat_loop

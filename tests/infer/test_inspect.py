@@ -1,7 +1,7 @@
 import math
 
 import torch
-from conftest import tiny_model
+from infer_helpers import tiny_model
 
 from lmstack.infer.inspect import attention_weights, check_attention, inspect_prompt
 from lmstack.model.gpt import expand_kv

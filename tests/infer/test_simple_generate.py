@@ -1,4 +1,4 @@
-from conftest import recompute_greedy, tiny_model
+from infer_helpers import recompute_greedy, tiny_model
 
 from lmstack.infer.simple import generate
 

@@ -11,6 +11,8 @@ import importlib
 import importlib.util
 import math
 import operator
+import shutil
+import uuid
 from pathlib import Path
 
 from lmstack.agent.sandbox import SandboxLimits, run_python
@@ -29,6 +31,25 @@ _FUNCTIONS = {"sqrt": math.sqrt, "log": math.log, "exp": math.exp, "sin": math.s
               "tan": math.tan, "abs": abs, "round": round, "min": min, "max": max}
 _CONSTANTS = {"pi": math.pi, "e": math.e}
 MAX_EXPONENT = 10_000  # 9**9**9 would take minutes and gigabytes
+MAX_RESULT_BITS = 100_000  # larger integer results are refused before computing them
+
+
+def _bits(value: float | int) -> int:
+    return abs(int(value)).bit_length() if isinstance(value, int) else 0
+
+
+def _check_result_size(op: ast.operator, left: float | int, right: float | int) -> None:
+    """Refuse integer results estimated above MAX_RESULT_BITS before computing them: a capped
+    exponent alone lets ((10**9999)**9999)**9999 through, which would freeze the process."""
+    if isinstance(op, ast.Pow) and isinstance(left, int) and isinstance(right, int) and right > 0:
+        estimate = _bits(left) * right  # an upper bound
+    elif isinstance(op, ast.Mult) and isinstance(left, int) and isinstance(right, int):
+        estimate = _bits(left) + _bits(right)
+    else:
+        return
+    if estimate > MAX_RESULT_BITS:
+        raise ValueError(f"the result would have about {estimate} bits (limit {MAX_RESULT_BITS}); "
+                         f"use smaller numbers or floats (e.g. 10.0**400 overflows instead of freezing)")
 
 
 def evaluate(expression: str) -> float | int:
@@ -46,6 +67,7 @@ def evaluate(expression: str) -> float | int:
             left, right = walk(node.left), walk(node.right)
             if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
                 raise ValueError(f"exponent {right} is too large (max {MAX_EXPONENT})")
+            _check_result_size(node.op, left, right)
             return _OPERATORS[type(node.op)](left, right)
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
                 and not node.keywords):
@@ -78,8 +100,13 @@ def python(code: str, context: ToolContext) -> str:
     Args:
         code: a complete Python program; print what you want to see.
     """
-    scratch = Path(context.workspace or ".") / "scratch"
-    return run_python(code, SandboxLimits(), scratch_dir=scratch).report()
+    # Each call gets its own folder: the calls of one turn run concurrently and would otherwise
+    # overwrite each other's __main__.py and files. Nothing in it is kept after the call.
+    scratch = Path(context.workspace or ".") / "scratch" / uuid.uuid4().hex
+    try:
+        return run_python(code, SandboxLimits(), scratch_dir=scratch).report()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def workspace_path(context: ToolContext, path: str) -> Path:

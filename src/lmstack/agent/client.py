@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, TypeVar
 
 from lmstack.errors import LmstackError
+from lmstack.openai_url import api_base
 
 T = TypeVar("T")
 
@@ -121,7 +122,7 @@ class OpenAIClient:
         self.stream = stream
         self.retry = retry or RetryPolicy()
         # The SDK's own retries are off: ours add jitter and apply the same policy to every backend.
-        self.sdk = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0)
+        self.sdk = openai.OpenAI(base_url=api_base(base_url), api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0)
 
     def complete(self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.0,
                  max_tokens: int | None = None, logprobs: bool = False, seed: int | None = None) -> ModelResponse:

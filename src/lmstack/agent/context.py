@@ -2,7 +2,7 @@
 
 Policy, cheapest loss first: (1) shorten tool outputs, oldest first, to a head and a note of what
 was cut; (2) if still too long, replace the oldest turns (never the system prompt, the task, or the
-latest turn) with one extractive summary message. The stored conversation is never changed; this
+latest turn) with one extractive summary, appended to the task message. The stored conversation is never changed; this
 builds the view sent on each call, deterministically, so a replayed run sends the same requests.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 from typing import Callable
+
+from lmstack.tokenizer import content_text
 
 KEEP_TOOL_CHARS = 200
 
@@ -27,7 +29,7 @@ def fit_context(messages: list[dict], max_tokens: int,
     if count_tokens(view) <= max_tokens:
         return view
     for message in view[:-1]:
-        content = message.get("content") or ""
+        content = content_text(message.get("content"))
         if message["role"] == "tool" and len(content) > KEEP_TOOL_CHARS:
             message["content"] = f"{content[:KEEP_TOOL_CHARS]}... [tool output truncated: {len(content)} chars]"
             if count_tokens(view) <= max_tokens:
@@ -58,17 +60,29 @@ def _with_summary(head: list[dict], dropped: list[dict], body: list[dict], max_t
     than the assumed 4 characters per token), down to a bare count of what was dropped."""
     budget_chars = max_tokens  # a quarter of the context at ~4 characters per token
     while True:
-        candidate = head + [_summary_message(dropped, budget_chars)] + body
+        candidate = _attach_summary(head, _summary_text(dropped, budget_chars)) + body
         if budget_chars == 0 or count_tokens(candidate) <= max_tokens:
             return candidate
         budget_chars //= 2
 
 
-def _summary_message(dropped: list[dict], budget_chars: int) -> dict:
+def _attach_summary(head: list[dict], summary: str) -> list[dict]:
+    """The summary goes into the task message (else the system prompt), not in a message of its own:
+    chat templates that require user/assistant alternation reject two user messages in a row."""
+    head = [dict(m) for m in head]
+    target = next((m for m in reversed(head) if m["role"] == "user"), head[-1] if head else None)
+    if target is None:
+        return [{"role": "user", "content": summary}]
+    task = content_text(target.get("content")).rstrip()
+    target["content"] = f"{task}\n\n{summary}" if task else summary
+    return head
+
+
+def _summary_text(dropped: list[dict], budget_chars: int) -> str:
     """One line per dropped message, newest kept first, within `budget_chars`."""
     lines: list[str] = []
     for m in reversed(dropped):
-        text = (m.get("content") or "").strip()
+        text = content_text(m.get("content")).strip()
         first_sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0][:160] if text else ""
         calls = ", ".join(c["function"]["name"] for c in m.get("tool_calls", []))
         line = f"- {m['role']}: {first_sentence}" + (f" [called {calls}]" if calls else "")
@@ -76,5 +90,5 @@ def _summary_message(dropped: list[dict], budget_chars: int) -> dict:
             lines.append(f"- ({len(dropped) - len(lines)} earlier messages omitted)")
             break
         lines.append(line)
-    return {"role": "user", "content": "Summary of earlier conversation (older turns were shortened to fit the "
-                                       "context):\n" + "\n".join(reversed(lines))}
+    return "Summary of earlier conversation (older turns were shortened to fit the context):\n" + "\n".join(
+        reversed(lines))

@@ -29,9 +29,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 NOBODY = 65534
 
@@ -52,7 +54,7 @@ class SandboxResult:
     stdout: str
     stderr: str
     exit_code: int | None
-    killed_by: str | None  # "wall_clock" | "signal N" | None
+    killed_by: str | None  # "wall_clock" | "output_limit" | "signal N" | None
     isolation: str  # "namespaces" | "rlimits"
     wall_s: float
 
@@ -121,19 +123,73 @@ def _run(command: list[str], env: dict, scratch: Path, limits: SandboxLimits, is
     start = time.monotonic()
     process = subprocess.Popen(command, env=env, cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                stdin=subprocess.DEVNULL, start_new_session=True)
+    cap = limits.max_output_chars
+    # The parent keeps at most `cap` (+ a little) of each stream, never the whole output; a program
+    # that keeps printing far past the cap is killed rather than drained forever.
+    flood = threading.Event()
+    stdout = _BoundedReader(process.stdout, cap, keep="head", flood_at=OUTPUT_KILL_FACTOR * cap + 65536,
+                            on_flood=lambda: (flood.set(), _kill_group(process.pid)))
+    stderr = _BoundedReader(process.stderr, cap, keep="tail", flood_at=OUTPUT_KILL_FACTOR * cap + 65536,
+                            on_flood=lambda: (flood.set(), _kill_group(process.pid)))
     killed_by = None
     try:
-        stdout, stderr = process.communicate(timeout=limits.wall_s)
+        process.wait(timeout=limits.wall_s)
     except subprocess.TimeoutExpired:
         killed_by = "wall_clock"
         _kill_group(process.pid)
-        stdout, stderr = process.communicate()
+        process.wait()
     _kill_group(process.pid)  # stragglers that left the group die with the PID namespace's init
+    stdout.join(timeout=5)
+    stderr.join(timeout=5)
+    if flood.is_set() and killed_by is None:
+        killed_by = "output_limit"
     if killed_by is None and process.returncode is not None and process.returncode < 0:
         killed_by = f"signal {signal.Signals(-process.returncode).name}"
-    cap = limits.max_output_chars
-    return SandboxResult(stdout.decode(errors="replace")[:cap], stderr.decode(errors="replace")[-cap:],
-                         process.returncode, killed_by, isolation, time.monotonic() - start)
+    return SandboxResult(stdout.text(), stderr.text(), process.returncode, killed_by, isolation,
+                         time.monotonic() - start)
+
+
+OUTPUT_KILL_FACTOR = 10  # kill the program once a stream has printed this many times the cap
+
+
+class _BoundedReader(threading.Thread):
+    """Drains one pipe, keeping its first (`keep="head"`) or last (`"tail"`) `cap` bytes and counting the rest."""
+
+    def __init__(self, pipe, cap: int, keep: str, flood_at: int, on_flood: Callable[[], object]):
+        super().__init__(daemon=True)
+        self.pipe, self.cap, self.keep, self.flood_at, self.on_flood = pipe, cap, keep, flood_at, on_flood
+        self.kept = bytearray()
+        self.total = 0
+        self.start()
+
+    def run(self) -> None:
+        flooded = False
+        try:
+            while chunk := self.pipe.read1(65536):
+                self.total += len(chunk)
+                if self.keep == "head":
+                    if len(self.kept) < self.cap:
+                        self.kept += chunk[:self.cap - len(self.kept)]
+                else:
+                    self.kept += chunk
+                    if len(self.kept) > self.cap:
+                        del self.kept[:len(self.kept) - self.cap]
+                if not flooded and self.total > self.flood_at:
+                    flooded = True
+                    self.on_flood()
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.pipe.close()
+
+    def text(self) -> str:
+        text = self.kept.decode(errors="replace")[:self.cap] if self.keep == "head" else \
+            self.kept.decode(errors="replace")[-self.cap:]
+        dropped = self.total - len(self.kept)
+        if dropped <= 0:
+            return text
+        note = f"[output truncated: {dropped} more bytes dropped of {self.total}]"
+        return f"{text}\n{note}" if self.keep == "head" else f"{note}\n{text}"
 
 
 def _kill_group(pgid: int) -> None:

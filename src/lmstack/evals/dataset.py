@@ -8,6 +8,7 @@ Sample carrying an `error`, so the run reports it per sample and still finishes.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,19 @@ def sample_from_row(row: Any, where: str, default_id: str, fields: FieldMap = Fi
         value = str(value)
     choices = row.get(fields.choices)
     if isinstance(choices, str):
-        choices = json.loads(choices) if choices.strip().startswith("[") else choices.split("|")
+        if choices.strip().startswith("["):
+            try:
+                choices = json.loads(choices)
+            except json.JSONDecodeError as err:
+                error = error or (f"{where}: '{fields.choices}' looks like a JSON list but is not valid JSON "
+                                  f"({err.msg}); fix it or separate the choices with '|'")
+                choices = None
+        else:
+            choices = choices.split("|")
+    if choices is not None and not isinstance(choices, list):
+        error = error or (f"{where}: '{fields.choices}' must be a list (or a string of choices separated by '|'), "
+                          f"got {type(choices).__name__}")
+        choices = None
     group = row.get(fields.group)
     return Sample(id=sample_id, input=value, target=row.get(fields.target), choices=choices,
                   metadata=metadata, group=None if group is None else str(group), error=error)
@@ -57,11 +70,17 @@ def sample_from_row(row: Any, where: str, default_id: str, fields: FieldMap = Fi
 def load_jsonl(path: str | Path, fields: FieldMap = FieldMap()) -> list[Sample]:
     path = _existing(path)
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             where = f"{path.name} line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                samples.append(Sample(id=str(lineno), input="", error=f"{where}: not valid UTF-8 (byte "
+                                      f"0x{raw[err.start]:02x} at column {err.start + 1}); save the file as UTF-8"))
+                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
@@ -73,8 +92,14 @@ def load_jsonl(path: str | Path, fields: FieldMap = FieldMap()) -> list[Sample]:
 
 def load_csv(path: str | Path, fields: FieldMap = FieldMap()) -> list[Sample]:
     path = _existing(path)
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:  # a CSV row can span lines, so the whole file is refused
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DatasetError(f"dataset file '{path}' line {line}: not valid UTF-8 (byte 0x{data[err.start]:02x}); "
+                           f"save the file as UTF-8") from None
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     # Line 1 is the header, so row i is on line i + 2.
     return [sample_from_row(row, f"{path.name} line {i + 2}", str(i + 2), fields) for i, row in enumerate(rows)]
 

@@ -104,15 +104,21 @@ class Store:
             row = self.conn.execute("SELECT * FROM eval_runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise RunNotFound(f"no eval run '{run_id}' in the database; `lmstack eval list` shows the runs")
-        return RunRecord(row["id"], row["task"], row["model"], json.loads(row["config"]), row["status"],
-                         row["created"], row["finished"], json.loads(row["summary"]) if row["summary"] else None,
-                         json.loads(row["environment"] or "{}"))
+        return _run_record(row)
 
     def runs(self, limit: int = 50) -> list[RunRecord]:
         with self.lock:
             ids = [r["id"] for r in self.conn.execute(
                 "SELECT id FROM eval_runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()]
         return [self.run(i) for i in ids]
+
+    def runs_page(self, offset: int = 0, limit: int = 50) -> tuple[int, list[RunRecord]]:
+        """The total number of runs and a page of them, newest first (one query for the page)."""
+        with self.lock:
+            total = self.conn.execute("SELECT COUNT(*) FROM eval_runs").fetchone()[0]
+            rows = self.conn.execute("SELECT * FROM eval_runs ORDER BY created DESC, id LIMIT ? OFFSET ?",
+                                     (limit, offset)).fetchall()
+        return total, [_run_record(r) for r in rows]
 
     def finish_run(self, run_id: str, summary: dict[str, Any]) -> None:
         with self.lock, transaction(self.conn):
@@ -144,6 +150,28 @@ class Store:
                              json.loads(r["scores"]), json.loads(r["events"]), json.loads(r["usage"]), r["error"])
                 for r in rows]
 
+    def samples_page(self, run_id: str, offset: int = 0, limit: int = 50) -> tuple[int, list[dict[str, Any]]]:
+        """The run's sample count and a page of light rows (sample_id, epoch, status, scores, error), without
+        inputs, outputs or transcripts. Raises RunNotFound for an unknown run."""
+        with self.lock:
+            if self.conn.execute("SELECT 1 FROM eval_runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise RunNotFound(f"no eval run '{run_id}' in the database; `lmstack eval list` shows the runs")
+            total = self.conn.execute("SELECT COUNT(*) FROM eval_samples WHERE run_id = ?", (run_id,)).fetchone()[0]
+            rows = self.conn.execute("SELECT sample_id, epoch, status, scores, error FROM eval_samples "
+                                     "WHERE run_id = ? ORDER BY created, sample_id, epoch LIMIT ? OFFSET ?",
+                                     (run_id, limit, offset)).fetchall()
+        return total, [dict(r) | {"scores": json.loads(r["scores"])} for r in rows]
+
+    def sample(self, run_id: str, sample_id: str, epoch: int = 0) -> SampleRecord:
+        """One (sample, epoch) result, transcript included. Raises RunNotFound when there is none."""
+        with self.lock:
+            r = self.conn.execute("SELECT * FROM eval_samples WHERE run_id = ? AND sample_id = ? AND epoch = ?",
+                                  (run_id, sample_id, epoch)).fetchone()
+        if r is None:
+            raise RunNotFound(f"eval run '{run_id}' has no sample '{sample_id}' (epoch {epoch})")
+        return SampleRecord(r["sample_id"], r["epoch"], r["status"], json.loads(r["sample"]), r["output"],
+                            json.loads(r["scores"]), json.loads(r["events"]), json.loads(r["usage"]), r["error"])
+
     # ---- response cache -------------------------------------------------------------------------
     def cached_response(self, key: str) -> dict[str, Any] | None:
         with self.lock:
@@ -154,3 +182,9 @@ class Store:
         with self.lock, transaction(self.conn):
             self.conn.execute("INSERT OR REPLACE INTO eval_cache (key, endpoint, request, response, created) "
                               "VALUES (?,?,?,?,?)", (key, endpoint, json.dumps(request), json.dumps(response), time.time()))
+
+
+def _run_record(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(row["id"], row["task"], row["model"], json.loads(row["config"]), row["status"],
+                     row["created"], row["finished"], json.loads(row["summary"]) if row["summary"] else None,
+                     json.loads(row["environment"] or "{}"))

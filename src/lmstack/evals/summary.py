@@ -75,7 +75,7 @@ def summarize_run(records: list[SampleRecord], reducers: list[str], higher_is_be
             values = per_sample(records, scorer, reducer)
             summary = stats.summarize([v for v, _ in values.values()], [g for _, g in values.values()],
                                       n_boot=n_boot, seed=seed)
-            table[scorer][reducer] = _finite(asdict(summary))
+            table[scorer][reducer] = finite(asdict(summary))
     usage: dict[str, float] = defaultdict(float)
     for r in records:
         for k, v in r.usage.items():
@@ -91,7 +91,7 @@ def summarize_run(records: list[SampleRecord], reducers: list[str], higher_is_be
     }
 
 
-def _finite(d: dict[str, Any]) -> dict[str, Any]:
+def finite(d: dict[str, Any]) -> dict[str, Any]:
     """NaN (an empty score list) stored as None: JSON has no NaN."""
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 

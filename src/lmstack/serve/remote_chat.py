@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import os
 from typing import Any, Iterator
-from urllib.parse import urlparse
 
 import openai
 
 from lmstack.errors import LmstackError
+from lmstack.openai_url import api_base
 
 
 class RemoteChatError(LmstackError):
     """The server at --url could not be reached or refused the request."""
-
-
-def api_base(url: str) -> str:
-    """Accept 'http://host:port' as well as 'http://host:port/v1'."""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise RemoteChatError(f"--url '{url}' is not an http(s) URL; pass e.g. http://127.0.0.1:8000/v1")
-    return url.rstrip("/") if parsed.path not in ("", "/") else url.rstrip("/") + "/v1"
 
 
 class RemoteSource:

@@ -14,7 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-root", default="runs", help="folder holding training run dirs (default runs)")
     p.add_argument("--db", default=None, help="database file (default: $LMSTACK_HOME/lmstack.db)")
     p.add_argument("--endpoint", action="append", default=[], metavar="NAME=URL",
-                   help="an OpenAI-compatible endpoint to chat with, e.g. local=http://127.0.0.1:8000/v1 (repeatable)")
+                   help="an OpenAI-compatible endpoint to chat with, e.g. local=http://127.0.0.1:8000/v1 (repeatable; "
+                        "sent no API key unless --endpoint-key names one)")
+    p.add_argument("--endpoint-key", action="append", default=[], metavar="NAME=ENV_VAR",
+                   help="send endpoint NAME the bearer key held in environment variable ENV_VAR, e.g. "
+                        "openai=OPENAI_API_KEY (repeatable; each endpoint gets only its own key)")
     p.add_argument("--api-key", default=None,
                    help="require this bearer key for /api (default: $LMSTACK_API_KEY, else none)")
     p.set_defaults(func=run_ui)
@@ -23,12 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_ui(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from lmstack.web.settings import DashboardSettings, parse_endpoints
+    from lmstack.web.settings import DashboardSettings, parse_endpoint_keys, parse_endpoints
     from lmstack.web.ui_app import create_ui_app
 
+    endpoints = parse_endpoints(args.endpoint)
     settings = DashboardSettings(runs_root=Path(args.runs_root), db_path=Path(args.db) if args.db else None,
-                                 endpoints=parse_endpoints(args.endpoint),
-                                 endpoint_api_key=os.environ.get("OPENAI_API_KEY") or None)
+                                 endpoints=endpoints, endpoint_keys=parse_endpoint_keys(args.endpoint_key, endpoints))
     api_key = args.api_key or os.environ.get("LMSTACK_API_KEY") or None
     app = create_ui_app(settings, api_key)
     print(f"lmstack ui: dashboard at http://{args.host}:{args.port}/ ({'API key required' if api_key else 'no API key'}); "

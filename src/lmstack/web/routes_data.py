@@ -54,10 +54,12 @@ def data_router(sources: DataSources) -> APIRouter:
             raise not_found(err) from None
 
     @router.get("/training/runs/{name}/metrics", tags=["dashboard: training"])
-    def training_metrics(name: str, offset: int = Query(0, ge=0, description="byte offset returned by the last call")):
-        """metrics.jsonl records from a byte offset on: poll with the returned offset to follow a live run."""
+    def training_metrics(name: str, offset: int = Query(0, ge=0, description="byte offset returned by the last call"),
+                         file: str | None = Query(None, description="file identity returned by the last call")):
+        """metrics.jsonl records from a byte offset on: poll with the returned offset and file to follow a live
+        run (a replaced or truncated file is read again from the start, with `reset` set)."""
         try:
-            return training_runs.read_metrics_from(root, name, offset)
+            return training_runs.read_metrics_from(root, name, offset, file)
         except NOT_FOUND as err:
             raise not_found(err) from None
 
@@ -119,7 +121,9 @@ def data_router(sources: DataSources) -> APIRouter:
         except NOT_FOUND as err:
             raise not_found(err) from None
 
-    @router.get("/evals/runs/{run_id}/samples/{sample_id}", tags=["dashboard: evals"])
+    # `:path` because sample ids may hold "/" (e.g. "gsm8k/12"): the server decodes %2F before routing.
+    # Nothing else lives under .../samples/, so this shadows no route.
+    @router.get("/evals/runs/{run_id}/samples/{sample_id:path}", tags=["dashboard: evals"])
     def eval_sample(run_id: str, sample_id: str, epoch: int = Query(0, ge=0)):
         """One sample's full record: input, target, output, scores and its transcript of events."""
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -99,19 +100,23 @@ def read_samples(run_log: Path) -> list[dict[str, Any]]:
     return samples
 
 
-def read_metrics_from(root: Path, name: str, offset: int, max_bytes: int = 4 << 20) -> dict[str, Any]:
-    """Whole metric records from byte `offset` on, and the offset to ask from next time.
+def read_metrics_from(root: Path, name: str, offset: int, file: str | None = None,
+                      max_bytes: int = 4 << 20) -> dict[str, Any]:
+    """Whole metric records from byte `offset` on, the offset to ask from next time, and the file's
+    identity (`file`: device and inode) to pass back with it.
 
-    A line still being written has no newline yet: it is left for the next call. When the trainer
-    resumed and truncated the file below `offset`, the reader starts again from 0 (`reset`).
+    A line still being written has no newline yet: it is left for the next call. When the file is no
+    longer the one `offset` was read from (the trainer replaces metrics.jsonl atomically on resume),
+    or it was truncated below `offset`, the reader starts again from 0 (`reset`).
     """
     metrics = resolve_run(root, name) / METRICS_FILE
     if not metrics.is_file():
-        return {"records": [], "offset": 0, "reset": offset != 0}
-    size = metrics.stat().st_size
-    reset = offset > size
-    start = 0 if reset else offset
+        return {"records": [], "offset": 0, "file": None, "reset": offset != 0}
     with open(metrics, "rb") as f:
+        st = os.fstat(f.fileno())  # of the file actually read, even if it is replaced meanwhile
+        identity = f"{st.st_dev}:{st.st_ino}"
+        reset = offset > st.st_size or (offset > 0 and file is not None and file != identity)
+        start = 0 if reset else offset
         f.seek(start)
         chunk = f.read(max_bytes)
     whole = chunk[: chunk.rfind(b"\n") + 1]
@@ -121,4 +126,4 @@ def read_metrics_from(root: Path, name: str, offset: int, max_bytes: int = 4 << 
             records.append(json.loads(line))
         except json.JSONDecodeError:
             continue
-    return {"records": records, "offset": start + len(whole), "reset": reset}
+    return {"records": records, "offset": start + len(whole), "file": identity, "reset": reset}

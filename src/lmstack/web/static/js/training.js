@@ -25,7 +25,7 @@ function renderList(container) {
 
 function renderRun(container, name) {
   const records = [];
-  let offset = 0, timer = null, stopped = false, valCount = 0;
+  let offset = 0, file = null, timer = null, stopped = false, valCount = 0;
   const charts = el("div", { class: "charts", id: "training-charts" });
   const samples = el("div", { id: "training-samples" });
   const config = el("div");
@@ -62,9 +62,10 @@ function renderRun(container, name) {
 
   async function poll() {
     try {
-      const page = await api(`/api/training/runs/${encodeURIComponent(name)}/metrics?offset=${offset}`);
+      const page = await api(`/api/training/runs/${encodeURIComponent(name)}/metrics?offset=${offset}${file ? `&file=${encodeURIComponent(file)}` : ""}`);
       if (page.reset) records.length = 0;
       offset = page.offset;
+      file = page.file; // a resume replaces metrics.jsonl: the server resets when this identity changes
       if (page.records.length || page.reset || !charts.childElementCount) {
         records.push(...page.records);
         const vals = draw();

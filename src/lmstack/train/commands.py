@@ -7,7 +7,7 @@ import os
 
 from lmstack.config import add_config_arguments
 
-SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + signal number, as a shell reports it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

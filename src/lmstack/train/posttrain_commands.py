@@ -6,8 +6,7 @@ import argparse
 import os
 
 from lmstack.config import add_config_arguments
-
-SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+from lmstack.train.commands import SIGNAL_EXIT_CODES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from lmstack.serve.errors import APIError
 from lmstack.serve.generation import (RequestResult, collect, new_id, now, record, resolve_max_tokens, sampling_params,
-                                      sse_response, usage)
+                                      sse_response, stream_chunk, usage)
 from lmstack.serve.schemas import ChatCompletionRequest
 from lmstack.serve.state import ServerState, server_state
 from lmstack.serve.structured import check_schema
@@ -128,12 +128,9 @@ async def stream_chunks(state: ServerState, body: ChatCompletionRequest, plan: C
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(index: int, delta: dict[str, Any], logprobs=None, reason: str | None = None) -> dict[str, Any]:
-        out = {"id": response_id, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
-               "system_fingerprint": None,
-               "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]}
-        if include_usage:
-            out["usage"] = None
-        return out
+        return stream_chunk("chat.completion.chunk", response_id, created, state.model_name,
+                            {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason},
+                            include_usage)
 
     splitters = {i: ToolCallSplitter(plan.parse_calls) for i in range(body.n)}
     for index in range(body.n):

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 
 from lmstack.serve.errors import APIError
 from lmstack.serve.generation import (RequestResult, collect, new_id, now, record, resolve_max_tokens, sampling_params,
-                                      sse_response, usage)
+                                      sse_response, stream_chunk, usage)
 from lmstack.serve.schemas import CompletionRequest
 from lmstack.serve.state import ServerState, server_state
 
@@ -119,12 +119,9 @@ async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, en
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(index: int, text: str, logprobs=None, reason: str | None = None) -> dict[str, Any]:
-        out = {"id": response_id, "object": "text_completion", "created": created, "model": state.model_name,
-               "system_fingerprint": None,
-               "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}]}
-        if include_usage:
-            out["usage"] = None
-        return out
+        return stream_chunk("text_completion", response_id, created, state.model_name,
+                            {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason},
+                            include_usage)
 
     queue: asyncio.Queue = asyncio.Queue()
 

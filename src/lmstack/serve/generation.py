@@ -144,6 +144,17 @@ def sse_response(chunks: AsyncIterator[dict[str, Any]], on_close) -> StreamingRe
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def stream_chunk(object_name: str, response_id: str, created: int, model: str, choice: dict[str, Any],
+                 include_usage: bool) -> dict[str, Any]:
+    """One SSE chunk in OpenAI's envelope; with include_usage every chunk carries `usage: null`
+    until the final usage chunk, as OpenAI's stream does."""
+    out = {"id": response_id, "object": object_name, "created": created, "model": model,
+           "system_fingerprint": None, "choices": [choice]}
+    if include_usage:
+        out["usage"] = None
+    return out
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}

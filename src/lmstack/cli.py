@@ -16,7 +16,8 @@ from lmstack.errors import LmstackError
 COMMAND_MODULES: list[str] = [
     "lmstack.data.commands",  # prepare, tokenizer train|encode|info
     "lmstack.model.commands",  # import, export, info
-    "lmstack.train.commands",  # train, quickstart
+    "lmstack.train.commands",  # train
+    "lmstack.quickstart",  # quickstart (= make demo)
     "lmstack.train.posttrain_commands",  # sft, dpo, grpo, data toolcalls
     "lmstack.infer.commands",  # sample, inspect
     "lmstack.serve.commands",  # serve, chat (local or --url)

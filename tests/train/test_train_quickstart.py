@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lmstack.train.metrics import read_metrics
-from lmstack.train.quickstart import STAGES, quickstart
+from lmstack.quickstart import STAGES, quickstart
 
 # This layer's stages; later layers append theirs (SFT, evals) and test them themselves.
 PRETRAIN_STAGES = [stage for stage in STAGES if stage[0] in ("data", "pretrain", "samples")]

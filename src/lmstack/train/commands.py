@@ -1,4 +1,4 @@
-"""`lmstack train` and `lmstack quickstart`."""
+"""`lmstack train`."""
 
 from __future__ import annotations
 
@@ -21,13 +21,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--resume", action="store_true",
                        help="require a checkpoint to resume from (without it, an existing one is resumed anyway)")
     train.set_defaults(func=run_train)
-
-    quick = subparsers.add_parser(
-        "quickstart", help="the demo: tokenizer, data, a small pretrained model and samples, on a laptop CPU",
-        description="Prepare the Python stdlib corpus, train a tokenizer, pretrain a small GPT and print samples.")
-    quick.add_argument("--run-dir", default="runs/quickstart", help="where everything goes (default runs/quickstart)")
-    quick.add_argument("--steps", type=int, default=None, help="pretraining steps (default: sized for ~5 minutes)")
-    quick.set_defaults(func=run_quickstart)
 
 
 def load_train_config(args: argparse.Namespace):
@@ -52,14 +45,6 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"last checkpoint: {result.last_checkpoint}")
         if result.best_checkpoint:
             print(f"best checkpoint: {result.best_checkpoint}")
-    return SIGNAL_EXIT_CODES.get(result.interrupted_by, 0)
-
-
-def run_quickstart(args: argparse.Namespace) -> int:
-    from lmstack.train.quickstart import quickstart
-
-    overrides = {} if args.steps is None else {"max_steps": args.steps}
-    result = quickstart(args.run_dir, **overrides)
     return SIGNAL_EXIT_CODES.get(result.interrupted_by, 0)
 
 

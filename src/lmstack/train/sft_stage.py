@@ -25,7 +25,7 @@ SFT_SETTINGS: dict[str, Any] = {
 
 
 def stage_sft(qs) -> None:
-    """A quickstart stage (see lmstack.train.quickstart): `qs` has run_dir, pretrain, outputs, interrupted_by."""
+    """A quickstart stage (see lmstack.quickstart): `qs` has run_dir, pretrain, outputs, interrupted_by."""
     data = qs.run_dir / "toolcalls"
     if not (data / "test.jsonl").is_file():
         write_splits(data, TRAIN_CONVERSATIONS, TEST_CONVERSATIONS, seed=0)

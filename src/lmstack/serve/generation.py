@@ -101,6 +101,9 @@ def record(result: RequestResult, event: TokenEvent) -> None:
             result.prompt_tokens = event.usage["prompt_tokens"]
 
 
+DISCONNECT_POLL_S = 0.1
+
+
 async def collect(engine: AsyncEngine, handle: RequestHandle, request: Request) -> RequestResult:
     """Run a request to the end; abort it if the client disconnects first."""
     result = RequestResult({})
@@ -113,7 +116,8 @@ async def collect(engine: AsyncEngine, handle: RequestHandle, request: Request) 
     task = asyncio.ensure_future(gather())
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=0.25)
+            # Poll often: a client that left should free its KV blocks within ~0.1 s, not after its answer.
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
             if done:
                 return task.result()
             if await request.is_disconnected():

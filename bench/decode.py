@@ -4,7 +4,11 @@ Figures (medians of a few runs, greedy, fixed token counts):
   - bs=1 decode tok/s for a small llama (depth 4) and for GPT-2-124M-sized random weights;
   - throughput with 32 concurrent requests, as a multiple of our bs=1 figure;
   - the distance to two bounds: the nominal memory-bandwidth bound (weights read once per token at
-    MEMORY_BANDWIDTH_GBS) and the measured one: every weight matmul alone ("weights_only"), same run.
+    MEMORY_BANDWIDTH_GBS) and the measured one: every weight matmul alone ("weights_only"), same run;
+  - the same engine with int8 weights (EngineConfig.quantization="int8"): bs=1 tok/s, its own two bounds
+    (the nominal one counts the bytes a decode step reads: int8 linears, norms; not the embedding tables,
+    of which it reads one row), the share of its 64 greedy tokens equal to the unquantized engine's, and
+    the share of steps with the same argmax when both are fed the unquantized engine's tokens.
 Ours and the peers take turns within each repeat, so load from other jobs hits them alike.
 The peer is the faster of transformers in float32 and in bfloat16. The last line is JSON.
 
@@ -14,6 +18,8 @@ The peer is the faster of transformers in float32 and in bfloat16. The last line
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -25,6 +31,7 @@ import torch
 from lmstack.device import detect_device, inference_dtype
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
+from lmstack.infer.quantize import Int8Linear
 from lmstack.model.checkpoint import save_model_dir
 from lmstack.model.config import ModelConfig, config_from_depth
 from lmstack.model.convert_hf import export_hf
@@ -68,38 +75,71 @@ def hf_run(hf_dir: Path, dtype: torch.dtype, tokens: int):
 
 
 def weights_only_run(model: torch.nn.Module, tokens: int):
-    """Every weight matrix times one row, once per token: what any decoder pays with PyTorch's kernels just to
-    read its weights, on this machine in this run (the practical floor, unlike the nominal bandwidth bound)."""
-    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    rows = {w.size(1): torch.zeros(1, w.size(1), dtype=w.dtype) for w in weights}
+    """Every linear layer (bf16 or int8) on one row, once per token: what any decoder pays with PyTorch's kernels
+    just to read its weights, on this machine in this run (the practical floor, unlike the nominal bound)."""
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
+    dtype = model.tok_emb.weight.dtype
+    rows = {m.in_features: torch.zeros(1, m.in_features, dtype=dtype) for m in layers}
 
     def run():
         with torch.inference_mode():
             for _ in range(tokens):
-                for w in weights:
-                    torch.nn.functional.linear(rows[w.size(1)], w)
+                for layer in layers:
+                    layer(rows[layer.in_features])
     return run
+
+
+def decode_read_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the weights one decode step reads: all but the embedding tables, of which it reads one row
+    (a tied lm_head's table is read whole, so it counts)."""
+    embeddings = {m.weight.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    embeddings.discard(model.lm_head.weight.data_ptr())
+    unique = {t.data_ptr(): t for t in model.state_dict().values()}
+    return sum(t.numel() * t.element_size() for ptr, t in unique.items() if ptr not in embeddings)
+
+
+def greedy_agreement(reference: list[int], candidate: list[int]) -> float:
+    return sum(a == b for a, b in zip(reference, candidate)) / len(reference)
+
+
+def teacher_forced_top1(reference: torch.nn.Module, candidate: torch.nn.Module, prompt: list[int],
+                        tokens: list[int]) -> float:
+    """Share of the steps at which both models' argmax agree, both fed the reference's tokens: unlike free-running
+    greedy decoding, one flip (a near-tie, common in random weights' flat logits) does not change all later steps."""
+    ids = torch.tensor([prompt + tokens[:-1]])
+    with torch.inference_mode():
+        wanted = [model(ids)[0][0, len(prompt) - 1:].argmax(-1) for model in (reference, candidate)]
+    return (wanted[0] == wanted[1]).float().mean().item()
 
 
 def bench_model(name: str, cfg: ModelConfig, tokens: int, repeats: int, concurrent: int | None, compile: bool,
                 dtype: str) -> dict:
     model = build_model(cfg, seed=0)
     weights_dtype = inference_dtype(detect_device("cpu"), dtype)
-    engine = Engine(model.to(weights_dtype), None,
-                    EngineConfig(block_size=16, max_num_seqs=64, kv_memory_mb=1024, compile=compile))
+    engine_config = EngineConfig(block_size=16, max_num_seqs=64, kv_memory_mb=1024, compile=compile)
+    engine = Engine(model.to(weights_dtype), None, engine_config)
+    # A copy: quantization replaces the Linear layers in place, and `model` is exported for the peers below.
+    int8_engine = Engine(copy.deepcopy(model), None, dataclasses.replace(engine_config, quantization="int8"))
     t0 = time.perf_counter()
     ours_run(engine, 1, 4)()  # compiles the decode step (bs=1 and the dynamic-shape graph)
     ours_run(engine, 2, 4)()
     warmup_s = time.perf_counter() - t0
+    ours_run(int8_engine, 1, 4)()
+    ours_run(int8_engine, 2, 4)()
     with tempfile.TemporaryDirectory() as tmp:
         save_model_dir(Path(tmp) / "ours", model, None)
         export_hf(Path(tmp) / "ours", Path(tmp) / "hf", dtype="float32")
-        runs = {"ours": ours_run(engine, 1, tokens), "weights_only": weights_only_run(model, tokens)}
+        runs = {"ours": ours_run(engine, 1, tokens), "weights_only": weights_only_run(model, tokens),
+                "ours_int8": ours_run(int8_engine, 1, tokens),
+                "weights_only_int8": weights_only_run(int8_engine.model, tokens)}
         if concurrent:
             runs["ours_concurrent"] = ours_run(engine, concurrent, tokens)
         runs.update({f"transformers_{str(d).removeprefix('torch.')}": hf_run(Path(tmp) / "hf", d, tokens)
                      for d in (torch.float32, torch.bfloat16)})
         tok_s = {k: tokens / v for k, v in interleaved_medians(runs, repeats).items()}
+        greedy = runs["ours"]()[0]
+        agreement = greedy_agreement(greedy.token_ids, runs["ours_int8"]()[0].token_ids)
+        forced = teacher_forced_top1(model, int8_engine.model, greedy.prompt_token_ids, greedy.token_ids)
     peer = {k.removeprefix("transformers_"): v for k, v in tok_s.items() if k.startswith("transformers_")}
     ours, best_peer = tok_s["ours"], max(peer.values())
     result = {"model": name, "params_m": round(model.num_params() / 1e6, 1), "dtype": str(weights_dtype),
@@ -112,6 +152,13 @@ def bench_model(name: str, cfg: ModelConfig, tokens: int, repeats: int, concurre
     result["fraction_of_bound"] = round(ours / result["bandwidth_bound_tok_s"], 2)
     result["weights_only_tok_s"] = round(tok_s["weights_only"], 1)
     result["fraction_of_weights_only"] = round(ours / tok_s["weights_only"], 2)
+    int8, int8_bound = tok_s["ours_int8"], MEMORY_BANDWIDTH_GBS * 1e9 / decode_read_bytes(int8_engine.model)
+    result.update({"int8_bs1_tok_s": round(int8, 1), "int8_ratio_bs1": round(int8 / best_peer, 2),
+                   "int8_speedup_vs_ours": round(int8 / ours, 2), "int8_bandwidth_bound_tok_s": round(int8_bound, 1),
+                   "int8_fraction_of_bound": round(int8 / int8_bound, 2),
+                   "int8_weights_only_tok_s": round(tok_s["weights_only_int8"], 1),
+                   "int8_fraction_of_weights_only": round(int8 / tok_s["weights_only_int8"], 2),
+                   "int8_greedy_agreement": round(agreement, 3), "int8_teacher_forced_top1": round(forced, 3)})
     if concurrent:
         many = concurrent * tok_s["ours_concurrent"]
         result[f"ours_{concurrent}_concurrent_tok_s"] = round(many, 1)
@@ -150,7 +197,16 @@ def main() -> None:
         "gpt2_124m_weights_only_tok_s": medium["weights_only_tok_s"],
         "gpt2_124m_fraction_of_weights_only": medium["fraction_of_weights_only"],
         "small_32_concurrent_vs_bs1": small["ratio_32_concurrent_vs_bs1"],
-        "gpt2_124m_32_concurrent_vs_bs1": medium["ratio_32_concurrent_vs_bs1"]}))
+        "gpt2_124m_32_concurrent_vs_bs1": medium["ratio_32_concurrent_vs_bs1"],
+        "small_int8_bs1_tok_s": small["int8_bs1_tok_s"], "small_int8_ratio": small["int8_ratio_bs1"],
+        "small_int8_greedy_agreement": small["int8_greedy_agreement"],
+        "small_int8_teacher_forced_top1": small["int8_teacher_forced_top1"],
+        "gpt2_124m_int8_bs1_tok_s": medium["int8_bs1_tok_s"], "gpt2_124m_int8_ratio": medium["int8_ratio_bs1"],
+        "gpt2_124m_int8_speedup_vs_ours": medium["int8_speedup_vs_ours"],
+        "gpt2_124m_int8_fraction_of_int8_bound": medium["int8_fraction_of_bound"],
+        "gpt2_124m_int8_fraction_of_int8_weights_only": medium["int8_fraction_of_weights_only"],
+        "gpt2_124m_int8_greedy_agreement": medium["int8_greedy_agreement"],
+        "gpt2_124m_int8_teacher_forced_top1": medium["int8_teacher_forced_top1"]}))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
+from lmstack.train.config import GuardConfig
 from lmstack.train.dpo import DPOObjective, PreferenceLoader, dpo_loss, load_preferences
-from lmstack.train.grpo import GRPOObjective, build_rollouts, grpo_loss, group_advantages, kl_k3
+from lmstack.train.grpo import GRPOConfig, GRPOObjective, build_rollouts, grpo_loss, group_advantages, kl_k3
+from lmstack.train.guards import LossGuard
 from lmstack.train.lora import apply_lora
 
 
@@ -106,3 +108,18 @@ def test_a_grpo_step_makes_the_rewarded_completion_likelier(chat_tokenizer, make
     optimizer.step()
     assert good_minus_bad() > before
     assert metrics["reward_mean"] == 0.5 and metrics["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_grpo_guard_passes_signed_near_zero_losses_but_not_nan():
+    """GRPO's loss hovers around 0 with either sign, so a spike rule (x times the median) would skip healthy
+    steps; the GRPO default guards non-finite losses only. Losses from a real run that the spike rule skipped."""
+    losses = [1e-4, -1e-4, 0.0, 5e-5, 1e-4] * 5 + [3e-4, 5e-4]
+    spiky, grpo_guard = LossGuard(GuardConfig()), LossGuard(GRPOConfig().guard)
+    reasons = []
+    for loss in losses:
+        reasons.append(spiky.check(loss, 1.0))
+        spiky.accept(loss)
+        assert grpo_guard.check(loss, 1.0) is None
+        grpo_guard.accept(loss)
+    assert reasons[-1] is not None  # the pretraining default would have skipped it
+    assert grpo_guard.check(float("nan"), 1.0) is not None

@@ -26,6 +26,8 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
 - `SamplingParams.constraint` (a factory of per-sequence token masks) is the hook structured output uses.
 - `Engine(model, ...)` serves the model in the dtype and on the device it is in; `from_checkpoint`
   loads it with `config.dtype` and `config.device`. `compile` and `cuda_graphs` only change speed.
+- `quantization="int8"` stores the Linear weights as int8 with per-channel scales (infer/quantize.py):
+  the engine replaces the model's Linear layers in place, so the model passed in is changed too.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from lmstack.infer.cuda_graphs import CudaGraphDecoder
 from lmstack.infer.detokenizer import IncrementalDetokenizer
 from lmstack.infer.paged_cache import PagedKVCache, build_layout
 from lmstack.infer.params import SamplingError, SamplingParams
+from lmstack.infer.quantize import check_method, quantize_model
 from lmstack.infer.sampler import RowSettings, apply_penalties, sample
 from lmstack.infer.scheduler import ScheduledChunk, Scheduler
 from lmstack.infer.sequence import Sequence, Status, TokenLogprob
@@ -63,6 +66,10 @@ class EngineConfig:
     compile: bool = False  # torch.compile the decode step (~1 min of compiling; measure: bench/decode.py --compile)
     enable_prefix_caching: bool = True
     cuda_graphs: bool = False  # replay captured decode steps on NVIDIA GPUs (captured on the first decode)
+    quantization: str | None = None  # "int8": weight-only int8 Linears (replaces the model's layers in place)
+
+    def validate(self) -> None:
+        check_method(self.quantization)
 
 
 @dataclass(slots=True)
@@ -115,9 +122,11 @@ class RequestOutput:
 
 class Engine:
     def __init__(self, model: GPT, tokenizer=None, config: EngineConfig | None = None):
+        self.config = config = config or EngineConfig()
+        if config.quantization is not None:
+            model = quantize_model(model, config.quantization)
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.config = config = config or EngineConfig()
         cfg = model.cfg
         weight = model.tok_emb.weight
         self.device, self.dtype = weight.device, weight.dtype
@@ -141,6 +150,7 @@ class Engine:
         from lmstack.model.checkpoint import load_model_dir
 
         config = config or EngineConfig()
+        check_method(config.quantization)  # before the load, which takes a while
         info = detect_device(config.device)
         model, tokenizer, _ = load_model_dir(path, device=info.torch_device, dtype=inference_dtype(info, config.dtype))
         return cls(model, tokenizer, config)

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_engine_arguments(p)
     p.epilog = "settings (--set KEY=VALUE or TOML): host, port, model_name, api_key, max_queue, max_body_bytes, " \
                "graceful_shutdown_s, torch_threads, engine.{block_size, num_blocks, kv_memory_mb, max_num_seqs, " \
-               "max_batched_tokens, dtype, device, compile, enable_prefix_caching}"
+               "max_batched_tokens, dtype, device, compile, enable_prefix_caching, quantization}"
     p.set_defaults(func=run_serve)
 
     p = subparsers.add_parser("chat", help="chat in the terminal with a checkpoint, or with any "

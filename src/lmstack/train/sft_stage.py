@@ -3,7 +3,9 @@
 Writes the synthetic tool-use splits to <run dir>/toolcalls, runs `lmstack sft` from the pretraining
 checkpoint into <run dir>/sft (final model: <run dir>/sft/final), scores tool calls on held-out
 conversations, and walks one held-out question through call -> tool result -> answer.
-Budget: ~3 minutes on 2 CPU cores (250 steps of 16 x 256 tokens, one pass over 4,000 conversations).
+Budget: ~5.5 minutes on 2 idle CPU cores: 1,000 steps of 16 windows of 256 tokens, packed from 16,000
+conversations. Measured on the held-out split: 250 steps (the earlier budget) got 14% of calls' arguments
+right, 1,000 steps 86%; GRPO needs that spread of right and wrong samples to learn from.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from lmstack.model.checkpoint import load_model_dir
 from lmstack.train.toolcall_rewards import toolcall_accuracy, toolcall_prompts
 from lmstack.train.sft import SFTConfig, load_finetune_config, sft
 
-TRAIN_CONVERSATIONS, TEST_CONVERSATIONS, SCORED_CONVERSATIONS = 4000, 200, 60
+TRAIN_CONVERSATIONS, TEST_CONVERSATIONS, SCORED_CONVERSATIONS = 16000, 200, 60
 SFT_SETTINGS: dict[str, Any] = {
-    "device": "cpu", "batch_size": 16, "seq_len": 256, "max_steps": 250, "lr": 1e-3, "warmup_steps": 10,
-    "eval_every": 125, "eval_batches": 2, "checkpoint_every": 125, "keep_last": 1, "sample_count": 1,
+    "device": "cpu", "batch_size": 16, "seq_len": 256, "max_steps": 1000, "lr": 1e-3, "warmup_steps": 10,
+    "eval_every": 250, "eval_batches": 2, "checkpoint_every": 250, "keep_last": 1, "sample_count": 1,
 }
 
 

@@ -53,7 +53,7 @@ def sample_completions(model: GPT, tokenizer: Tokenizer, prompts: list[list[int]
     A fresh engine each call: a prefix cache kept across optimizer steps would serve stale keys and values.
     """
     was_training = model.training
-    engine = Engine(model, tokenizer, EngineConfig(max_num_seqs=64))
+    engine = Engine(model, tokenizer, EngineConfig(max_num_seqs=256))  # a GRPO step's groups decode together
     params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, n=n,
                              seed=None if seed is None else seed + 1000 * i) for i in range(len(prompts))]
     outputs = engine.generate(prompts, params)
@@ -62,17 +62,18 @@ def sample_completions(model: GPT, tokenizer: Tokenizer, prompts: list[list[int]
 
 
 def toolcall_accuracy(model: GPT, tokenizer: Tokenizer, prompts: list[ToolcallPrompt],
-                      max_new_tokens: int = 64) -> dict[str, float]:
+                      max_new_tokens: int = 64) -> dict[str, Any]:
     """Greedy answers at every decision point, scored: how often calls parse, name the right tool,
-    carry the right arguments; how often answer turns call nothing and contain the answer; mean reward."""
+    carry the right arguments; how often answer turns call nothing and contain the answer; the mean
+    reward, and each prompt's reward (`rewards`, for paired comparisons of two checkpoints)."""
     completions = sample_completions(model, tokenizer, [p.ids for p in prompts], 1, max_new_tokens, temperature=0.0)
     calls = {"parsed": 0, "right_tool": 0, "right_args": 0}
     answers = {"no_call": 0, "correct": 0}
     n_calls = n_answers = 0
-    total_reward = 0.0
+    rewards = []
     for prompt, (completion,) in zip(prompts, completions):
         reward, score = toolcall_reward(tokenizer, prompt.target, completion)
-        total_reward += reward
+        rewards.append(reward)
         if score["expects_call"]:
             n_calls += 1
             for key in calls:
@@ -84,7 +85,7 @@ def toolcall_accuracy(model: GPT, tokenizer: Tokenizer, prompts: list[ToolcallPr
     return {"call_turns": n_calls, "answer_turns": n_answers,
             **{f"call_{k}": v / max(n_calls, 1) for k, v in calls.items()},
             **{f"answer_{k}": v / max(n_answers, 1) for k, v in answers.items()},
-            "mean_reward": total_reward / max(len(prompts), 1)}
+            "mean_reward": sum(rewards) / max(len(prompts), 1), "rewards": rewards}
 
 
 def load_toolcall_samples(path: str | Path) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ Each output channel of a Linear gets one scale, absmax / 127, computed in fp32 a
 layer's dtype (the kernel wants scales in the activation dtype); the weight is rounded to int8 with
 that stored scale, so every element is within scale / 2 of the original. Activations stay in the
 model's dtype. Decode at batch 1 reads half the bytes of bf16 weights, which is what bounds it on CPU:
-bench/decode.py --threads 1, GPT-2-124M, bf16 engine 53-55 tok/s, int8 91-94 tok/s (1.7x, same run).
+bench/decode.py --threads 1 on an idle machine, GPT-2-124M, bf16 engine 51.7 tok/s, int8 92.7 tok/s
+(1.8x, same run).
 
     quantize_model(model, "int8")   # in place: Linear layers of the blocks and the lm_head -> Int8Linear
 """

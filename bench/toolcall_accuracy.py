@@ -1,7 +1,7 @@
 """Tool-use accuracy of a fine-tuned checkpoint on the held-out synthetic split (and, optionally, GRPO).
 
     python bench/toolcall_accuracy.py [--checkpoint runs/quickstart/sft/final] [--n 200]
-    python bench/toolcall_accuracy.py --grpo-steps 30 [--grpo-lr 5e-5] [--grpo-set batch_size=64 ...]
+    python bench/toolcall_accuracy.py --grpo-steps 30 [--grpo-set lr=5e-5 --grpo-set batch_size=64 ...]
         # + a short GRPO run: held-out reward before/after, with a paired bootstrap CI of the change
 
 Every decision point of the held-out conversations is answered greedily by the engine. Our figure is
@@ -40,8 +40,8 @@ def measure(checkpoint: str, samples: list[dict], max_new_tokens: int):
     return result, prompts, time.perf_counter() - t0
 
 
-def run_grpo(checkpoint: str, steps: int, lr: float, overrides: list[str], test_file: Path, seed: int) -> str:
-    """A short GRPO run from `checkpoint` on generated train prompts; returns its final dir.
+def run_grpo(checkpoint: str, steps: int, overrides: list[str], test_file: Path, seed: int) -> tuple[str, GRPOConfig]:
+    """A short GRPO run from `checkpoint` on generated train prompts; returns its final dir and its settings.
 
     4,000 conversations give ~8,000 decision points, so a run of the default size sees no prompt twice:
     on 500 conversations (two passes) the train reward rose while the held-out one did not move.
@@ -51,8 +51,8 @@ def run_grpo(checkpoint: str, steps: int, lr: float, overrides: list[str], test_
     train_file.write_text("\n".join(json.dumps(s) for s in generate(4000, seed, "train")) + "\n")
     cfg = load_finetune_config(GRPOConfig, checkpoint, None, overrides, train_file=str(train_file),
                                val_file=str(test_file), run_dir=str(work / "run"), max_steps=steps, eval_every=steps,
-                               checkpoint_every=steps, lr=lr)
-    return str(grpo(cfg).final)
+                               checkpoint_every=steps)
+    return str(grpo(cfg).final), cfg
 
 
 def main() -> None:
@@ -62,9 +62,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--grpo-steps", type=int, default=0, help="also run GRPO this many steps and report before/after")
-    parser.add_argument("--grpo-lr", type=float, default=GRPOConfig.lr, help=f"GRPO learning rate (default {GRPOConfig.lr})")
     parser.add_argument("--grpo-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="another GRPO setting, e.g. batch_size=64 or temperature=1.0 (repeatable)")
+                        help="a GRPO setting, e.g. lr=1e-4, batch_size=64 or temperature=1.0 (repeatable)")
     args = parser.parse_args()
 
     samples = generate(args.n, args.seed, "test")
@@ -73,7 +72,7 @@ def main() -> None:
     print(f"{args.checkpoint}: {len(samples)} held-out conversations, {result['call_turns']} tool-calling turns, "
           f"{result['answer_turns']} answer turns, scored in {seconds:.0f}s")
     for key, value in result.items():
-        if key == "rewards":
+        if isinstance(value, list):  # the per-prompt rewards
             continue
         print(f"  {key:20s} {value:.3f}" if isinstance(value, float) else f"  {key:20s} {value}")
     figures = {"metric": "tool calls that parse and name the right tool (held-out synthetic split)",
@@ -85,12 +84,13 @@ def main() -> None:
     if args.grpo_steps:
         test_file = Path(tempfile.mkdtemp(prefix="grpo-test-")) / "test.jsonl"
         test_file.write_text("\n".join(json.dumps(s) for s in samples) + "\n")
-        after, _, _ = measure(run_grpo(args.checkpoint, args.grpo_steps, args.grpo_lr, args.grpo_set, test_file, args.seed), samples, args.max_new_tokens)
+        final, grpo_cfg = run_grpo(args.checkpoint, args.grpo_steps, args.grpo_set, test_file, args.seed)
+        after, _, _ = measure(final, samples, args.max_new_tokens)
         change = paired_bootstrap(result["rewards"], after["rewards"])
         print(f"GRPO {args.grpo_steps} steps: held-out mean reward {result['mean_reward']:.4f} -> {after['mean_reward']:.4f} "
               f"over {len(prompts)} decision points; paired change {change.mean_diff:+.4f}, 95% CI "
               f"[{change.ci_low:+.4f}, {change.ci_high:+.4f}], p = {change.p_value:.3f}")
-        figures.update({"grpo_steps": args.grpo_steps, "grpo_lr": args.grpo_lr, "reward_before": round(result["mean_reward"], 4),
+        figures.update({"grpo_steps": args.grpo_steps, "grpo_lr": grpo_cfg.lr, "grpo_batch_size": grpo_cfg.batch_size, "reward_before": round(result["mean_reward"], 4),
                         "reward_after": round(after["mean_reward"], 4), "reward_points": len(prompts),
                         "reward_change_ci95": [round(change.ci_low, 4), round(change.ci_high, 4)],
                         "reward_change_p": round(change.p_value, 4),

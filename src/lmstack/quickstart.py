@@ -17,14 +17,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from lmstack.config import load_config
 from lmstack.data.toolcalls import tokenizer_texts
 from lmstack.train.config import TrainConfig
 from lmstack.train.commands import SIGNAL_EXIT_CODES
-from lmstack.train.loop import TrainResult, train
-from lmstack.train.sft_stage import stage_sft
+
+if TYPE_CHECKING:  # the CLI imports this module to register `quickstart`: torch loads only when a stage runs
+    from lmstack.train.loop import TrainResult
 
 # Sized for ~5 minutes on 2 CPU cores: 1.9M parameters (4 layers of width 128, vocab 4096) see 1.5M
 # tokens in 360 steps of 4096 (9.8 MFLOP/token, 1.4e13 FLOPs in all). A step took ~1.2 CPU-seconds on a
@@ -84,6 +85,8 @@ def stage_data(qs: Quickstart) -> None:
 
 
 def stage_pretrain(qs: Quickstart) -> None:
+    from lmstack.train.loop import train
+
     overrides = [f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
                  for key, value in qs.overrides.items()]
     base = {**PRETRAIN_SETTINGS, "run_dir": str(qs.run_dir), "data_dir": str(qs.data_dir)}
@@ -105,6 +108,13 @@ def stage_samples(qs: Quickstart) -> None:
     for text in texts:
         print("-" * 60 + "\n" + text)
     print("-" * 60)
+
+
+def stage_sft(qs: Quickstart) -> None:
+    """Tool-use SFT from the pretraining checkpoint (lmstack.train.sft_stage)."""
+    from lmstack.train.sft_stage import stage_sft as run
+
+    run(qs)
 
 
 def stage_evals(qs: Quickstart) -> None:

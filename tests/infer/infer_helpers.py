@@ -5,6 +5,7 @@ import torch
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import build_model
 
+PROMPTS = [[1, 2, 3], [5] * 21, list(range(10, 70)), [7]]  # token ids: short, repeated, long, one token
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "Hello world! Héllo wörld, naïve café. " * 3,
          "stop STOP halt END done. 1 2 3 4 5 6 7 8 9 10. " * 3, "日本語のテキスト、絵文字 🙂 too. " * 2]
 

@@ -1,13 +1,10 @@
 """The paged, batched engine against the slowest correct path: full recomputation without a cache."""
 
 import torch
-from infer_helpers import recompute_greedy_batch, tiny_model
+from infer_helpers import PROMPTS, recompute_greedy_batch, tiny_model
 
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
-
-PROMPTS = [[1, 2, 3], [5] * 21, list(range(10, 70)), [7]]
-
 
 def test_greedy_batched_equals_full_recompute_for_200_tokens(arch):
     model = tiny_model(arch)

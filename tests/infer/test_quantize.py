@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from infer_helpers import recompute_greedy, recompute_greedy_batch, tiny_model
+from infer_helpers import PROMPTS, recompute_greedy, recompute_greedy_batch, tiny_model
 
 from lmstack.cli import main
 from lmstack.config import ConfigError, load_config
@@ -16,9 +16,6 @@ from lmstack.infer.params import SamplingParams
 from lmstack.infer.quantize import KERNEL_MAX_ROWS, Int8Linear, quantize_model
 from lmstack.model.checkpoint import save_model_dir
 from lmstack.serve.config import ServeConfig
-
-PROMPTS = [[1, 2, 3], [5] * 21, list(range(10, 70)), [7]]
-
 
 def random_linear(in_features: int, out_features: int, bias: bool, seed: int = 0) -> nn.Linear:
     torch.manual_seed(seed)

@@ -68,7 +68,9 @@ def ui_server(seeded, scripted):
         process.wait()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while sync_playwright is open its event loop runs on the main thread, and every
+# later test calling asyncio.run() (the server's concurrency tests) would fail when run after these.
+@pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
         pytest.skip("browser tests need Debian's chromium at /usr/bin/chromium: run `make browsers` "

@@ -48,22 +48,27 @@ def _summarise_oldest(view: list[dict], max_tokens: int, count_tokens: Callable[
             turn_end += 1
         dropped.extend(body[:turn_end])
         body = body[turn_end:]
-        candidate = _with_summary(head, dropped, body, max_tokens, count_tokens)
-        if count_tokens(candidate) <= max_tokens:
+        candidate, fits = _with_summary(head, dropped, body, max_tokens, count_tokens)
+        if fits:
             return candidate
-    return _with_summary(head, dropped, body, max_tokens, count_tokens)
+    return _with_summary(head, dropped, body, max_tokens, count_tokens)[0]
 
 
 def _with_summary(head: list[dict], dropped: list[dict], body: list[dict], max_tokens: int,
-                  count_tokens: Callable[[list[dict]], int]) -> list[dict]:
-    """head + summary + body, the summary halved until the whole fits (a tokenizer may need far more
-    than the assumed 4 characters per token), down to a bare count of what was dropped."""
+                  count_tokens: Callable[[list[dict]], int]) -> tuple[list[dict], bool]:
+    """head + summary + body and whether it fits: the summary halved until the whole fits (a tokenizer may need
+    far more than the assumed 4 characters per token), down to a bare count of what was dropped. When even the
+    bare count does not fit, no longer summary will: that is known after one count, not one per halving."""
+    bare = _attach_summary(head, _summary_text(dropped, 0)) + body
+    if count_tokens(bare) > max_tokens:
+        return bare, False
     budget_chars = max_tokens  # a quarter of the context at ~4 characters per token
-    while True:
+    while budget_chars > 0:
         candidate = _attach_summary(head, _summary_text(dropped, budget_chars)) + body
-        if budget_chars == 0 or count_tokens(candidate) <= max_tokens:
-            return candidate
+        if count_tokens(candidate) <= max_tokens:
+            return candidate, True
         budget_chars //= 2
+    return bare, True
 
 
 def _attach_summary(head: list[dict], summary: str) -> list[dict]:

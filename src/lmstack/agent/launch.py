@@ -17,6 +17,7 @@ from lmstack.agent.tools import ToolRegistry
 from lmstack.config import from_dict, to_dict
 from lmstack.db import connect, lmstack_home, transaction
 from lmstack.errors import LmstackError
+from lmstack.openai_url import api_base
 
 
 def open_database(path: str | Path | None = None) -> sqlite3.Connection:
@@ -39,7 +40,7 @@ def first_model_id(config: AgentConfig) -> str:
     import openai
 
     try:
-        sdk = openai.OpenAI(base_url=config.model, api_key=os.environ.get(config.api_key_env) or "not-needed",
+        sdk = openai.OpenAI(base_url=api_base(config.model), api_key=os.environ.get(config.api_key_env) or "not-needed",
                             timeout=config.timeout_s, max_retries=2)
         return sdk.models.list().data[0].id
     except (openai.APIError, IndexError) as err:

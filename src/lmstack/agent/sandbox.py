@@ -126,11 +126,8 @@ def _run(command: list[str], env: dict, scratch: Path, limits: SandboxLimits, is
     cap = limits.max_output_chars
     # The parent keeps at most `cap` (+ a little) of each stream, never the whole output; a program
     # that keeps printing far past the cap is killed rather than drained forever.
-    flood = threading.Event()
-    stdout = _BoundedReader(process.stdout, cap, keep="head", flood_at=OUTPUT_KILL_FACTOR * cap + 65536,
-                            on_flood=lambda: (flood.set(), _kill_group(process.pid)))
-    stderr = _BoundedReader(process.stderr, cap, keep="tail", flood_at=OUTPUT_KILL_FACTOR * cap + 65536,
-                            on_flood=lambda: (flood.set(), _kill_group(process.pid)))
+    stdout = _BoundedReader(process.stdout, cap, keep="head", on_flood=lambda: _kill_group(process.pid))
+    stderr = _BoundedReader(process.stderr, cap, keep="tail", on_flood=lambda: _kill_group(process.pid))
     killed_by = None
     try:
         process.wait(timeout=limits.wall_s)
@@ -141,7 +138,7 @@ def _run(command: list[str], env: dict, scratch: Path, limits: SandboxLimits, is
     _kill_group(process.pid)  # stragglers that left the group die with the PID namespace's init
     stdout.join(timeout=5)
     stderr.join(timeout=5)
-    if flood.is_set() and killed_by is None:
+    if killed_by is None and (stdout.flooded or stderr.flooded):
         killed_by = "output_limit"
     if killed_by is None and process.returncode is not None and process.returncode < 0:
         killed_by = f"signal {signal.Signals(-process.returncode).name}"
@@ -155,15 +152,16 @@ OUTPUT_KILL_FACTOR = 10  # kill the program once a stream has printed this many 
 class _BoundedReader(threading.Thread):
     """Drains one pipe, keeping its first (`keep="head"`) or last (`"tail"`) `cap` bytes and counting the rest."""
 
-    def __init__(self, pipe, cap: int, keep: str, flood_at: int, on_flood: Callable[[], object]):
+    def __init__(self, pipe, cap: int, keep: str, on_flood: Callable[[], object]):
         super().__init__(daemon=True)
-        self.pipe, self.cap, self.keep, self.flood_at, self.on_flood = pipe, cap, keep, flood_at, on_flood
+        self.pipe, self.cap, self.keep, self.on_flood = pipe, cap, keep, on_flood
+        self.flood_at = OUTPUT_KILL_FACTOR * cap + 65536
+        self.flooded = False
         self.kept = bytearray()
         self.total = 0
         self.start()
 
     def run(self) -> None:
-        flooded = False
         try:
             while chunk := self.pipe.read1(65536):
                 self.total += len(chunk)
@@ -174,8 +172,8 @@ class _BoundedReader(threading.Thread):
                     self.kept += chunk
                     if len(self.kept) > self.cap:
                         del self.kept[:len(self.kept) - self.cap]
-                if not flooded and self.total > self.flood_at:
-                    flooded = True
+                if not self.flooded and self.total > self.flood_at:
+                    self.flooded = True
                     self.on_flood()
         except (OSError, ValueError):
             pass
@@ -183,8 +181,7 @@ class _BoundedReader(threading.Thread):
             self.pipe.close()
 
     def text(self) -> str:
-        text = self.kept.decode(errors="replace")[:self.cap] if self.keep == "head" else \
-            self.kept.decode(errors="replace")[-self.cap:]
+        text = self.kept.decode(errors="replace")  # at most `cap` bytes kept, so at most `cap` characters
         dropped = self.total - len(self.kept)
         if dropped <= 0:
             return text

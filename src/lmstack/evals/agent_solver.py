@@ -49,11 +49,11 @@ def agent(tools: list[str] | None = None, system_prompt: str = DEFAULT_SYSTEM, m
                              monitors=from_dict(MonitorConfig, monitors or {}))
         conn = open_database(ctx.db_path)
         try:
-            run_id = _agent_run_id(conn, f"eval-{ctx.run_id}-{state.sample.id}-e{state.epoch}")
+            run_id, exists = _agent_run_id(conn, f"eval-{ctx.run_id}-{state.sample.id}-e{state.epoch}")
             workspace = lmstack_home() / "workspaces" / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
             workspace.mkdir(parents=True, exist_ok=True)
             config.workspace = str(workspace)
-            if conn.execute("SELECT 1 FROM agent_runs WHERE id = ?", (run_id,)).fetchone() is None:
+            if not exists:
                 create_run(conn, run_id, state.sample.input_text(), to_dict(config))
             runtime = AgentRuntime(conn, run_id, config, ctx.model, ToolRegistry(load_tools(tool_specs)),
                                    workspace, MemoryStore(conn) if memory else None)
@@ -70,15 +70,16 @@ def agent(tools: list[str] | None = None, system_prompt: str = DEFAULT_SYSTEM, m
     return solve
 
 
-def _agent_run_id(conn, base: str) -> str:
-    """The sample's agent run: an unfinished one is resumed, a finished one replayed from its journal,
-    a failed one (e.g. the endpoint was down) left as it is and tried afresh under the next id."""
+def _agent_run_id(conn, base: str) -> tuple[str, bool]:
+    """The sample's agent run id and whether that run exists: an unfinished one is resumed, a finished one
+    replayed from its journal, a failed one (e.g. the endpoint was down) left as it is and tried afresh under
+    the next id."""
     run_id, attempt = base, 0
     while (row := conn.execute("SELECT status FROM agent_runs WHERE id = ?", (run_id,)).fetchone()) is not None \
             and row["status"] == "failed":
         attempt += 1
         run_id = f"{base}-retry{attempt}"
-    return run_id
+    return run_id, row is not None
 
 
 def _copy_trace(conn, run_id: str, state: TaskState) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -81,7 +80,7 @@ class Store:
         self.path = str(db_path) if db_path is not None else None
         self.conn: sqlite3.Connection = connect(db_path)
         ensure_schema(self.conn, "evals", MIGRATIONS)
-        self.lock = threading.Lock()
+        self.lock = self.conn.lock  # the connection's re-entrant lock, which `transaction` takes too
 
     def close(self) -> None:
         self.conn.close()
@@ -90,7 +89,7 @@ class Store:
     def create_run(self, task: str, model: str, config: dict[str, Any], environment: dict[str, Any],
                    run_id: str | None = None) -> str:
         run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        with self.lock, transaction(self.conn):
+        with transaction(self.conn):
             if self.conn.execute("SELECT 1 FROM eval_runs WHERE id = ?", (run_id,)).fetchone():
                 raise RunExists(f"eval run '{run_id}' already exists; continue it with --resume {run_id} "
                                 "or pick another --run-id")
@@ -107,10 +106,7 @@ class Store:
         return _run_record(row)
 
     def runs(self, limit: int = 50) -> list[RunRecord]:
-        with self.lock:
-            ids = [r["id"] for r in self.conn.execute(
-                "SELECT id FROM eval_runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()]
-        return [self.run(i) for i in ids]
+        return self.runs_page(0, limit)[1]
 
     def runs_page(self, offset: int = 0, limit: int = 50) -> tuple[int, list[RunRecord]]:
         """The total number of runs and a page of them, newest first (one query for the page)."""
@@ -121,13 +117,13 @@ class Store:
         return total, [_run_record(r) for r in rows]
 
     def finish_run(self, run_id: str, summary: dict[str, Any]) -> None:
-        with self.lock, transaction(self.conn):
+        with transaction(self.conn):
             self.conn.execute("UPDATE eval_runs SET status = 'finished', finished = ?, summary = ? WHERE id = ?",
                               (time.time(), json.dumps(summary), run_id))
 
     # ---- samples --------------------------------------------------------------------------------
     def save_sample(self, run_id: str, record: SampleRecord) -> None:
-        with self.lock, transaction(self.conn):
+        with transaction(self.conn):
             self.conn.execute(
                 "INSERT OR REPLACE INTO eval_samples (run_id, sample_id, epoch, status, sample, output, scores, "
                 "events, usage, error, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -146,9 +142,7 @@ class Store:
         with self.lock:
             rows = self.conn.execute("SELECT * FROM eval_samples WHERE run_id = ? ORDER BY created, sample_id, epoch",
                                      (run_id,)).fetchall()
-        return [SampleRecord(r["sample_id"], r["epoch"], r["status"], json.loads(r["sample"]), r["output"],
-                             json.loads(r["scores"]), json.loads(r["events"]), json.loads(r["usage"]), r["error"])
-                for r in rows]
+        return [_sample_record(r) for r in rows]
 
     def samples_page(self, run_id: str, offset: int = 0, limit: int = 50) -> tuple[int, list[dict[str, Any]]]:
         """The run's sample count and a page of light rows (sample_id, epoch, status, scores, error), without
@@ -169,8 +163,7 @@ class Store:
                                   (run_id, sample_id, epoch)).fetchone()
         if r is None:
             raise RunNotFound(f"eval run '{run_id}' has no sample '{sample_id}' (epoch {epoch})")
-        return SampleRecord(r["sample_id"], r["epoch"], r["status"], json.loads(r["sample"]), r["output"],
-                            json.loads(r["scores"]), json.loads(r["events"]), json.loads(r["usage"]), r["error"])
+        return _sample_record(r)
 
     # ---- response cache -------------------------------------------------------------------------
     def cached_response(self, key: str) -> dict[str, Any] | None:
@@ -179,7 +172,7 @@ class Store:
         return json.loads(row["response"]) if row else None
 
     def cache_response(self, key: str, endpoint: str, request: dict[str, Any], response: dict[str, Any]) -> None:
-        with self.lock, transaction(self.conn):
+        with transaction(self.conn):
             self.conn.execute("INSERT OR REPLACE INTO eval_cache (key, endpoint, request, response, created) "
                               "VALUES (?,?,?,?,?)", (key, endpoint, json.dumps(request), json.dumps(response), time.time()))
 
@@ -188,3 +181,8 @@ def _run_record(row: sqlite3.Row) -> RunRecord:
     return RunRecord(row["id"], row["task"], row["model"], json.loads(row["config"]), row["status"],
                      row["created"], row["finished"], json.loads(row["summary"]) if row["summary"] else None,
                      json.loads(row["environment"] or "{}"))
+
+
+def _sample_record(row: sqlite3.Row) -> SampleRecord:
+    return SampleRecord(row["sample_id"], row["epoch"], row["status"], json.loads(row["sample"]), row["output"],
+                        json.loads(row["scores"]), json.loads(row["events"]), json.loads(row["usage"]), row["error"])

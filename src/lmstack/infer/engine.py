@@ -150,7 +150,7 @@ class Engine:
         from lmstack.model.checkpoint import load_model_dir
 
         config = config or EngineConfig()
-        check_method(config.quantization)  # before the load, which takes a while
+        config.validate()  # before the load, which takes a while
         info = detect_device(config.device)
         model, tokenizer, _ = load_model_dir(path, device=info.torch_device, dtype=inference_dtype(info, config.dtype))
         return cls(model, tokenizer, config)

@@ -25,12 +25,9 @@ class AttentionGroup:
     mask: torch.Tensor | None  # (G, 1, Tq, L) bool, True = may attend; None = one sequence that sees all its keys
     # (Tq == 1, a decode) or a plain causal prefill from position 0 (Tq == L)
 
-    def shape(self) -> tuple[int, int, int]:
-        """(G, Tq, L) of a group with its query rows listed."""
-        if self.mask is None:
-            return 1, self.query_rows.size(0), self.key_slots.size(0)
-        G, _, T, L = self.mask.shape
-        return G, T, L
+    @property
+    def num_seqs(self) -> int:
+        return 1 if self.mask is None else self.mask.size(0)
 
 
 @dataclass(slots=True)
@@ -65,17 +62,15 @@ class PagedKVCache:
         v_layer.index_copy_(0, layout.slot_mapping, v[0].transpose(0, 1))
         if len(layout.groups) == 1 and layout.groups[0].query_rows is None:
             # One group holding every row (all decodes, or one prefill): no query gather, no output scatter.
-            mask = layout.groups[0].mask
-            G = 1 if mask is None else mask.size(0)
-            queries = q[0].unflatten(1, (G, q.size(2) // G)).transpose(0, 1)  # (G, H, T, D)
-            y = group_attention(queries, k_layer, v_layer, layout.groups[0].key_slots, mask)
+            group = layout.groups[0]
+            queries = q[0].unflatten(1, (group.num_seqs, -1)).transpose(0, 1)  # (G, H, T, D)
+            y = group_attention(queries, k_layer, v_layer, group.key_slots, group.mask)
             return y.transpose(0, 1).flatten(1, 2).unsqueeze(0)
         queries_flat = q[0].transpose(0, 1)  # (N, H, D)
         out = torch.empty_like(queries_flat)
         for group in layout.groups:
             # index_select on flat indices: advanced indexing with a 2-D index is ~10x slower on CPU.
-            G, T, L = group.shape()
-            queries = queries_flat.index_select(0, group.query_rows).view(G, T, *queries_flat.shape[1:])
+            queries = queries_flat.index_select(0, group.query_rows).view(group.num_seqs, -1, *queries_flat.shape[1:])
             y = group_attention(queries.transpose(1, 2), k_layer, v_layer, group.key_slots, group.mask)
             out.index_copy_(0, group.query_rows, y.transpose(1, 2).flatten(0, 1))
         return out.transpose(0, 1).unsqueeze(0)
@@ -113,6 +108,8 @@ def build_layout(chunks: list[tuple[list[int], int, int]], block_size: int, devi
     decode_tables: list[list[int]] = []
     decode_lengths: list[int] = []
     groups: list[AttentionGroup] = []
+    # One group holding every row of the step, in order (all decodes, or a lone chunk), needs no query rows.
+    single_group = len(chunks) == 1 or all(length == 1 for _, _, length in chunks)
     row = 0
     for block_table, start, length in chunks:
         end = start + length
@@ -126,7 +123,7 @@ def build_layout(chunks: list[tuple[list[int], int, int]], block_size: int, devi
             if start > 0:  # query i sits at position start + i and sees keys 0 .. start + i
                 mask = torch.arange(end, device=device) <= torch.arange(start, end, device=device).unsqueeze(1)
                 mask = mask.view(1, 1, length, end)
-            groups.append(AttentionGroup(torch.arange(row, row + length, device=device),
+            groups.append(AttentionGroup(None if single_group else torch.arange(row, row + length, device=device),
                                          context_slots([block_table], end, block_size, device), mask))
         row += length
     if decode_rows:
@@ -135,8 +132,6 @@ def build_layout(chunks: list[tuple[list[int], int, int]], block_size: int, devi
         if len(decode_rows) > 1:
             lengths = torch.tensor(decode_lengths, device=device)
             mask = (torch.arange(longest, device=device) < lengths.unsqueeze(1)).view(len(decode_rows), 1, 1, longest)
-        groups.append(AttentionGroup(torch.tensor(decode_rows, device=device),
+        groups.append(AttentionGroup(None if single_group else torch.tensor(decode_rows, device=device),
                                      context_slots(decode_tables, longest, block_size, device), mask))
-    if len(groups) == 1:
-        groups[0].query_rows = None  # it holds every row of the step, in order
     return StepLayout(torch.tensor(slot_mapping, device=device), groups)

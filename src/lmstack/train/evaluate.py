@@ -12,10 +12,10 @@ import math
 from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 
 from lmstack.infer.simple import generate
 from lmstack.model.gpt import GPT
+from lmstack.model.lm_loss import cross_entropy
 from lmstack.tokenizer import Tokenizer
 from lmstack.train.distributed import sum_across_ranks
 
@@ -38,7 +38,7 @@ def evaluate(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], b
     for x, y in batches:
         with autocast():
             logits, _ = model(x)
-        nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none")
+        nats = cross_entropy(logits.flatten(0, 1), y.flatten(), "none")
         targets = y.flatten().clamp(min=0)
         counted = (y.flatten() >= 0) & (byte_lengths[targets] > 0)
         totals += torch.stack([nats[counted].double().sum(), counted.sum().double(),

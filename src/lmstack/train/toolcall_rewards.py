@@ -53,7 +53,7 @@ def sample_completions(model: GPT, tokenizer: Tokenizer, prompts: list[list[int]
     A fresh engine each call: a prefix cache kept across optimizer steps would serve stale keys and values.
     """
     was_training = model.training
-    engine = Engine(model, tokenizer, EngineConfig(max_num_seqs=256))  # a GRPO step's groups decode together
+    engine = Engine(model, tokenizer, EngineConfig(max_num_seqs=len(prompts) * n))  # all of them in one wave
     params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, n=n,
                              seed=None if seed is None else seed + 1000 * i) for i in range(len(prompts))]
     outputs = engine.generate(prompts, params)
@@ -85,7 +85,7 @@ def toolcall_accuracy(model: GPT, tokenizer: Tokenizer, prompts: list[ToolcallPr
     return {"call_turns": n_calls, "answer_turns": n_answers,
             **{f"call_{k}": v / max(n_calls, 1) for k, v in calls.items()},
             **{f"answer_{k}": v / max(n_answers, 1) for k, v in answers.items()},
-            "mean_reward": sum(rewards) / max(len(prompts), 1), "rewards": rewards}
+            "mean_reward": sum(rewards) / max(len(rewards), 1), "rewards": rewards}
 
 
 def load_toolcall_samples(path: str | Path) -> list[dict[str, Any]]:

@@ -30,10 +30,7 @@ def samples_page(store: Store, run_id: str, offset: int, limit: int) -> dict[str
 
 
 def sample_detail(store: Store, run_id: str, sample_id: str, epoch: int) -> dict[str, Any]:
-    record = store.sample(run_id, sample_id, epoch)
-    return {"run_id": run_id, "sample_id": record.sample_id, "epoch": record.epoch, "status": record.status,
-            "sample": record.sample, "output": record.output, "scores": record.scores, "events": record.events,
-            "usage": record.usage, "error": record.error}
+    return {"run_id": run_id} | dataclasses.asdict(store.sample(run_id, sample_id, epoch))
 
 
 def comparison(store: Store, run_a: str, run_b: str, alpha: float) -> dict[str, Any]:

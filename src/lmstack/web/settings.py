@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmstack.errors import LmstackError
+from lmstack.openai_url import OpenAIURLError, api_base
 
 
 class EndpointSpecError(LmstackError):
@@ -31,10 +32,14 @@ def parse_endpoints(specs: list[str]) -> dict[str, str]:
     endpoints = {}
     for spec in specs:
         name, sep, url = spec.partition("=")
-        if not sep or not name.strip() or not url.startswith(("http://", "https://")):
+        try:
+            base = api_base(url) if sep and name.strip() else None
+        except OpenAIURLError:
+            base = None
+        if base is None:
             raise EndpointSpecError(f"--endpoint '{spec}': expected NAME=URL with an http(s) base URL, "
                                     f"e.g. --endpoint vllm=http://127.0.0.1:8001/v1")
-        endpoints[name.strip()] = url.rstrip("/")
+        endpoints[name.strip()] = base
     return endpoints
 
 

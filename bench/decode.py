@@ -75,8 +75,9 @@ def hf_run(hf_dir: Path, dtype: torch.dtype, tokens: int):
 
 
 def weights_only_run(model: torch.nn.Module, tokens: int):
-    """Every linear layer (bf16 or int8) on one row, once per token: what any decoder pays with PyTorch's kernels
-    just to read its weights, on this machine in this run (the practical floor, unlike the nominal bound)."""
+    """Every linear layer on one row, once per token, as the engine runs them (prepacked bf16, or int8): what a
+    decoder pays with these kernels just to read its weights, in this run (the practical floor, unlike the
+    nominal bound)."""
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
     dtype = model.tok_emb.weight.dtype
     rows = {m.in_features: torch.zeros(1, m.in_features, dtype=dtype) for m in layers}

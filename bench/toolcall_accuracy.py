@@ -2,7 +2,8 @@
 
     python bench/toolcall_accuracy.py [--checkpoint runs/quickstart/sft/final] [--n 200]
     python bench/toolcall_accuracy.py --grpo-steps 30 [--grpo-set lr=5e-5 --grpo-set batch_size=64 ...]
-        # + a short GRPO run: held-out reward before/after, with a paired bootstrap CI of the change
+        # + a short GRPO run: held-out reward before/after, greedy and sampled (--samples per decision point at
+        #   GRPO's temperature, the reward GRPO maximises), each with a paired bootstrap CI of the change
 
 Every decision point of the held-out conversations is answered greedily by the engine. Our figure is
 the share of tool-calling turns whose call parses and names the right tool. The peer, measured on the
@@ -23,7 +24,7 @@ from lmstack.data.toolcalls import generate
 from lmstack.evals.stats import paired_bootstrap
 from lmstack.model.checkpoint import load_model_dir
 from lmstack.train.grpo import GRPOConfig, grpo
-from lmstack.train.toolcall_rewards import toolcall_accuracy, toolcall_prompts
+from lmstack.train.toolcall_rewards import sampled_rewards, toolcall_accuracy, toolcall_prompts
 from lmstack.train.sft import load_finetune_config
 
 
@@ -38,6 +39,22 @@ def measure(checkpoint: str, samples: list[dict], max_new_tokens: int):
     t0 = time.perf_counter()
     result = toolcall_accuracy(model, tokenizer, prompts, max_new_tokens)
     return result, prompts, time.perf_counter() - t0
+
+
+def sampled(checkpoint: str, prompts, n: int, temperature: float, seed: int, max_new_tokens: int) -> list[float]:
+    model, tokenizer, _ = load_model_dir(checkpoint)
+    return sampled_rewards(model, tokenizer, prompts, n, temperature, seed, max_new_tokens)
+
+
+def report_change(label: str, before: list[float], after: list[float], n_samples: int) -> dict:
+    change = paired_bootstrap(before, after)
+    mean_before, mean_after = sum(before) / len(before), sum(after) / len(after)
+    print(f"  {label}: held-out mean reward {mean_before:.4f} -> {mean_after:.4f} over {len(before)} decision points "
+          f"x {n_samples} sample(s); paired change {change.mean_diff:+.4f}, 95% CI [{change.ci_low:+.4f}, "
+          f"{change.ci_high:+.4f}], p = {change.p_value:.3f}")
+    return {"before": round(mean_before, 4), "after": round(mean_after, 4), "points": len(before),
+            "samples_per_point": n_samples, "change_ci95": [round(change.ci_low, 4), round(change.ci_high, 4)],
+            "p": round(change.p_value, 4)}
 
 
 def run_grpo(checkpoint: str, steps: int, overrides: list[str], test_file: Path, seed: int) -> tuple[str, GRPOConfig]:
@@ -62,6 +79,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--grpo-steps", type=int, default=0, help="also run GRPO this many steps and report before/after")
+    parser.add_argument("--samples", type=int, default=4,
+                        help="with --grpo-steps: seeded samples per decision point for the sampled reward (default 4)")
     parser.add_argument("--grpo-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a GRPO setting, e.g. lr=1e-4, batch_size=64 or temperature=1.0 (repeatable)")
     args = parser.parse_args()
@@ -86,14 +105,16 @@ def main() -> None:
         test_file.write_text("\n".join(json.dumps(s) for s in samples) + "\n")
         final, grpo_cfg = run_grpo(args.checkpoint, args.grpo_steps, args.grpo_set, test_file, args.seed)
         after, _, _ = measure(final, samples, args.max_new_tokens)
-        change = paired_bootstrap(result["rewards"], after["rewards"])
-        print(f"GRPO {args.grpo_steps} steps: held-out mean reward {result['mean_reward']:.4f} -> {after['mean_reward']:.4f} "
-              f"over {len(prompts)} decision points; paired change {change.mean_diff:+.4f}, 95% CI "
-              f"[{change.ci_low:+.4f}, {change.ci_high:+.4f}], p = {change.p_value:.3f}")
-        figures.update({"grpo_steps": args.grpo_steps, "grpo_lr": grpo_cfg.lr, "grpo_batch_size": grpo_cfg.batch_size, "reward_before": round(result["mean_reward"], 4),
-                        "reward_after": round(after["mean_reward"], 4), "reward_points": len(prompts),
-                        "reward_change_ci95": [round(change.ci_low, 4), round(change.ci_high, 4)],
-                        "reward_change_p": round(change.p_value, 4),
+        print(f"GRPO {args.grpo_steps} steps (lr {grpo_cfg.lr}, {grpo_cfg.batch_size} prompts a step, groups of "
+              f"{grpo_cfg.group_size}, temperature {grpo_cfg.temperature}):")
+        greedy = report_change("greedy", result["rewards"], after["rewards"], 1)
+        # The same seeds before and after: common random numbers make the paired change less noisy.
+        before_sampled, after_sampled = (sampled(c, prompts, args.samples, grpo_cfg.temperature, args.seed + 1,
+                                                 args.max_new_tokens) for c in (args.checkpoint, final))
+        at_temperature = report_change(f"sampled at temperature {grpo_cfg.temperature}", before_sampled,
+                                       after_sampled, args.samples)
+        figures.update({"grpo_steps": args.grpo_steps, "grpo_lr": grpo_cfg.lr, "grpo_batch_size": grpo_cfg.batch_size,
+                        "grpo_greedy_reward": greedy, "grpo_sampled_reward": at_temperature,
                         "right_args_after": round(after["call_right_args"], 4),
                         "answer_correct_after": round(after["answer_correct"], 4)})
     print(json.dumps(figures))

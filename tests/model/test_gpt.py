@@ -11,7 +11,7 @@ from model_testing import random_tokens, randomise_norms, tiny_config
 
 from lmstack.config import ConfigError
 from lmstack.model.config import ModelConfig, config_from_depth
-from lmstack.model.gpt import build_model
+from lmstack.model.gpt import RMSNorm, build_model
 
 ARCHS = ["gpt2", "llama"]
 
@@ -171,3 +171,22 @@ def test_depth_dial_and_validation():
         ModelConfig(arch="gpt2", n_kv_head=2).validate()
     assert ModelConfig(arch="llama", n_embd=384).hidden == 1024  # 8/3 * 384 = 1024, a multiple of 64
     assert ModelConfig(arch="gpt2", n_embd=384).hidden == 1536
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 256), (3, 7, 64), (2, 4, 5, 16)])
+def test_rms_norm_is_the_fp32_formula_rounded_once(dtype, shape):
+    """The fused path (x and weight in one dtype) against the formula in fp64, and bit for bit against the cast path."""
+    torch.manual_seed(0)
+    norm = RMSNorm(shape[-1], eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(shape[-1]))
+    norm = norm.to(dtype)
+    x = (3 * torch.randn(shape)).to(dtype)
+    x64 = x.double()
+    want = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight.double()
+    got = norm(x)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, rtol=2 ** -7 if dtype == torch.bfloat16 else 1e-6, atol=0)
+    # bit for bit what the cast path (taken when x and the weight differ in dtype) gives
+    assert torch.equal(got, (F.rms_norm(x.float(), (shape[-1],), eps=1e-5) * norm.weight.float()).to(dtype))

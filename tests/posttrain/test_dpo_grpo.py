@@ -9,7 +9,8 @@ import torch
 
 from lmstack.train.config import GuardConfig
 from lmstack.train.dpo import DPOObjective, PreferenceLoader, dpo_loss, load_preferences
-from lmstack.train.grpo import GRPOConfig, GRPOObjective, build_rollouts, grpo_loss, group_advantages, kl_k3
+from lmstack.train.grpo import (GRPOConfig, GRPOObjective, build_rollouts, grpo_loss, group_advantages,
+                                informative_groups, kl_k3)
 from lmstack.train.guards import LossGuard
 from lmstack.train.lora import apply_lora
 
@@ -123,3 +124,30 @@ def test_grpo_guard_passes_signed_near_zero_losses_but_not_nan():
         grpo_guard.accept(loss)
     assert reasons[-1] is not None  # the pretraining default would have skipped it
     assert grpo_guard.check(float("nan"), 1.0) is not None
+
+
+def test_dropping_uniform_groups_keeps_the_policy_gradient_direction(chat_tokenizer, make_model):
+    """Without a KL penalty, groups that all scored alike have zero advantage: training on the informative
+    groups alone gives the same gradient, scaled by the share of rows kept (the loss is a mean over rows)."""
+    model = make_model(chat_tokenizer, seed=3).train()
+    prompts = [chat_tokenizer.render([{"role": "user", "content": q}], add_generation_prompt=True).ids
+               for q in ("Say yes.", "Say no.", "Count.")]
+    groups = [[chat_tokenizer.encode(a) for a in answers]
+              for answers in (["yes", "no"], ["no", "no!"], ["1 2", "3"])]
+    rewards = [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
+    kept = informative_groups(rewards)
+    assert kept == [0, 2]
+
+    def gradient(rollouts):
+        model.zero_grad()
+        loss, metrics = GRPOObjective(None, kl_coef=0.0)(model, rollouts)
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()]), metrics
+
+    everything, _ = gradient(build_rollouts(prompts, groups, rewards, pad_id=0))
+    informative = build_rollouts([prompts[i] for i in kept], [groups[i] for i in kept], [rewards[i] for i in kept],
+                                 pad_id=0)
+    informative.sampled_rewards = torch.tensor(rewards)
+    filtered, metrics = gradient(informative)
+    torch.testing.assert_close(filtered * 4 / 6, everything, rtol=1e-4, atol=1e-7)
+    assert metrics["reward_mean"] == pytest.approx(0.5) and metrics["informative_groups"] == pytest.approx(2 / 3)

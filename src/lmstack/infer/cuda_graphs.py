@@ -32,7 +32,8 @@ class CudaGraphDecoder:
         self.logits: dict[int, torch.Tensor] = {}
 
     def _layout(self, batch: int) -> StepLayout:
-        group = AttentionGroup(self.rows[:batch], self.key_slots[:batch * self.max_context], self.mask[:batch])
+        # One group holding every row in order: no query gather or output scatter (see PagedKVCache.attend).
+        group = AttentionGroup(None, self.key_slots[:batch * self.max_context], self.mask[:batch])
         return StepLayout(self.slot_mapping[:batch], [group])
 
     def _forward(self, batch: int) -> torch.Tensor:

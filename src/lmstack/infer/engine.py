@@ -28,6 +28,10 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
   loads it with `config.dtype` and `config.device`. `compile` and `cuda_graphs` only change speed.
 - `quantization="int8"` stores the Linear weights as int8 with per-channel scales (infer/quantize.py):
   the engine replaces the model's Linear layers in place, so the model passed in is changed too.
+- `pack_weights` (on by default) gives a bf16 model on CPU oneDNN-prepacked Linear weights (infer/packed.py):
+  bit-identical outputs, about twice the decode speed, a second copy of the Linear weights in memory. The
+  layers are swapped in place but keep their Parameters and train as before; the packed copies follow
+  every change of the weights. With `compile=True` the Linears are left to inductor.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from lmstack.infer.block_manager import BlockManager
 from lmstack.infer.cuda_graphs import CudaGraphDecoder
 from lmstack.infer.detokenizer import IncrementalDetokenizer
 from lmstack.infer.paged_cache import PagedKVCache, build_layout
+from lmstack.infer.packed import pack_linears, packing_supported
 from lmstack.infer.params import SamplingError, SamplingParams
 from lmstack.infer.quantize import check_method, quantize_model
 from lmstack.infer.sampler import RowSettings, apply_penalties, sample
@@ -67,6 +72,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     cuda_graphs: bool = False  # replay captured decode steps on NVIDIA GPUs (captured on the first decode)
     quantization: str | None = None  # "int8": weight-only int8 Linears (replaces the model's layers in place)
+    pack_weights: bool = True  # CPU bf16: oneDNN-prepacked Linear weights (same outputs, ~2x decode, 2x their memory)
 
     def validate(self) -> None:
         check_method(self.quantization)
@@ -130,6 +136,9 @@ class Engine:
         cfg = model.cfg
         weight = model.tok_emb.weight
         self.device, self.dtype = weight.device, weight.dtype
+        # Not under torch.compile: inductor cannot lower the opaque packed tensor (and has its own packing).
+        if config.pack_weights and not config.compile and packing_supported(self.device, self.dtype):
+            pack_linears(model)
         self.num_total_blocks = self._pool_blocks(config, cfg, self.dtype)
         use_graphs = config.cuda_graphs and self.device.type == "cuda" and torch.version.hip is None
         # CUDA graphs pad batches; padded rows write into one spare block that the block manager never hands out.

@@ -4,8 +4,9 @@ Each output channel of a Linear gets one scale, absmax / 127, computed in fp32 a
 layer's dtype (the kernel wants scales in the activation dtype); the weight is rounded to int8 with
 that stored scale, so every element is within scale / 2 of the original. Activations stay in the
 model's dtype. Decode at batch 1 reads half the bytes of bf16 weights, which is what bounds it on CPU:
-bench/decode.py --threads 1 on an idle machine, GPT-2-124M, bf16 engine 51.7 tok/s, int8 92.7 tok/s
-(1.8x, same run).
+bench/decode.py on an idle machine, GPT-2-124M, against the engine's prepacked bf16 (infer/packed.py):
+1 thread 92.6 vs 102.4 tok/s, 2 threads 143.9 vs 112.5 (against unpacked bf16 it was 1.8x at 1 thread).
+It also halves the weights' memory.
 
     quantize_model(model, "int8")   # in place: Linear layers of the blocks and the lm_head -> Int8Linear
 """
@@ -17,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmstack.config import ConfigError
+from lmstack.model.gpt import is_plain_linear
 
 METHODS = ("int8",)
 
@@ -87,10 +89,10 @@ def quantize_model(model: nn.Module, method: str = "int8") -> nn.Module:
     targets = [(f"blocks.{name}", module) for name, module in model.blocks.named_modules()]
     targets.append(("lm_head", model.lm_head))
     for name, module in targets:
-        if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
+        if isinstance(module, nn.Linear) and not is_plain_linear(module):
             raise ConfigError(f"cannot quantize '{name}', a {type(module).__name__}: merge the adapters into the "
                               "weights first (lmstack.train.lora.merge_lora), then quantize")
-        if type(module) is nn.Linear:
+        if is_plain_linear(module):
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name), attr, Int8Linear.from_linear(module))
     return model

@@ -8,9 +8,10 @@ from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
 
+from lmstack.infer.detokenizer import IncrementalDetokenizer
 from lmstack.serve.errors import APIError
-from lmstack.serve.generation import (RequestResult, collect, new_id, now, record, resolve_max_tokens, sampling_params,
-                                      sse_response, stream_chunk, usage)
+from lmstack.serve.generation import (RequestResult, collect, new_id, now, record, reported_logprob, resolve_max_tokens,
+                                      sampling_params, sse_response, stop_token_ids, stream_chunk, usage)
 from lmstack.serve.schemas import CompletionRequest
 from lmstack.serve.state import ServerState, server_state
 
@@ -39,26 +40,32 @@ async def completions(body: CompletionRequest, request: Request):
                 state.engine.abort(handle)
             raise
     response_id, created = new_id("cmpl"), now()
+    stop_ids = stop_token_ids(body, state.tokenizer)
     if body.stream:
-        return sse_response(stream_chunks(state, body, prompts, encoded, handles, score_only, response_id, created),
-                            on_close=lambda: [state.engine.abort(h) for h in handles])
+        chunks = stream_chunks(state, body, prompts, encoded, handles, stop_ids, score_only, response_id, created)
+        return sse_response(chunks, on_close=lambda: [state.engine.abort(h) for h in handles])
     try:
-        results = await asyncio.gather(*(collect(state.engine, h, request) for h in handles))
+        results = await asyncio.gather(*(collect(state.engine, h, request, stop_ids) for h in handles))
     finally:  # one prompt failing (or the client leaving) releases the others too; finished ones are no-ops
         for handle in handles:
             state.engine.abort(handle)
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for p, (prompt, ids, result) in enumerate(zip(prompts, encoded, results)):
         prompt_tokens += len(ids)
+        echoed = prompt_text(state, prompt) if body.echo else ""
+        prompt_rows, prompt_offsets = [], []
+        if body.echo and body.logprobs is not None:
+            prompt_rows = scored_prompt(ids, result.prompt_logprobs or [])
+            prompt_offsets = [min(o, len(echoed)) for o in prompt_text_offsets(state, prompt, ids)]
         for index in sorted(result.sequences):
             seq = result.sequences[index]
             records = [] if score_only else seq.logprobs
+            offsets = [] if score_only else [len(echoed) + o for o in seq.logprob_offsets]
             completion_tokens += 0 if score_only else seq.completion_tokens
-            text = "" if score_only else seq.text
             logprobs = None
             if body.logprobs is not None:
-                logprobs = logprobs_block(state, ids if body.echo else [], result.prompt_logprobs or [], records)
-            choices.append({"index": p * body.n + index, "text": (prompt_text(state, prompt) if body.echo else "") + text,
+                logprobs = logprobs_block(state, prompt_rows + records, prompt_offsets + offsets)
+            choices.append({"index": p * body.n + index, "text": echoed + ("" if score_only else seq.text),
                             "logprobs": logprobs, "finish_reason": "length" if score_only else seq.finish_reason})
     return {"id": response_id, "object": "text_completion", "created": created, "model": state.model_name,
             "system_fingerprint": None, "choices": choices, "usage": usage(prompt_tokens, completion_tokens)}
@@ -94,28 +101,43 @@ def prompt_text(state: ServerState, prompt: str | list[int]) -> str:
     return prompt if isinstance(prompt, str) else state.tokenizer.decode(prompt)
 
 
-def logprobs_block(state: ServerState, prompt_ids: list[int], prompt_records: list, records: list) -> dict[str, Any]:
-    """The legacy completions format: parallel lists of tokens, their logprobs, top alternatives, offsets.
-    The first prompt token has no logprob (nothing predicts it): None, as OpenAI and vLLM give."""
+def scored_prompt(prompt_ids: list[int], prompt_records: list) -> list[tuple[int, float | None, list | None]]:
+    """The prompt's (token, logprob, top) rows. The first token has no logprob (nothing predicts it):
+    None, as OpenAI and vLLM give."""
     rows = []
     for i, token_id in enumerate(prompt_ids):
         scored = prompt_records[i] if i < len(prompt_records) else None
         rows.append((token_id, scored.logprob if scored else None, scored.top if scored else None))
-    rows += records
-    out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-    offset = 0
+    return rows
+
+
+def prompt_text_offsets(state: ServerState, prompt: str | list[int], ids: list[int]) -> list[int]:
+    """Where each prompt token's text starts in the echoed prompt. Decoded incrementally, as the engine
+    decodes output (linear in the prompt): a token that ends inside a multi-byte character contributes
+    nothing, the one that completes it the whole character. The bos a text prompt gets is not echoed."""
+    hidden = 1 if isinstance(prompt, str) and state.tokenizer.bos_id is not None else 0
+    detokenizer = IncrementalDetokenizer(state.tokenizer, stop=[])
+    offsets, length = [0] * hidden, 0
+    for token_id in ids[hidden:]:
+        offsets.append(length)
+        length += len(detokenizer.add(token_id)[0])
+    return offsets
+
+
+def logprobs_block(state: ServerState, rows: list, text_offsets: list[int]) -> dict[str, Any]:
+    """The legacy completions format: parallel lists of tokens, their logprobs, top alternatives, and
+    each token's character offset in the returned `text`."""
+    out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": list(text_offsets)}
     for token_id, logprob, top in rows:
-        token = state.tokenizer.token_str(token_id)
-        out["tokens"].append(token)
+        out["tokens"].append(state.tokenizer.token_str(token_id))
         out["token_logprobs"].append(logprob)
         out["top_logprobs"].append(None if top is None else {state.tokenizer.token_str(t): lp for t, lp in top})
-        out["text_offset"].append(offset)
-        offset += len(token)
     return out
 
 
-async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, encoded, handles, score_only: bool,
-                        response_id: str, created: int) -> AsyncIterator[dict[str, Any]]:
+async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, encoded, handles,
+                        stop_ids: frozenset[int], score_only: bool, response_id: str,
+                        created: int) -> AsyncIterator[dict[str, Any]]:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(index: int, text: str, logprobs=None, reason: str | None = None) -> dict[str, Any]:
@@ -135,11 +157,14 @@ async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, en
 
     tasks = [asyncio.ensure_future(pump(p, h)) for p, h in enumerate(handles)]
     results = [RequestResult({}) for _ in handles]
+    sent = [0] * (len(prompts) * body.n)  # characters of text sent per choice: where the next token's text starts
     try:
         if body.echo:
             for p, prompt in enumerate(prompts):
+                echoed = prompt_text(state, prompt)
                 for index in range(body.n):
-                    yield chunk(p * body.n + index, prompt_text(state, prompt))
+                    yield chunk(p * body.n + index, echoed)
+                    sent[p * body.n + index] = len(echoed)
         remaining = len(handles)
         while remaining:
             p, event = await queue.get()
@@ -148,13 +173,12 @@ async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, en
                 continue
             if isinstance(event, Exception):
                 raise event
-            record(results[p], event)
+            record(results[p], event, stop_ids)
             index = p * body.n + event.index
-            if not score_only and (event.text or event.logprob is not None):
-                logprobs = None
-                if body.logprobs is not None and event.token_id is not None:
-                    logprobs = logprobs_block(state, [], [], [(event.token_id, event.logprob, event.top_logprobs or [])])
-                yield chunk(index, event.text, logprobs)
+            reported = reported_logprob(event, stop_ids) if body.logprobs is not None else None
+            if not score_only and (event.text or reported):
+                yield chunk(index, event.text, logprobs_block(state, [reported], [sent[index]]) if reported else None)
+                sent[index] += len(event.text)
             if event.finished:
                 yield chunk(index, "", reason="length" if score_only else event.finish_reason)
     finally:

@@ -68,12 +68,30 @@ def sampling_params(body: SamplingFields, max_tokens: int, *, logprobs: int | No
         prompt_logprobs=prompt_logprobs, constraint=constraint)
 
 
+def stop_token_ids(body: SamplingFields, tokenizer) -> frozenset[int]:
+    """The ids that end a sequence, as the engine decides it (Engine.add_request): the request's
+    stop_token_ids, and the tokenizer's end tokens unless ignore_eos (then they are ordinary output)."""
+    return frozenset(body.stop_token_ids) | frozenset(() if body.ignore_eos else tokenizer.stop_ids)
+
+
+def reported_logprob(event: TokenEvent, stop_ids: frozenset[int]) -> tuple[int, float, list] | None:
+    """The event's (token, logprob, top alternatives) as the API lists it, or None. The stop token that
+    ended a sequence is not part of the returned text, so it gets no entry, as in OpenAI and vLLM; usage
+    still counts it (it was sampled), as the engine and vLLM do."""
+    if event.token_id is None or event.logprob is None:
+        return None
+    if event.finished and event.finish_reason == "stop" and event.token_id in stop_ids:
+        return None
+    return event.token_id, event.logprob, event.top_logprobs or []
+
+
 @dataclass
 class SequenceResult:
     """One of a request's n samples, gathered from its events."""
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[tuple[int, float, list[tuple[int, float]]]] = field(default_factory=list)
+    logprob_offsets: list[int] = field(default_factory=list)  # where each listed token's text starts in `text`
     finish_reason: str | None = None
     completion_tokens: int = 0
 
@@ -85,13 +103,17 @@ class RequestResult:
     prompt_logprobs: list | None = None
 
 
-def record(result: RequestResult, event: TokenEvent) -> None:
+def record(result: RequestResult, event: TokenEvent, stop_ids: frozenset[int]) -> None:
     seq = result.sequences.setdefault(event.index, SequenceResult())
-    seq.text += event.text
     if event.token_id is not None:
         seq.token_ids.append(event.token_id)
-        if event.logprob is not None:
-            seq.logprobs.append((event.token_id, event.logprob, event.top_logprobs or []))
+    reported = reported_logprob(event, stop_ids)
+    if reported is not None:
+        seq.logprobs.append(reported)
+        # An event's text is what its token makes certain (text held back for a partial character or a
+        # possible stop string comes with a later token), so a token's text starts where the text stood.
+        seq.logprob_offsets.append(len(seq.text))
+    seq.text += event.text
     if event.prompt_logprobs is not None:
         result.prompt_logprobs = event.prompt_logprobs
     if event.finished:
@@ -104,13 +126,14 @@ def record(result: RequestResult, event: TokenEvent) -> None:
 DISCONNECT_POLL_S = 0.1
 
 
-async def collect(engine: AsyncEngine, handle: RequestHandle, request: Request) -> RequestResult:
+async def collect(engine: AsyncEngine, handle: RequestHandle, request: Request,
+                  stop_ids: frozenset[int]) -> RequestResult:
     """Run a request to the end; abort it if the client disconnects first."""
     result = RequestResult({})
 
     async def gather() -> RequestResult:
         async for event in engine.events(handle):
-            record(result, event)
+            record(result, event, stop_ids)
         return result
 
     task = asyncio.ensure_future(gather())

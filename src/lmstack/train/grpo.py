@@ -71,11 +71,19 @@ class Rollouts:
     """One step's samples as training rows: prompt + completion, scored only on the completion."""
     inputs: torch.Tensor   # (N, T)
     targets: torch.Tensor  # (N, T), -1 outside the completion
-    rewards: torch.Tensor  # (n_groups, G)
+    rewards: torch.Tensor  # (n_groups, G), the groups of the rows
     lengths: list[int]     # completion tokens per sample
+    sampled_rewards: torch.Tensor | None = None  # every group sampled this step (kept or not), for the metrics
 
     def to(self, device: torch.device | str) -> "Rollouts":
-        return Rollouts(self.inputs.to(device), self.targets.to(device), self.rewards, self.lengths)
+        return Rollouts(self.inputs.to(device), self.targets.to(device), self.rewards, self.lengths,
+                        self.sampled_rewards)
+
+
+def informative_groups(rewards: list[list[float]]) -> list[int]:
+    """Indices of the groups whose samples did not all score the same. The others have zero advantage: with no
+    KL penalty they add nothing to the gradient but its cost (DAPO's dynamic sampling drops them too)."""
+    return [i for i, group in enumerate(rewards) if max(group) != min(group)]
 
 
 def build_rollouts(prompts: list[list[int]], completions: list[list[list[int]]], rewards: list[list[float]],
@@ -114,9 +122,10 @@ class GRPOObjective:
         logprobs = token_logprobs(model, rollouts.inputs, rollouts.targets)
         ref = self.reference_logprobs(model, rollouts) if self.kl_coef > 0 else None
         loss, metrics = grpo_loss(logprobs, advantages, rollouts.targets >= 0, ref, self.kl_coef)
-        rewards = rollouts.rewards
+        rewards = rollouts.rewards if rollouts.sampled_rewards is None else rollouts.sampled_rewards
         return loss, {**metrics, "reward_mean": rewards.mean().item(),
                       "reward_std": rewards.std(dim=1, unbiased=False).mean().item(),
+                      "informative_groups": rollouts.rewards.size(0) / rewards.size(0),
                       "sample_length": sum(rollouts.lengths) / len(rollouts.lengths)}
 
 
@@ -128,6 +137,10 @@ class GRPOConfig(SFTConfig):
     temperature: float = 0.7
     max_new_tokens: int = 48
     eval_prompts: int = 64  # held-out decision points scored greedily at each eval
+    # Train only on groups whose rewards differ. From the demo SFT model, 66% of groups of 8 at temperature 0.7
+    # scored all alike, and the forward/backward over every row took 18 of a step's 21 s: dropping them makes a
+    # step ~2.5x cheaper. The KL penalty is then taken over the kept samples only.
+    drop_uniform_groups: bool = True
     run_name: str = "grpo"
     # Measured from the demo's SFT model (bench/toolcall_accuracy.py, held-out greedy reward): 4 prompts a step
     # at lr 1e-4 or 3e-4 lowered it (0.856 -> 0.835 / 0.813), 16 at 2e-5 held it (0.859), 32 at 5e-5 raised it
@@ -171,7 +184,12 @@ class RolloutLoader:
         completions = sample_completions(self.trainer.model, tokenizer, [p.ids for p in picked], cfg.group_size,
                                          cfg.max_new_tokens, cfg.temperature, seed=cfg.seed * 1_000_003 + self.draws)
         rewards = [[toolcall_reward(tokenizer, p.target, c)[0] for c in group] for p, group in zip(picked, completions)]
-        return build_rollouts([p.ids for p in picked], completions, rewards, tokenizer.special["<|pad|>"])
+        kept = informative_groups(rewards) if cfg.drop_uniform_groups else range(len(picked))
+        kept = kept or [0]  # all alike: one group keeps the step well-formed (zero advantage; only the KL acts)
+        rollouts = build_rollouts([picked[i].ids for i in kept], [completions[i] for i in kept],
+                                  [rewards[i] for i in kept], tokenizer.special["<|pad|>"])
+        rollouts.sampled_rewards = torch.tensor(rewards, dtype=torch.float32)
+        return rollouts
 
     def state_dict(self) -> dict[str, int]:
         return {"draws": self.draws}

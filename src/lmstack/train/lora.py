@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
+from lmstack.model.gpt import is_plain_linear
 
 # Short names for the adaptable layers of `GPT` (the suffix of the module name).
 TARGETS = {"qkv": "attn.qkv", "proj": "attn.proj", "up": "mlp.up", "down": "mlp.down", "lm_head": "lm_head"}
@@ -76,7 +77,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout:
         p.requires_grad_(False)
     adapted = []
     for name, module in list(model.named_modules()):
-        if type(module) is nn.Linear and name.endswith(tuple(suffixes)):
+        if is_plain_linear(module) and name.endswith(tuple(suffixes)):
             if name == "lm_head" and getattr(model, "cfg", None) is not None and model.cfg.tied:
                 raise LoRAError("lm_head shares its weight with the embedding in this model; drop 'lm_head' "
                                 "from the LoRA targets")

@@ -88,6 +88,15 @@ def toolcall_accuracy(model: GPT, tokenizer: Tokenizer, prompts: list[ToolcallPr
             "mean_reward": sum(rewards) / max(len(rewards), 1), "rewards": rewards}
 
 
+def sampled_rewards(model: GPT, tokenizer: Tokenizer, prompts: list[ToolcallPrompt], n: int, temperature: float,
+                    seed: int, max_new_tokens: int = 64) -> list[float]:
+    """Each prompt's mean reward over n seeded samples at `temperature`: the quantity GRPO maximises (its
+    samples are drawn this way), where greedy scoring only sees the mode of the policy."""
+    completions = sample_completions(model, tokenizer, [p.ids for p in prompts], n, max_new_tokens, temperature, seed)
+    return [sum(toolcall_reward(tokenizer, prompt.target, c)[0] for c in group) / n
+            for prompt, group in zip(prompts, completions)]
+
+
 def load_toolcall_samples(path: str | Path) -> list[dict[str, Any]]:
     report = LoadReport()
     samples = list(read_jsonl(path, report, check=_toolcall_problem))

@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from lmstack.agent.builtin_tools import calculator, evaluate, list_files, read_file, write_file
+from lmstack.agent.builtin_tools import MAX_RESULT_BITS, calculator, evaluate, list_files, read_file, write_file
 from lmstack.agent.tools import ToolContext, ToolRegistry, ToolResult, tool
 
 
@@ -155,8 +155,24 @@ def test_calculator_refuses_huge_integer_results_quickly(expression):
                "res = r.execute(p, ToolContext()); print(res.error_kind, res.content)" % expression)
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=20)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("exception") and "bits (limit 100000)" in done.stdout
+    assert done.stdout.startswith("exception") and "bits (limit 14000)" in done.stdout
 
 
 def test_calculator_still_computes_big_but_reasonable_integers():
     assert evaluate("2**10000") == 2 ** 10000 and evaluate("(10**300)*(10**300)") == 10 ** 600
+
+
+TWO_TO_13998 = "(2**7000)*(2**6998)"  # passes the per-operation check at 14,000 bits
+
+
+@pytest.mark.parametrize("expression", ["10**4200", " + ".join([TWO_TO_13998] * 2), " + ".join([TWO_TO_13998] * 4),
+                                        "(10**4000)*(10**400)"])
+def test_calculator_results_are_printable_or_refused_with_its_own_message(expression):
+    """Every integer it accepts must print (Python refuses str() of ints over 4,300 digits)."""
+    result = prepare_and_run(ToolRegistry([calculator]), "calculator", json.dumps({"expression": expression}),
+                             ToolContext())
+    value = eval(expression)  # the test's own reference: plain Python on a fixed literal
+    if value.bit_length() <= MAX_RESULT_BITS:
+        assert result.ok and result.content == str(value)
+    else:
+        assert not result.ok and "limit 14000" in result.content and "set_int_max_str_digits" not in result.content

@@ -9,7 +9,7 @@ import torch
 from lmstack.evals.clients import make_client
 from lmstack.evals.model import CachedModel
 from lmstack.evals.runner import run_eval
-from lmstack.evals.sample import Sample
+from lmstack.evals.sample import Sample, TaskState
 from lmstack.evals.scorers import bpb, choice
 from lmstack.evals.solvers import bits_per_byte, multiple_choice
 from lmstack.evals.store import Store
@@ -67,3 +67,18 @@ def test_multiple_choice_and_bpb_match_the_models_cross_entropy(checkpoint, tmp_
     bits = -reference_logprob(reference_model, tokenizer, "", text) / math.log(2)
     assert out.summary["scores"]["bpb"]["mean"]["mean"] == pytest.approx(bits / len(text.encode()), rel=1e-2)
     assert out.summary["higher_is_better"] == {"bpb": False}
+
+
+def test_a_sample_model_passes_the_engines_context_and_token_count_to_agent_runs(checkpoint, tmp_path):
+    """The agent runtime fits its conversation to `context_tokens` with `count_tokens` when its client has them;
+    inside an eval its client is the per-sample wrapper, which must pass the engine's through."""
+    store = Store(tmp_path / "db.sqlite")
+    state = TaskState(Sample(id="s", input="hi"), epoch=0, seed=0)
+    local = CachedModel(make_client(str(checkpoint)), store).for_sample(state)
+    _, tokenizer, config = load_model_dir(checkpoint)
+    assert getattr(local, "context_tokens", 8192) == config["model"]["block_size"] == 128
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The sky is"}]
+    assert local.count_tokens(messages) == len(tokenizer.render(messages, add_generation_prompt=True).ids)
+    remote = CachedModel(make_client("http://127.0.0.1:9/v1", model_name="m"), store).for_sample(state)
+    assert getattr(remote, "context_tokens", 8192) == 8192  # an HTTP API does not say: the runtime's setting
+    assert getattr(remote, "count_tokens", None) is None

@@ -11,8 +11,6 @@ import importlib
 import importlib.util
 import math
 import operator
-import shutil
-import uuid
 from pathlib import Path
 
 from lmstack.agent.sandbox import SandboxLimits, run_python
@@ -31,7 +29,10 @@ _FUNCTIONS = {"sqrt": math.sqrt, "log": math.log, "exp": math.exp, "sin": math.s
               "tan": math.tan, "abs": abs, "round": round, "min": min, "max": max}
 _CONSTANTS = {"pi": math.pi, "e": math.e}
 MAX_EXPONENT = 10_000  # 9**9**9 would take minutes and gigabytes
-MAX_RESULT_BITS = 100_000  # larger integer results are refused before computing them
+# Larger integer results are refused before computing them. Python prints at most 4,300 digits of an int
+# (sys.get_int_max_str_digits, ~14,284 bits): above that str() raises, and the model would read an error about
+# sys.set_int_max_str_digits instead of ours.
+MAX_RESULT_BITS = 14_000
 
 
 def _bits(value: float | int) -> int:
@@ -42,7 +43,7 @@ def _check_result_size(op: ast.operator, left: float | int, right: float | int) 
     """Refuse integer results estimated above MAX_RESULT_BITS before computing them: a capped
     exponent alone lets ((10**9999)**9999)**9999 through, which would freeze the process."""
     if isinstance(op, ast.Pow) and isinstance(left, int) and isinstance(right, int) and right > 0:
-        estimate = _bits(left) * right  # an upper bound
+        estimate = math.ceil(math.log2(abs(left)) * right) + 1 if left else 0  # an upper bound (2**10000: 10001)
     elif isinstance(op, ast.Mult) and isinstance(left, int) and isinstance(right, int):
         estimate = _bits(left) + _bits(right)
     else:
@@ -88,25 +89,23 @@ def calculator(expression: str) -> str:
         expression: the expression, e.g. "(17 * 3) / 4".
     """
     value = evaluate(expression)
+    if isinstance(value, int) and value.bit_length() > MAX_RESULT_BITS:  # sums grow past the per-operation check
+        raise ValueError(f"the result has {value.bit_length()} bits (limit {MAX_RESULT_BITS}); use floats")
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         value = int(value)
     return str(value)
 
 
 @tool(timeout_s=60.0, actions=("run", "ran", "execute", "executed", "test", "tested", "python"))
-def python(code: str, context: ToolContext) -> str:
+def python(code: str) -> str:
     """Run Python code in a sandbox (no network, limited CPU/memory, only its scratch dir writable); returns stdout/stderr.
 
     Args:
         code: a complete Python program; print what you want to see.
     """
-    # Each call gets its own folder: the calls of one turn run concurrently and would otherwise
-    # overwrite each other's __main__.py and files. Nothing in it is kept after the call.
-    scratch = Path(context.workspace or ".") / "scratch" / uuid.uuid4().hex
-    try:
-        return run_python(code, SandboxLimits(), scratch_dir=scratch).report()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    # Without a scratch_dir, run_python gives each call a fresh temporary folder and removes it afterwards: the
+    # calls of one turn run concurrently and must not overwrite each other's __main__.py and files.
+    return run_python(code, SandboxLimits()).report()
 
 
 def workspace_path(context: ToolContext, path: str) -> Path:

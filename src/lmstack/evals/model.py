@@ -101,6 +101,16 @@ class SampleModel:
         self.role = role
         self.model = cached.name
 
+    # The agent runtime fits its conversation with these when the client knows them (the in-process engine
+    # does; an HTTP API does not: AttributeError, and the runtime falls back to its settings and estimates).
+    @property
+    def context_tokens(self) -> int:
+        return self.cached.client.context_tokens
+
+    @property
+    def count_tokens(self):
+        return self.cached.client.count_tokens
+
     def complete(self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.0,
                  max_tokens: int | None = None, logprobs: bool = False) -> ModelResponse:
         request = {"kind": "chat", "model": self.model, "messages": messages, "tools": tools,

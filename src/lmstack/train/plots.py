@@ -25,7 +25,7 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
 def plot_losses(records: list[dict[str, Any]], path: Path, log_x: bool = False, title: str = "") -> None:
     train = [(r["step"], r["loss"]) for r in records if "loss" in r and "event" not in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    _, ax = plt.subplots(figsize=(8, 5))
     if train:
         steps, losses = zip(*train)
         ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="train")
@@ -35,14 +35,14 @@ def plot_losses(records: list[dict[str, Any]], path: Path, log_x: bool = False, 
         ax.plot(steps, losses, "o-", color="tab:orange", linewidth=1.6, label="val")
     if log_x:
         ax.set_xscale("symlog", linthresh=1)  # symlog: step 0 stays on the plot
-    save_figure(fig, ax, path, title, "loss (nats/token)")
+    save_figure(ax, path, title, "loss (nats/token)")
 
 
 def plot_rewards(records: list[dict[str, Any]], path: Path, title: str) -> None:
     """reward.png: mean sampled reward per step (with its group std) and the held-out greedy reward."""
     train = [(r["step"], r["reward_mean"], r["reward_std"]) for r in records if "reward_mean" in r]
     val = [(r["step"], r["val_reward"]) for r in records if "val_reward" in r]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    _, ax = plt.subplots(figsize=(8, 5))
     if train:
         steps, means, stds = zip(*train)
         ax.plot(steps, means, color="tab:blue", label="train: mean reward of samples")
@@ -50,11 +50,12 @@ def plot_rewards(records: list[dict[str, Any]], path: Path, title: str) -> None:
                         color="tab:blue", alpha=0.15, label="within-group std")
     if val:
         ax.plot(*zip(*val), "o-", color="tab:orange", label="held-out: greedy reward")
-    save_figure(fig, ax, path, title, "reward")
+    save_figure(ax, path, title, "reward")
 
 
-def save_figure(fig, ax, path: Path, title: str, ylabel: str) -> None:
-    """Label, lay out and write the figure atomically (a reader never sees half a PNG)."""
+def save_figure(ax, path: Path, title: str, ylabel: str) -> None:
+    """Label, lay out and write the axes' figure atomically (a reader never sees half a PNG)."""
+    fig = ax.figure
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -110,7 +110,7 @@ def main() -> None:
         greedy = report_change("greedy", result["rewards"], after["rewards"], 1)
         # The same seeds before and after: common random numbers make the paired change less noisy.
         before_sampled, after_sampled = (sampled(c, prompts, args.samples, grpo_cfg.temperature, args.seed + 1,
-                                                 args.max_new_tokens) for c in (args.checkpoint, final))
+                                                 grpo_cfg.max_new_tokens) for c in (args.checkpoint, final))
         at_temperature = report_change(f"sampled at temperature {grpo_cfg.temperature}", before_sampled,
                                        after_sampled, args.samples)
         figures.update({"grpo_steps": args.grpo_steps, "grpo_lr": grpo_cfg.lr, "grpo_batch_size": grpo_cfg.batch_size,

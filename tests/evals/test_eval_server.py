@@ -9,6 +9,7 @@ import pytest
 
 from lmstack.agent.engine_client import EngineClient
 from lmstack.evals.clients import make_client
+from lmstack.evals.completions import prompt_logprobs
 from lmstack.evals.model import CachedModel
 from lmstack.evals.runner import run_eval
 from lmstack.evals.sample import Sample
@@ -62,3 +63,15 @@ def test_greedy_results_do_not_depend_on_concurrency(served, tmp_path):
                                 outcome.summary["scores"])
     diff = {k: (v, outputs[8][0][k]) for k, v in outputs[1][0].items() if outputs[8][0][k] != v}
     assert outputs[1] == outputs[8], diff
+
+
+def test_prompt_logprobs_over_http_equal_the_in_process_ones(served):
+    """Every scored prompt token, with its offset, through completions + echo + logprobs: the bos our server
+    echoes at offset 0 (no logprob, no text) must not appear as a scored token."""
+    checkpoint, url = served
+    local = EngineClient(Engine.from_checkpoint(checkpoint, EngineConfig(dtype="float32")), checkpoint=str(checkpoint))
+    text = "the cat sat on the mat. naïve café"
+    over_http, in_process = prompt_logprobs(make_client(url), text), prompt_logprobs(local, text)
+    assert [t.offset for t in over_http] == [t.offset for t in in_process]
+    assert [t.logprob for t in over_http] == pytest.approx([t.logprob for t in in_process], abs=1e-4)
+    assert all(t.logprob is not None for t in over_http)

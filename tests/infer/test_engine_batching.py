@@ -135,3 +135,18 @@ def test_penalties_and_logit_bias_change_the_choice_as_documented():
     repetition = engine.generate([prompt + [greedy]], SamplingParams(max_tokens=1, temperature=0,
                                                                      repetition_penalty=1e6))[0]
     assert repetition.token_ids[0] not in prompt + [greedy]
+
+
+def test_a_stop_token_ends_the_sequence_and_is_marked_on_its_event():
+    model = tiny_model("gpt2")
+    free = recompute_greedy(model, [1, 2, 3], 12)
+    stop = free[5]  # the greedy continuation's sixth token, given as a stop id
+    engine = Engine(model, None, EngineConfig(block_size=8, num_blocks=64))
+    rid = engine.add_request([1, 2, 3], SamplingParams(max_tokens=12, temperature=0, stop_token_ids=[stop]))
+    events = []
+    while engine.has_unfinished():
+        events += [e for e in engine.step() if e.request_id == rid]
+    first_stop = free.index(stop)
+    assert [e.token_id for e in events] == free[:first_stop + 1]  # generated up to and including the stop id
+    assert [e.stop_token for e in events] == [False] * first_stop + [True]
+    assert events[-1].finished and events[-1].finish_reason == "stop"

@@ -144,3 +144,25 @@ def test_single_query_attention_equals_sdpa_with_grouped_heads(kv_heads):
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
     bf16 = single_query_attention(*(t.to(torch.bfloat16) for t in (queries, keys, values)))
     torch.testing.assert_close(bf16.double(), want, atol=2e-2, rtol=2e-2)  # bf16 inputs, fp32 inside
+
+
+@needs_onednn_bf16
+def test_a_new_weight_at_a_freed_weights_address_is_repacked():
+    """The allocator hands a freed weight's memory to the next tensor of its size; with an equal version counter,
+    an address-and-version key would serve the old packed copy."""
+    packed = PackedLinear.from_linear(bf16_linear(bias=False))
+    x = torch.randn(2, 48).to(torch.bfloat16)
+    for trial in range(20):
+        with torch.inference_mode():
+            packed(x)
+        packed.weight = None  # drop the old weight first, as a reload does
+        packed.weight = nn.Parameter(torch.empty(40, 48, dtype=torch.bfloat16).copy_(torch.randn(40, 48)))
+        with torch.inference_mode():
+            assert torch.equal(packed(x), F.linear(x, packed.weight)), f"stale packed weight at trial {trial}"
+
+
+def test_inference_mode_weights_are_left_unpacked():
+    with torch.inference_mode():
+        model = tiny_model("llama").to(torch.bfloat16)
+    pack_linears(model)
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())

@@ -128,7 +128,7 @@ def test_grpo_guard_passes_signed_near_zero_losses_but_not_nan():
 
 def test_dropping_uniform_groups_keeps_the_policy_gradient_direction(chat_tokenizer, make_model):
     """Without a KL penalty, groups that all scored alike have zero advantage: training on the informative
-    groups alone gives the same gradient, scaled by the share of rows kept (the loss is a mean over rows)."""
+    groups alone (the loss rescaled by the share of samples kept) gives the same gradient."""
     model = make_model(chat_tokenizer, seed=3).train()
     prompts = [chat_tokenizer.render([{"role": "user", "content": q}], add_generation_prompt=True).ids
                for q in ("Say yes.", "Say no.", "Count.")]
@@ -149,5 +149,8 @@ def test_dropping_uniform_groups_keeps_the_policy_gradient_direction(chat_tokeni
                                  pad_id=0)
     informative.sampled_rewards = torch.tensor(rewards)
     filtered, metrics = gradient(informative)
-    torch.testing.assert_close(filtered * 4 / 6, everything, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(filtered, everything, rtol=1e-4, atol=1e-7)
     assert metrics["reward_mean"] == pytest.approx(0.5) and metrics["informative_groups"] == pytest.approx(2 / 3)
+    uniform = build_rollouts(prompts[1:2], groups[1:2], rewards[1:2], pad_id=0)  # what a step of all-alike groups keeps
+    uniform.sampled_rewards = torch.tensor([rewards[1]] * 3)
+    assert gradient(uniform)[1]["informative_groups"] == 0.0

@@ -48,9 +48,11 @@ def _over_http(client: Any, prompt: str) -> list[PromptToken]:
         raise ModelCallError(f"{client.sdk.base_url} returned no prompt logprobs; the endpoint must support "
                              "echo=True with logprobs on /v1/completions")
     shift = _prompt_start(lp.tokens, lp.text_offset, prompt)
+    # A token with no logprob (bos, or the first token of a prompt without one) has nothing to score; a bos at
+    # offset 0 (the text it adds is not echoed) would otherwise pass the offset filter.
     return [PromptToken(token, logprob, offset - shift)
             for token, logprob, offset in zip(lp.tokens, lp.token_logprobs, lp.text_offset)
-            if 0 <= offset - shift < len(prompt)]
+            if logprob is not None and 0 <= offset - shift < len(prompt)]
 
 
 def _prompt_start(tokens: list[str], offsets: list[int], prompt: str) -> int:

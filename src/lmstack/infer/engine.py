@@ -90,6 +90,7 @@ class TokenEvent:
     finish_reason: str | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None  # on the request's first event, when asked
     usage: dict[str, int] | None = None  # on finish: prompt_tokens, completion_tokens
+    stop_token: bool = False  # a stop id that ended the sequence: no text of its own (OpenAI lists no logprob for it)
 
 
 @dataclass(slots=True)
@@ -389,7 +390,8 @@ class Engine:
         if logprob is not None:
             seq.logprobs.append(logprob)
         finish, delta = None, ""
-        if token in seq.stop_ids:
+        stop_token = token in seq.stop_ids
+        if stop_token:
             finish = "stop"
             delta = seq.detokenizer.flush() if seq.detokenizer else ""
         else:
@@ -401,7 +403,7 @@ class Engine:
                 delta += seq.detokenizer.flush() if seq.detokenizer else ""
         seq.text += delta
         event = TokenEvent(seq.request_id, seq.index, token, delta,
-                           logprob.logprob if logprob else None, logprob.top if logprob else None)
+                           logprob.logprob if logprob else None, logprob.top if logprob else None, stop_token=stop_token)
         if seq.params.prompt_logprobs is not None and not seq.prompt_logprobs_sent:
             event.prompt_logprobs, seq.prompt_logprobs_sent = seq.prompt_logprobs, True
         if finish:

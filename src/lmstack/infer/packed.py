@@ -5,8 +5,8 @@ layout, on every call. For a decode step (a few rows) that reorder costs as much
 Reordering once and calling oneDNN's linear on the packed copy (what inductor's `freezing` does for
 compiled CPU models) gives bit-identical outputs at about half the time. Measured on the 2-core
 AVX512-BF16 machine, 1 thread, one row, microseconds (F.linear / packed): 768x3072 132 / 64,
-3072x768 142 / 61, GPT-2's 768x50257 lm_head 4,854 / 1,954 (that one at DRAM bandwidth, 39 GB/s);
-decode of GPT-2-124M went from 52 to 100 tok/s.
+3072x768 142 / 61, GPT-2's 768x50257 lm_head 4,854 / 1,954 (that one reads 39 GB/s, about what this
+machine's DRAM gives); decode of GPT-2-124M went from 52 to 102 tok/s (bench/decode.py).
 
     pack_linears(model)   # in place: every plain nn.Linear becomes a PackedLinear sharing its parameters
 
@@ -23,6 +23,8 @@ import functools
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from lmstack.model.gpt import replace_module
 
 
 @functools.cache
@@ -47,21 +49,26 @@ class PackedLinear(nn.Linear):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._packed: torch.Tensor | None = None
-        self._packed_from: tuple[int, int] | None = None  # (data_ptr, version) of the weight it was packed from
+        # The weight it was packed from and that weight's version. Holding the tensor keeps its memory from being
+        # reused: a new weight at a freed weight's address, with an equal version, would look unchanged.
+        self._packed_from: tuple[torch.Tensor, int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
         # Checked per call, cheaply (a decode step makes dozens): the support itself was checked when packing.
-        if torch.is_grad_enabled() or x.dtype != torch.bfloat16 or weight.dtype != x.dtype or not x.is_cpu:
+        # Inductor cannot lower the opaque packed tensor (and packs weights itself), so traced code takes F.linear.
+        if (torch.is_grad_enabled() or x.dtype != torch.bfloat16 or weight.dtype != x.dtype or not x.is_cpu
+                or torch.compiler.is_compiling()):
             return F.linear(x, weight, bias)
-        if (weight.data_ptr(), weight._version) != self._packed_from:
+        source = self._packed_from
+        if source is None or source[0] is not weight or source[1] != weight._version:
             self._repack(weight)
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, bias, "none", [], "")
 
     def _repack(self, weight: torch.Tensor) -> None:
         # Packed for one row (decode); oneDNN takes any row count with it, and prefill is no slower than F.linear.
         self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
-        self._packed_from = (weight.data_ptr(), weight._version)
+        self._packed_from = (weight, weight._version)
 
     def __getstate__(self):
         # An opaque oneDNN tensor can be neither deep-copied nor pickled; it is rebuilt on the next call.
@@ -72,9 +79,9 @@ class PackedLinear(nn.Linear):
 
 def pack_linears(model: nn.Module) -> nn.Module:
     """Replace every plain nn.Linear of `model` with a PackedLinear sharing its parameters, in place; returns `model`.
-    Subclasses (LoRA layers) and int8 layers are left as they are."""
+    Subclasses (LoRA layers) and int8 layers are left as they are, and so are weights made under inference_mode,
+    which have no version counter to tell when they change."""
     for name, module in list(model.named_modules()):
-        if type(module) is nn.Linear:  # not a PackedLinear again, nor LoRA
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), attr, PackedLinear.from_linear(module))
+        if type(module) is nn.Linear and not module.weight.is_inference():  # not a PackedLinear again, nor LoRA
+            replace_module(model, name, PackedLinear.from_linear(module))
     return model

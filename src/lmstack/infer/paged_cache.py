@@ -94,7 +94,7 @@ def single_query_attention(queries: torch.Tensor, keys: torch.Tensor, values: to
     """A lone sequence's decode step as two fp32 matmuls and a softmax: queries (1, H, 1, D), keys and values
     (1, L, K, D) -> (1, H, 1, D).
 
-    On CPU, SDPA's flash kernel is built for many queries; for one it was 2-5x slower than this (1 thread, bf16,
+    On CPU, SDPA's flash kernel is built for many queries; for one it was 1.6-5x slower than this (1 thread, bf16,
     microseconds, SDPA / this: 4 heads x 80 keys 31 / 19, 12 heads x 500 keys 615 / 122). fp32 throughout keeps it
     as exact as SDPA's fp32 accumulation. Batched decodes stay with SDPA: there the fp32 copies of G sequences'
     keys are large enough that allocating them each step costs more than SDPA (32 sequences x 80 keys x 12

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmstack.config import ConfigError
-from lmstack.model.gpt import is_plain_linear
+from lmstack.model.gpt import is_plain_linear, replace_module
 
 METHODS = ("int8",)
 
@@ -93,6 +93,5 @@ def quantize_model(model: nn.Module, method: str = "int8") -> nn.Module:
             raise ConfigError(f"cannot quantize '{name}', a {type(module).__name__}: merge the adapters into the "
                               "weights first (lmstack.train.lora.merge_lora), then quantize")
         if is_plain_linear(module):
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), attr, Int8Linear.from_linear(module))
+            replace_module(model, name, Int8Linear.from_linear(module))
     return model

@@ -29,6 +29,12 @@ def is_plain_linear(module: nn.Module) -> bool:
     return type(module) is nn.Linear or getattr(module, "is_plain_linear", False)
 
 
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule called `name` (as named_modules gives it) sits in `root`."""
+    parent_name, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent_name), attr, new)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from lmstack.serve.errors import APIError
 from lmstack.serve.generation import (RequestResult, collect, new_id, now, record, reported_logprob, resolve_max_tokens,
-                                      sampling_params, sse_response, stop_token_ids, stream_chunk, usage)
+                                      sampling_params, sse_response, stream_chunk, usage)
 from lmstack.serve.schemas import ChatCompletionRequest
 from lmstack.serve.state import ServerState, server_state
 from lmstack.serve.structured import check_schema
@@ -40,11 +40,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                              constraint=state.grammars.constraint(plan.grammar) if plan.grammar else None)
     handle = state.engine.submit(plan.prompt, params)
     response_id, created = new_id("chatcmpl"), now()
-    stop_ids = stop_token_ids(body, state.tokenizer)
     if body.stream:
-        chunks = stream_chunks(state, body, plan, handle, stop_ids, response_id, created)
+        chunks = stream_chunks(state, body, plan, handle, response_id, created)
         return sse_response(chunks, on_close=lambda: state.engine.abort(handle))
-    result = await collect(state.engine, handle, request, stop_ids)
+    result = await collect(state.engine, handle, request)
     return chat_response(state, body, plan, result, response_id, created)
 
 
@@ -124,8 +123,8 @@ def chat_response(state: ServerState, body: ChatCompletionRequest, plan: ChatPla
             "system_fingerprint": None, "choices": choices, "usage": usage(result.prompt_tokens, completion_tokens)}
 
 
-async def stream_chunks(state: ServerState, body: ChatCompletionRequest, plan: ChatPlan, handle,
-                        stop_ids: frozenset[int], response_id: str, created: int) -> AsyncIterator[dict[str, Any]]:
+async def stream_chunks(state: ServerState, body: ChatCompletionRequest, plan: ChatPlan, handle, response_id: str,
+                        created: int) -> AsyncIterator[dict[str, Any]]:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(index: int, delta: dict[str, Any], logprobs=None, reason: str | None = None) -> dict[str, Any]:
@@ -138,10 +137,10 @@ async def stream_chunks(state: ServerState, body: ChatCompletionRequest, plan: C
         yield chunk(index, {"role": "assistant", "content": ""})
     result = RequestResult({})
     async for event in state.engine.events(handle):
-        record(result, event, stop_ids)
+        record(result, event)
         splitter = splitters[event.index]
         deltas = splitter.feed(event.text) + (splitter.finish() if event.finished else [])
-        reported = reported_logprob(event, stop_ids) if body.logprobs else None
+        reported = reported_logprob(event) if body.logprobs else None
         logprobs = logprobs_block(state, [reported]) if reported else None
         if logprobs and not deltas:
             deltas = [{"content": ""}]

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from lmstack.infer.detokenizer import IncrementalDetokenizer
 from lmstack.serve.errors import APIError
 from lmstack.serve.generation import (RequestResult, collect, new_id, now, record, reported_logprob, resolve_max_tokens,
-                                      sampling_params, sse_response, stop_token_ids, stream_chunk, usage)
+                                      sampling_params, sse_response, stream_chunk, usage)
 from lmstack.serve.schemas import CompletionRequest
 from lmstack.serve.state import ServerState, server_state
 
@@ -40,12 +40,11 @@ async def completions(body: CompletionRequest, request: Request):
                 state.engine.abort(handle)
             raise
     response_id, created = new_id("cmpl"), now()
-    stop_ids = stop_token_ids(body, state.tokenizer)
     if body.stream:
-        chunks = stream_chunks(state, body, prompts, encoded, handles, stop_ids, score_only, response_id, created)
+        chunks = stream_chunks(state, body, prompts, encoded, handles, score_only, response_id, created)
         return sse_response(chunks, on_close=lambda: [state.engine.abort(h) for h in handles])
     try:
-        results = await asyncio.gather(*(collect(state.engine, h, request, stop_ids) for h in handles))
+        results = await asyncio.gather(*(collect(state.engine, h, request) for h in handles))
     finally:  # one prompt failing (or the client leaving) releases the others too; finished ones are no-ops
         for handle in handles:
             state.engine.abort(handle)
@@ -135,9 +134,8 @@ def logprobs_block(state: ServerState, rows: list, text_offsets: list[int]) -> d
     return out
 
 
-async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, encoded, handles,
-                        stop_ids: frozenset[int], score_only: bool, response_id: str,
-                        created: int) -> AsyncIterator[dict[str, Any]]:
+async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, encoded, handles, score_only: bool,
+                        response_id: str, created: int) -> AsyncIterator[dict[str, Any]]:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(index: int, text: str, logprobs=None, reason: str | None = None) -> dict[str, Any]:
@@ -173,9 +171,9 @@ async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, en
                 continue
             if isinstance(event, Exception):
                 raise event
-            record(results[p], event, stop_ids)
+            record(results[p], event)
             index = p * body.n + event.index
-            reported = reported_logprob(event, stop_ids) if body.logprobs is not None else None
+            reported = reported_logprob(event) if body.logprobs is not None else None
             if not score_only and (event.text or reported):
                 yield chunk(index, event.text, logprobs_block(state, [reported], [sent[index]]) if reported else None)
                 sent[index] += len(event.text)

@@ -68,19 +68,11 @@ def sampling_params(body: SamplingFields, max_tokens: int, *, logprobs: int | No
         prompt_logprobs=prompt_logprobs, constraint=constraint)
 
 
-def stop_token_ids(body: SamplingFields, tokenizer) -> frozenset[int]:
-    """The ids that end a sequence, as the engine decides it (Engine.add_request): the request's
-    stop_token_ids, and the tokenizer's end tokens unless ignore_eos (then they are ordinary output)."""
-    return frozenset(body.stop_token_ids) | frozenset(() if body.ignore_eos else tokenizer.stop_ids)
-
-
-def reported_logprob(event: TokenEvent, stop_ids: frozenset[int]) -> tuple[int, float, list] | None:
+def reported_logprob(event: TokenEvent) -> tuple[int, float, list] | None:
     """The event's (token, logprob, top alternatives) as the API lists it, or None. The stop token that
     ended a sequence is not part of the returned text, so it gets no entry, as in OpenAI and vLLM; usage
     still counts it (it was sampled), as the engine and vLLM do."""
-    if event.token_id is None or event.logprob is None:
-        return None
-    if event.finished and event.finish_reason == "stop" and event.token_id in stop_ids:
+    if event.token_id is None or event.logprob is None or event.stop_token:
         return None
     return event.token_id, event.logprob, event.top_logprobs or []
 
@@ -103,11 +95,11 @@ class RequestResult:
     prompt_logprobs: list | None = None
 
 
-def record(result: RequestResult, event: TokenEvent, stop_ids: frozenset[int]) -> None:
+def record(result: RequestResult, event: TokenEvent) -> None:
     seq = result.sequences.setdefault(event.index, SequenceResult())
     if event.token_id is not None:
         seq.token_ids.append(event.token_id)
-    reported = reported_logprob(event, stop_ids)
+    reported = reported_logprob(event)
     if reported is not None:
         seq.logprobs.append(reported)
         # An event's text is what its token makes certain (text held back for a partial character or a
@@ -126,14 +118,13 @@ def record(result: RequestResult, event: TokenEvent, stop_ids: frozenset[int]) -
 DISCONNECT_POLL_S = 0.1
 
 
-async def collect(engine: AsyncEngine, handle: RequestHandle, request: Request,
-                  stop_ids: frozenset[int]) -> RequestResult:
+async def collect(engine: AsyncEngine, handle: RequestHandle, request: Request) -> RequestResult:
     """Run a request to the end; abort it if the client disconnects first."""
     result = RequestResult({})
 
     async def gather() -> RequestResult:
         async for event in engine.events(handle):
-            record(result, event, stop_ids)
+            record(result, event)
         return result
 
     task = asyncio.ensure_future(gather())

@@ -82,7 +82,8 @@ class Rollouts:
 
 def informative_groups(rewards: list[list[float]]) -> list[int]:
     """Indices of the groups whose samples did not all score the same. The others have zero advantage: with no
-    KL penalty they add nothing to the gradient but its cost (DAPO's dynamic sampling drops them too)."""
+    KL penalty they add nothing to the gradient but its cost (DAPO's dynamic sampling also leaves them out, and
+    samples more prompts to refill the batch; here the batch shrinks instead)."""
     return [i for i, group in enumerate(rewards) if max(group) != min(group)]
 
 
@@ -123,9 +124,12 @@ class GRPOObjective:
         ref = self.reference_logprobs(model, rollouts) if self.kl_coef > 0 else None
         loss, metrics = grpo_loss(logprobs, advantages, rollouts.targets >= 0, ref, self.kl_coef)
         rewards = rollouts.rewards if rollouts.sampled_rewards is None else rollouts.sampled_rewards
+        # The loss is a mean over rows: scaled by the share of samples kept, the policy gradient is exactly that
+        # of every sample (the dropped ones contribute zero), so settings tuned before dropping still hold.
+        loss = loss * (rollouts.rewards.numel() / rewards.numel())
         return loss, {**metrics, "reward_mean": rewards.mean().item(),
                       "reward_std": rewards.std(dim=1, unbiased=False).mean().item(),
-                      "informative_groups": rollouts.rewards.size(0) / rewards.size(0),
+                      "informative_groups": len(informative_groups(rewards.tolist())) / rewards.size(0),
                       "sample_length": sum(rollouts.lengths) / len(rollouts.lengths)}
 
 
@@ -139,7 +143,7 @@ class GRPOConfig(SFTConfig):
     eval_prompts: int = 64  # held-out decision points scored greedily at each eval
     # Train only on groups whose rewards differ. From the demo SFT model, 66% of groups of 8 at temperature 0.7
     # scored all alike, and the forward/backward over every row took 18 of a step's 21 s: dropping them makes a
-    # step ~2.5x cheaper. The KL penalty is then taken over the kept samples only.
+    # step ~2.5x cheaper. The policy gradient is unchanged; the KL penalty is then taken over the kept samples.
     drop_uniform_groups: bool = True
     run_name: str = "grpo"
     # Measured from the demo's SFT model (bench/toolcall_accuracy.py, held-out greedy reward): 4 prompts a step

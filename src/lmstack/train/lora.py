@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
-from lmstack.model.gpt import is_plain_linear
+from lmstack.model.gpt import is_plain_linear, replace_module
 
 # Short names for the adaptable layers of `GPT` (the suffix of the module name).
 TARGETS = {"qkv": "attn.qkv", "proj": "attn.proj", "up": "mlp.up", "down": "mlp.down", "lm_head": "lm_head"}
@@ -81,9 +81,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float | None = None, dropout:
             if name == "lm_head" and getattr(model, "cfg", None) is not None and model.cfg.tied:
                 raise LoRAError("lm_head shares its weight with the embedding in this model; drop 'lm_head' "
                                 "from the LoRA targets")
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, LoRALinear(module, rank, alpha, dropout))
+            replace_module(model, name, LoRALinear(module, rank, alpha, dropout))
             adapted.append(name)
     return adapted
 
@@ -119,8 +117,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
             linear.weight.copy_(module.merged_weight())
             if module.bias is not None:
                 linear.bias.copy_(module.bias)
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+            replace_module(model, name, linear)
     for p in model.parameters():
         p.requires_grad_(True)
     return model

@@ -6,7 +6,7 @@ Reordering once and calling oneDNN's linear on the packed copy (what inductor's 
 compiled CPU models) gives bit-identical outputs at about half the time. Measured on the 2-core
 AVX512-BF16 machine, 1 thread, one row, microseconds (F.linear / packed): 768x3072 132 / 64,
 3072x768 142 / 61, GPT-2's 768x50257 lm_head 4,854 / 1,954 (that one reads 39 GB/s, about what this
-machine's DRAM gives); decode of GPT-2-124M went from 52 to 102 tok/s (bench/decode.py).
+machine's DRAM gives); decode of GPT-2-124M went from 52 to 91-102 tok/s (bench/decode.py, 1 thread).
 
     pack_linears(model)   # in place: every plain nn.Linear becomes a PackedLinear sharing its parameters
 

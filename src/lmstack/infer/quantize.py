@@ -5,7 +5,7 @@ layer's dtype (the kernel wants scales in the activation dtype); the weight is r
 that stored scale, so every element is within scale / 2 of the original. Activations stay in the
 model's dtype. Decode at batch 1 reads half the bytes of bf16 weights, which is what bounds it on CPU:
 bench/decode.py on an idle machine, GPT-2-124M, against the engine's prepacked bf16 (infer/packed.py):
-1 thread 92.6 vs 102.4 tok/s, 2 threads 143.9 vs 112.5 (against unpacked bf16 it was 1.8x at 1 thread).
+1 thread 92.6 vs 90.8 tok/s, 2 threads 145 vs 116 (against unpacked bf16 it was 1.8x at 1 thread).
 It also halves the weights' memory.
 
     quantize_model(model, "int8")   # in place: Linear layers of the blocks and the lm_head -> Int8Linear

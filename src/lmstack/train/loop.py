@@ -364,6 +364,8 @@ class Trainer:
 def train(cfg: TrainConfig, resume: str = "auto") -> TrainResult:
     """Train (or resume) the run described by `cfg`; `resume`: 'auto' (if a checkpoint exists) or 'require'."""
     try:
-        return Trainer(cfg, resume).run()
+        result = Trainer(cfg, resume).run()
+        barrier()  # the ranks tear down together (see distributed.shutdown)
+        return result
     finally:
         shutdown()

@@ -1,7 +1,7 @@
 """Tool-use accuracy of a fine-tuned checkpoint on the held-out synthetic split (and, optionally, GRPO).
 
     python bench/toolcall_accuracy.py [--checkpoint runs/quickstart/sft/final] [--n 200]
-    python bench/toolcall_accuracy.py --grpo-steps 30 [--grpo-set lr=5e-5 --grpo-set batch_size=64 ...]
+    python bench/toolcall_accuracy.py --n 400 --grpo-steps 100 [--grpo-set lr=5e-5 --grpo-set batch_size=64 ...]
         # + a short GRPO run: held-out reward before/after, greedy and sampled (--samples per decision point at
         #   GRPO's temperature, the reward GRPO maximises), each with a paired bootstrap CI of the change
 

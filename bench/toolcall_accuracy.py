@@ -34,16 +34,12 @@ def constant_policy_rate(prompts) -> float:
 
 
 def measure(checkpoint: str, samples: list[dict], max_new_tokens: int):
+    """The greedy score, the prompts, the seconds it took, and the loaded (model, tokenizer) for more scoring."""
     model, tokenizer, _ = load_model_dir(checkpoint)
     prompts = toolcall_prompts(samples, tokenizer, model.cfg.block_size - max_new_tokens)
     t0 = time.perf_counter()
     result = toolcall_accuracy(model, tokenizer, prompts, max_new_tokens)
-    return result, prompts, time.perf_counter() - t0
-
-
-def sampled(checkpoint: str, prompts, n: int, temperature: float, seed: int, max_new_tokens: int) -> list[float]:
-    model, tokenizer, _ = load_model_dir(checkpoint)
-    return sampled_rewards(model, tokenizer, prompts, n, temperature, seed, max_new_tokens)
+    return result, prompts, time.perf_counter() - t0, (model, tokenizer)
 
 
 def report_change(label: str, before: list[float], after: list[float], n_samples: int) -> dict:
@@ -86,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
 
     samples = generate(args.n, args.seed, "test")
-    result, prompts, seconds = measure(args.checkpoint, samples, args.max_new_tokens)
+    result, prompts, seconds, before_model = measure(args.checkpoint, samples, args.max_new_tokens)
     peer = constant_policy_rate(prompts)
     print(f"{args.checkpoint}: {len(samples)} held-out conversations, {result['call_turns']} tool-calling turns, "
           f"{result['answer_turns']} answer turns, scored in {seconds:.0f}s")
@@ -104,13 +100,14 @@ def main() -> None:
         test_file = Path(tempfile.mkdtemp(prefix="grpo-test-")) / "test.jsonl"
         test_file.write_text("\n".join(json.dumps(s) for s in samples) + "\n")
         final, grpo_cfg = run_grpo(args.checkpoint, args.grpo_steps, args.grpo_set, test_file, args.seed)
-        after, _, _ = measure(final, samples, args.max_new_tokens)
+        after, _, _, after_model = measure(final, samples, args.max_new_tokens)
         print(f"GRPO {args.grpo_steps} steps (lr {grpo_cfg.lr}, {grpo_cfg.batch_size} prompts a step, groups of "
               f"{grpo_cfg.group_size}, temperature {grpo_cfg.temperature}):")
         greedy = report_change("greedy", result["rewards"], after["rewards"], 1)
         # The same seeds before and after: common random numbers make the paired change less noisy.
-        before_sampled, after_sampled = (sampled(c, prompts, args.samples, grpo_cfg.temperature, args.seed + 1,
-                                                 grpo_cfg.max_new_tokens) for c in (args.checkpoint, final))
+        before_sampled, after_sampled = (sampled_rewards(*loaded, prompts, args.samples, grpo_cfg.temperature,
+                                                         args.seed + 1, grpo_cfg.max_new_tokens)
+                                         for loaded in (before_model, after_model))
         at_temperature = report_change(f"sampled at temperature {grpo_cfg.temperature}", before_sampled,
                                        after_sampled, args.samples)
         figures.update({"grpo_steps": args.grpo_steps, "grpo_lr": grpo_cfg.lr, "grpo_batch_size": grpo_cfg.batch_size,

@@ -145,12 +145,9 @@ def test_dropping_uniform_groups_keeps_the_policy_gradient_direction(chat_tokeni
         return torch.cat([p.grad.flatten() for p in model.parameters()]), metrics
 
     everything, _ = gradient(build_rollouts(prompts, groups, rewards, pad_id=0))
-    informative = build_rollouts([prompts[i] for i in kept], [groups[i] for i in kept], [rewards[i] for i in kept],
-                                 pad_id=0)
-    informative.sampled_rewards = torch.tensor(rewards)
-    filtered, metrics = gradient(informative)
+    filtered, metrics = gradient(build_rollouts(prompts, groups, rewards, pad_id=0, keep=kept))
     torch.testing.assert_close(filtered, everything, rtol=1e-4, atol=1e-7)
     assert metrics["reward_mean"] == pytest.approx(0.5) and metrics["informative_groups"] == pytest.approx(2 / 3)
-    uniform = build_rollouts(prompts[1:2], groups[1:2], rewards[1:2], pad_id=0)  # what a step of all-alike groups keeps
-    uniform.sampled_rewards = torch.tensor([rewards[1]] * 3)
+    # what a step of all-alike groups keeps: one of them
+    uniform = build_rollouts([prompts[1]] * 3, [groups[1]] * 3, [rewards[1]] * 3, pad_id=0, keep=[0])
     assert gradient(uniform)[1]["informative_groups"] == 0.0

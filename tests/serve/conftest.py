@@ -22,6 +22,14 @@ def client(server):
 
 
 @pytest.fixture(scope="session")
+def offline_engine(checkpoint):
+    """The served checkpoint in an engine of this process: the reference for what the server returns."""
+    from lmstack.infer.engine import Engine, EngineConfig
+
+    return Engine.from_checkpoint(checkpoint, EngineConfig(dtype="float32"))
+
+
+@pytest.fixture(scope="session")
 def tokenizer(checkpoint):
     from lmstack.tokenizer import Tokenizer
 

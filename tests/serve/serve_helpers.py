@@ -22,6 +22,8 @@ from lmstack.tokenizer import Tokenizer
 WORDS = "the a cat dog sat ran on mat home blue red green one two three yes no hello world weather city".split()
 CONTEXT = 1024
 API_KEY = "test-key-123"  # the shared test server requires it
+MODEL = "tiny-chat"  # the shared test server's model id (its checkpoint dir's name)
+HELLO = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello cat"}]
 
 
 def corpus() -> list[str]:

@@ -4,17 +4,9 @@ import json
 
 import jsonschema
 import pytest
+from serve_helpers import HELLO, MODEL
 
-from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
-
-MODEL = "tiny-chat"
-HELLO = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello cat"}]
-
-
-@pytest.fixture(scope="module")
-def offline_engine(checkpoint):
-    return Engine.from_checkpoint(checkpoint, EngineConfig(dtype="float32"))
 
 
 def test_models_lists_the_checkpoint(client):

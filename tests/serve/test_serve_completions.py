@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from serve_helpers import MODEL
 
 from lmstack.model.checkpoint import load_model_dir
-
-MODEL = "tiny-chat"
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,7 @@ import time
 import httpx
 import openai
 import pytest
-from serve_helpers import API_KEY, metric
-
-MODEL = "tiny-chat"
+from serve_helpers import API_KEY, MODEL, metric
 PROMPTS = [[{"role": "user", "content": text}] for text in ("hello cat", "two dogs ran", "blue mat", "yes no")]
 
 

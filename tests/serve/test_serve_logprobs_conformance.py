@@ -2,12 +2,10 @@
 text), and the legacy `text_offset` is each token's character index in the returned `text`."""
 
 import pytest
+from serve_helpers import HELLO, MODEL
 
-from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
 
-MODEL = "tiny-chat"
-HELLO = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello cat"}]
 PROMPT = "two blue dogs"
 END = "<|end|>"
 NON_ASCII = "naïve café 🙂"  # 2-, 2- and 4-byte characters, which byte-level BPE splits across tokens
@@ -115,10 +113,6 @@ def test_completion_ending_on_the_stop_token_lists_only_its_text_tokens(client, 
                 if c.choices and c.choices[0].logprobs]
     assert sum(streamed, []) == kept.tokens[:k]
 
-
-@pytest.fixture(scope="module")
-def offline_engine(checkpoint):
-    return Engine.from_checkpoint(checkpoint, EngineConfig(dtype="float32"))
 
 
 def decoded_offsets(tokenizer, ids: list[int], hidden: int = 0) -> list[int]:

@@ -41,6 +41,7 @@ def _summarise_oldest(view: list[dict], max_tokens: int, count_tokens: Callable[
     head = [m for m in view[:2] if m["role"] in ("system", "user")]  # system prompt and the task
     body = view[len(head):]
     dropped: list[dict] = []
+    candidate = None
     # Drop whole turns: an assistant message with tool calls goes together with its tool results.
     while len(body) > 1:
         turn_end = 1
@@ -51,7 +52,8 @@ def _summarise_oldest(view: list[dict], max_tokens: int, count_tokens: Callable[
         candidate, fits = _with_summary(head, dropped, body, max_tokens, count_tokens)
         if fits:
             return candidate
-    return _with_summary(head, dropped, body, max_tokens, count_tokens)[0]
+    # The last pass already counted what is left (each count may render and tokenize the whole conversation).
+    return candidate if candidate is not None else _with_summary(head, dropped, body, max_tokens, count_tokens)[0]
 
 
 def _with_summary(head: list[dict], dropped: list[dict], body: list[dict], max_tokens: int,

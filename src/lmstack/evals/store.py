@@ -105,16 +105,18 @@ class Store:
             raise RunNotFound(f"no eval run '{run_id}' in the database; `lmstack eval list` shows the runs")
         return _run_record(row)
 
-    def runs(self, limit: int = 50) -> list[RunRecord]:
-        return self.runs_page(0, limit)[1]
-
-    def runs_page(self, offset: int = 0, limit: int = 50) -> tuple[int, list[RunRecord]]:
-        """The total number of runs and a page of them, newest first (one query for the page)."""
+    def runs(self, limit: int = 50, offset: int = 0) -> list[RunRecord]:
+        """A page of runs, newest first (one query)."""
         with self.lock:
-            total = self.conn.execute("SELECT COUNT(*) FROM eval_runs").fetchone()[0]
             rows = self.conn.execute("SELECT * FROM eval_runs ORDER BY created DESC, id LIMIT ? OFFSET ?",
                                      (limit, offset)).fetchall()
-        return total, [_run_record(r) for r in rows]
+        return [_run_record(r) for r in rows]
+
+    def runs_page(self, offset: int = 0, limit: int = 50) -> tuple[int, list[RunRecord]]:
+        """The total number of runs and a page of them, newest first."""
+        with self.lock:  # reentrant: the count and the page are read under one hold
+            total = self.conn.execute("SELECT COUNT(*) FROM eval_runs").fetchone()[0]
+            return total, self.runs(limit, offset)
 
     def finish_run(self, run_id: str, summary: dict[str, Any]) -> None:
         with transaction(self.conn):

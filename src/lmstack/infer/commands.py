@@ -23,7 +23,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.epilog = "engine settings (--set KEY=VALUE or a TOML file): block_size, num_blocks, kv_memory_mb, " \
                "max_num_seqs, max_batched_tokens, dtype, device, compile, enable_prefix_caching, " \
-               "quantization (int8: weight-only int8 Linears; 1.5-1.9x faster bs=1 decode on a bf16 CPU)"
+               "quantization (int8: weight-only int8 Linears, half the weights' memory; faster than bf16 at 2+ threads), " \
+               "pack_weights (CPU bf16: prepacked Linear weights, on by default)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

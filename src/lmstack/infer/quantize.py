@@ -67,7 +67,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        scale = self.scale if self.scale.dtype == x.dtype else self.scale.to(x.dtype)
+        scale = self.scale.to(x.dtype)  # no copy when it already is
         if x.device.type == "cpu" and x.dtype == torch.bfloat16 and rows.size(0) <= KERNEL_MAX_ROWS:
             y = torch._weight_int8pack_mm(rows.contiguous(), self.weight, scale)
         else:

@@ -87,13 +87,17 @@ def split_prompts(prompt: str | list) -> list[str | list[int]]:
 def encode_prompt(state: ServerState, prompt: str | list[int]) -> list[int]:
     """Text gets bos and our tokenizer, as the engine does; token ids are used as given."""
     if isinstance(prompt, str):
-        bos = [state.tokenizer.bos_id] if state.tokenizer.bos_id is not None else []
-        return bos + state.tokenizer.encode(prompt)
+        return added_bos(state, prompt) + state.tokenizer.encode(prompt)
     bad = [t for t in prompt if not 0 <= t < state.vocab_size]
     if bad:
         raise APIError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {state.vocab_size})",
                        param="prompt")
     return list(prompt)
+
+
+def added_bos(state: ServerState, prompt: str | list[int]) -> list[int]:
+    """The bos a text prompt gets in front (none for token ids), which its echoed text does not show."""
+    return [state.tokenizer.bos_id] if isinstance(prompt, str) and state.tokenizer.bos_id is not None else []
 
 
 def prompt_text(state: ServerState, prompt: str | list[int]) -> str:
@@ -114,7 +118,7 @@ def prompt_text_offsets(state: ServerState, prompt: str | list[int], ids: list[i
     """Where each prompt token's text starts in the echoed prompt. Decoded incrementally, as the engine
     decodes output (linear in the prompt): a token that ends inside a multi-byte character contributes
     nothing, the one that completes it the whole character. The bos a text prompt gets is not echoed."""
-    hidden = 1 if isinstance(prompt, str) and state.tokenizer.bos_id is not None else 0
+    hidden = len(added_bos(state, prompt))
     detokenizer = IncrementalDetokenizer(state.tokenizer, stop=[])
     offsets, length = [0] * hidden, 0
     for token_id in ids[hidden:]:
@@ -155,14 +159,12 @@ async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, en
 
     tasks = [asyncio.ensure_future(pump(p, h)) for p, h in enumerate(handles)]
     results = [RequestResult({}) for _ in handles]
-    sent = [0] * (len(prompts) * body.n)  # characters of text sent per choice: where the next token's text starts
+    echoed = [prompt_text(state, prompt) if body.echo else "" for prompt in prompts]
     try:
         if body.echo:
-            for p, prompt in enumerate(prompts):
-                echoed = prompt_text(state, prompt)
+            for p, text in enumerate(echoed):
                 for index in range(body.n):
-                    yield chunk(p * body.n + index, echoed)
-                    sent[p * body.n + index] = len(echoed)
+                    yield chunk(p * body.n + index, text)
         remaining = len(handles)
         while remaining:
             p, event = await queue.get()
@@ -175,8 +177,9 @@ async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, en
             index = p * body.n + event.index
             reported = reported_logprob(event) if body.logprobs is not None else None
             if not score_only and (event.text or reported):
-                yield chunk(index, event.text, logprobs_block(state, [reported], [sent[index]]) if reported else None)
-                sent[index] += len(event.text)
+                # record() noted where this token's text starts in the generated text; the echo comes before it
+                offset = len(echoed[p]) + results[p].sequences[event.index].logprob_offsets[-1] if reported else 0
+                yield chunk(index, event.text, logprobs_block(state, [reported], [offset]) if reported else None)
             if event.finished:
                 yield chunk(index, "", reason="length" if score_only else event.finish_reason)
     finally:

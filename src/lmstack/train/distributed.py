@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -61,9 +62,15 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
-    """Destroy the process group. After a finished run the callers first wait at a barrier: once, under load, a
-    2-process gloo run that had finished every step aborted both ranks at exit (SIGABRT, 'terminate called
-    without an active exception') while one rank was still writing its last files and the other had torn down."""
-    if is_distributed():
-        dist.destroy_process_group()
+@contextlib.contextmanager
+def process_group_scope() -> Iterator[None]:
+    """Run the body, then destroy the process group. After a body that finished, the ranks first wait for each
+    other: once, under load, a 2-process gloo run that had finished every step aborted both ranks at exit
+    (SIGABRT, 'terminate called without an active exception') while one rank was still writing its last files
+    and the other had torn down. After a failure there is no barrier: the other ranks may never arrive."""
+    try:
+        yield
+        barrier()
+    finally:
+        if is_distributed():
+            dist.destroy_process_group()

@@ -15,7 +15,6 @@ import torch
 
 from lmstack.infer.simple import generate
 from lmstack.model.gpt import GPT
-from lmstack.model.lm_loss import cross_entropy
 from lmstack.tokenizer import Tokenizer
 from lmstack.train.distributed import sum_across_ranks
 
@@ -37,8 +36,7 @@ def evaluate(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], b
     totals = torch.zeros(3, dtype=torch.float64, device=byte_lengths.device)  # nats, tokens, bytes
     for x, y in batches:
         with autocast():
-            logits, _ = model(x)
-        nats = cross_entropy(logits.flatten(0, 1), y.flatten(), "none")
+            _, nats = model(x, y, loss_reduction="none")
         targets = y.flatten().clamp(min=0)
         counted = (y.flatten() >= 0) & (byte_lengths[targets] > 0)
         totals += torch.stack([nats[counted].double().sum(), counted.sum().double(),

@@ -13,6 +13,7 @@ samples, so the importance ratio is exactly 1 and needs no clipping.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 
@@ -27,8 +28,8 @@ from lmstack.train.lora import lora_disabled, lora_layers
 from lmstack.train.metrics import read_metrics
 from lmstack.train.plots import plot_rewards
 from lmstack.train.sft import FineTuner, FineTuneResult, MicroBatches, SFTConfig, run_finetune
-from lmstack.train.toolcall_rewards import (ToolcallPrompt, load_toolcall_samples, sample_completions,
-                                            toolcall_accuracy, toolcall_prompts, toolcall_reward)
+from lmstack.train.toolcall_rewards import (ToolcallPrompt, load_toolcall_samples, sample_and_score, toolcall_accuracy,
+                                            toolcall_prompts)
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -73,11 +74,10 @@ class Rollouts:
     targets: torch.Tensor  # (N, T), -1 outside the completion
     rewards: torch.Tensor  # (n_groups, G), the groups of the rows
     lengths: list[int]     # completion tokens per sample
-    sampled_rewards: torch.Tensor | None = None  # every group sampled this step (kept or not), for the metrics
+    sampled_rewards: torch.Tensor  # every group sampled this step, kept or not (the metrics, the loss scale)
 
     def to(self, device: torch.device | str) -> "Rollouts":
-        return Rollouts(self.inputs.to(device), self.targets.to(device), self.rewards, self.lengths,
-                        self.sampled_rewards)
+        return dataclasses.replace(self, inputs=self.inputs.to(device), targets=self.targets.to(device))
 
 
 def informative_groups(rewards: list[list[float]]) -> list[int]:
@@ -88,8 +88,12 @@ def informative_groups(rewards: list[list[float]]) -> list[int]:
 
 
 def build_rollouts(prompts: list[list[int]], completions: list[list[list[int]]], rewards: list[list[float]],
-                   pad_id: int) -> Rollouts:
-    """prompts[i] with its group completions[i][j] -> padded rows (prompt tokens are never trained)."""
+                   pad_id: int, keep: list[int] | None = None) -> Rollouts:
+    """prompts[i] with its group completions[i][j] -> padded rows (prompt tokens are never trained), for the
+    groups in `keep` (default: all); `sampled_rewards` keeps every group's rewards."""
+    sampled = torch.tensor(rewards, dtype=torch.float32)
+    if keep is not None:
+        prompts, completions, rewards = ([items[i] for i in keep] for items in (prompts, completions, rewards))
     rows = [(p, c) for p, group in zip(prompts, completions) for c in group]
     T = max(len(p) + len(c) for p, c in rows) - 1
     inputs = torch.full((len(rows), T), pad_id, dtype=torch.long)
@@ -99,7 +103,7 @@ def build_rollouts(prompts: list[list[int]], completions: list[list[list[int]]],
         inputs[r, :len(ids) - 1] = ids[:-1]
         # target t predicts ids[t + 1]: the completion's tokens are targets len(prompt) - 1 onwards
         targets[r, len(prompt) - 1:len(ids) - 1] = ids[len(prompt):]
-    return Rollouts(inputs, targets, torch.tensor(rewards, dtype=torch.float32), [len(c) for _, c in rows])
+    return Rollouts(inputs, targets, torch.tensor(rewards, dtype=torch.float32), [len(c) for _, c in rows], sampled)
 
 
 class GRPOObjective:
@@ -123,7 +127,7 @@ class GRPOObjective:
         logprobs = token_logprobs(model, rollouts.inputs, rollouts.targets)
         ref = self.reference_logprobs(model, rollouts) if self.kl_coef > 0 else None
         loss, metrics = grpo_loss(logprobs, advantages, rollouts.targets >= 0, ref, self.kl_coef)
-        rewards = rollouts.rewards if rollouts.sampled_rewards is None else rollouts.sampled_rewards
+        rewards = rollouts.sampled_rewards
         # The loss is a mean over rows: scaled by the share of samples kept, the policy gradient is exactly that
         # of every sample (the dropped ones contribute zero), so settings tuned before dropping still hold.
         loss = loss * (rollouts.rewards.numel() / rewards.numel())
@@ -186,15 +190,13 @@ class RolloutLoader:
             order = random.Random(f"{cfg.seed}-{draw // n}").sample(range(n), n)
             picked.append(self.prompts[order[draw % n]])
         self.draws += cfg.batch_size * self.world_size
-        completions = sample_completions(self.trainer.model, tokenizer, [p.ids for p in picked], cfg.group_size,
-                                         cfg.max_new_tokens, cfg.temperature, seed=cfg.seed * 1_000_003 + self.draws)
-        rewards = [[toolcall_reward(tokenizer, p.target, c)[0] for c in group] for p, group in zip(picked, completions)]
-        kept = informative_groups(rewards) if cfg.drop_uniform_groups else range(len(picked))
-        kept = kept or [0]  # all alike: one group keeps the step well-formed (zero advantage; only the KL acts)
-        rollouts = build_rollouts([picked[i].ids for i in kept], [completions[i] for i in kept],
-                                  [rewards[i] for i in kept], tokenizer.special["<|pad|>"])
-        rollouts.sampled_rewards = torch.tensor(rewards, dtype=torch.float32)
-        return rollouts
+        completions, rewards = sample_and_score(self.trainer.model, tokenizer, picked, cfg.group_size,
+                                                cfg.max_new_tokens, cfg.temperature, cfg.seed * 1_000_003 + self.draws)
+        kept = None
+        if cfg.drop_uniform_groups:
+            # all alike: one group keeps the step well-formed (zero advantage; only the KL acts)
+            kept = informative_groups(rewards) or [0]
+        return build_rollouts([p.ids for p in picked], completions, rewards, tokenizer.special["<|pad|>"], kept)
 
     def state_dict(self) -> dict[str, int]:
         return {"draws": self.draws}

@@ -27,7 +27,8 @@ from lmstack.tokenizer import Tokenizer
 from lmstack.train import checkpoint as ckpt
 from lmstack.train.batches import GlobalBatchLoader
 from lmstack.train.config import TrainConfig
-from lmstack.train.distributed import any_rank, barrier, broadcast_object, gather_objects, mean_across_ranks, shutdown
+from lmstack.train.distributed import (any_rank, barrier, broadcast_object, gather_objects, mean_across_ranks,
+                                      process_group_scope)
 from lmstack.train.evaluate import draw_samples, evaluate, token_byte_lengths
 from lmstack.train.guards import LossGuard
 from lmstack.train.metrics import MetricsLog, memory_mb, mfu, read_metrics
@@ -363,9 +364,5 @@ class Trainer:
 
 def train(cfg: TrainConfig, resume: str = "auto") -> TrainResult:
     """Train (or resume) the run described by `cfg`; `resume`: 'auto' (if a checkpoint exists) or 'require'."""
-    try:
-        result = Trainer(cfg, resume).run()
-        barrier()  # the ranks tear down together (see distributed.shutdown)
-        return result
-    finally:
-        shutdown()
+    with process_group_scope():
+        return Trainer(cfg, resume).run()

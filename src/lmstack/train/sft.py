@@ -26,7 +26,7 @@ from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import GPT
 from lmstack.train.chat_data import PackedBatch, PackedChatLoader, load_chat_examples
 from lmstack.train.config import TrainConfig
-from lmstack.train.distributed import barrier, shutdown, sum_across_ranks
+from lmstack.train.distributed import process_group_scope, sum_across_ranks
 from lmstack.train.loop import Trainer, TrainResult
 from lmstack.train.lora import DEFAULT_TARGETS, apply_lora, merge_lora
 from lmstack.train.metrics import read_metrics
@@ -227,16 +227,13 @@ class FineTuneResult:
 
 def run_finetune(trainer_cls: type[FineTuner], cfg: SFTConfig, resume: str = "auto") -> FineTuneResult:
     """Train (or resume) with `trainer_cls`, then export the final model (rank 0) unless interrupted."""
-    try:
+    with process_group_scope():
         trainer = trainer_cls(cfg, resume)
         result = trainer.run()
         final = None
         if result.interrupted_by is None and trainer.is_main:
             final = trainer.export()
-        barrier()  # the ranks tear down together (see distributed.shutdown)
         return FineTuneResult(result, final)
-    finally:
-        shutdown()
 
 
 def sft(cfg: SFTConfig, resume: str = "auto") -> FineTuneResult:

@@ -88,13 +88,20 @@ def toolcall_accuracy(model: GPT, tokenizer: Tokenizer, prompts: list[ToolcallPr
             "mean_reward": sum(rewards) / max(len(rewards), 1), "rewards": rewards}
 
 
+def sample_and_score(model: GPT, tokenizer: Tokenizer, prompts: list[ToolcallPrompt], n: int, max_new_tokens: int,
+                     temperature: float, seed: int | None) -> tuple[list[list[list[int]]], list[list[float]]]:
+    """n seeded completions per prompt and the checker's reward of each (GRPO's groups)."""
+    completions = sample_completions(model, tokenizer, [p.ids for p in prompts], n, max_new_tokens, temperature, seed)
+    rewards = [[toolcall_reward(tokenizer, p.target, c)[0] for c in group] for p, group in zip(prompts, completions)]
+    return completions, rewards
+
+
 def sampled_rewards(model: GPT, tokenizer: Tokenizer, prompts: list[ToolcallPrompt], n: int, temperature: float,
                     seed: int, max_new_tokens: int = 64) -> list[float]:
     """Each prompt's mean reward over n seeded samples at `temperature`: the quantity GRPO maximises (its
     samples are drawn this way), where greedy scoring only sees the mode of the policy."""
-    completions = sample_completions(model, tokenizer, [p.ids for p in prompts], n, max_new_tokens, temperature, seed)
-    return [sum(toolcall_reward(tokenizer, prompt.target, c)[0] for c in group) / n
-            for prompt, group in zip(prompts, completions)]
+    return [sum(group) / n for group in sample_and_score(model, tokenizer, prompts, n, max_new_tokens, temperature,
+                                                           seed)[1]]
 
 
 def load_toolcall_samples(path: str | Path) -> list[dict[str, Any]]:

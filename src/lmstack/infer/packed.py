@@ -8,10 +8,10 @@ AVX512-BF16 machine, 1 thread, one row, microseconds (F.linear / packed): 768x30
 3072x768 142 / 61, GPT-2's 768x50257 lm_head 4,854 / 1,954 (that one reads 39 GB/s, about what this
 machine's DRAM gives); decode of GPT-2-124M went from 52 to 91-102 tok/s (bench/decode.py, 1 thread).
 
-    pack_linears(model)   # in place: every plain nn.Linear becomes a PackedLinear sharing its parameters
+    pack_linears(model)   # in place: every plain linear layer becomes a PackedLinear sharing its parameters
 
 A PackedLinear is still an nn.Linear with the same Parameters, state_dict and autograd: with gradients
-enabled, on another device or dtype, it runs F.linear. The packed copy is rebuilt when the weight changes
+enabled, on another device or dtype, it runs the model's own `Linear`. The packed copy is rebuilt when the weight changes
 (its storage or version counter), so a model that is trained between engine calls (GRPO) stays exact.
 The cost is memory: the packed copy is a second copy of every Linear weight.
 """
@@ -22,9 +22,9 @@ import functools
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from lmstack.model.gpt import replace_module
+from lmstack.model.gpt import is_plain_linear, replace_module
+from lmstack.model.onednn_linear import Linear, linear
 
 
 @functools.cache
@@ -36,14 +36,12 @@ def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype == torch.bfloat16 and onednn_bf16()
 
 
-class PackedLinear(nn.Linear):
-    is_plain_linear = True  # its output is F.linear's (see lmstack.model.gpt.is_plain_linear)
-
+class PackedLinear(Linear):
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "PackedLinear":
-        layer = cls(linear.in_features, linear.out_features, bias=False, device="meta")
-        layer.weight, layer.bias = linear.weight, linear.bias  # the same Parameters, not copies
-        layer.train(linear.training)
+    def from_linear(cls, source: nn.Linear) -> "PackedLinear":
+        layer = cls(source.in_features, source.out_features, bias=False, device="meta")
+        layer.weight, layer.bias = source.weight, source.bias  # the same Parameters, not copies
+        layer.train(source.training)
         return layer
 
     def __init__(self, *args, **kwargs):
@@ -56,10 +54,10 @@ class PackedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
         # Checked per call, cheaply (a decode step makes dozens): the support itself was checked when packing.
-        # Inductor cannot lower the opaque packed tensor (and packs weights itself), so traced code takes F.linear.
+        # Inductor cannot lower the opaque packed tensor (and packs weights itself), so traced code takes `linear`.
         if (torch.is_grad_enabled() or x.dtype != torch.bfloat16 or weight.dtype != x.dtype or not x.is_cpu
                 or torch.compiler.is_compiling()):
-            return F.linear(x, weight, bias)
+            return linear(x, weight, bias)
         source = self._packed_from
         if source is None or source[0] is not weight or source[1] != weight._version:
             self._repack(weight)
@@ -78,10 +76,11 @@ class PackedLinear(nn.Linear):
 
 
 def pack_linears(model: nn.Module) -> nn.Module:
-    """Replace every plain nn.Linear of `model` with a PackedLinear sharing its parameters, in place; returns `model`.
+    """Replace every plain linear layer of `model` with a PackedLinear sharing its parameters, in place; returns `model`.
     Subclasses (LoRA layers) and int8 layers are left as they are, and so are weights made under inference_mode,
     which have no version counter to tell when they change."""
     for name, module in list(model.named_modules()):
-        if type(module) is nn.Linear and not module.weight.is_inference():  # not a PackedLinear again, nor LoRA
+        # Not a PackedLinear again, nor LoRA; not weights made under inference_mode (see above).
+        if is_plain_linear(module) and not isinstance(module, PackedLinear) and not module.weight.is_inference():
             replace_module(model, name, PackedLinear.from_linear(module))
     return model

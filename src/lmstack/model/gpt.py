@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from lmstack.model.config import ModelConfig
 from lmstack.model.lm_loss import cross_entropy, linear_cross_entropy
+from lmstack.model.onednn_linear import Linear
 
 
 def is_plain_linear(module: nn.Module) -> bool:
@@ -77,8 +78,8 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         # One fused projection for q, k, v: a single matmul is faster than three on every device.
-        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.has_bias)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.has_bias)
+        self.qkv = Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.has_bias)
+        self.proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.has_bias)
         self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.dropout = cfg.dropout
@@ -122,8 +123,8 @@ class MLP(nn.Module):
         self.swiglu = cfg.arch == "llama"
         self.gelu_approximate = "tanh" if cfg.gelu == "tanh" else "none"
         # SwiGLU's gate and up projections are fused into one matmul, split after.
-        self.up = nn.Linear(cfg.n_embd, cfg.hidden * (2 if self.swiglu else 1), bias=cfg.has_bias)
-        self.down = nn.Linear(cfg.hidden, cfg.n_embd, bias=cfg.has_bias)
+        self.up = Linear(cfg.n_embd, cfg.hidden * (2 if self.swiglu else 1), bias=cfg.has_bias)
+        self.down = Linear(cfg.hidden, cfg.n_embd, bias=cfg.has_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)
@@ -159,7 +160,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm_f = make_norm(cfg)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.tie_weights()
         if cfg.arch == "llama":
             # Not persistent: derived from the config, recomputed by init_weights (e.g. after meta build).

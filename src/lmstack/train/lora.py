@@ -2,7 +2,7 @@
 
 A LoRA layer computes W x + (alpha / r) * B A dropout(x) with A (r, in) and B (out, r); B starts at zero,
 so training starts from the base model exactly. `merge_lora` folds B A into W and puts plain
-`nn.Linear`s back, so the result saves as an ordinary checkpoint that every other command loads.
+linear layers back, so the result saves as an ordinary checkpoint that every other command loads.
 
 Our own small implementation rather than `peft`: peft needs `accelerate` and HF-model plumbing for
 what is ~80 lines here, and the fused qkv / gate|up layers are ordinary `nn.Linear`s to adapt whole.
@@ -18,10 +18,10 @@ from typing import Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
 from lmstack.model.gpt import is_plain_linear, replace_module
+from lmstack.model.onednn_linear import Linear, linear
 
 # Short names for the adaptable layers of `GPT` (the suffix of the module name).
 TARGETS = {"qkv": "attn.qkv", "proj": "attn.proj", "up": "mlp.up", "down": "mlp.down", "lm_head": "lm_head"}
@@ -46,10 +46,10 @@ class LoRALinear(nn.Linear):
         self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = linear(x, self.weight, self.bias)
         if not self.enabled:
             return y
-        return y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scale
+        return y + linear(linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scale
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
@@ -109,15 +109,15 @@ def lora_disabled(model: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight and put plain `nn.Linear`s back (in place)."""
+    """Fold every adapter into its base weight and put plain linear layers back (in place)."""
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
-            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                               device=module.weight.device, dtype=module.weight.dtype)
-            linear.weight.copy_(module.merged_weight())
+            merged = Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                            device=module.weight.device, dtype=module.weight.dtype)
+            merged.weight.copy_(module.merged_weight())
             if module.bias is not None:
-                linear.bias.copy_(module.bias)
-            replace_module(model, name, linear)
+                merged.bias.copy_(module.bias)
+            replace_module(model, name, merged)
     for p in model.parameters():
         p.requires_grad_(True)
     return model

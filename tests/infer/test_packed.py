@@ -1,5 +1,5 @@
 """Prepacked bf16 Linears: bit-identical to F.linear, the same Parameters, repacked when the weights change; the
-packed engine against the unpacked one; the CPU single-query attention against SDPA."""
+packed engine against the unpacked one."""
 
 import copy
 
@@ -11,7 +11,6 @@ from infer_helpers import PROMPTS, tiny_model
 
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.packed import PackedLinear, onednn_bf16, pack_linears
-from lmstack.infer.paged_cache import single_query_attention
 from lmstack.infer.quantize import quantize_model
 from lmstack.infer.params import SamplingParams
 
@@ -129,21 +128,6 @@ def test_engine_follows_training_between_calls():
     after = Engine(model, None, EngineConfig()).generate(PROMPTS, params)
     fresh = Engine(copy.deepcopy(model), None, EngineConfig(pack_weights=False)).generate(PROMPTS, params)
     assert [o.token_ids for o in after] == [o.token_ids for o in fresh]
-
-
-@pytest.mark.parametrize("kv_heads", [4, 2, 1])
-def test_single_query_attention_equals_sdpa_with_grouped_heads(kv_heads):
-    torch.manual_seed(0)
-    H, L, D = 4, 37, 16
-    queries = torch.randn(1, H, 1, D)
-    keys, values = torch.randn(1, L, kv_heads, D), torch.randn(1, L, kv_heads, D)
-    want = F.scaled_dot_product_attention(queries.double(), keys.double().transpose(1, 2),
-                                          values.double().transpose(1, 2), enable_gqa=True)
-    got = single_query_attention(queries, keys, values)
-    assert got.shape == (1, H, 1, D)
-    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
-    bf16 = single_query_attention(*(t.to(torch.bfloat16) for t in (queries, keys, values)))
-    torch.testing.assert_close(bf16.double(), want, atol=2e-2, rtol=2e-2)  # bf16 inputs, fp32 inside
 
 
 @needs_onednn_bf16

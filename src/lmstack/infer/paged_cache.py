@@ -11,6 +11,7 @@ needs no mask.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,7 @@ class PagedKVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
         self.layout: StepLayout | None = None
+        self.workspace = DecodeWorkspace() if self.k.device.type == "cpu" else None
 
     @staticmethod
     def bytes_per_block(n_layer: int, block_size: int, n_kv_head: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -64,48 +66,115 @@ class PagedKVCache:
             # One group holding every row (all decodes, or one prefill): no query gather, no output scatter.
             group = layout.groups[0]
             queries = q[0].unflatten(1, (group.num_seqs, -1)).transpose(0, 1)  # (G, H, T, D)
-            y = group_attention(queries, k_layer, v_layer, group.key_slots, group.mask)
+            y = group_attention(queries, k_layer, v_layer, group.key_slots, group.mask, self.workspace)
             return y.transpose(0, 1).flatten(1, 2).unsqueeze(0)
         queries_flat = q[0].transpose(0, 1)  # (N, H, D)
         out = torch.empty_like(queries_flat)
         for group in layout.groups:
             # index_select on flat indices: advanced indexing with a 2-D index is ~10x slower on CPU.
             queries = queries_flat.index_select(0, group.query_rows).view(group.num_seqs, -1, *queries_flat.shape[1:])
-            y = group_attention(queries.transpose(1, 2), k_layer, v_layer, group.key_slots, group.mask)
+            y = group_attention(queries.transpose(1, 2), k_layer, v_layer, group.key_slots, group.mask,
+                                self.workspace)
             out.index_copy_(0, group.query_rows, y.transpose(1, 2).flatten(0, 1))
         return out.transpose(0, 1).unsqueeze(0)
 
 
 def group_attention(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torch.Tensor, key_slots: torch.Tensor,
-                    mask: torch.Tensor | None) -> torch.Tensor:
-    """queries (G, H, T, D) over the G * L keys at `key_slots` -> (G, H, T, D). mask: see AttentionGroup."""
+                    mask: torch.Tensor | None, workspace: DecodeWorkspace | None) -> torch.Tensor:
+    """queries (G, H, T, D) over the G * L keys at `key_slots` -> (G, H, T, D). mask: see AttentionGroup.
+    Decode groups (T == 1) on the CPU take `decode_attention` when a workspace is given."""
+    if workspace is not None and queries.size(2) == 1 and queries.device.type == "cpu":
+        return decode_attention(queries, k_layer, v_layer, key_slots, mask, workspace)
     G = queries.size(0)
     L = key_slots.size(0) // G
     keys = k_layer.index_select(0, key_slots).view(G, L, *k_layer.shape[1:])
     values = v_layer.index_select(0, key_slots).view(G, L, *v_layer.shape[1:])
-    if mask is None and queries.shape[0] == queries.shape[2] == 1 and queries.device.type == "cpu":
-        return single_query_attention(queries, keys, values)
     causal = mask is None and queries.size(2) > 1
     return F.scaled_dot_product_attention(queries, keys.transpose(1, 2), values.transpose(1, 2),
                                           attn_mask=mask, is_causal=causal, enable_gqa=True)
 
 
-def single_query_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """A lone sequence's decode step as two fp32 matmuls and a softmax: queries (1, H, 1, D), keys and values
-    (1, L, K, D) -> (1, H, 1, D).
+WORKSPACE_BYTES = 64 << 20  # decode attention's reused buffers stay under this; larger batches go in chunks
 
-    On CPU, SDPA's flash kernel is built for many queries; for one it was 1.6-5x slower than this (1 thread, bf16,
-    microseconds, SDPA / this: 4 heads x 80 keys 31 / 19, 12 heads x 500 keys 615 / 122). fp32 throughout keeps it
-    as exact as SDPA's fp32 accumulation. Batched decodes stay with SDPA: there the fp32 copies of G sequences'
-    keys are large enough that allocating them each step costs more than SDPA (32 sequences x 80 keys x 12
-    heads: 2.7 ms against 2.6, and erratic), and SDPA takes the length mask in stride.
+
+class DecodeWorkspace:
+    """Buffers that CPU decode attention reuses from step to step, grown by doubling.
+
+    Fresh fp32 copies of a batch's keys and values are megabytes each step; glibc hands blocks that large back
+    to the OS when freed, so every step page-faulted them in again, which cost more than SDPA (32 sequences x
+    80 keys x 12 heads: 2.7 ms vs 2.6). Reused, the same arithmetic is 1.3-3x faster than SDPA (below).
     """
-    _, H, _, D = queries.shape
-    K = keys.size(2)
-    q = queries.float().view(K, H // K, D)  # grouped-query heads: the H // K query heads of one kv head together
-    scores = q @ keys[0].float().permute(1, 2, 0) * D ** -0.5  # (K, H // K, L)
-    y = scores.softmax(-1) @ values[0].float().transpose(0, 1)  # (K, H // K, D)
-    return y.view(1, H, 1, D).to(queries.dtype)
+
+    def __init__(self):
+        self.buffers: dict[str, torch.Tensor] = {}
+        self._shapes: tuple | None = None
+        self._views: tuple[torch.Tensor, ...] = ()
+
+    def views(self, G: int, K: int, rows: int, L: int, D: int, kv_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """(gathered (G * L, K, D) in kv_dtype; keys, values (G, K, L, D); scores, probs (G, K, rows, L); out
+        (G, K, rows, D) in fp32). Every layer of a step asks for the same shapes: those get the same views back,
+        no lookups (a lone sequence's decode is short enough for them to count)."""
+        shapes = (G, K, rows, L, D, kv_dtype)
+        if shapes != self._shapes:
+            f32 = torch.float32
+            self._views = (self._buffer("gathered", (G * L, K, D), kv_dtype), self._buffer("keys", (G, K, L, D), f32),
+                           self._buffer("values", (G, K, L, D), f32), self._buffer("scores", (G, K, rows, L), f32),
+                           self._buffer("probs", (G, K, rows, L), f32), self._buffer("out", (G, K, rows, D), f32))
+            self._shapes = shapes
+        return self._views
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < size:
+            capacity = max(size, 2 * buffer.numel()) if buffer is not None and buffer.dtype == dtype else size
+            buffer = self.buffers[name] = torch.empty(capacity, dtype=dtype)
+        return buffer[:size].view(shape)
+
+
+def decode_attention(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torch.Tensor, key_slots: torch.Tensor,
+                     mask: torch.Tensor | None, workspace: DecodeWorkspace) -> torch.Tensor:
+    """G sequences' decode step on the CPU as two fp32 matmuls and a softmax in reused buffers: queries
+    (G, H, 1, D) over the G * L keys at `key_slots` -> (G, H, 1, D); mask (G, 1, 1, L) or None (all keys).
+
+    On CPU, SDPA's flash kernel is built for many queries; for one per sequence it was 1.3-5x slower than this
+    (1 thread, bf16, microseconds, SDPA / this: 1 sequence of 4 heads x 80 keys 31 / 19, 1 of 12 heads x 500
+    keys 615 / 122; 32 sequences of 4 heads x 80 keys 920 / 310, of 12 heads x 80 keys 3,020 / 2,271).
+    fp32 throughout keeps it as exact as SDPA's fp32 accumulation. Sequences go in chunks that keep the
+    buffers under WORKSPACE_BYTES.
+    """
+    G = queries.size(0)
+    L = key_slots.size(0) // G
+    bytes_per_sequence = L * k_layer[0].numel() * (2 * 4 + k_layer.element_size())  # fp32 keys, values; gathered
+    chunk = max(1, WORKSPACE_BYTES // bytes_per_sequence)
+    if chunk >= G:
+        return _decode_chunk(queries, k_layer, v_layer, key_slots, mask, workspace)
+    out = torch.empty_like(queries)
+    for start in range(0, G, chunk):
+        end = min(G, start + chunk)
+        out[start:end] = _decode_chunk(queries[start:end], k_layer, v_layer, key_slots[start * L:end * L],
+                                       None if mask is None else mask[start:end], workspace)
+    return out
+
+
+def _decode_chunk(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torch.Tensor, key_slots: torch.Tensor,
+                  mask: torch.Tensor | None, workspace: DecodeWorkspace) -> torch.Tensor:
+    G, H, _, D = queries.shape
+    L = key_slots.size(0) // G
+    K = k_layer.size(1)
+    # Grouped-query heads: the H // K query heads of one kv head are one matmul's rows.
+    q = queries.float().reshape(G, K, H // K, D) * D ** -0.5
+    gathered, keys, values, scores, probs, y = workspace.views(G, K, H // K, L, D, k_layer.dtype)
+    torch.index_select(k_layer, 0, key_slots, out=gathered)
+    keys.copy_(gathered.view(G, L, K, D).transpose(1, 2))
+    torch.index_select(v_layer, 0, key_slots, out=gathered)
+    values.copy_(gathered.view(G, L, K, D).transpose(1, 2))
+    torch.matmul(q, keys.transpose(2, 3), out=scores)
+    if mask is not None:
+        scores.masked_fill_(~mask, float("-inf"))
+    torch.softmax(scores, -1, out=probs)
+    torch.matmul(probs, values, out=y)
+    return y.view(G, H, 1, D).to(queries.dtype, copy=True)  # a copy: the buffer is the next layer's
 
 
 def slots_of(block_table: list[int], positions: range, block_size: int) -> list[int]:

@@ -6,21 +6,26 @@ in rounds so that a busy machine slows both alike. Each side's figure is the med
 ratio is the median of the rounds' ratios. Both sides run eager by default, or both through
 torch.compile with --compile: never one of each. The peer runs its default attention (`sdpa` in
 transformers 5.x; reported as peer_attention) and GPT-2's default activation `gelu_new`, the same tanh
-GELU as ours. The last line printed is a JSON object: {ours, peer, ratio, ...}.
+GELU as ours. `--dtype auto` autocasts both sides as `lmstack train` does: bf16 on GPUs, fp32 on CPU; MFU
+is against the peak of that dtype. The last line printed is a JSON object: {ours, peer, ratio, ...}.
 
     .venv/bin/python bench/train_throughput.py [--rounds 7] [--steps 3] [--compile] [--threads N] [--device cpu]
+    # the issue's GPU target, GPT-2 124M at T=1024 in bf16:
+    .venv/bin/python bench/train_throughput.py --device cuda --compile --layers 12 --width 768 --vocab 50304 \
+        --seq 1024 --batch 16
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
 
 import torch
 
-from lmstack.device import detect_device, peak_flops
+from lmstack.device import autocast_dtype, detect_device, peak_flops
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import build_model
 from lmstack.train.config import TrainConfig
@@ -40,19 +45,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--dtype", default="auto",
+                        help="autocast dtype of both sides: auto (bf16 on GPUs, fp32 on CPU) | float32 | bfloat16 | float16")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="torch.compile both models (needs a C++ compiler on CPU; minutes to compile)")
     return parser.parse_args()
 
 
-def ours(cfg: ModelConfig, device: torch.device, compile_model: bool):
+def ours(cfg: ModelConfig, device: torch.device, compile_model: bool, autocast):
     model = build_model(cfg, device, seed=0)
     optimizers = build_optimizers(model, TrainConfig(model=cfg, lr=LR, beta1=BETAS[0], beta2=BETAS[1],
                                                      weight_decay=WEIGHT_DECAY, seq_len=cfg.block_size), device)
     forward = torch.compile(model) if compile_model else model
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        _, loss = forward(x, y)
+        with autocast():
+            _, loss = forward(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         for optimizer in optimizers:
@@ -63,7 +71,7 @@ def ours(cfg: ModelConfig, device: torch.device, compile_model: bool):
     return model, step
 
 
-def peer(cfg: ModelConfig, device: torch.device, compile_model: bool):
+def peer(cfg: ModelConfig, device: torch.device, compile_model: bool, autocast):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
@@ -81,7 +89,8 @@ def peer(cfg: ModelConfig, device: torch.device, compile_model: bool):
     forward = torch.compile(model) if compile_model else model
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        loss = forward(input_ids=x, labels=x).loss
+        with autocast():
+            loss = forward(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         optimizer.step()
@@ -92,6 +101,8 @@ def peer(cfg: ModelConfig, device: torch.device, compile_model: bool):
 
 
 def tokens_per_second(step, batches, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for x, y in batches:
         step(x, y)
@@ -111,8 +122,10 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)) for _ in range(args.steps)]
     batches = [(b[:, :-1].contiguous().to(device), b[:, 1:].contiguous().to(device)) for b in batches]
-    our_model, our_step = ours(cfg, device, args.compile)
-    peer_model, peer_step = peer(cfg, device, args.compile)
+    amp_dtype = autocast_dtype(info, args.dtype)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    our_model, our_step = ours(cfg, device, args.compile, autocast)
+    peer_model, peer_step = peer(cfg, device, args.compile, autocast)
     for step in (our_step, peer_step):  # warm-up: allocator, kernels, compilation
         tokens_per_second(step, batches[:2], device)
     our_rates, peer_rates = [], []
@@ -122,9 +135,10 @@ def main() -> None:
         print(f"round {round_index + 1}: lmstack {our_rates[-1]:,.0f} tok/s, transformers {peer_rates[-1]:,.0f} tok/s")
     ours_median, peer_median = statistics.median(our_rates), statistics.median(peer_rates)
     flops_per_token = our_model.flops_per_token(args.seq)
-    peak = peak_flops(info, None if device.type == "cpu" else torch.bfloat16)
+    peak = peak_flops(info, amp_dtype)
     print(json.dumps({
         "metric": "train tokens/s", "device": info.name, "threads": torch.get_num_threads(),
+        "dtype": str(amp_dtype or torch.float32).removeprefix("torch."),
         "ours": round(ours_median), "peer": round(peer_median),
         # The headline ratio is the median of the rounds' ratios: each round runs both sides back to back, so
         # its ratio survives the load of a shared machine changing between rounds; the medians' ratio does not.

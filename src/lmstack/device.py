@@ -134,19 +134,19 @@ def peak_flops(info: DeviceInfo, dtype: torch.dtype | None = torch.bfloat16) -> 
                 return flops if dtype in (torch.bfloat16, torch.float16) else flops / 2
         return float("nan")  # unknown card: MFU is reported as nan rather than guessed
     if info.type == "cpu":
-        return measured_cpu_flops()
+        return measured_cpu_flops(dtype or torch.float32)
     return float("nan")
 
 
-@functools.lru_cache(maxsize=1)
-def measured_cpu_flops(n: int = 1024, repeats: int = 5) -> float:
-    """Achievable fp32 matmul FLOP/s on this CPU (best of a few runs): the CPU's practical peak.
+@functools.lru_cache(maxsize=4)
+def measured_cpu_flops(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 5) -> float:
+    """Achievable matmul FLOP/s in `dtype` on this CPU (best of a few runs): the CPU's practical peak.
 
     The faster of MKL's matmul and oneDNN's, which on AMD's AVX-512 CPUs is twice MKL's
     (lmstack.model.onednn_linear, which the model's Linear layers use there).
     """
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
     matmuls = [lambda: a @ b]
     if torch.backends.mkldnn.is_available():
         matmuls.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))

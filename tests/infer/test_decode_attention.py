@@ -45,12 +45,12 @@ def test_equals_float64_sdpa_with_grouped_heads_and_masks(kv_heads, lengths):
 def test_chunks_of_sequences_under_the_workspace_cap_give_the_same_result(monkeypatch):
     queries, k_pool, v_pool, slots, mask = batch(2, [9, 30, 17, 30, 2])
     whole = decode_attention(queries, k_pool, v_pool, slots, mask, DecodeWorkspace())
-    bytes_per_sequence = 30 * 2 * D * (2 * 4 + 4)
+    bytes_per_sequence = 30 * 2 * D * (4 + 4)  # gathered fp32 keys and their fp32 copy
     monkeypatch.setattr(paged_cache, "WORKSPACE_BYTES", 2 * bytes_per_sequence)  # chunks of 2, 2 and 1 sequences
     workspace = DecodeWorkspace()
     chunked = decode_attention(queries, k_pool, v_pool, slots, mask, workspace)
     torch.testing.assert_close(chunked, whole, atol=0, rtol=0)
-    assert workspace.buffers["keys"].numel() * 4 <= bytes_per_sequence * 2
+    assert workspace.buffers["keys_or_values"].numel() * 4 <= bytes_per_sequence * 2
 
 
 def test_results_do_not_alias_the_reused_buffers_and_buffers_grow_by_doubling():
@@ -58,11 +58,11 @@ def test_results_do_not_alias_the_reused_buffers_and_buffers_grow_by_doubling():
     queries, k_pool, v_pool, slots, mask = batch(4, [10, 12])
     first = decode_attention(queries, k_pool, v_pool, slots, mask, workspace)
     kept = first.clone()
-    keys_buffer = workspace.buffers["keys"]
+    keys_buffer = workspace.buffers["keys_or_values"]
     other = batch(4, [11, 13], seed=1)  # one key longer, as the next step is
     decode_attention(*other[:4], other[4], workspace)
     torch.testing.assert_close(first, kept, atol=0, rtol=0)  # fp32: a result that aliased "out" would have changed
-    assert workspace.buffers["keys"].numel() == 2 * keys_buffer.numel()  # grown once, with room for later steps
+    assert workspace.buffers["keys_or_values"].numel() == 2 * keys_buffer.numel()  # grown once, with room for later steps
     again = batch(4, [12, 14], seed=2)
     decode_attention(*again[:4], again[4], workspace)
-    assert workspace.buffers["keys"].numel() == 2 * keys_buffer.numel()
+    assert workspace.buffers["keys_or_values"].numel() == 2 * keys_buffer.numel()

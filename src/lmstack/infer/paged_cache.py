@@ -94,7 +94,10 @@ def group_attention(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torch
                                           attn_mask=mask, is_causal=causal, enable_gqa=True)
 
 
-WORKSPACE_BYTES = 64 << 20  # decode attention's reused buffers stay under this; larger batches go in chunks
+# Decode attention's gathered keys and their fp32 copy stay under this: larger batches go in chunks of sequences,
+# so what one matmul reads is still in cache (32 sequences x 300 keys x 12 heads: 9.2 ms in one piece, 4.3 in
+# chunks of 8 MB; 16 MB and up lose it again).
+WORKSPACE_BYTES = 8 << 20
 
 
 class DecodeWorkspace:
@@ -102,7 +105,7 @@ class DecodeWorkspace:
 
     Fresh fp32 copies of a batch's keys and values are megabytes each step; glibc hands blocks that large back
     to the OS when freed, so every step page-faulted them in again, which cost more than SDPA (32 sequences x
-    80 keys x 12 heads: 2.7 ms vs 2.6). Reused, the same arithmetic is 1.3-3x faster than SDPA (below).
+    80 keys x 12 heads: 2.7 ms vs 2.6). Reused, the same arithmetic is 1.2-5.7x faster (decode_attention).
     """
 
     def __init__(self):
@@ -111,14 +114,14 @@ class DecodeWorkspace:
         self._views: tuple[torch.Tensor, ...] = ()
 
     def views(self, G: int, K: int, rows: int, L: int, D: int, kv_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """(gathered (G * L, K, D) in kv_dtype; keys, values (G, K, L, D); scores, probs (G, K, rows, L); out
+        """(gathered (G * L, K, D) in kv_dtype; keys_or_values (G, K, L, D), scores, probs (G, K, rows, L), out
         (G, K, rows, D) in fp32). Every layer of a step asks for the same shapes: those get the same views back,
         no lookups (a lone sequence's decode is short enough for them to count)."""
         shapes = (G, K, rows, L, D, kv_dtype)
         if shapes != self._shapes:
             f32 = torch.float32
-            self._views = (self._buffer("gathered", (G * L, K, D), kv_dtype), self._buffer("keys", (G, K, L, D), f32),
-                           self._buffer("values", (G, K, L, D), f32), self._buffer("scores", (G, K, rows, L), f32),
+            self._views = (self._buffer("gathered", (G * L, K, D), kv_dtype),
+                           self._buffer("keys_or_values", (G, K, L, D), f32), self._buffer("scores", (G, K, rows, L), f32),
                            self._buffer("probs", (G, K, rows, L), f32), self._buffer("out", (G, K, rows, D), f32))
             self._shapes = shapes
         return self._views
@@ -137,15 +140,15 @@ def decode_attention(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torc
     """G sequences' decode step on the CPU as two fp32 matmuls and a softmax in reused buffers: queries
     (G, H, 1, D) over the G * L keys at `key_slots` -> (G, H, 1, D); mask (G, 1, 1, L) or None (all keys).
 
-    On CPU, SDPA's flash kernel is built for many queries; for one per sequence it was 1.3-5x slower than this
-    (1 thread, bf16, microseconds, SDPA / this: 1 sequence of 4 heads x 80 keys 31 / 19, 1 of 12 heads x 500
-    keys 615 / 122; 32 sequences of 4 heads x 80 keys 920 / 310, of 12 heads x 80 keys 3,020 / 2,271).
+    On CPU, SDPA's flash kernel is built for many queries; for one per sequence it was 1.2-5.7x slower than this
+    (1 thread, bf16, microseconds, SDPA / this: 1 sequence of 4 heads x 80 keys 37 / 31, 1 of 12 heads x 500 keys
+    676 / 178; 32 sequences of 4 heads x 80 keys 907 / 304, of 12 x 80 2,965 / 1,067, of 12 x 300 24,775 / 4,318).
     fp32 throughout keeps it as exact as SDPA's fp32 accumulation. Sequences go in chunks that keep the
     buffers under WORKSPACE_BYTES.
     """
     G = queries.size(0)
     L = key_slots.size(0) // G
-    bytes_per_sequence = L * k_layer[0].numel() * (2 * 4 + k_layer.element_size())  # fp32 keys, values; gathered
+    bytes_per_sequence = L * k_layer[0].numel() * (4 + k_layer.element_size())  # gathered, and its fp32 copy
     chunk = max(1, WORKSPACE_BYTES // bytes_per_sequence)
     if chunk >= G:
         return _decode_chunk(queries, k_layer, v_layer, key_slots, mask, workspace)
@@ -164,16 +167,18 @@ def _decode_chunk(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torch.T
     K = k_layer.size(1)
     # Grouped-query heads: the H // K query heads of one kv head are one matmul's rows.
     q = queries.float().reshape(G, K, H // K, D) * D ** -0.5
-    gathered, keys, values, scores, probs, y = workspace.views(G, K, H // K, L, D, k_layer.dtype)
+    gathered, keys_or_values, scores, probs, y = workspace.views(G, K, H // K, L, D, k_layer.dtype)
+    # Keys, then values, through one buffer: each is read by its matmul right after it is written, in cache
+    # (32 sequences x 80 keys x 12 heads: 1.5 ms with a buffer each, 1.0 with one).
     torch.index_select(k_layer, 0, key_slots, out=gathered)
-    keys.copy_(gathered.view(G, L, K, D).transpose(1, 2))
-    torch.index_select(v_layer, 0, key_slots, out=gathered)
-    values.copy_(gathered.view(G, L, K, D).transpose(1, 2))
-    torch.matmul(q, keys.transpose(2, 3), out=scores)
+    keys_or_values.copy_(gathered.view(G, L, K, D).transpose(1, 2))
+    torch.matmul(q, keys_or_values.transpose(2, 3), out=scores)
     if mask is not None:
         scores.masked_fill_(~mask, float("-inf"))
     torch.softmax(scores, -1, out=probs)
-    torch.matmul(probs, values, out=y)
+    torch.index_select(v_layer, 0, key_slots, out=gathered)
+    keys_or_values.copy_(gathered.view(G, L, K, D).transpose(1, 2))
+    torch.matmul(probs, keys_or_values, out=y)
     return y.view(G, H, 1, D).to(queries.dtype, copy=True)  # a copy: the buffer is the next layer's
 
 

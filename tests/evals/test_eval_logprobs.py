@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lmstack.evals.completions import PromptToken, model_prompt_logprobs
+from lmstack.evals.completions import PromptToken, model_prompt_logprobs, prompt_tokens
 from lmstack.evals.solvers import continuation_logprob
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import build_model
@@ -60,3 +60,15 @@ def test_prompt_longer_than_the_context_is_scored_in_sliding_windows(model_and_t
             logits, _ = model(torch.tensor([full[max(0, end - block):p]]))
         expected = torch.log_softmax(logits[0, -1].float(), dim=-1)[full[p]].item()
         assert tokens[p - 1].logprob == pytest.approx(expected, abs=1e-4), p
+
+
+def test_an_echo_drops_leading_unscored_tokens_and_keeps_a_later_gap_so_scoring_fails():
+    # bos (no text, offset 0), the prompt "Q: yes", then the one generated token past the prompt's end
+    tokens = prompt_tokens(["<bos>", "Q", ":", " yes", "!"], [None, -2.0, -1.0, -0.5, -0.1], [0, 0, 1, 2, 6], 6)
+    assert [t.token for t in tokens] == ["Q", ":", " yes"]
+    unscored_first = prompt_tokens(["Q", ":", " yes"], [None, -1.0, -0.5], [0, 1, 2], 6)
+    assert [t.token for t in unscored_first] == [":", " yes"]
+    gap = prompt_tokens(["Q", ":", " yes"], [-2.0, None, -0.5], [0, 1, 2], 6)
+    assert [t.logprob for t in gap] == [-2.0, None, -0.5]
+    with pytest.raises(ValueError, match="no logprob"):
+        continuation_logprob(gap, "Q")

@@ -17,7 +17,7 @@ from lmstack.agent.client import ModelCallError
 @dataclass(slots=True)
 class PromptToken:
     token: str
-    logprob: float | None  # None where the endpoint scores nothing (the first token over HTTP)
+    logprob: float | None  # None only where an endpoint scored nothing after the prompt's first scored token
     offset: int  # character offset of the token in the prompt
 
     def to_dict(self) -> dict[str, Any]:
@@ -48,11 +48,19 @@ def _over_http(client: Any, prompt: str) -> list[PromptToken]:
         raise ModelCallError(f"{client.sdk.base_url} returned no prompt logprobs; the endpoint must support "
                              "echo=True with logprobs on /v1/completions")
     shift = _prompt_start(lp.tokens, lp.text_offset, prompt)
-    # A token with no logprob (bos, or the first token of a prompt without one) has nothing to score; a bos at
-    # offset 0 (the text it adds is not echoed) would otherwise pass the offset filter.
-    return [PromptToken(token, logprob, offset - shift)
-            for token, logprob, offset in zip(lp.tokens, lp.token_logprobs, lp.text_offset)
-            if logprob is not None and 0 <= offset - shift < len(prompt)]
+    return prompt_tokens(lp.tokens, lp.token_logprobs, [offset - shift for offset in lp.text_offset], len(prompt))
+
+
+def prompt_tokens(tokens: list[str], logprobs: list[float | None], offsets: list[int],
+                  prompt_length: int) -> list[PromptToken]:
+    """The prompt's tokens from an echo: those inside the prompt (the generated one is past its end), from the
+    first scored one on. The leading tokens without a logprob (bos, or the first token of a prompt without one)
+    have nothing to score; a bos at offset 0 (the text it adds is not echoed) would otherwise pass the offset
+    filter. A missing logprob further in is kept as None, so that scoring a continuation with it fails loudly."""
+    inside = [PromptToken(token, logprob, offset)
+              for token, logprob, offset in zip(tokens, logprobs, offsets) if 0 <= offset < prompt_length]
+    first_scored = next((i for i, t in enumerate(inside) if t.logprob is not None), len(inside))
+    return inside[first_scored:]
 
 
 def _prompt_start(tokens: list[str], offsets: list[int], prompt: str) -> int:

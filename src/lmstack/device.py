@@ -90,6 +90,20 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+@functools.cache
+def onednn_fp32_faster() -> bool:
+    """Whether the model's fp32 matmuls go through oneDNN rather than MKL (lmstack.model.onednn_linear): on AMD CPUs
+    with AVX-512, where MKL takes a generic path and oneDNN its AVX-512 kernels, twice as fast. On Intel, MKL has
+    AVX-512 kernels of its own, so it stays (not measured there). A fixed rule, not a timing: the choice must not
+    change between the runs that a resumed training run has to reproduce bit for bit."""
+    try:
+        amd = "AuthenticAMD" in open("/proc/cpuinfo").read(4096)
+    except OSError:
+        return False
+    return (amd and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+
+
 def _cpu_has_bf16() -> bool:
     """True when the CPU has native bf16 math (AVX512-BF16 / AMX on x86, BF16 on Arm)."""
     try:
@@ -142,13 +156,12 @@ def peak_flops(info: DeviceInfo, dtype: torch.dtype | None = torch.bfloat16) -> 
 def measured_cpu_flops(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 5) -> float:
     """Achievable matmul FLOP/s in `dtype` on this CPU (best of a few runs): the CPU's practical peak.
 
-    The faster of MKL's matmul and oneDNN's, which on AMD's AVX-512 CPUs is twice MKL's
-    (lmstack.model.onednn_linear, which the model's Linear layers use there).
+    In fp32 where the model's layers use oneDNN (`onednn_fp32_faster`), its matmul: there twice MKL's.
     """
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
     matmuls = [lambda: a @ b]
-    if torch.backends.mkldnn.is_available():
+    if dtype == torch.float32 and onednn_fp32_faster():
         matmuls.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
     best = float("inf")
     for matmul in matmuls:

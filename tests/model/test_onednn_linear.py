@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmstack.device import onednn_fp32_faster
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import build_model
-from lmstack.model.onednn_linear import MIN_MULTIPLY_ADDS, linear, matmul_nn, matmul_nt, matmul_tn, onednn_fp32_fast
+from lmstack.model.onednn_linear import MIN_MULTIPLY_ADDS, linear, matmul_nn, matmul_nt, matmul_tn
+
 
 @contextlib.contextmanager
 def mkldnn_enabled(enabled: bool):
@@ -20,7 +22,7 @@ def mkldnn_enabled(enabled: bool):
         torch.backends.mkldnn.enabled = before
 
 
-needs_onednn = pytest.mark.skipif(not onednn_fp32_fast(), reason="needs oneDNN on an AVX-512 CPU")
+needs_onednn = pytest.mark.skipif(not onednn_fp32_faster(), reason="fp32 matmuls use oneDNN on AMD AVX-512 CPUs only")
 
 
 def reference_grads(x, weight, bias, grad_out):
@@ -110,3 +112,22 @@ def test_training_steps_match_the_mkl_path(arch):
     assert losses == pytest.approx(mkl_losses, rel=1e-5)
     for name, value in weights.items():
         torch.testing.assert_close(value, mkl_weights[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_torch_compile_traces_the_model_in_one_graph(arch):
+    """The path's checks must not break dynamo's graph: traced code sees F.linear (inductor lowers it itself)."""
+    import torch._dynamo
+
+    cfg = ModelConfig(arch=arch, vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=128)
+    model = build_model(cfg, seed=0)
+    batch = torch.randint(0, 512, (4, 64))
+    explanation = torch._dynamo.explain(model)(batch, batch)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+def test_functorch_transforms_see_f_linear():
+    """torch.func needs setup_context, which a first-order oneDNN backward does not have: it gets F.linear."""
+    x, weight = torch.randn(256, 256), torch.randn(256, 256)
+    grad = torch.func.grad(lambda w: linear(x, w).square().sum())(weight)
+    torch.testing.assert_close(grad, 2 * (x @ weight.t()).t() @ x, rtol=1e-4, atol=1e-2)

@@ -143,8 +143,8 @@ def decode_attention(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torc
     On CPU, SDPA's flash kernel is built for many queries; for one per sequence it was 1.2-5.7x slower than this
     (1 thread, bf16, microseconds, SDPA / this: 1 sequence of 4 heads x 80 keys 37 / 31, 1 of 12 heads x 500 keys
     676 / 178; 32 sequences of 4 heads x 80 keys 907 / 304, of 12 x 80 2,965 / 1,067, of 12 x 300 24,775 / 4,318).
-    fp32 throughout keeps it as exact as SDPA's fp32 accumulation. Sequences go in chunks that keep the
-    buffers under WORKSPACE_BYTES.
+    fp32 throughout keeps it as exact as SDPA's fp32 accumulation. Sequences go in chunks whose gathered keys
+    and fp32 copy fit in WORKSPACE_BYTES (the buffers, grown by doubling, may hold up to twice that).
     """
     G = queries.size(0)
     L = key_slots.size(0) // G

@@ -26,7 +26,8 @@ from lmstack.model.onednn_linear import Linear
 
 def is_plain_linear(module: nn.Module) -> bool:
     """True when module(x) is F.linear(x, module.weight, module.bias): an nn.Linear, or one that only computes it
-    faster (the engine's PackedLinear); False for layers that add to it or store it otherwise (LoRA, int8)."""
+    faster (the model's own oneDNN `Linear`, the engine's PackedLinear); False for layers that add to it or store
+    it otherwise (LoRA, int8)."""
     return type(module) is nn.Linear or getattr(module, "is_plain_linear", False)
 
 

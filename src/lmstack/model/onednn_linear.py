@@ -1,4 +1,4 @@
-"""fp32 matmuls through oneDNN on AVX-512 CPUs: the Linear layers' forward and backward and the fused loss's.
+"""fp32 matmuls through oneDNN on AMD's AVX-512 CPUs: the Linear layers' forward and backward and the fused loss's.
 
 PyTorch's fp32 `mm`/`addmm` on CPU call MKL's sgemm, which on this project's AMD EPYC (AVX-512, 2 cores)
 runs at ~205 GFLOP/s; oneDNN's fp32 linear (`torch.ops.mkldnn._linear_pointwise`, what inductor calls for
@@ -7,36 +7,33 @@ kernels, `MKL_VERBOSE=1` only a generic path (MKL is known not to pick its AVX-5
 Measured, 2 threads, GFLOP/s MKL / oneDNN: GPT-2 training shapes (2048 rows, 256 -> 768) forward
 208 / 464, input gradient 205 / 472, weight gradient 205 / 320; a 1-row fp32 768 -> 50257 head 9.4 / 2.7 ms.
 Below ~2M multiply-adds oneDNN's call overhead loses (1 row of 256 -> 768: 12 vs 22 us), so small products
-stay on `F.linear`. Results equal F.linear's to fp32 rounding (another summation order).
+stay on `F.linear`. Results equal F.linear's to fp32 rounding (another summation order). Where it runs is
+`lmstack.device.onednn_fp32_faster` (AMD with AVX-512: on Intel, MKL has AVX-512 kernels of its own).
 
     linear(x, weight, bias)        # F.linear's values, faster where oneDNN is; differentiable
     matmul_nt / matmul_nn / matmul_tn(a, b)   # a @ b.T, a @ b, a.T @ b for 2-D fp32 CPU tensors
 
-`torch.backends.mkldnn.enabled = False` turns the path off, as it does oneDNN elsewhere in PyTorch.
+`torch.backends.mkldnn.enabled = False` turns the path off, as it does oneDNN elsewhere in PyTorch. Traced code
+(`torch.compile`, which lowers matmuls itself), autocast and functorch transforms see `F.linear`; the oneDNN
+backward is first-order only (no double backward).
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmstack.device import onednn_fp32_faster
+
 # Products smaller than this (rows x in x out multiply-adds) run faster on F.linear: oneDNN's per-call cost wins.
 MIN_MULTIPLY_ADDS = 1 << 21
 
 
-@functools.cache
-def onednn_fp32_fast() -> bool:
-    """oneDNN is built in and the CPU has AVX-512, where its fp32 kernels were measured faster than MKL's."""
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
-
-
 def _onednn(*tensors: torch.Tensor) -> bool:
-    return (all(t.is_cpu and t.dtype == torch.float32 for t in tensors) and onednn_fp32_fast()
-            and torch._C._get_mkldnn_enabled() and not torch.compiler.is_compiling())
+    # is_compiling first: dynamo cannot trace the checks after it, and each would break the graph.
+    return (not torch.compiler.is_compiling() and all(t.is_cpu and t.dtype == torch.float32 for t in tensors)
+            and onednn_fp32_faster() and torch._C._get_mkldnn_enabled())
 
 
 def _dnn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,8 +88,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear(x, weight, bias), through oneDNN for fp32 on CPU where that is faster (not under autocast,
     which must see F.linear to cast it, nor in traced code, which inductor lowers itself)."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    if (x.numel() // x.size(-1) * weight.numel() < MIN_MULTIPLY_ADDS or not _onednn(*tensors)
-            or torch.is_autocast_enabled("cpu")):
+    if (not _onednn(*tensors) or x.numel() * weight.size(0) < MIN_MULTIPLY_ADDS or torch.is_autocast_enabled("cpu")
+            or torch._C._are_functorch_transforms_active()):
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _OneDnnLinear.apply(x, weight, bias)
@@ -100,9 +97,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class Linear(nn.Linear):
-    """nn.Linear computed by `linear`: the same parameters, state_dict and values."""
+    """nn.Linear computed by `linear`: the same parameters and state_dict, F.linear's values to fp32 rounding."""
 
-    is_plain_linear = True  # its output is F.linear's (see lmstack.model.gpt.is_plain_linear)
+    is_plain_linear = True  # computes F.linear (see lmstack.model.gpt.is_plain_linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)

@@ -27,9 +27,9 @@ from lmstack.train.commands import SIGNAL_EXIT_CODES
 if TYPE_CHECKING:  # the CLI imports this module to register `quickstart`: torch loads only when a stage runs
     from lmstack.train.loop import TrainResult
 
-# Sized for ~5 minutes on 2 CPU cores: 1.9M parameters (4 layers of width 128, vocab 4096) see 1.5M
-# tokens in 360 steps of 4096 (9.8 MFLOP/token, 1.4e13 FLOPs in all). A step took ~1.2 CPU-seconds on a
-# loaded 2-core EPYC, so ~0.6 s of wall time on an idle one. For this budget a small model on more
+# Sized for a few minutes on 2 CPU cores: 1.9M parameters (4 layers of width 128, vocab 4096) see 1.5M
+# tokens in 360 steps of 4096 (9.8 MFLOP/token, 1.4e13 FLOPs in all): 1.6 minutes on an idle 2-core EPYC
+# (0.26 s a step, evals included). For this budget a small model on more
 # tokens beats a wide one on fewer (Chinchilla: compute-optimal N ~ sqrt(C / 120) ~ 0.35M).
 VOCAB_SIZE = 4096
 CHAT_TEXTS = 1000  # synthetic tool-use conversations mixed into the tokenizer's corpus
@@ -161,7 +161,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a tokenizer on the Python stdlib, prepare shards, pretrain a small GPT, print samples, "
                     "fine-tune it to call tools, and evaluate it with and without tools (an HTML report).")
     quick.add_argument("--run-dir", default="runs/quickstart", help="where everything goes (default runs/quickstart)")
-    quick.add_argument("--steps", type=int, default=None, help="pretraining steps (default: sized for ~5 minutes)")
+    quick.add_argument("--steps", type=int, default=None,
+                       help="pretraining steps (default: sized for ~2 minutes on 2 cores)")
     quick.set_defaults(func=run_quickstart)
 
 

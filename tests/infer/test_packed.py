@@ -1,5 +1,5 @@
 """Prepacked bf16 Linears: bit-identical to F.linear, the same Parameters, repacked when the weights change; the
-packed engine against the unpacked one."""
+packed engine against the unpacked one; packing skipped when the copy would not fit in memory."""
 
 import copy
 
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from infer_helpers import PROMPTS, tiny_model
 
 from lmstack.infer.engine import Engine, EngineConfig
-from lmstack.infer.packed import PackedLinear, onednn_bf16, pack_linears
+from lmstack.infer.packed import (PackedLinear, available_memory_bytes, linear_weight_bytes, onednn_bf16, pack_linears,
+                                  packed_copy_fits)
 from lmstack.infer.quantize import quantize_model
 from lmstack.infer.params import SamplingParams
 
@@ -150,3 +151,28 @@ def test_inference_mode_weights_are_left_unpacked():
         model = tiny_model("llama").to(torch.bfloat16)
     pack_linears(model)
     assert not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+def test_the_packed_copy_is_sized_once_per_weight_and_must_fit_in_half_the_free_memory():
+    model = tiny_model("gpt2").to(torch.bfloat16)  # tied: the head is the embedding, counted once
+    blocks = sum(m.weight.numel() for name, m in model.named_modules() if name.startswith("blocks.") and
+                 isinstance(m, nn.Linear))
+    expected = 2 * (blocks + model.tok_emb.weight.numel())  # bf16: 2 bytes each
+    assert linear_weight_bytes(model) == expected
+    assert packed_copy_fits(model, 2 * expected) and not packed_copy_fits(model, 2 * expected - 1)
+    assert packed_copy_fits(model, None)  # an OS that does not say: pack
+    total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    assert 0 < available_memory_bytes() <= total
+
+
+@needs_onednn_bf16
+def test_an_engine_without_room_for_the_packed_copy_runs_unpacked_and_says_so(monkeypatch, caplog):
+    model = tiny_model("llama").to(torch.bfloat16)
+    monkeypatch.setattr("lmstack.infer.engine.available_memory_bytes", lambda: linear_weight_bytes(model))
+    with caplog.at_level("WARNING", logger="lmstack.infer"):
+        engine = Engine(model, None, EngineConfig())
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    assert "not prepacking" in caplog.text
+    params = SamplingParams(max_tokens=8, temperature=0)
+    expected = Engine(copy.deepcopy(model), None, EngineConfig(pack_weights=False)).generate(PROMPTS, params)
+    assert [o.token_ids for o in engine.generate(PROMPTS, params)] == [o.token_ids for o in expected]

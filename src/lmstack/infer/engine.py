@@ -29,7 +29,8 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
 - `quantization="int8"` stores the Linear weights as int8 with per-channel scales (infer/quantize.py):
   the engine replaces the model's Linear layers in place, so the model passed in is changed too.
 - `pack_weights` (on by default) gives a bf16 model on CPU oneDNN-prepacked Linear weights (infer/packed.py):
-  bit-identical outputs, about twice the decode speed, a second copy of the Linear weights in memory. The
+  bit-identical outputs, about twice the decode speed, a second copy of the Linear weights in memory (skipped,
+  with a warning, when that copy would take more than half of the memory free). The
   layers are swapped in place but keep their Parameters and train as before; the packed copies follow
   every change of the weights. With `compile=True` the Linears are left to inductor.
 """
@@ -37,6 +38,7 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,13 +52,16 @@ from lmstack.infer.block_manager import BlockManager
 from lmstack.infer.cuda_graphs import CudaGraphDecoder
 from lmstack.infer.detokenizer import IncrementalDetokenizer
 from lmstack.infer.paged_cache import PagedKVCache, build_layout
-from lmstack.infer.packed import pack_linears, packing_supported
+from lmstack.infer.packed import (available_memory_bytes, linear_weight_bytes, pack_linears, packed_copy_fits,
+                                  packing_supported)
 from lmstack.infer.params import SamplingError, SamplingParams
 from lmstack.infer.quantize import check_method, quantize_model
 from lmstack.infer.sampler import RowSettings, apply_penalties, sample
 from lmstack.infer.scheduler import ScheduledChunk, Scheduler
 from lmstack.infer.sequence import Sequence, Status, TokenLogprob
 from lmstack.model.gpt import GPT
+
+log = logging.getLogger("lmstack.infer")
 
 
 @dataclass
@@ -139,7 +144,12 @@ class Engine:
         self.device, self.dtype = weight.device, weight.dtype
         # Not under torch.compile: inductor cannot lower the opaque packed tensor (and has its own packing).
         if config.pack_weights and not config.compile and packing_supported(self.device, self.dtype):
-            pack_linears(model)
+            if packed_copy_fits(model, available_memory_bytes()):
+                pack_linears(model)
+            else:  # a second copy of a big model's weights would run the machine out of memory
+                log.warning("not prepacking the Linear weights: the packed copy (%.1f GB) would take more than half "
+                            "of the memory free; decode runs unpacked, about half as fast (pack_weights=False "
+                            "silences this)", linear_weight_bytes(model) / 1e9)
         self.num_total_blocks = self._pool_blocks(config, cfg, self.dtype)
         use_graphs = config.cuda_graphs and self.device.type == "cuda" and torch.version.hip is None
         # CUDA graphs pad batches; padded rows write into one spare block that the block manager never hands out.

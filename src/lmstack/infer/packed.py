@@ -19,6 +19,7 @@ The cost is memory: the packed copy is a second copy of every Linear weight.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.nn as nn
@@ -73,6 +74,33 @@ class PackedLinear(Linear):
         state = self.__dict__.copy()
         state["_packed"], state["_packed_from"] = None, None
         return state
+
+
+def linear_weight_bytes(model: nn.Module) -> int:
+    """Bytes of the weights `pack_linears` would copy (each tensor once: a tied head shares the embedding)."""
+    weights = {id(m.weight): m.weight for m in model.modules() if is_plain_linear(m) and not m.weight.is_inference()}
+    return sum(w.numel() * w.element_size() for w in weights.values())
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the OS can hand out now (Linux's MemAvailable, else free pages); None where it does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def packed_copy_fits(model: nn.Module, available: int | None) -> bool:
+    """Whether the packed copy takes at most half of the `available` bytes, leaving the rest for the KV pool and
+    activations; True when the amount is unknown."""
+    return available is None or 2 * linear_weight_bytes(model) <= available
 
 
 def pack_linears(model: nn.Module) -> nn.Module:

@@ -46,7 +46,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--dtype", default="auto",
-                        help="autocast dtype of both sides: auto (bf16 on GPUs, fp32 on CPU) | float32 | bfloat16 | float16")
+                        help="autocast dtype of both sides: auto (bf16 on GPUs, fp32 on CPU) | float32 | bfloat16 "
+                             "| float16")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="torch.compile both models (needs a C++ compiler on CPU; minutes to compile)")
     return parser.parse_args()

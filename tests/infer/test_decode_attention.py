@@ -62,7 +62,8 @@ def test_results_do_not_alias_the_reused_buffers_and_buffers_grow_by_doubling():
     other = batch(4, [11, 13], seed=1)  # one key longer, as the next step is
     decode_attention(*other[:4], other[4], workspace)
     torch.testing.assert_close(first, kept, atol=0, rtol=0)  # fp32: a result that aliased "out" would have changed
-    assert workspace.buffers["keys_or_values"].numel() == 2 * keys_buffer.numel()  # grown once, with room for later steps
+    # grown once, with room for later steps
+    assert workspace.buffers["keys_or_values"].numel() == 2 * keys_buffer.numel()
     again = batch(4, [12, 14], seed=2)
     decode_attention(*again[:4], again[4], workspace)
     assert workspace.buffers["keys_or_values"].numel() == 2 * keys_buffer.numel()

@@ -80,7 +80,8 @@ def test_small_products_autocast_and_disabled_onednn_take_f_linear():
 @needs_onednn
 def test_no_grad_path_equals_f_linear():
     gen = torch.Generator().manual_seed(2)
-    x, weight, bias = torch.randn(2, 64, 256, generator=gen), torch.randn(192, 256, generator=gen), torch.randn(192, generator=gen)
+    x, weight = torch.randn(2, 64, 256, generator=gen), torch.randn(192, 256, generator=gen)
+    bias = torch.randn(192, generator=gen)
     with torch.no_grad():
         out = linear(x, weight, bias)
     assert out.shape == (2, 64, 192)

@@ -11,8 +11,8 @@ machine's DRAM gives); decode of GPT-2-124M went from 52 to 91-102 tok/s (bench/
     pack_linears(model)   # in place: every plain linear layer becomes a PackedLinear sharing its parameters
 
 A PackedLinear is still an nn.Linear with the same Parameters, state_dict and autograd: with gradients
-enabled, on another device or dtype, it runs the model's own `Linear`. The packed copy is rebuilt when the weight changes
-(its storage or version counter), so a model that is trained between engine calls (GRPO) stays exact.
+enabled, on another device or dtype, it runs the model's own `Linear`. The packed copy is rebuilt when the
+weight changes (its storage or version counter), so a model trained between engine calls (GRPO) stays exact.
 The cost is memory: the packed copy is a second copy of every Linear weight.
 """
 
@@ -104,7 +104,8 @@ def packed_copy_fits(model: nn.Module, available: int | None) -> bool:
 
 
 def pack_linears(model: nn.Module) -> nn.Module:
-    """Replace every plain linear layer of `model` with a PackedLinear sharing its parameters, in place; returns `model`.
+    """Replace every plain linear layer of `model` with a PackedLinear sharing its parameters, in place; returns
+    `model`.
     Subclasses (LoRA layers) and int8 layers are left as they are, and so are weights made under inference_mode,
     which have no version counter to tell when they change."""
     for name, module in list(model.named_modules()):

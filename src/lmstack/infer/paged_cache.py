@@ -121,8 +121,9 @@ class DecodeWorkspace:
         if shapes != self._shapes:
             f32 = torch.float32
             self._views = (self._buffer("gathered", (G * L, K, D), kv_dtype),
-                           self._buffer("keys_or_values", (G, K, L, D), f32), self._buffer("scores", (G, K, rows, L), f32),
-                           self._buffer("probs", (G, K, rows, L), f32), self._buffer("out", (G, K, rows, D), f32))
+                           self._buffer("keys_or_values", (G, K, L, D), f32),
+                           self._buffer("scores", (G, K, rows, L), f32), self._buffer("probs", (G, K, rows, L), f32),
+                           self._buffer("out", (G, K, rows, D), f32))
             self._shapes = shapes
         return self._views
 

@@ -18,14 +18,13 @@ is against the peak of that dtype. The last line printed is a JSON object: {ours
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
 
 import torch
 
-from lmstack.device import autocast_dtype, detect_device, peak_flops
+from lmstack.device import autocast_context, autocast_dtype, detect_device, peak_flops
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import build_model
 from lmstack.train.config import TrainConfig
@@ -124,7 +123,7 @@ def main() -> None:
     batches = [(torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)) for _ in range(args.steps)]
     batches = [(b[:, :-1].contiguous().to(device), b[:, 1:].contiguous().to(device)) for b in batches]
     amp_dtype = autocast_dtype(info, args.dtype)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    autocast = autocast_context(device.type, amp_dtype)
     our_model, our_step = ours(cfg, device, args.compile, autocast)
     peer_model, peer_step = peer(cfg, device, args.compile, autocast)
     for step in (our_step, peer_step):  # warm-up: allocator, kernels, compilation

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -78,13 +80,20 @@ def detect_device(preference: str = "auto") -> DeviceInfo:
     return DeviceInfo("cpu", _cpu_name(), False, _cpu_has_bf16())
 
 
-def _cpu_name() -> str:
+@functools.cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once ("" where there is none)."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            return f.read()
     except OSError:
-        pass
+        return ""
+
+
+def _cpu_name() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     import platform
 
     return platform.processor() or "cpu"
@@ -96,21 +105,40 @@ def onednn_fp32_faster() -> bool:
     with AVX-512, where MKL takes a generic path and oneDNN its AVX-512 kernels, twice as fast. On Intel, MKL has
     AVX-512 kernels of its own, so it stays (not measured there). A fixed rule, not a timing: the choice must not
     change between the runs that a resumed training run has to reproduce bit for bit."""
-    try:
-        amd = "AuthenticAMD" in open("/proc/cpuinfo").read(4096)
-    except OSError:
-        return False
-    return (amd and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return ("AuthenticAMD" in _cpuinfo() and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
             and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+
+
+@functools.cache
+def onednn_bf16() -> bool:
+    """oneDNN has bf16 kernels on this CPU (the engine's prepacked Linears need them)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _cpu_has_bf16() -> bool:
     """True when the CPU has native bf16 math (AVX512-BF16 / AMX on x86, BF16 on Arm)."""
+    return any(flag in _cpuinfo() for flag in (" avx512_bf16", " amx_bf16", " bf16"))
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the OS can hand out now (Linux's MemAvailable); None where it does not say."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
     except OSError:
-        return False
-    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16", " bf16"))
+        pass
+    return None
+
+
+def autocast_context(device_type: str,
+                     amp_dtype: torch.dtype | None) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the training step's autocast context (a no-op one when amp_dtype is None: fp32)."""
+    if amp_dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type, dtype=amp_dtype)
 
 
 def autocast_dtype(info: DeviceInfo, requested: str = "auto") -> torch.dtype | None:
@@ -160,16 +188,18 @@ def measured_cpu_flops(dtype: torch.dtype = torch.float32, n: int = 1024, repeat
     """
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
-    matmuls = [lambda: a @ b]
     if dtype == torch.float32 and onednn_fp32_faster():
-        matmuls.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
+        def matmul():
+            return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")  # a @ b.T, as the model's layers
+    else:
+        def matmul():
+            return a @ b
+    matmul()  # warm-up
     best = float("inf")
-    for matmul in matmuls:
-        matmul()  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            matmul()
-            best = min(best, time.perf_counter() - t0)
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        matmul()
+        best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
 
 

@@ -33,10 +33,16 @@ def served(tmp_path_factory):
         yield checkpoint, f"{base}/v1"
 
 
-def test_multiple_choice_over_http_equals_in_process(served, tmp_path):
-    checkpoint, url = served
+@pytest.fixture(scope="module")
+def local(served):
+    """The served checkpoint in process, in fp32: the reference for the HTTP path."""
+    checkpoint, _ = served
+    return EngineClient(Engine.from_checkpoint(checkpoint, EngineConfig(dtype="float32")), checkpoint=str(checkpoint))
+
+
+def test_multiple_choice_over_http_equals_in_process(served, local, tmp_path):
+    _, url = served
     store = Store(tmp_path / "db.sqlite")
-    local = EngineClient(Engine.from_checkpoint(checkpoint, EngineConfig(dtype="float32")), checkpoint=str(checkpoint))
     dataset = [Sample(id=f"q{i}", input=q, choices=c, target=t) for i, (q, c, t) in enumerate(QUESTIONS)]
     task = Task(dataset=dataset, solver=multiple_choice(template="{question}"), scorer=choice(), name="mc")
     picks = {}
@@ -65,11 +71,10 @@ def test_greedy_results_do_not_depend_on_concurrency(served, tmp_path):
     assert outputs[1] == outputs[8], diff
 
 
-def test_prompt_logprobs_over_http_equal_the_in_process_ones(served):
+def test_prompt_logprobs_over_http_equal_the_in_process_ones(served, local):
     """Every scored prompt token, with its offset, through completions + echo + logprobs: the bos our server
     echoes at offset 0 (no logprob, no text) must not appear as a scored token."""
-    checkpoint, url = served
-    local = EngineClient(Engine.from_checkpoint(checkpoint, EngineConfig(dtype="float32")), checkpoint=str(checkpoint))
+    _, url = served
     text = "the cat sat on the mat. naïve café"
     over_http, in_process = prompt_logprobs(make_client(url), text), prompt_logprobs(local, text)
     assert [t.offset for t in over_http] == [t.offset for t in in_process]

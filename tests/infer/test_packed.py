@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from infer_helpers import PROMPTS, tiny_model
 
 from lmstack.infer.engine import Engine, EngineConfig
-from lmstack.infer.packed import (PackedLinear, available_memory_bytes, linear_weight_bytes, onednn_bf16, pack_linears,
-                                  packed_copy_fits)
+from lmstack.device import available_memory_bytes, onednn_bf16
+from lmstack.infer.packed import PackedLinear, linear_weight_bytes, pack_linears, packed_copy_fits
 from lmstack.infer.quantize import quantize_model
 from lmstack.infer.params import SamplingParams
 

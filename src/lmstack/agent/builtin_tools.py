@@ -69,7 +69,11 @@ def evaluate(expression: str) -> float | int:
             if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
                 raise ValueError(f"exponent {right} is too large (max {MAX_EXPONENT})")
             _check_result_size(node.op, left, right)
-            return _OPERATORS[type(node.op)](left, right)
+            result = _OPERATORS[type(node.op)](left, right)
+            # Sums grow past the estimate, a bit per operation; checked after they are computed, cheaply.
+            if isinstance(result, int) and result.bit_length() > MAX_RESULT_BITS:
+                raise ValueError(f"the result has {result.bit_length()} bits (limit {MAX_RESULT_BITS}); use floats")
+            return result
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
                 and not node.keywords):
             return _FUNCTIONS[node.func.id](*[walk(a) for a in node.args])
@@ -89,8 +93,6 @@ def calculator(expression: str) -> str:
         expression: the expression, e.g. "(17 * 3) / 4".
     """
     value = evaluate(expression)
-    if isinstance(value, int) and value.bit_length() > MAX_RESULT_BITS:  # sums grow past the per-operation check
-        raise ValueError(f"the result has {value.bit_length()} bits (limit {MAX_RESULT_BITS}); use floats")
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         value = int(value)
     return str(value)

@@ -126,8 +126,8 @@ def _run(command: list[str], env: dict, scratch: Path, limits: SandboxLimits, is
     cap = limits.max_output_chars
     # The parent keeps at most `cap` (+ a little) of each stream, never the whole output; a program
     # that keeps printing far past the cap is killed rather than drained forever.
-    stdout = _BoundedReader(process.stdout, cap, keep="head", on_flood=lambda: _kill_group(process.pid))
-    stderr = _BoundedReader(process.stderr, cap, keep="tail", on_flood=lambda: _kill_group(process.pid))
+    stdout = _BoundedReader(process.stdout, cap, keep="head", on_flood=functools.partial(_kill_group, process.pid))
+    stderr = _BoundedReader(process.stderr, cap, keep="tail", on_flood=functools.partial(_kill_group, process.pid))
     killed_by = None
     try:
         process.wait(timeout=limits.wall_s)

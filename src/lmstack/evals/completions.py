@@ -81,8 +81,7 @@ def model_prompt_logprobs(model: Any, tokenizer: Any, prompt: str) -> list[Promp
     tokens of context, so no token is scored from a cold start (as in perplexity-of-long-text evals)."""
     import torch  # only the in-process path needs it; HTTP-only evals start faster without it
 
-    encoding = tokenizer.hf.encode(prompt, add_special_tokens=False)
-    ids, offsets = encoding.ids, [start for start, _ in encoding.offsets]
+    ids, offsets = tokenizer.encode_with_offsets(prompt)
     full = [tokenizer.bos_id, *ids]  # position p (>= 1) is predicted from full[:p]
     block = model.cfg.block_size
     device = next(model.parameters()).device

@@ -47,13 +47,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lmstack.device import detect_device, inference_dtype
+from lmstack.device import available_memory_bytes, detect_device, inference_dtype
 from lmstack.infer.block_manager import BlockManager
 from lmstack.infer.cuda_graphs import CudaGraphDecoder
 from lmstack.infer.detokenizer import IncrementalDetokenizer
 from lmstack.infer.paged_cache import PagedKVCache, build_layout
-from lmstack.infer.packed import (available_memory_bytes, linear_weight_bytes, pack_linears, packed_copy_fits,
-                                  packing_supported)
+from lmstack.infer.packed import linear_weight_bytes, pack_linears, packed_copy_fits, packing_supported
 from lmstack.infer.params import SamplingError, SamplingParams
 from lmstack.infer.quantize import check_method, quantize_model
 from lmstack.infer.sampler import RowSettings, apply_penalties, sample

@@ -12,25 +12,19 @@ machine's DRAM gives); decode of GPT-2-124M went from 52 to 91-102 tok/s (bench/
 
 A PackedLinear is still an nn.Linear with the same Parameters, state_dict and autograd: with gradients
 enabled, on another device or dtype, it runs the model's own `Linear`. The packed copy is rebuilt when the
-weight changes (its storage or version counter), so a model trained between engine calls (GRPO) stays exact.
-The cost is memory: the packed copy is a second copy of every Linear weight.
+weight changes (its storage or version counter), so a model trained between engine calls (GRPO) stays exact;
+a write through `weight.data` bumps no version counter and goes unseen (nothing in lmstack writes that way).
+The cost is memory: the packed copy is a second copy of every Linear weight, kept while the layer lives.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 import torch.nn as nn
 
+from lmstack.device import onednn_bf16
 from lmstack.model.gpt import is_plain_linear, replace_module
-from lmstack.model.onednn_linear import Linear, linear
-
-
-@functools.cache
-def onednn_bf16() -> bool:
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+from lmstack.model.onednn_linear import Linear, linear, onednn_allowed, onednn_linear
 
 
 def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
@@ -57,12 +51,12 @@ class PackedLinear(Linear):
         # Checked per call, cheaply (a decode step makes dozens): the support itself was checked when packing.
         # Inductor cannot lower the opaque packed tensor (and packs weights itself), so traced code takes `linear`.
         if (torch.is_grad_enabled() or x.dtype != torch.bfloat16 or weight.dtype != x.dtype or not x.is_cpu
-                or torch.compiler.is_compiling()):
+                or not onednn_allowed()):
             return linear(x, weight, bias)
         source = self._packed_from
         if source is None or source[0] is not weight or source[1] != weight._version:
             self._repack(weight)
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, bias, "none", [], "")
+        return onednn_linear(x, self._packed, bias)
 
     def _repack(self, weight: torch.Tensor) -> None:
         # Packed for one row (decode); oneDNN takes any row count with it, and prefill is no slower than F.linear.
@@ -76,25 +70,17 @@ class PackedLinear(Linear):
         return state
 
 
+def _packable(module: nn.Module) -> bool:
+    """A plain linear layer not packed yet. Subclasses (LoRA layers) and int8 layers are not plain; weights made
+    under inference_mode have no version counter to tell when they change."""
+    return is_plain_linear(module) and not isinstance(module, PackedLinear) and not module.weight.is_inference()
+
+
 def linear_weight_bytes(model: nn.Module) -> int:
-    """Bytes of the weights `pack_linears` would copy (each tensor once: a tied head shares the embedding)."""
-    weights = {id(m.weight): m.weight for m in model.modules() if is_plain_linear(m) and not m.weight.is_inference()}
+    """Bytes of the weights `pack_linears` would copy (each tensor once: a tied head shares the embedding); 0 for
+    a model packed already."""
+    weights = {id(m.weight): m.weight for m in model.modules() if _packable(m)}
     return sum(w.numel() * w.element_size() for w in weights.values())
-
-
-def available_memory_bytes() -> int | None:
-    """Memory the OS can hand out now (Linux's MemAvailable, else free pages); None where it does not say."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def packed_copy_fits(model: nn.Module, available: int | None) -> bool:
@@ -104,12 +90,9 @@ def packed_copy_fits(model: nn.Module, available: int | None) -> bool:
 
 
 def pack_linears(model: nn.Module) -> nn.Module:
-    """Replace every plain linear layer of `model` with a PackedLinear sharing its parameters, in place; returns
-    `model`.
-    Subclasses (LoRA layers) and int8 layers are left as they are, and so are weights made under inference_mode,
-    which have no version counter to tell when they change."""
+    """Replace every packable linear layer of `model` (`_packable`) with a PackedLinear sharing its parameters, in
+    place; returns `model`."""
     for name, module in list(model.named_modules()):
-        # Not a PackedLinear again, nor LoRA; not weights made under inference_mode (see above).
-        if is_plain_linear(module) and not isinstance(module, PackedLinear) and not module.weight.is_inference():
+        if _packable(module):
             replace_module(model, name, PackedLinear.from_linear(module))
     return model

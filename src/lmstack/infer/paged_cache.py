@@ -82,8 +82,8 @@ class PagedKVCache:
 def group_attention(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torch.Tensor, key_slots: torch.Tensor,
                     mask: torch.Tensor | None, workspace: DecodeWorkspace | None) -> torch.Tensor:
     """queries (G, H, T, D) over the G * L keys at `key_slots` -> (G, H, T, D). mask: see AttentionGroup.
-    Decode groups (T == 1) on the CPU take `decode_attention` when a workspace is given."""
-    if workspace is not None and queries.size(2) == 1 and queries.device.type == "cpu":
+    Decode groups (T == 1) take `decode_attention` when there is a workspace (a CPU cache has one)."""
+    if workspace is not None and queries.size(2) == 1:
         return decode_attention(queries, k_layer, v_layer, key_slots, mask, workspace)
     G = queries.size(0)
     L = key_slots.size(0) // G
@@ -130,8 +130,8 @@ class DecodeWorkspace:
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         size = math.prod(shape)
         buffer = self.buffers.get(name)
-        if buffer is None or buffer.dtype != dtype or buffer.numel() < size:
-            capacity = max(size, 2 * buffer.numel()) if buffer is not None and buffer.dtype == dtype else size
+        if buffer is None or buffer.numel() < size:  # a name keeps its dtype: the cache's, or fp32
+            capacity = size if buffer is None else max(size, 2 * buffer.numel())
             buffer = self.buffers[name] = torch.empty(capacity, dtype=dtype)
         return buffer[:size].view(shape)
 
@@ -151,8 +151,8 @@ def decode_attention(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torc
     L = key_slots.size(0) // G
     bytes_per_sequence = L * k_layer[0].numel() * (4 + k_layer.element_size())  # gathered, and its fp32 copy
     chunk = max(1, WORKSPACE_BYTES // bytes_per_sequence)
-    if chunk >= G:
-        return _decode_chunk(queries, k_layer, v_layer, key_slots, mask, workspace)
+    if chunk >= G:  # a copy: the fp32 result is in the buffer the next layer reuses
+        return _decode_chunk(queries, k_layer, v_layer, key_slots, mask, workspace).to(queries.dtype, copy=True)
     out = torch.empty_like(queries)
     for start in range(0, G, chunk):
         end = min(G, start + chunk)
@@ -163,6 +163,7 @@ def decode_attention(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torc
 
 def _decode_chunk(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torch.Tensor, key_slots: torch.Tensor,
                   mask: torch.Tensor | None, workspace: DecodeWorkspace) -> torch.Tensor:
+    """The attention of G sequences -> (G, H, 1, D) in fp32, a view of the workspace's reused output buffer."""
     G, H, _, D = queries.shape
     L = key_slots.size(0) // G
     K = k_layer.size(1)
@@ -180,7 +181,7 @@ def _decode_chunk(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torch.T
     torch.index_select(v_layer, 0, key_slots, out=gathered)
     keys_or_values.copy_(gathered.view(G, L, K, D).transpose(1, 2))
     torch.matmul(probs, keys_or_values, out=y)
-    return y.view(G, H, 1, D).to(queries.dtype, copy=True)  # a copy: the buffer is the next layer's
+    return y.view(G, H, 1, D)
 
 
 def slots_of(block_table: list[int], positions: range, block_size: int) -> list[int]:
@@ -204,6 +205,8 @@ def build_layout(chunks: list[tuple[list[int], int, int]], block_size: int, devi
     decode_lengths: list[int] = []
     groups: list[AttentionGroup] = []
     # One group holding every row of the step, in order (all decodes, or a lone chunk), needs no query rows.
+    # The same rule as the loop's below (length 1 joins the decode group), decided up front so that no group
+    # builds query-row tensors it would not use.
     single_group = len(chunks) == 1 or all(length == 1 for _, _, length in chunks)
     row = 0
     for block_table, start, length in chunks:

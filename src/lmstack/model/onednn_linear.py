@@ -30,25 +30,32 @@ from lmstack.device import onednn_fp32_faster
 MIN_MULTIPLY_ADDS = 1 << 21
 
 
+def onednn_allowed() -> bool:
+    """Whether a direct oneDNN call may replace F.linear here, whatever the dtype: not in traced code (inductor
+    lowers matmuls itself), not under CPU autocast or functorch transforms (they must see F.linear), and not with
+    oneDNN switched off. is_compiling comes first: dynamo cannot trace the checks after it without graph breaks."""
+    return (not torch.compiler.is_compiling() and torch._C._get_mkldnn_enabled()
+            and not torch.is_autocast_enabled("cpu") and not torch._C._are_functorch_transforms_active())
+
+
 def _onednn(*tensors: torch.Tensor) -> bool:
-    # is_compiling first: dynamo cannot trace the checks after it, and each would break the graph.
-    return (not torch.compiler.is_compiling() and all(t.is_cpu and t.dtype == torch.float32 for t in tensors)
-            and onednn_fp32_faster() and torch._C._get_mkldnn_enabled())
+    return (all(t.is_cpu and t.dtype == torch.float32 for t in tensors) and onednn_fp32_faster()
+            and onednn_allowed())
 
 
-def _dnn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T (+ bias); x (M, K) and weight (N, K) may be transposed views."""
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T (+ bias) by oneDNN; x (..., K), weight (N, K) plain (may be a transposed view) or prepacked."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a (M, K) @ b (N, K).T"""
-    return _dnn(a, b) if _onednn(a, b) else a @ b.t()
+    return onednn_linear(a, b) if _onednn(a, b) else a @ b.t()
 
 
 def matmul_nn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a (M, K) @ b (K, N)"""
-    return _dnn(a, b.t()) if _onednn(a, b) else a @ b
+    return onednn_linear(a, b.t()) if _onednn(a, b) else a @ b
 
 
 def matmul_tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -59,8 +66,8 @@ def matmul_tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # result into the weight's layout (2 threads, 2048 rows: 256 -> 4096 11 vs 30 ms, 768 -> 50257 506 vs 702 ms;
     # 768 -> 3072 is the exception, 31 vs 28 ms).
     if a.size(1) <= b.size(1):
-        return _dnn(a.t(), b.t())
-    return _dnn(b.t(), a.t()).t()
+        return onednn_linear(a.t(), b.t())
+    return onednn_linear(b.t(), a.t()).t()
 
 
 class _OneDnnLinear(torch.autograd.Function):
@@ -68,8 +75,7 @@ class _OneDnnLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
         rows = x.reshape(-1, x.size(-1))
         ctx.save_for_backward(rows, weight)
-        ctx.has_bias = bias is not None
-        return _dnn(rows, weight, bias).view(*x.shape[:-1], weight.size(0))
+        return onednn_linear(rows, weight, bias).view(*x.shape[:-1], weight.size(0))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -81,21 +87,22 @@ class _OneDnnLinear(torch.autograd.Function):
             grad_x = matmul_nn(grad_rows, weight).view(*grad_out.shape[:-1], weight.size(1))
         if ctx.needs_input_grad[1]:
             grad_weight = matmul_tn(grad_rows, rows)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False when there is no bias
             grad_bias = grad_rows.sum(0)
         return grad_x, grad_weight, grad_bias
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias), through oneDNN for fp32 on CPU where that is faster (not under autocast,
-    which must see F.linear to cast it, nor in traced code, which inductor lowers itself)."""
+    """F.linear(x, weight, bias), through oneDNN for fp32 on CPU where that is faster (see `onednn_allowed`)."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    if (not _onednn(*tensors) or x.numel() * weight.size(0) < MIN_MULTIPLY_ADDS or torch.is_autocast_enabled("cpu")
-            or torch._C._are_functorch_transforms_active()):
+    # The size before the costlier checks: it settles every decode-sized product. Traced code skips it, so a
+    # dynamic-shape graph gets no guard on the row count.
+    if (torch.compiler.is_compiling() or x.numel() * weight.size(0) < MIN_MULTIPLY_ADDS
+            or not _onednn(*tensors)):
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _OneDnnLinear.apply(x, weight, bias)
-    return _dnn(x, weight, bias)
+    return onednn_linear(x, weight, bias)
 
 
 class Linear(nn.Linear):

@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Request
 
 from lmstack.serve.errors import APIError
-from lmstack.serve.generation import (RequestResult, collect, new_id, now, record, reported_logprob, resolve_max_tokens,
+from lmstack.serve.generation import (RequestResult, collect, new_id, now, record, resolve_max_tokens,
                                       sampling_params, sse_response, stream_chunk, usage)
 from lmstack.serve.schemas import ChatCompletionRequest
 from lmstack.serve.state import ServerState, server_state
@@ -137,10 +137,11 @@ async def stream_chunks(state: ServerState, body: ChatCompletionRequest, plan: C
         yield chunk(index, {"role": "assistant", "content": ""})
     result = RequestResult({})
     async for event in state.engine.events(handle):
-        record(result, event)
+        reported = record(result, event)
+        if not body.logprobs:
+            reported = None
         splitter = splitters[event.index]
         deltas = splitter.feed(event.text) + (splitter.finish() if event.finished else [])
-        reported = reported_logprob(event) if body.logprobs else None
         logprobs = logprobs_block(state, [reported]) if reported else None
         if logprobs and not deltas:
             deltas = [{"content": ""}]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 
 from lmstack.infer.detokenizer import IncrementalDetokenizer
 from lmstack.serve.errors import APIError
-from lmstack.serve.generation import (RequestResult, collect, new_id, now, record, reported_logprob, resolve_max_tokens,
+from lmstack.serve.generation import (RequestResult, collect, new_id, now, record, resolve_max_tokens,
                                       sampling_params, sse_response, stream_chunk, usage)
 from lmstack.serve.schemas import CompletionRequest
 from lmstack.serve.state import ServerState, server_state
@@ -23,7 +23,8 @@ MAX_PROMPTS = 256
 async def completions(body: CompletionRequest, request: Request):
     state = server_state(request, body.model)
     prompts = split_prompts(body.prompt)
-    encoded = [encode_prompt(state, p) for p in prompts]
+    encodings = [encode_prompt(state, p) for p in prompts]
+    encoded = [ids for ids, _ in encodings]
     # max_tokens=0 scores the prompt alone (echo + logprobs); the engine always samples one token, which is dropped.
     score_only = body.max_tokens == 0
     handles = []
@@ -49,13 +50,13 @@ async def completions(body: CompletionRequest, request: Request):
         for handle in handles:
             state.engine.abort(handle)
     choices, prompt_tokens, completion_tokens = [], 0, 0
-    for p, (prompt, ids, result) in enumerate(zip(prompts, encoded, results)):
+    for p, (prompt, (ids, text_offsets), result) in enumerate(zip(prompts, encodings, results)):
         prompt_tokens += len(ids)
         echoed = prompt_text(state, prompt) if body.echo else ""
         prompt_rows, prompt_offsets = [], []
         if body.echo and body.logprobs is not None:
             prompt_rows = scored_prompt(ids, result.prompt_logprobs or [])
-            prompt_offsets = [min(o, len(echoed)) for o in prompt_text_offsets(state, prompt, ids)]
+            prompt_offsets = text_offsets if text_offsets is not None else decoded_offsets(state, ids, len(echoed))
         for index in sorted(result.sequences):
             seq = result.sequences[index]
             records = [] if score_only else seq.logprobs
@@ -84,20 +85,19 @@ def split_prompts(prompt: str | list) -> list[str | list[int]]:
     return prompts
 
 
-def encode_prompt(state: ServerState, prompt: str | list[int]) -> list[int]:
-    """Text gets bos and our tokenizer, as the engine does; token ids are used as given."""
+def encode_prompt(state: ServerState, prompt: str | list[int]) -> tuple[list[int], list[int] | None]:
+    """(ids, text offsets). Text gets bos and our tokenizer, as the engine does, and each token's start in the text
+    comes with its encoding (the bos, which the echoed text does not show, at 0). Token ids are used as given;
+    their offsets (None here) come from decoding them, when asked (`decoded_offsets`)."""
     if isinstance(prompt, str):
-        return added_bos(state, prompt) + state.tokenizer.encode(prompt)
+        ids, starts = state.tokenizer.encode_with_offsets(prompt)
+        bos = [] if state.tokenizer.bos_id is None else [state.tokenizer.bos_id]
+        return bos + ids, [0] * len(bos) + starts
     bad = [t for t in prompt if not 0 <= t < state.vocab_size]
     if bad:
         raise APIError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {state.vocab_size})",
                        param="prompt")
-    return list(prompt)
-
-
-def added_bos(state: ServerState, prompt: str | list[int]) -> list[int]:
-    """The bos a text prompt gets in front (none for token ids), which its echoed text does not show."""
-    return [state.tokenizer.bos_id] if isinstance(prompt, str) and state.tokenizer.bos_id is not None else []
+    return list(prompt), None
 
 
 def prompt_text(state: ServerState, prompt: str | list[int]) -> str:
@@ -114,15 +114,14 @@ def scored_prompt(prompt_ids: list[int], prompt_records: list) -> list[tuple[int
     return rows
 
 
-def prompt_text_offsets(state: ServerState, prompt: str | list[int], ids: list[int]) -> list[int]:
-    """Where each prompt token's text starts in the echoed prompt. Decoded incrementally, as the engine
-    decodes output (linear in the prompt): a token that ends inside a multi-byte character contributes
-    nothing, the one that completes it the whole character. The bos a text prompt gets is not echoed."""
-    hidden = len(added_bos(state, prompt))
+def decoded_offsets(state: ServerState, ids: list[int], text_length: int) -> list[int]:
+    """Where each token of a token-id prompt starts in its echoed (decoded) text of `text_length` characters.
+    Decoded incrementally, as the engine decodes output (linear in the prompt): a token that ends inside a
+    multi-byte character contributes nothing, the one that completes it the whole character."""
     detokenizer = IncrementalDetokenizer(state.tokenizer, stop=[])
-    offsets, length = [0] * hidden, 0
-    for token_id in ids[hidden:]:
-        offsets.append(length)
+    offsets, length = [], 0
+    for token_id in ids:
+        offsets.append(min(length, text_length))
         length += len(detokenizer.add(token_id)[0])
     return offsets
 
@@ -173,9 +172,10 @@ async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, en
                 continue
             if isinstance(event, Exception):
                 raise event
-            record(results[p], event)
+            reported = record(results[p], event)
+            if body.logprobs is None:
+                reported = None
             index = p * body.n + event.index
-            reported = reported_logprob(event) if body.logprobs is not None else None
             if not score_only and (event.text or reported):
                 # record() noted where this token's text starts in the generated text; the echo comes before it
                 offset = len(echoed[p]) + results[p].sequences[event.index].logprob_offsets[-1] if reported else 0

@@ -95,7 +95,9 @@ class RequestResult:
     prompt_logprobs: list | None = None
 
 
-def record(result: RequestResult, event: TokenEvent) -> None:
+def record(result: RequestResult, event: TokenEvent) -> tuple[int, float, list] | None:
+    """Add the event to its sequence; returns the event's logprob entry as the API lists it (`reported_logprob`),
+    whose text offset is then the sequence's last `logprob_offsets`."""
     seq = result.sequences.setdefault(event.index, SequenceResult())
     if event.token_id is not None:
         seq.token_ids.append(event.token_id)
@@ -113,6 +115,7 @@ def record(result: RequestResult, event: TokenEvent) -> None:
         if event.usage:
             seq.completion_tokens = event.usage["completion_tokens"]
             result.prompt_tokens = event.usage["prompt_tokens"]
+    return reported
 
 
 DISCONNECT_POLL_S = 0.1

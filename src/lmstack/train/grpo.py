@@ -93,7 +93,7 @@ def build_rollouts(prompts: list[list[int]], completions: list[list[list[int]]],
     groups in `keep` (default: all); `sampled_rewards` keeps every group's rewards."""
     sampled = torch.tensor(rewards, dtype=torch.float32)
     if keep is not None:
-        prompts, completions, rewards = ([items[i] for i in keep] for items in (prompts, completions, rewards))
+        prompts, completions = ([items[i] for i in keep] for items in (prompts, completions))
     rows = [(p, c) for p, group in zip(prompts, completions) for c in group]
     T = max(len(p) + len(c) for p, c in rows) - 1
     inputs = torch.full((len(rows), T), pad_id, dtype=torch.long)
@@ -103,7 +103,8 @@ def build_rollouts(prompts: list[list[int]], completions: list[list[list[int]]],
         inputs[r, :len(ids) - 1] = ids[:-1]
         # target t predicts ids[t + 1]: the completion's tokens are targets len(prompt) - 1 onwards
         targets[r, len(prompt) - 1:len(ids) - 1] = ids[len(prompt):]
-    return Rollouts(inputs, targets, torch.tensor(rewards, dtype=torch.float32), [len(c) for _, c in rows], sampled)
+    kept_rewards = sampled if keep is None else sampled[keep]
+    return Rollouts(inputs, targets, kept_rewards, [len(c) for _, c in rows], sampled)
 
 
 class GRPOObjective:
@@ -133,7 +134,7 @@ class GRPOObjective:
         loss = loss * (rollouts.rewards.numel() / rewards.numel())
         return loss, {**metrics, "reward_mean": rewards.mean().item(),
                       "reward_std": rewards.std(dim=1, unbiased=False).mean().item(),
-                      "informative_groups": len(informative_groups(rewards.tolist())) / rewards.size(0),
+                      "informative_groups": (rewards.amax(1) != rewards.amin(1)).float().mean().item(),
                       "sample_length": sum(rollouts.lengths) / len(rollouts.lengths)}
 
 

@@ -19,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lmstack.config import format_config, to_dict
-from lmstack.device import autocast_dtype, detect_device, device_for_rank, init_distributed, peak_flops
+from lmstack.device import (autocast_context, autocast_dtype, detect_device, device_for_rank, init_distributed,
+                            peak_flops)
 from lmstack.errors import LmstackError
 from lmstack.model.checkpoint import load_model_dir
 from lmstack.model.gpt import build_model
@@ -79,7 +80,7 @@ class Trainer:
         self.step, self.best_val, self.last_val = 0, math.inf, None
         self.last_checkpoint: Path | None = None
         amp_dtype = autocast_dtype(self.device_info, cfg.dtype)
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        self.autocast = autocast_context(self.device.type, amp_dtype)
         # fp16 (GPUs without bf16) needs loss scaling; with any other dtype the scaler passes everything through.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
         if resume_from:

@@ -30,7 +30,8 @@ def samples_page(store: Store, run_id: str, offset: int, limit: int) -> dict[str
 
 
 def sample_detail(store: Store, run_id: str, sample_id: str, epoch: int) -> dict[str, Any]:
-    return {"run_id": run_id} | dataclasses.asdict(store.sample(run_id, sample_id, epoch))
+    # vars, not asdict: the record's fields were just parsed from JSON, a deep copy would only cost time.
+    return {"run_id": run_id} | vars(store.sample(run_id, sample_id, epoch))
 
 
 def comparison(store: Store, run_a: str, run_b: str, alpha: float) -> dict[str, Any]:

@@ -32,14 +32,14 @@ def parse_endpoints(specs: list[str]) -> dict[str, str]:
     endpoints = {}
     for spec in specs:
         name, sep, url = spec.partition("=")
+        wrong = EndpointSpecError(f"--endpoint '{spec}': expected NAME=URL with an http(s) base URL, "
+                                  f"e.g. --endpoint vllm=http://127.0.0.1:8001/v1")
+        if not sep or not name.strip():
+            raise wrong
         try:
-            base = api_base(url) if sep and name.strip() else None
+            endpoints[name.strip()] = api_base(url)
         except OpenAIURLError:
-            base = None
-        if base is None:
-            raise EndpointSpecError(f"--endpoint '{spec}': expected NAME=URL with an http(s) base URL, "
-                                    f"e.g. --endpoint vllm=http://127.0.0.1:8001/v1")
-        endpoints[name.strip()] = base
+            raise wrong from None
     return endpoints
 
 

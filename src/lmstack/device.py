@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -119,6 +120,21 @@ def onednn_bf16() -> bool:
 def _cpu_has_bf16() -> bool:
     """True when the CPU has native bf16 math (AVX512-BF16 / AMX on x86, BF16 on Arm)."""
     return any(flag in _cpuinfo() for flag in (" avx512_bf16", " amx_bf16", " bf16"))
+
+
+@functools.cache
+def last_level_cache_bytes() -> int | None:
+    """Size of the CPU's largest cache (Linux sysfs, e.g. L3 "32768K"); None where it does not say."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        if size[:-1].isdigit() and size[-1] in units:
+            sizes.append(int(size[:-1]) * units[size[-1]])
+    return max(sizes, default=None)
 
 
 def available_memory_bytes() -> int | None:

@@ -1,21 +1,39 @@
 """The fast paths give the same tokens as the plain one: torch.compile (slow to compile) and CUDA."""
 
+import logging
+
 import pytest
 import torch
-from infer_helpers import recompute_greedy, tiny_model
+from infer_helpers import PROMPTS, recompute_greedy, recompute_greedy_batch, tiny_model
 
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
 
-PROMPTS = [[1, 2, 3], [5] * 21, list(range(10, 40)), [7]]
+GREEDY = SamplingParams(max_tokens=40, temperature=0)
 
 
 @pytest.mark.slow
-def test_compiled_decode_equals_full_recompute():
+def test_compiled_decode_equals_full_recompute(arch):
+    model = tiny_model(arch)
+    engine = Engine(model, None, EngineConfig(block_size=8, num_blocks=128, compile=True))
+    outputs = engine.generate(PROMPTS, GREEDY)
+    assert engine._compiled.compiled_steps >= 38  # all but the one-token prompt's first two steps
+    assert [o.token_ids for o in outputs] == recompute_greedy_batch(model, PROMPTS, 40)
+
+
+@pytest.mark.slow
+def test_compiled_engine_decodes_eagerly_after_the_weights_change(caplog):
     model = tiny_model("llama")
     engine = Engine(model, None, EngineConfig(block_size=8, num_blocks=128, compile=True))
-    outputs = engine.generate(PROMPTS, SamplingParams(max_tokens=40, temperature=0))
-    assert [o.token_ids for o in outputs] == [recompute_greedy(model, p, 40) for p in PROMPTS]
+    assert engine.generate([PROMPTS[1]], GREEDY)[0].token_ids == recompute_greedy(model, PROMPTS[1], 40)
+    compiled_steps = engine._compiled.compiled_steps
+    with torch.no_grad():  # in place, as an optimizer step would: the compiled graph holds the old weights
+        model.lm_head.weight.copy_(torch.randn_like(model.lm_head.weight))
+    with caplog.at_level(logging.WARNING, logger="lmstack.infer"):
+        tokens = engine.generate([PROMPTS[1]], GREEDY)[0].token_ids
+    assert "weights changed" in caplog.text
+    assert engine._compiled.compiled_steps == compiled_steps
+    assert tokens == recompute_greedy(model, PROMPTS[1], 40)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA/ROCm GPU")
@@ -23,7 +41,16 @@ def test_engine_on_gpu_equals_full_recompute_on_cpu():
     model = tiny_model("llama")
     expected = [recompute_greedy(model, p, 40) for p in PROMPTS]
     engine = Engine(model.to("cuda"), None, EngineConfig(block_size=8, num_blocks=128))
-    outputs = engine.generate(PROMPTS, SamplingParams(max_tokens=40, temperature=0))
+    outputs = engine.generate(PROMPTS, GREEDY)
+    assert [o.token_ids for o in outputs] == expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA/ROCm GPU")
+def test_compiled_decode_on_gpu_equals_full_recompute_on_cpu():
+    model = tiny_model("gpt2")
+    expected = recompute_greedy_batch(model, PROMPTS, 40)
+    engine = Engine(model.to("cuda"), None, EngineConfig(block_size=8, num_blocks=128, compile=True))
+    outputs = engine.generate(PROMPTS, GREEDY)
     assert [o.token_ids for o in outputs] == expected
 
 
@@ -32,6 +59,6 @@ def test_cuda_graph_decode_equals_full_recompute_on_cpu():
     model = tiny_model("gpt2")
     expected = [recompute_greedy(model, p, 40) for p in PROMPTS]
     engine = Engine(model.to("cuda"), None, EngineConfig(block_size=8, num_blocks=128, max_num_seqs=8, cuda_graphs=True))
-    outputs = engine.generate(PROMPTS, SamplingParams(max_tokens=40, temperature=0))
+    outputs = engine.generate(PROMPTS, GREEDY)
     assert engine._graphs.graphs, "decode steps should have been captured"
     assert [o.token_ids for o in outputs] == expected

@@ -32,7 +32,11 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
   bit-identical outputs, about twice the decode speed, a second copy of the Linear weights in memory (skipped,
   with a warning, when that copy would take more than half of the memory free). The
   layers are swapped in place but keep their Parameters and train as before; the packed copies follow
-  every change of the weights. With `compile=True` the Linears are left to inductor.
+  every change of the weights. With `compile=True` the compiled decode steps hold inductor's own (frozen) copy.
+- `compile=True` compiles the decode steps with torch.compile (infer/compiled_decode.py; ~1 min of compiling on the
+  first decode steps). On CPU a small model decodes about twice as fast at bs=1; GPT-2-124M, bound by reading its
+  weights, about as fast as eager. It freezes the weights: a model changed in place afterwards makes the engine warn
+  and decode eagerly.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from tqdm.auto import tqdm
 
 from lmstack.device import available_memory_bytes, detect_device, inference_dtype
 from lmstack.infer.block_manager import BlockManager
+from lmstack.infer.compiled_decode import CompiledDecoder
 from lmstack.infer.cuda_graphs import CudaGraphDecoder
 from lmstack.infer.detokenizer import IncrementalDetokenizer
 from lmstack.infer.paged_cache import PagedKVCache, build_layout
@@ -141,8 +146,8 @@ class Engine:
         cfg = model.cfg
         weight = model.tok_emb.weight
         self.device, self.dtype = weight.device, weight.dtype
-        # Not under torch.compile: inductor cannot lower the opaque packed tensor (and has its own packing).
-        if config.pack_weights and not config.compile and packing_supported(self.device, self.dtype):
+        # With compile=True too: prefill steps run eagerly, and traced code takes F.linear (see PackedLinear).
+        if config.pack_weights and packing_supported(self.device, self.dtype):
             if packed_copy_fits(model, available_memory_bytes()):
                 pack_linears(model)
             else:  # a second copy of a big model's weights would run the machine out of memory
@@ -162,7 +167,7 @@ class Engine:
         self._inbox: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
         self._ids = itertools.count()
-        self._decode_forward = compiled_decode(model) if config.compile else model
+        self._compiled = CompiledDecoder(model, self.cache) if config.compile and not use_graphs else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: EngineConfig | None = None) -> "Engine":
@@ -330,23 +335,31 @@ class Engine:
             elif chunk.samples:
                 sample_rows.append(len(logit_rows))
                 logit_rows.append(base + chunk.length - 1)
-        decode_only = len(ids) == len(chunks)  # then logit_rows == range(len(chunks))
-        if decode_only and self._graphs is not None:
-            if not self._graphs.graphs:
-                self._graphs.capture()
-            logits = self._graphs.run(ids, positions, [c.seq.block_table for c in chunks])
-            return logits.float(), sample_rows, prompt_rows
-        self.cache.layout = build_layout([(c.seq.block_table, c.start, c.length) for c in chunks],
-                                         self.config.block_size, self.device)
-        forward = self._decode_forward if decode_only else self.model
         device = self.device
         # logit_rows rises through 0 .. N-1, so equal lengths mean every row is wanted: no row selection.
         every_row = len(logit_rows) == len(ids)
+        if len(ids) == len(chunks):  # a decode step: one token per sequence (a lone prompt token counts)
+            logits = self._fast_decode(ids, positions, chunks)
+            if logits is not None:
+                logits = logits if every_row else logits[torch.tensor(logit_rows, device=device)]
+                return logits.float(), sample_rows, prompt_rows
+        self.cache.layout = build_layout([(c.seq.block_table, c.start, c.length) for c in chunks],
+                                         self.config.block_size, device)
         logits_at = None if every_row else torch.tensor(logit_rows, device=device, dtype=torch.long)
-        logits, _ = forward(torch.tensor([ids], device=device), positions=torch.tensor([positions], device=device),
-                            kv_cache=self.cache, logits_at=logits_at)
+        logits, _ = self.model(torch.tensor([ids], device=device), positions=torch.tensor([positions], device=device),
+                               kv_cache=self.cache, logits_at=logits_at)
         self.cache.layout = None
         return logits.reshape(-1, logits.size(-1)).float(), sample_rows, prompt_rows
+
+    def _fast_decode(self, ids: list[int], positions: list[int], chunks: list[ScheduledChunk]) -> torch.Tensor | None:
+        """Logits (B, V) of a decode step from CUDA graphs or the compiled step, or None to run it eagerly."""
+        if self._graphs is not None:
+            if not self._graphs.graphs:
+                self._graphs.capture()
+            return self._graphs.run(ids, positions, [c.seq.block_table for c in chunks])
+        if self._compiled is not None and self._compiled.accepts(positions):
+            return self._compiled.run(ids, positions, [c.seq.block_table for c in chunks])
+        return None
 
     def _record_prompt_logprobs(self, chunk: ScheduledChunk, logits: torch.Tensor) -> None:
         """Logits at position p score prompt token p + 1; the first prompt token gets None."""
@@ -456,24 +469,6 @@ class Engine:
             request_id, first.prompt_ids, first.prompt_logprobs if first.params.prompt_logprobs is not None else None,
             [CompletionOutput(s.index, s.text, list(s.output_ids),
                               s.logprobs if s.params.logprobs is not None else None, s.finish_reason) for s in seqs])
-
-
-def compiled_decode(model: GPT):
-    """torch.compile of the model for decode steps, with shapes dynamic (batch and context vary per step).
-
-    The paged attention is a graph break (see PagedKVCache.attend); the frames after it would be
-    compiled once per layer, since each layer's index is an int on a module, and past dynamo's
-    recompile limit silently run eager. Unspecialised module ints let all layers share one compile.
-    Measured on CPU it does not pay (bench/decode.py --compile; depth-4 llama bs=1, 1 thread, bf16,
-    interleaved: eager 403 tok/s, compiled 398; inductor's `freezing` / `cpp_wrapper` 389 / 383):
-    removing per-op overhead does not help, since aten::mm is ~60% of a compiled CPU decode step.
-    """
-    compiled = torch.compile(model, dynamic=True)
-
-    def forward(*args, **kwargs):
-        with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True):
-            return compiled(*args, **kwargs)
-    return forward
 
 
 def _token_logprob(log_probs: torch.Tensor, token: int, top_k: int | None) -> TokenLogprob:

@@ -52,9 +52,8 @@ class PagedKVCache:
         return 2 * n_layer * block_size * n_kv_head * head_dim * torch.finfo(dtype).bits // 8
 
     # Kept out of torch.compile: a compiled in-place write into the pool copied the whole pool each step
-    # (measured: 440 ms/step for a 270 MB pool). Passing the pool through a mutating custom op instead gave
-    # one graph for the whole step, but no speed (depth-4 llama bs=1: eager 428 tok/s, compiled 288,
-    # interleaved): a CPU decode step is bound by reading the weights, so the op was not kept.
+    # (measured: 440 ms/step for a 270 MB pool). Compiled decode steps use infer/compiled_decode.py instead,
+    # which only reads the pool and leaves the writes to the engine.
     @torch.compiler.disable
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (1, H, N, D), k and v (1, K, N, D) for the N flat tokens of this step -> (1, H, N, D)."""

@@ -1,0 +1,180 @@
+"""torch.compile of the engine's decode steps (`EngineConfig.compile`): each step is one graph.
+
+The paged cache writes a layer's new key and value into the pool in place (`PagedKVCache.attend`).
+Inside a compiled graph that write made inductor copy the whole pool every step (440 ms a step for a
+270 MB pool); kept out of the graph, it cut the step into a graph per layer, with Python between them.
+Here a decode step only reads the pool: each layer attends over its sequence's past keys, gathered by
+slot, plus the step's own new key, and the step returns the new keys and values. The engine writes
+them into the pool after the call, one op per pool for all layers.
+
+On CPU the graph is built with two inductor options, which a small model's decode needs (its eager
+step is ~150 small PyTorch ops around 0.3 ms of matmuls):
+  - `freezing`: the weights become constants of the graph, so its bf16 linears are oneDNN-prepacked ones
+    (what infer/packed.py does in eager) and the ops between them fuse into a few C++ loops (per layer:
+    the norm, the attention with RoPE and the gather, SwiGLU; the residual adds go into the linears);
+  - `cpp_wrapper`: the graph calls its kernels from C++, not from a Python wrapper;
+and, where it pays (`cpp_gemms_pay`), `max_autotune` with inductor's own C++ GEMMs. Measured on the 2-core
+AVX512-BF16 machine, 1 thread, depth-4 llama, bs=1 (bench/decode.py --compile): the engine decodes ~1.6-1.9k
+tok/s against ~0.8k eager. A batched step's graph has a dynamic batch size; the first step of one sequence
+and of several each compile a graph (~20-40 s on that machine, more for bigger models).
+Frozen weights are a copy taken at the first compiled step. A model changed in place after that (trained
+between engine calls) would decode with the old weights, so the decoder checks the weights' version
+counters each step and, on a change, warns and leaves decoding to the eager path for good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+
+import torch
+import torch._inductor.config as inductor_config
+
+from lmstack.device import last_level_cache_bytes
+from lmstack.infer.paged_cache import PagedKVCache
+from lmstack.infer.quantize import Int8Linear
+
+log = logging.getLogger(__name__)
+
+# Decode steps whose longest past is shorter run eagerly: a dimension of size 0 or 1 would make dynamo
+# specialise the graph and compile it again (the first two steps of a one-token prompt).
+MIN_PAST_KEYS = 2
+
+
+class GatheredDecodeCache:
+    """A KV cache (model.gpt's `attend` interface) for one decode step that reads the pool and writes nothing.
+
+    Sequence b attends over the keys at past_slots[b] (B, P) where mask[b] allows, and over its new key, the
+    last column: mask (B, 1, 1, P + 1), True = may attend."""
+
+    def __init__(self, k_pool: torch.Tensor, v_pool: torch.Tensor, past_slots: torch.Tensor, mask: torch.Tensor):
+        self.k_pool, self.v_pool, self.past_slots, self.mask = k_pool, v_pool, past_slots, mask
+        self.new_keys: list[torch.Tensor] = []
+        self.new_values: list[torch.Tensor] = []
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (B, H, 1, D), k and v (B, K, 1, D) -> (B, H, 1, D); in fp32 like the eager decode_attention."""
+        B, H, _, D = q.shape
+        K = k.size(1)
+        self.new_keys.append(k[:, :, 0])
+        self.new_values.append(v[:, :, 0])
+        # (B, P + 1, K, D); inductor fuses the gather into the loops that read it
+        keys = torch.cat([self.k_pool[layer_idx][self.past_slots], k.transpose(1, 2)], dim=1).float()
+        values = torch.cat([self.v_pool[layer_idx][self.past_slots], v.transpose(1, 2)], dim=1).float()
+        # Grouped-query heads: the H // K query heads of a kv head share its keys.
+        queries = q.float().reshape(B, K, H // K, D) * D ** -0.5
+        scores = torch.einsum("bkhd,blkd->bkhl", queries, keys).masked_fill(~self.mask, float("-inf"))
+        y = torch.einsum("bkhl,blkd->bkhd", scores.softmax(-1), values)
+        return y.reshape(B, H, 1, D).to(q.dtype)
+
+
+class DecodeStep(torch.nn.Module):
+    """(ids (B, 1), positions (B, 1), block_tables (B, W), past P, k_pool, v_pool) -> logits (B, V) and the step's
+    new keys and values (n_layer, B, K, D). Sequence b's past keys are its positions 0 .. positions[b] - 1, found
+    through its block table (padded rows are masked); P is the longest past. The pools are arguments, not
+    attributes: freezing would make attributes constants."""
+
+    def __init__(self, model: torch.nn.Module, block_size: int):
+        super().__init__()
+        self.model, self.block_size = model, block_size
+
+    def forward(self, ids, positions, block_tables, past, k_pool, v_pool):
+        columns = torch.arange(past, device=ids.device)
+        past_slots = block_tables[:, columns // self.block_size] * self.block_size + columns % self.block_size
+        columns = torch.arange(past + 1, device=ids.device)
+        mask = ((columns < positions) | (columns == past)).view(ids.size(0), 1, 1, past + 1)
+        cache = GatheredDecodeCache(k_pool, v_pool, past_slots, mask)
+        logits, _ = self.model(ids, positions=positions, kv_cache=cache)
+        return logits[:, 0], torch.stack(cache.new_keys), torch.stack(cache.new_values)
+
+
+# See the module doc.
+CPU_INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True}
+# Inductor times its own C++ GEMM for each linear against oneDNN's and keeps the faster (one row of bf16 weights,
+# 256x256: 3.2 us against 12.5); the timings' tables it would print, one per shape, are off. Only where it pays:
+# see `cpp_gemms_pay`.
+AUTOTUNE_OPTIONS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "autotune_num_choices_displayed": 0,
+                    "max_autotune_report_choices_stats": False}
+
+
+def cpp_gemms_pay(model: torch.nn.Module) -> bool:
+    """Whether a lone sequence's decode graph should autotune its GEMMs (AUTOTUNE_OPTIONS). Autotuning times each GEMM
+    alone, its weights hot in cache. That picks well for int8 weights (GPT-2-124M, 2 threads: 159 tok/s against 145)
+    and for weights that all stay in the last-level cache (depth-4 llama, 10 MB of bf16: ~1.9k against ~1.5k), and
+    badly for bf16 weights streamed from memory (GPT-2-124M, 250 MB: 86 against oneDNN's 125)."""
+    weights = {id(m.weight): m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))}
+    if any(w.dtype == torch.int8 for w in weights.values()):
+        return True
+    cache = last_level_cache_bytes()
+    return cache is not None and 2 * sum(w.numel() * w.element_size() for w in weights.values()) <= cache
+
+
+@contextlib.contextmanager
+def _inductor_options(options: dict):
+    """Inductor options while dynamo traces and inductor compiles, which happens inside a call (the first one, and
+    new shapes); set and restored around each call, so no other compile in the process sees them. Plain attribute
+    writes: `inductor_config.patch` costs ~16 us a call."""
+    saved = {name: getattr(inductor_config, name) for name in options}
+    for name, value in options.items():
+        setattr(inductor_config, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(inductor_config, name, value)
+
+
+class CompiledDecoder:
+    """Decode steps through the compiled DecodeStep, writing their keys and values into `cache`. compile=False runs
+    the same step eagerly: the tests check its arithmetic that way, in seconds instead of minutes of compiling."""
+
+    def __init__(self, model: torch.nn.Module, cache: PagedKVCache, compile: bool = True):
+        self.cache = cache
+        self.block_size = cache.block_size
+        step = DecodeStep(model, cache.block_size).eval()
+        self.step = torch.compile(step, dynamic=True) if compile else step
+        on_cpu = cache.k.device.type == "cpu"
+        # Batched steps' graph does not autotune: its GEMMs have a dynamic row count, for which inductor's C++ GEMM lost
+        # to oneDNN (32 sequences of the depth-4 llama: 4.6k tok/s against 9.9k).
+        self.batch_options = CPU_INDUCTOR_OPTIONS if on_cpu else {}
+        self.options = self.batch_options
+        if on_cpu and cpp_gemms_pay(model):
+            self.options = {**CPU_INDUCTOR_OPTIONS, **AUTOTUNE_OPTIONS}
+        # Inference tensors have no version counter; nothing can train them.
+        self._weights = [t for t in itertools.chain(model.parameters(), model.buffers()) if not t.is_inference()]
+        self._versions = self._weight_versions()
+        self.disabled = False
+        self.compiled_steps = 0  # decode steps run through the compiled graph
+
+    def _weight_versions(self) -> tuple[int, ...]:
+        return tuple(t._version for t in self._weights)
+
+    def accepts(self, positions: list[int]) -> bool:
+        """Whether this decode step (one position per sequence) runs compiled; otherwise the caller runs it eagerly."""
+        if self.disabled or max(positions) < MIN_PAST_KEYS:
+            return False
+        if self._weight_versions() != self._versions:
+            log.warning("the model's weights changed after the engine compiled its decode step (compile=True freezes "
+                        "them); decoding eagerly from now on. Build a new Engine to compile the new weights")
+            self.disabled = True
+            return False
+        return True
+
+    def run(self, tokens: list[int], positions: list[int], block_tables: list[list[int]]) -> torch.Tensor:
+        """One decode step: token b sits at positions[b] of the sequence with block_tables[b] -> logits (B, V).
+        Writes the step's keys and values into the cache."""
+        device = self.cache.k.device
+        past, size = max(positions), self.block_size
+        width = max(2, -(-past // size))  # never 1: dynamo would specialise the graph to it and compile it again
+        tables = torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in block_tables], device=device)
+        with _inductor_options(self.options if len(tokens) == 1 else self.batch_options):
+            logits, new_keys, new_values = self.step(
+                torch.tensor(tokens, device=device).unsqueeze(1), torch.tensor(positions, device=device).unsqueeze(1),
+                tables, past, self.cache.k, self.cache.v)
+        new_slots = torch.tensor([t[p // size] * size + p % size for t, p in zip(block_tables, positions)],
+                                 device=device)
+        self.cache.k.index_copy_(1, new_slots, new_keys)
+        self.cache.v.index_copy_(1, new_slots, new_values)
+        self.compiled_steps += 1
+        return logits

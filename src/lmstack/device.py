@@ -126,12 +126,12 @@ def _cpu_has_bf16() -> bool:
 def last_level_cache_bytes() -> int | None:
     """Size of the CPU's largest cache (Linux sysfs, e.g. L3 "32768K"); None where it does not say."""
     sizes = []
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
             size = (index / "size").read_text().strip()
         except OSError:
             continue
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
         if size[:-1].isdigit() and size[-1] in units:
             sizes.append(int(size[:-1]) * units[size[-1]])
     return max(sizes, default=None)

@@ -1,25 +1,73 @@
-"""The decode fast paths (one attention group holding every row: no query gather, no output scatter, no
-mask for a lone sequence; no logits row selection) against full recomputation without a cache."""
+"""The decode fast paths against full recomputation without a cache: the eager one (one attention group holding
+every row: no query gather, no output scatter, no mask for a lone sequence; no logits row selection) and the
+compiled decode step's code (infer/compiled_decode.py), run here without compiling so that the engine's use of it
+is checked in seconds."""
 
+import pytest
+import torch
 from infer_helpers import recompute_greedy, recompute_greedy_batch, tiny_model
 
+from lmstack.infer.compiled_decode import CompiledDecoder
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
 
 
-def test_single_sequence_decode_equals_full_recompute(arch):
+@pytest.fixture(params=["paged", "compiled-step"])
+def decoder(request) -> str:
+    return request.param
+
+
+def make_engine(model, decoder: str, **config) -> Engine:
+    engine = Engine(model, None, EngineConfig(**config))
+    if decoder == "compiled-step":
+        engine._compiled = CompiledDecoder(model, engine.cache, compiled=False)
+    return engine
+
+
+def ran_compiled_step(engine: Engine) -> bool:
+    return engine._compiled is not None and engine._compiled.compiled_steps > 0
+
+
+def test_single_sequence_decode_equals_full_recompute(arch, decoder):
     model = tiny_model(arch)
-    engine = Engine(model, None, EngineConfig(block_size=4, num_blocks=64))
+    engine = make_engine(model, decoder, block_size=4, num_blocks=64)
     prompt = [3, 1, 4, 1, 5, 9, 2, 6]
     out = engine.generate([prompt], SamplingParams(max_tokens=60, temperature=0))[0]
     assert out.token_ids == recompute_greedy(model, prompt, 60)
+    assert ran_compiled_step(engine) == (decoder == "compiled-step")
 
 
-def test_one_token_prefill_chunks_beside_decodes_equal_full_recompute(arch):
+def test_one_token_prefill_chunks_beside_decodes_equal_full_recompute(arch, decoder):
     # A budget of 2 tokens: the second prompt is prefilled one token per step beside the first one's decode,
     # so steps of length-1 chunks occur where a row must not be sampled.
     model = tiny_model(arch)
     prompts = [[1, 2, 3], [5] * 9]
-    engine = Engine(model, None, EngineConfig(block_size=4, num_blocks=64, max_batched_tokens=2))
+    engine = make_engine(model, decoder, block_size=4, num_blocks=64, max_batched_tokens=2)
     outputs = engine.generate(prompts, SamplingParams(max_tokens=15, temperature=0))
     assert [o.token_ids for o in outputs] == recompute_greedy_batch(model, prompts, 15)
+
+
+def test_steps_of_one_unsampled_prompt_token_give_the_same_tokens_and_prompt_logprobs(decoder):
+    # A budget of 1 token: the prompt goes through one token per step, none of which samples until the last, and
+    # prompt logprobs are read from those steps' logits.
+    model = tiny_model("llama")
+    prompt = [4, 8, 15, 16, 23, 42, 7, 9]
+    params = SamplingParams(max_tokens=12, temperature=0, prompt_logprobs=2, logprobs=2)
+    out = make_engine(model, decoder, block_size=4, num_blocks=64, max_batched_tokens=1).generate([prompt], params)[0]
+    reference = Engine(model, None, EngineConfig(block_size=4, num_blocks=64)).generate([prompt], params)[0]
+    assert out.token_ids == reference.token_ids == recompute_greedy(model, prompt, 12)
+    assert out.prompt_logprobs[0] is None and reference.prompt_logprobs[0] is None
+    for ours, theirs in zip(out.prompt_logprobs[1:] + out.logprobs, reference.prompt_logprobs[1:] + reference.logprobs):
+        assert ours.token_id == theirs.token_id and [t for t, _ in ours.top] == [t for t, _ in theirs.top]
+        torch.testing.assert_close(ours.logprob, theirs.logprob, rtol=1e-4, atol=1e-4)
+
+
+def test_preempted_and_recomputed_sequences_give_the_same_tokens(decoder):
+    model = tiny_model("gpt2")
+    prompts = [[i + 1, i + 2, i + 3] for i in range(6)]
+    params = SamplingParams(max_tokens=45, temperature=0.7, seed=3)
+    ample = Engine(model, None, EngineConfig(block_size=4, num_blocks=200)).generate(prompts, params)
+    tight_engine = make_engine(model, decoder, block_size=4, num_blocks=24)
+    tight = tight_engine.generate(prompts, params)
+    assert tight_engine.scheduler.num_preemptions > 0
+    assert [o.token_ids for o in tight] == [o.token_ids for o in ample]

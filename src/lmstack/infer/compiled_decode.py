@@ -17,9 +17,9 @@ and, where it pays (`cpp_gemms_pay`), `max_autotune` with inductor's own C++ GEM
 AVX512-BF16 machine, 1 thread, depth-4 llama, bs=1 (bench/decode.py --compile): the engine decodes ~1.6-1.9k
 tok/s against ~0.8k eager. A batched step's graph has a dynamic batch size; the first step of one sequence
 and of several each compile a graph (~20-40 s on that machine, more for bigger models).
-Frozen weights are a copy taken at the first compiled step. A model changed in place after that (trained
-between engine calls) would decode with the old weights, so the decoder checks the weights' version
-counters each step and, on a change, warns and leaves decoding to the eager path for good.
+Frozen weights are a copy taken when a graph compiles. A model changed after the first compiled step (trained
+between engine calls, a weight replaced) would decode with the old weights, so the decoder checks the weights'
+identity and version counters each step and, on a change, warns and leaves decoding to the eager path for good.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ import logging
 
 import torch
 import torch._inductor.config as inductor_config
+import torch.fx.experimental._config
 
 from lmstack.device import last_level_cache_bytes
-from lmstack.infer.paged_cache import PagedKVCache
+from lmstack.infer.paged_cache import PagedKVCache, padded_block_tables, slot_of
 from lmstack.infer.quantize import Int8Linear
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,23 @@ class DecodeStep(torch.nn.Module):
         return logits[:, 0], torch.stack(cache.new_keys), torch.stack(cache.new_values)
 
 
-# See the module doc.
+# See the module doc. Passed to inductor as torch.compile options, which apply while it compiles.
 CPU_INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True}
 # Inductor times its own C++ GEMM for each linear against oneDNN's and keeps the faster (one row of bf16 weights,
 # 256x256: 3.2 us against 12.5); the timings' tables it would print, one per shape, are off. Only where it pays:
 # see `cpp_gemms_pay`.
 AUTOTUNE_OPTIONS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "autotune_num_choices_displayed": 0,
                     "max_autotune_report_choices_stats": False}
+# Settings dynamo reads while it traces, before inductor's options apply, so they are set around each call
+# (`_trace_settings`):
+#  - `freezing`: dynamo makes the weights graph constants only when it is on;
+#  - duck shaping off: dynamo would give dimensions of equal size one symbol, so a first batch of 2 sequences with
+#    block tables 2 wide would compile a graph for batch == width, and compile again at the next step.
+CPU_TRACE_SETTINGS = ((inductor_config, "freezing", True), (torch.fx.experimental._config, "use_duck_shape", False))
+TRACE_SETTINGS = ((torch.fx.experimental._config, "use_duck_shape", False),)
+# Graphs the decoder compiles, each holding a frozen copy of the weights: a lone sequence's, and a batch's (dynamo
+# specialises a batch of 1).
+COMPILED_GRAPHS = 2
 
 
 def cpp_gemms_pay(model: torch.nn.Module) -> bool:
@@ -110,51 +121,66 @@ def cpp_gemms_pay(model: torch.nn.Module) -> bool:
     return cache is not None and 2 * sum(w.numel() * w.element_size() for w in weights.values()) <= cache
 
 
+def _known(options: dict) -> dict:
+    """The inductor options this PyTorch has (older releases lack some; those are left out)."""
+    return {name: value for name, value in options.items() if hasattr(inductor_config, name)}
+
+
 @contextlib.contextmanager
-def _inductor_options(options: dict):
-    """Inductor options while dynamo traces and inductor compiles, which happens inside a call (the first one, and
-    new shapes); set and restored around each call, so no other compile in the process sees them. Plain attribute
-    writes: `inductor_config.patch` costs ~16 us a call."""
-    saved = {name: getattr(inductor_config, name) for name in options}
-    for name, value in options.items():
-        setattr(inductor_config, name, value)
+def _trace_settings(settings: tuple[tuple[object, str, object], ...]):
+    """(config module, name, value) settings while the call runs, restored after it, so that other compiles in the
+    process do not see them (the engine steps from one thread; a compile in another thread at that moment would)."""
+    saved = [(config, name, getattr(config, name)) for config, name, _ in settings]
+    for config, name, value in settings:
+        setattr(config, name, value)
     try:
         yield
     finally:
-        for name, value in saved.items():
-            setattr(inductor_config, name, value)
+        for config, name, value in saved:
+            setattr(config, name, value)
 
 
 class CompiledDecoder:
-    """Decode steps through the compiled DecodeStep, writing their keys and values into `cache`. compile=False runs
-    the same step eagerly: the tests check its arithmetic that way, in seconds instead of minutes of compiling."""
+    """Decode steps through the compiled DecodeStep, writing their keys and values into `cache`. compiled=False runs
+    the same step eagerly: the tests check its arithmetic and the engine's use of it that way, in seconds instead
+    of minutes of compiling."""
 
-    def __init__(self, model: torch.nn.Module, cache: PagedKVCache, compile: bool = True):
-        self.cache = cache
+    def __init__(self, model: torch.nn.Module, cache: PagedKVCache, compiled: bool = True):
+        self.model, self.cache = model, cache
         self.block_size = cache.block_size
         step = DecodeStep(model, cache.block_size).eval()
-        self.step = torch.compile(step, dynamic=True) if compile else step
         on_cpu = cache.k.device.type == "cpu"
         # Batched steps' graph does not autotune: its GEMMs have a dynamic row count, for which inductor's C++ GEMM lost
-        # to oneDNN (32 sequences of the depth-4 llama: 4.6k tok/s against 9.9k).
-        self.batch_options = CPU_INDUCTOR_OPTIONS if on_cpu else {}
-        self.options = self.batch_options
-        if on_cpu and cpp_gemms_pay(model):
-            self.options = {**CPU_INDUCTOR_OPTIONS, **AUTOTUNE_OPTIONS}
-        # Inference tensors have no version counter; nothing can train them.
-        self._weights = [t for t in itertools.chain(model.parameters(), model.buffers()) if not t.is_inference()]
-        self._versions = self._weight_versions()
+        # to oneDNN (32 sequences of the depth-4 llama: 4.6k tok/s against 8.1k).
+        batch = CPU_INDUCTOR_OPTIONS if on_cpu else {}
+        single = {**batch, **AUTOTUNE_OPTIONS} if on_cpu and cpp_gemms_pay(model) else batch
+        # Two compiled callables: dynamo keeps their graphs apart (each call checks only its own), and each compiles
+        # with its options. fullgraph: a graph break would silently leave part of every step to Python.
+        self.single_step, self.batch_step = (
+            (torch.compile(step, dynamic=True, fullgraph=True, options=_known(options)) for options in (single, batch))
+            if compiled else (step, step))
+        for pool in (cache.k, cache.v):  # the same tensors every step: no symbols for their sizes
+            torch._dynamo.mark_static(pool)
+        self.trace_settings = CPU_TRACE_SETTINGS if on_cpu else TRACE_SETTINGS
+        self._frozen: list[tuple[torch.Tensor, int]] | None = None  # the weights at the first step, and their versions
         self.disabled = False
         self.compiled_steps = 0  # decode steps run through the compiled graph
 
-    def _weight_versions(self) -> tuple[int, ...]:
-        return tuple(t._version for t in self._weights)
+    def _weights_changed(self) -> bool:
+        """Whether a weight changed in place since the first compiled step (the graphs hold frozen copies of the weights
+        of that time). A weight replaced by another tensor needs no check: dynamo's guards see it and compile again."""
+        if self._frozen is None:
+            # Inference tensors have no version counter; nothing can train them.
+            weights = itertools.chain(self.model.parameters(), self.model.buffers())
+            self._frozen = [(t, t._version) for t in weights if not t.is_inference()]
+            return False
+        return any(t._version != version for t, version in self._frozen)
 
     def accepts(self, positions: list[int]) -> bool:
         """Whether this decode step (one position per sequence) runs compiled; otherwise the caller runs it eagerly."""
         if self.disabled or max(positions) < MIN_PAST_KEYS:
             return False
-        if self._weight_versions() != self._versions:
+        if self._weights_changed():
             log.warning("the model's weights changed after the engine compiled its decode step (compile=True freezes "
                         "them); decoding eagerly from now on. Build a new Engine to compile the new weights")
             self.disabled = True
@@ -166,14 +192,13 @@ class CompiledDecoder:
         Writes the step's keys and values into the cache."""
         device = self.cache.k.device
         past, size = max(positions), self.block_size
-        width = max(2, -(-past // size))  # never 1: dynamo would specialise the graph to it and compile it again
-        tables = torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in block_tables], device=device)
-        with _inductor_options(self.options if len(tokens) == 1 else self.batch_options):
-            logits, new_keys, new_values = self.step(
+        # Never 1 wide: dynamo would specialise a graph to it and compile it again.
+        tables = padded_block_tables(block_tables, max(2, -(-past // size)), device)
+        with _trace_settings(self.trace_settings):
+            logits, new_keys, new_values = (self.single_step if len(tokens) == 1 else self.batch_step)(
                 torch.tensor(tokens, device=device).unsqueeze(1), torch.tensor(positions, device=device).unsqueeze(1),
                 tables, past, self.cache.k, self.cache.v)
-        new_slots = torch.tensor([t[p // size] * size + p % size for t, p in zip(block_tables, positions)],
-                                 device=device)
+        new_slots = torch.tensor([slot_of(t, p, size) for t, p in zip(block_tables, positions)], device=device)
         self.cache.k.index_copy_(1, new_slots, new_keys)
         self.cache.v.index_copy_(1, new_slots, new_values)
         self.compiled_steps += 1

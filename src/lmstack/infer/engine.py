@@ -32,11 +32,13 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
   bit-identical outputs, about twice the decode speed, a second copy of the Linear weights in memory (skipped,
   with a warning, when that copy would take more than half of the memory free). The
   layers are swapped in place but keep their Parameters and train as before; the packed copies follow
-  every change of the weights. With `compile=True` the compiled decode steps hold inductor's own (frozen) copy.
+  every change of the weights. With `compile=True` the prefill steps use them; the memory check also counts the
+  compiled graphs' own copies.
 - `compile=True` compiles the decode steps with torch.compile (infer/compiled_decode.py; ~1 min of compiling on the
   first decode steps). On CPU a small model decodes about twice as fast at bs=1; GPT-2-124M, bound by reading its
-  weights, about as fast as eager. It freezes the weights: a model changed in place afterwards makes the engine warn
-  and decode eagerly.
+  weights, a little faster. Each of its two graphs (a lone sequence's, a batch's) freezes a copy of the weights: a
+  model changed afterwards makes the engine warn and decode eagerly. With `cuda_graphs=True` on NVIDIA, the CUDA
+  graphs take the decode steps and `compile` is not used.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from tqdm.auto import tqdm
 
 from lmstack.device import available_memory_bytes, detect_device, inference_dtype
 from lmstack.infer.block_manager import BlockManager
-from lmstack.infer.compiled_decode import CompiledDecoder
+from lmstack.infer.compiled_decode import COMPILED_GRAPHS, CompiledDecoder
 from lmstack.infer.cuda_graphs import CudaGraphDecoder
 from lmstack.infer.detokenizer import IncrementalDetokenizer
 from lmstack.infer.paged_cache import PagedKVCache, build_layout
@@ -146,14 +148,17 @@ class Engine:
         cfg = model.cfg
         weight = model.tok_emb.weight
         self.device, self.dtype = weight.device, weight.dtype
-        # With compile=True too: prefill steps run eagerly, and traced code takes F.linear (see PackedLinear).
+        # With compile=True too, for the eager prefill steps; its graphs hold frozen copies of their own, which the
+        # memory check counts (traced code takes F.linear, see PackedLinear).
         if config.pack_weights and packing_supported(self.device, self.dtype):
-            if packed_copy_fits(model, available_memory_bytes()):
+            frozen_copies = COMPILED_GRAPHS if config.compile else 0
+            if packed_copy_fits(model, available_memory_bytes(), frozen_copies):
                 pack_linears(model)
             else:  # a second copy of a big model's weights would run the machine out of memory
-                log.warning("not prepacking the Linear weights: the packed copy (%.1f GB) would take more than half "
-                            "of the memory free; decode runs unpacked, about half as fast (pack_weights=False "
-                            "silences this)", linear_weight_bytes(model) / 1e9)
+                log.warning("not prepacking the Linear weights: the packed copy (%.1f GB, and %d compiled graphs' "
+                            "copies) would take more than half of the memory free; eager steps run unpacked, about "
+                            "half as fast (pack_weights=False silences this)", linear_weight_bytes(model) / 1e9,
+                            frozen_copies)
         self.num_total_blocks = self._pool_blocks(config, cfg, self.dtype)
         use_graphs = config.cuda_graphs and self.device.type == "cuda" and torch.version.hip is None
         # CUDA graphs pad batches; padded rows write into one spare block that the block manager never hands out.
@@ -337,15 +342,13 @@ class Engine:
                 logit_rows.append(base + chunk.length - 1)
         device = self.device
         # logit_rows rises through 0 .. N-1, so equal lengths mean every row is wanted: no row selection.
-        every_row = len(logit_rows) == len(ids)
+        logits_at = None if len(logit_rows) == len(ids) else torch.tensor(logit_rows, device=device, dtype=torch.long)
         if len(ids) == len(chunks):  # a decode step: one token per sequence (a lone prompt token counts)
             logits = self._fast_decode(ids, positions, chunks)
             if logits is not None:
-                logits = logits if every_row else logits[torch.tensor(logit_rows, device=device)]
-                return logits.float(), sample_rows, prompt_rows
+                return (logits if logits_at is None else logits[logits_at]).float(), sample_rows, prompt_rows
         self.cache.layout = build_layout([(c.seq.block_table, c.start, c.length) for c in chunks],
                                          self.config.block_size, device)
-        logits_at = None if every_row else torch.tensor(logit_rows, device=device, dtype=torch.long)
         logits, _ = self.model(torch.tensor([ids], device=device), positions=torch.tensor([positions], device=device),
                                kv_cache=self.cache, logits_at=logits_at)
         self.cache.layout = None

@@ -83,10 +83,11 @@ def linear_weight_bytes(model: nn.Module) -> int:
     return sum(w.numel() * w.element_size() for w in weights.values())
 
 
-def packed_copy_fits(model: nn.Module, available: int | None) -> bool:
-    """Whether the packed copy takes at most half of the `available` bytes, leaving the rest for the KV pool and
-    activations; True when the amount is unknown."""
-    return available is None or 2 * linear_weight_bytes(model) <= available
+def packed_copy_fits(model: nn.Module, available: int | None, other_copies: int = 0) -> bool:
+    """Whether the packed copy, with `other_copies` more of the same size (compiled graphs' frozen weights), takes at
+    most half of the `available` bytes, leaving the rest for the KV pool and activations; True when the amount is
+    unknown."""
+    return available is None or 2 * (1 + other_copies) * linear_weight_bytes(model) <= available
 
 
 def pack_linears(model: nn.Module) -> nn.Module:

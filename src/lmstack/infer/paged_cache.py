@@ -183,14 +183,22 @@ def _decode_chunk(queries: torch.Tensor, k_layer: torch.Tensor, v_layer: torch.T
     return y.view(G, H, 1, D)
 
 
+def slot_of(block_table: list[int], position: int, block_size: int) -> int:
+    return block_table[position // block_size] * block_size + position % block_size
+
+
 def slots_of(block_table: list[int], positions: range, block_size: int) -> list[int]:
-    return [block_table[p // block_size] * block_size + p % block_size for p in positions]
+    return [slot_of(block_table, p, block_size) for p in positions]
+
+
+def padded_block_tables(block_tables: list[list[int]], width: int, device: torch.device) -> torch.Tensor:
+    """(G, width): the first `width` blocks of each table, padded with block 0 (whose slots the caller masks)."""
+    return torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in block_tables], device=device)
 
 
 def context_slots(block_tables: list[list[int]], length: int, block_size: int, device: torch.device) -> torch.Tensor:
     """(G * length,) cache slots of positions 0 .. length-1 of each sequence (block tables padded with block 0)."""
-    width = -(-length // block_size)
-    padded = torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in block_tables], device=device)
+    padded = padded_block_tables(block_tables, -(-length // block_size), device)
     slots = padded.unsqueeze(2) * block_size + torch.arange(block_size, device=device)
     return slots.flatten(1)[:, :length].flatten()
 

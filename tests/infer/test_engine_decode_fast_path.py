@@ -47,17 +47,22 @@ def test_one_token_prefill_chunks_beside_decodes_equal_full_recompute(arch, deco
     assert [o.token_ids for o in outputs] == recompute_greedy_batch(model, prompts, 15)
 
 
-def test_steps_of_one_unsampled_prompt_token_give_the_same_tokens_and_prompt_logprobs(decoder):
-    # A budget of 1 token: the prompt goes through one token per step, none of which samples until the last, and
-    # prompt logprobs are read from those steps' logits.
+@pytest.mark.parametrize("prompt_logprobs", [None, 2])
+def test_steps_of_one_unsampled_prompt_token_give_the_same_tokens_and_prompt_logprobs(decoder, prompt_logprobs):
+    # A budget of 1 token: the prompt goes through one token per step, none of which samples until the last: those
+    # steps want no logits at all, or (prompt logprobs) read them for the prompt's tokens.
     model = tiny_model("llama")
     prompt = [4, 8, 15, 16, 23, 42, 7, 9]
-    params = SamplingParams(max_tokens=12, temperature=0, prompt_logprobs=2, logprobs=2)
+    params = SamplingParams(max_tokens=12, temperature=0, prompt_logprobs=prompt_logprobs, logprobs=2)
     out = make_engine(model, decoder, block_size=4, num_blocks=64, max_batched_tokens=1).generate([prompt], params)[0]
     reference = Engine(model, None, EngineConfig(block_size=4, num_blocks=64)).generate([prompt], params)[0]
     assert out.token_ids == reference.token_ids == recompute_greedy(model, prompt, 12)
-    assert out.prompt_logprobs[0] is None and reference.prompt_logprobs[0] is None
-    for ours, theirs in zip(out.prompt_logprobs[1:] + out.logprobs, reference.prompt_logprobs[1:] + reference.logprobs):
+    if prompt_logprobs is None:
+        assert out.prompt_logprobs is None
+    else:
+        assert out.prompt_logprobs[0] is None and reference.prompt_logprobs[0] is None
+    scored, expected = (out.prompt_logprobs or [None])[1:], (reference.prompt_logprobs or [None])[1:]
+    for ours, theirs in zip(scored + out.logprobs, expected + reference.logprobs, strict=True):
         assert ours.token_id == theirs.token_id and [t for t, _ in ours.top] == [t for t, _ in theirs.top]
         torch.testing.assert_close(ours.logprob, theirs.logprob, rtol=1e-4, atol=1e-4)
 

@@ -35,10 +35,10 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
   every change of the weights. With `compile=True` the prefill steps use them; the memory check also counts the
   compiled graphs' own copies.
 - `compile=True` compiles the decode steps with torch.compile (infer/compiled_decode.py; ~1 min of compiling on the
-  first decode steps). On CPU a small model decodes about twice as fast at bs=1; GPT-2-124M, bound by reading its
-  weights, a little faster. Each of its two graphs (a lone sequence's, a batch's) freezes a copy of the weights: a
-  model changed afterwards makes the engine warn and decode eagerly. With `cuda_graphs=True` on NVIDIA, the CUDA
-  graphs take the decode steps and `compile` is not used.
+  first decode steps). On CPU a small model decodes over twice as fast at bs=1; GPT-2-124M, bound by reading its
+  weights, about as fast as eager. Each of its two graphs (a lone sequence's, a batch's) freezes a copy of the
+  weights: a model changed in place afterwards makes the engine warn and decode eagerly. With `cuda_graphs=True` on
+  NVIDIA, the CUDA graphs take the decode steps and `compile` is not used.
 """
 
 from __future__ import annotations

@@ -187,19 +187,31 @@ class CompiledDecoder:
             return False
         return True
 
+    def warm_up(self) -> None:
+        """Compile both graphs now, on placeholder inputs (one sequence, then two, at position MIN_PAST_KEYS of block
+        0), instead of during the first requests (~30 s to minutes a graph on CPU). The step only reads the pool."""
+        self._weights_changed()  # the weights the graphs freeze now
+        with torch.inference_mode():  # as the engine's steps run: dynamo compiles for one grad mode
+            for batch in (1, 2):
+                self._step([0] * batch, [MIN_PAST_KEYS] * batch, [[0]] * batch)
+
     def run(self, tokens: list[int], positions: list[int], block_tables: list[list[int]]) -> torch.Tensor:
         """One decode step: token b sits at positions[b] of the sequence with block_tables[b] -> logits (B, V).
         Writes the step's keys and values into the cache."""
-        device = self.cache.k.device
-        past, size = max(positions), self.block_size
-        # Never 1 wide: dynamo would specialise a graph to it and compile it again.
-        tables = padded_block_tables(block_tables, max(2, -(-past // size)), device)
-        with _trace_settings(self.trace_settings):
-            logits, new_keys, new_values = (self.single_step if len(tokens) == 1 else self.batch_step)(
-                torch.tensor(tokens, device=device).unsqueeze(1), torch.tensor(positions, device=device).unsqueeze(1),
-                tables, past, self.cache.k, self.cache.v)
-        new_slots = torch.tensor([slot_of(t, p, size) for t, p in zip(block_tables, positions)], device=device)
+        logits, new_keys, new_values = self._step(tokens, positions, block_tables)
+        new_slots = torch.tensor([slot_of(t, p, self.block_size) for t, p in zip(block_tables, positions)],
+                                 device=self.cache.k.device)
         self.cache.k.index_copy_(1, new_slots, new_keys)
         self.cache.v.index_copy_(1, new_slots, new_values)
         self.compiled_steps += 1
         return logits
+
+    def _step(self, tokens: list[int], positions: list[int], block_tables: list[list[int]]):
+        device = self.cache.k.device
+        past = max(positions)
+        # Never 1 wide: dynamo would specialise a graph to it and compile it again.
+        tables = padded_block_tables(block_tables, max(2, -(-past // self.block_size)), device)
+        with _trace_settings(self.trace_settings):
+            return (self.single_step if len(tokens) == 1 else self.batch_step)(
+                torch.tensor(tokens, device=device).unsqueeze(1), torch.tensor(positions, device=device).unsqueeze(1),
+                tables, past, self.cache.k, self.cache.v)

@@ -34,9 +34,9 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
   layers are swapped in place but keep their Parameters and train as before; the packed copies follow
   every change of the weights. With `compile=True` the prefill steps use them; the memory check also counts the
   compiled graphs' own copies.
-- `compile=True` compiles the decode steps with torch.compile (infer/compiled_decode.py; ~1 min of compiling on the
-  first decode steps). On CPU a small model decodes over twice as fast at bs=1; GPT-2-124M, bound by reading its
-  weights, about as fast as eager. Each of its two graphs (a lone sequence's, a batch's) freezes a copy of the
+- `compile=True` compiles the decode steps with torch.compile (infer/compiled_decode.py) when the engine is built
+  (~1 min), not during the first requests. On CPU a small model decodes over twice as fast at bs=1; GPT-2-124M,
+  bound by reading its weights, about as fast as eager. Each of its two graphs (a lone sequence's, a batch's) freezes a copy of the
   weights: a model changed in place afterwards makes the engine warn and decode eagerly. With `cuda_graphs=True` on
   NVIDIA, the CUDA graphs take the decode steps and `compile` is not used.
 """
@@ -79,7 +79,7 @@ class EngineConfig:
     max_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decode tokens)
     dtype: str = "auto"  # weights and cache: auto (bf16 where the device has it) | float32 | bfloat16 | float16
     device: str = "auto"
-    compile: bool = False  # torch.compile the decode step (~1 min of compiling; measure: bench/decode.py --compile)
+    compile: bool = False  # torch.compile the decode steps, when built (~1 min; measure: bench/decode.py --compile)
     enable_prefix_caching: bool = True
     cuda_graphs: bool = False  # replay captured decode steps on NVIDIA GPUs (captured on the first decode)
     quantization: str | None = None  # "int8": weight-only int8 Linears (replaces the model's layers in place)
@@ -172,7 +172,11 @@ class Engine:
         self._inbox: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
         self._ids = itertools.count()
-        self._compiled = CompiledDecoder(model, self.cache) if config.compile and not use_graphs else None
+        self._compiled = None
+        if config.compile and not use_graphs:
+            log.info("compiling the decode steps (torch.compile, about a minute)")
+            self._compiled = CompiledDecoder(model, self.cache)
+            self._compiled.warm_up()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: EngineConfig | None = None) -> "Engine":

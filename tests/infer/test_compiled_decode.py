@@ -3,10 +3,11 @@ pool through block tables, attends over them and its own new key, and hands the 
 
 import pytest
 import torch
+import torch._inductor.config as inductor_config
 from infer_helpers import PROMPTS, tiny_model
 
 from lmstack.device import last_level_cache_bytes
-from lmstack.infer.compiled_decode import CompiledDecoder, cpp_gemms_pay
+from lmstack.infer.compiled_decode import CompiledDecoder, _trace_settings, cpp_gemms_pay
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
 from lmstack.infer.quantize import quantize_model
@@ -58,3 +59,12 @@ def test_gemms_autotune_for_int8_weights_and_for_weights_that_fit_in_the_cache()
         big = GPT(ModelConfig(arch="llama", vocab_size=64, block_size=64, n_layer=1, n_head=1, n_embd=width))
     assert not cpp_gemms_pay(big.to(torch.bfloat16))
     assert cpp_gemms_pay(quantize_model(tiny_model("gpt2")))
+
+
+def test_trace_settings_are_restored_even_when_the_call_raises():
+    before = inductor_config.freezing
+    with pytest.raises(RuntimeError, match="boom"):
+        with _trace_settings(((inductor_config, "freezing", not before),)):
+            assert inductor_config.freezing is (not before)
+            raise RuntimeError("boom")
+    assert inductor_config.freezing is before

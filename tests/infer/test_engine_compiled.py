@@ -17,21 +17,26 @@ def test_compiled_decode_equals_full_recompute(arch):
     model = tiny_model(arch)
     engine = Engine(model, None, EngineConfig(block_size=8, num_blocks=128, compile=True))
     outputs = engine.generate(PROMPTS, GREEDY)
-    assert engine._compiled.compiled_steps >= 38  # all but the one-token prompt's first two steps
+    assert engine._compiled.compiled_steps == 39  # every step after the prefill (which gave the first token)
     assert [o.token_ids for o in outputs] == recompute_greedy_batch(model, PROMPTS, 40)
 
 
 @pytest.mark.slow
-def test_compiled_engine_decodes_eagerly_after_the_weights_change(caplog):
+@pytest.mark.parametrize("change", ["in place", "replaced"])
+def test_compiled_engine_decodes_eagerly_after_the_weights_change(caplog, change):
     model = tiny_model("llama")
     engine = Engine(model, None, EngineConfig(block_size=8, num_blocks=128, compile=True))
     assert engine.generate([PROMPTS[1]], GREEDY)[0].token_ids == recompute_greedy(model, PROMPTS[1], 40)
     compiled_steps = engine._compiled.compiled_steps
-    with torch.no_grad():  # in place, as an optimizer step would: the compiled graph holds the old weights
-        model.lm_head.weight.copy_(torch.randn_like(model.lm_head.weight))
+    new_weight = torch.randn_like(model.lm_head.weight)
+    with torch.no_grad():  # the compiled graphs hold the old weights
+        if change == "in place":  # as an optimizer step does: the version counter moves
+            model.lm_head.weight.copy_(new_weight)
+        else:  # another tensor: dynamo's guards see it, and the step would compile again
+            model.lm_head.weight = torch.nn.Parameter(new_weight)
     with caplog.at_level(logging.WARNING, logger="lmstack.infer"):
         tokens = engine.generate([PROMPTS[1]], GREEDY)[0].token_ids
-    assert "weights changed" in caplog.text
+    assert ("weights changed" if change == "in place" else "needed a new compile") in caplog.text
     assert engine._compiled.compiled_steps == compiled_steps
     assert tokens == recompute_greedy(model, PROMPTS[1], 40)
 

@@ -160,6 +160,8 @@ def test_the_packed_copy_is_sized_once_per_weight_and_must_fit_in_half_the_free_
     expected = 2 * (blocks + model.tok_emb.weight.numel())  # bf16: 2 bytes each
     assert linear_weight_bytes(model) == expected
     assert packed_copy_fits(model, 2 * expected) and not packed_copy_fits(model, 2 * expected - 1)
+    # with the compiled decode graphs' two frozen copies: three copies in half of what is free
+    assert packed_copy_fits(model, 6 * expected, 2) and not packed_copy_fits(model, 6 * expected - 1, 2)
     assert packed_copy_fits(model, None)  # an OS that does not say: pack
     total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
     assert 0 < available_memory_bytes() <= total

@@ -14,12 +14,14 @@ step is ~150 small PyTorch ops around 0.3 ms of matmuls):
     the norm, the attention with RoPE and the gather, SwiGLU; the residual adds go into the linears);
   - `cpp_wrapper`: the graph calls its kernels from C++, not from a Python wrapper;
 and, where it pays (`cpp_gemms_pay`), `max_autotune` with inductor's own C++ GEMMs. Measured on the 2-core
-AVX512-BF16 machine, 1 thread, depth-4 llama, bs=1 (bench/decode.py --compile): the engine decodes ~1.6-1.9k
-tok/s against ~0.8k eager. A batched step's graph has a dynamic batch size; the first step of one sequence
-and of several each compile a graph (~20-40 s on that machine, more for bigger models).
-Frozen weights are a copy taken when a graph compiles. A model changed after the first compiled step (trained
-between engine calls, a weight replaced) would decode with the old weights, so the decoder checks the weights'
-identity and version counters each step and, on a change, warns and leaves decoding to the eager path for good.
+AVX512-BF16 machine, 1 thread, depth-4 llama, bs=1 (bench/decode.py --threads 1 --compile): the engine decodes
+~1.5-1.7k tok/s against ~0.75k eager. There are two graphs, one sequence's and a batch's (its batch size is
+dynamic); the engine compiles both when it is built (`warm_up`: ~30 s on that machine, more for bigger models).
+
+On CPU the frozen weights are a copy taken when the engine compiles its graphs (when it is built). A model
+changed afterwards would decode with the old weights: the decoder checks the weights' version counters each
+step (changes in place, such as training between engine calls), dynamo's guards see a weight replaced by another
+tensor, and either makes the decoder warn and leave decoding to the eager path for good.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ AUTOTUNE_OPTIONS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATE
 #    block tables 2 wide would compile a graph for batch == width, and compile again at the next step.
 CPU_TRACE_SETTINGS = ((inductor_config, "freezing", True), (torch.fx.experimental._config, "use_duck_shape", False))
 TRACE_SETTINGS = ((torch.fx.experimental._config, "use_duck_shape", False),)
+# After the warm-up, a step that would compile again (a weight replaced, which dynamo's guards see; a shape
+# nothing foresaw) raises instead, and decoding goes on eagerly: a compile mid-serving would stall every request
+# for up to a minute and freeze yet another copy of the weights.
+NO_RECOMPILE = ((torch._dynamo.config, "error_on_recompile", True),)
 # Graphs the decoder compiles, each holding a frozen copy of the weights: a lone sequence's, and a batch's (dynamo
 # specialises a batch of 1).
 COMPILED_GRAPHS = 2
@@ -112,7 +118,8 @@ COMPILED_GRAPHS = 2
 def cpp_gemms_pay(model: torch.nn.Module) -> bool:
     """Whether a lone sequence's decode graph should autotune its GEMMs (AUTOTUNE_OPTIONS). Autotuning times each GEMM
     alone, its weights hot in cache. That picks well for int8 weights (GPT-2-124M, 2 threads: 159 tok/s against 145)
-    and for weights that all stay in the last-level cache (depth-4 llama, 10 MB of bf16: ~1.9k against ~1.5k), and
+    and for weights that all stay in the last-level cache (depth-4 llama, 10 MB of bf16, 1 thread: ~1.6-1.9k against
+    ~1.45k), and
     badly for bf16 weights streamed from memory (GPT-2-124M, 250 MB: 86 against oneDNN's 125)."""
     weights = {id(m.weight): m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))}
     if any(w.dtype == torch.int8 for w in weights.values()):
@@ -129,7 +136,7 @@ def _known(options: dict) -> dict:
 @contextlib.contextmanager
 def _trace_settings(settings: tuple[tuple[object, str, object], ...]):
     """(config module, name, value) settings while the call runs, restored after it, so that other compiles in the
-    process do not see them (the engine steps from one thread; a compile in another thread at that moment would)."""
+    process do not see them."""
     saved = [(config, name, getattr(config, name)) for config, name, _ in settings]
     for config, name, value in settings:
         setattr(config, name, value)
@@ -146,7 +153,7 @@ class CompiledDecoder:
     of minutes of compiling."""
 
     def __init__(self, model: torch.nn.Module, cache: PagedKVCache, compiled: bool = True):
-        self.model, self.cache = model, cache
+        self.model, self.cache, self.compiled = model, cache, compiled
         self.block_size = cache.block_size
         step = DecodeStep(model, cache.block_size).eval()
         on_cpu = cache.k.device.type == "cpu"
@@ -162,13 +169,14 @@ class CompiledDecoder:
         for pool in (cache.k, cache.v):  # the same tensors every step: no symbols for their sizes
             torch._dynamo.mark_static(pool)
         self.trace_settings = CPU_TRACE_SETTINGS if on_cpu else TRACE_SETTINGS
-        self._frozen: list[tuple[torch.Tensor, int]] | None = None  # the weights at the first step, and their versions
+        self.freezes = on_cpu  # the graphs hold copies of the weights (on GPUs they read the model's own)
+        self._frozen: list[tuple[torch.Tensor, int]] | None = None  # the weights when frozen, and their versions
         self.disabled = False
         self.compiled_steps = 0  # decode steps run through the compiled graph
 
     def _weights_changed(self) -> bool:
-        """Whether a weight changed in place since the first compiled step (the graphs hold frozen copies of the weights
-        of that time). A weight replaced by another tensor needs no check: dynamo's guards see it and compile again."""
+        """Whether a weight changed in place since the graphs froze them (a weight replaced by another tensor is seen
+        by dynamo's guards, see NO_RECOMPILE)."""
         if self._frozen is None:
             # Inference tensors have no version counter; nothing can train them.
             weights = itertools.chain(self.model.parameters(), self.model.buffers())
@@ -176,29 +184,47 @@ class CompiledDecoder:
             return False
         return any(t._version != version for t, version in self._frozen)
 
+    def _give_up(self, what: str, error: Exception | None = None) -> None:
+        cause = f" ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})" if error else ""
+        log.warning("%s%s; decoding eagerly from now on", what, cause)
+        self.disabled = True
+
     def accepts(self, positions: list[int]) -> bool:
         """Whether this decode step (one position per sequence) runs compiled; otherwise the caller runs it eagerly."""
         if self.disabled or max(positions) < MIN_PAST_KEYS:
             return False
-        if self._weights_changed():
-            log.warning("the model's weights changed after the engine compiled its decode step (compile=True freezes "
-                        "them); decoding eagerly from now on. Build a new Engine to compile the new weights")
-            self.disabled = True
+        if self.freezes and self._weights_changed():
+            self._give_up("the model's weights changed after the engine compiled its decode steps (compile=True "
+                          "freezes them); build a new Engine to compile the new weights")
             return False
         return True
 
     def warm_up(self) -> None:
         """Compile both graphs now, on placeholder inputs (one sequence, then two, at position MIN_PAST_KEYS of block
-        0), instead of during the first requests (~30 s to minutes a graph on CPU). The step only reads the pool."""
+        0), instead of during the first requests (~30 s to minutes a graph on CPU). The step only reads the pool. A
+        failure to compile (no C++ compiler, say) is logged and leaves decoding eager."""
         self._weights_changed()  # the weights the graphs freeze now
-        with torch.inference_mode():  # as the engine's steps run: dynamo compiles for one grad mode
-            for batch in (1, 2):
-                self._step([0] * batch, [MIN_PAST_KEYS] * batch, [[0]] * batch)
+        try:
+            with torch.inference_mode():  # as the engine's steps run: dynamo compiles for one grad mode
+                for batch in (1, 2):
+                    self._step([0] * batch, [MIN_PAST_KEYS] * batch, [[0]] * batch, self.trace_settings)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: eager decoding still gives the same tokens
+            if not self.compiled:
+                raise
+            self._give_up("could not compile the decode steps", error)
 
-    def run(self, tokens: list[int], positions: list[int], block_tables: list[list[int]]) -> torch.Tensor:
-        """One decode step: token b sits at positions[b] of the sequence with block_tables[b] -> logits (B, V).
-        Writes the step's keys and values into the cache."""
-        logits, new_keys, new_values = self._step(tokens, positions, block_tables)
+    def run(self, tokens: list[int], positions: list[int], block_tables: list[list[int]]) -> torch.Tensor | None:
+        """One decode step: token b sits at positions[b] of the sequence with block_tables[b] -> logits (B, V), and
+        the step's keys and values written into the cache; None when the step would have to compile again (the
+        caller then runs it eagerly)."""
+        try:
+            logits, new_keys, new_values = self._step(tokens, positions, block_tables,
+                                                      self.trace_settings + NO_RECOMPILE)
+        except torch._dynamo.exc.RecompileError as error:
+            if not self.compiled:
+                raise
+            self._give_up("a decode step needed a new compile (was a weight of the model replaced?)", error)
+            return None
         new_slots = torch.tensor([slot_of(t, p, self.block_size) for t, p in zip(block_tables, positions)],
                                  device=self.cache.k.device)
         self.cache.k.index_copy_(1, new_slots, new_keys)
@@ -206,12 +232,12 @@ class CompiledDecoder:
         self.compiled_steps += 1
         return logits
 
-    def _step(self, tokens: list[int], positions: list[int], block_tables: list[list[int]]):
+    def _step(self, tokens: list[int], positions: list[int], block_tables: list[list[int]], settings):
         device = self.cache.k.device
         past = max(positions)
         # Never 1 wide: dynamo would specialise a graph to it and compile it again.
         tables = padded_block_tables(block_tables, max(2, -(-past // self.block_size)), device)
-        with _trace_settings(self.trace_settings):
+        with _trace_settings(settings):
             return (self.single_step if len(tokens) == 1 else self.batch_step)(
                 torch.tensor(tokens, device=device).unsqueeze(1), torch.tensor(positions, device=device).unsqueeze(1),
                 tables, past, self.cache.k, self.cache.v)

@@ -25,20 +25,22 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
   temperature, penalties and filtering, as in vLLM.
 - `SamplingParams.constraint` (a factory of per-sequence token masks) is the hook structured output uses.
 - `Engine(model, ...)` serves the model in the dtype and on the device it is in; `from_checkpoint`
-  loads it with `config.dtype` and `config.device`. `compile` and `cuda_graphs` only change speed.
+  loads it with `config.dtype` and `config.device`. `compile` and `cuda_graphs` change speed, not results
+  (compile: up to rounding, from fused kernels), and cost memory (compile: frozen copies of the weights on CPU).
 - `quantization="int8"` stores the Linear weights as int8 with per-channel scales (infer/quantize.py):
   the engine replaces the model's Linear layers in place, so the model passed in is changed too.
 - `pack_weights` (on by default) gives a bf16 model on CPU oneDNN-prepacked Linear weights (infer/packed.py):
   bit-identical outputs, about twice the decode speed, a second copy of the Linear weights in memory (skipped,
   with a warning, when that copy would take more than half of the memory free). The
   layers are swapped in place but keep their Parameters and train as before; the packed copies follow
-  every change of the weights. With `compile=True` the prefill steps use them; the memory check also counts the
-  compiled graphs' own copies.
+  every change of the weights. With `compile=True` the prefill steps use them; the prepacking memory check also
+  counts the compiled graphs' own copies.
 - `compile=True` compiles the decode steps with torch.compile (infer/compiled_decode.py) when the engine is built
   (~1 min), not during the first requests. On CPU a small model decodes over twice as fast at bs=1; GPT-2-124M,
-  bound by reading its weights, about as fast as eager. Each of its two graphs (a lone sequence's, a batch's) freezes a copy of the
-  weights: a model changed in place afterwards makes the engine warn and decode eagerly. With `cuda_graphs=True` on
-  NVIDIA, the CUDA graphs take the decode steps and `compile` is not used.
+  bound by reading its weights, about as fast as eager. On CPU each of its two graphs (a lone sequence's, a batch's)
+  freezes a copy of the weights: a model changed afterwards makes the engine warn and decode eagerly, as does a
+  compile that fails. With `cuda_graphs=True` on NVIDIA, the CUDA graphs take the decode steps and `compile` is not
+  used.
 """
 
 from __future__ import annotations

@@ -110,6 +110,9 @@ TRACE_SETTINGS = ((torch.fx.experimental._config, "use_duck_shape", False),)
 # nothing foresaw) raises instead, and decoding goes on eagerly: a compile mid-serving would stall every request
 # for up to a minute and freeze yet another copy of the weights.
 NO_RECOMPILE = ((torch._dynamo.config, "error_on_recompile", True),)
+# Every engine's two graphs are entries of one code object (DecodeStep.forward), which dynamo caps at 8 by default:
+# a fifth live compiled engine would fail its warm-up.
+WARM_UP = ((torch._dynamo.config, "recompile_limit", 64),)
 # Graphs the decoder compiles, each holding a frozen copy of the weights: a lone sequence's, and a batch's (dynamo
 # specialises a batch of 1).
 COMPILED_GRAPHS = 2
@@ -131,6 +134,11 @@ def cpp_gemms_pay(model: torch.nn.Module) -> bool:
 def _known(options: dict) -> dict:
     """The inductor options this PyTorch has (older releases lack some; those are left out)."""
     return {name: value for name, value in options.items() if hasattr(inductor_config, name)}
+
+
+def _known_settings(*groups: tuple[tuple[object, str, object], ...]) -> tuple[tuple[object, str, object], ...]:
+    """The settings of `groups` that this PyTorch's config modules have."""
+    return tuple(setting for group in groups for setting in group if hasattr(setting[0], setting[1]))
 
 
 @contextlib.contextmanager
@@ -168,7 +176,9 @@ class CompiledDecoder:
             if compiled else (step, step))
         for pool in (cache.k, cache.v):  # the same tensors every step: no symbols for their sizes
             torch._dynamo.mark_static(pool)
-        self.trace_settings = CPU_TRACE_SETTINGS if on_cpu else TRACE_SETTINGS
+        trace = CPU_TRACE_SETTINGS if on_cpu else TRACE_SETTINGS
+        self.warm_up_settings = _known_settings(trace, WARM_UP)
+        self.run_settings = _known_settings(trace, NO_RECOMPILE)
         self.freezes = on_cpu  # the graphs hold copies of the weights (on GPUs they read the model's own)
         self._frozen: list[tuple[torch.Tensor, int]] | None = None  # the weights when frozen, and their versions
         self.disabled = False
@@ -207,7 +217,7 @@ class CompiledDecoder:
         try:
             with torch.inference_mode():  # as the engine's steps run: dynamo compiles for one grad mode
                 for batch in (1, 2):
-                    self._step([0] * batch, [MIN_PAST_KEYS] * batch, [[0]] * batch, self.trace_settings)
+                    self._step([0] * batch, [MIN_PAST_KEYS] * batch, [[0]] * batch, self.warm_up_settings)
         except Exception as error:  # noqa: BLE001 - any compiler failure: eager decoding still gives the same tokens
             if not self.compiled:
                 raise
@@ -218,8 +228,7 @@ class CompiledDecoder:
         the step's keys and values written into the cache; None when the step would have to compile again (the
         caller then runs it eagerly)."""
         try:
-            logits, new_keys, new_values = self._step(tokens, positions, block_tables,
-                                                      self.trace_settings + NO_RECOMPILE)
+            logits, new_keys, new_values = self._step(tokens, positions, block_tables, self.run_settings)
         except torch._dynamo.exc.RecompileError as error:
             if not self.compiled:
                 raise

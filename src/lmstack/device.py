@@ -202,14 +202,14 @@ def measured_cpu_flops(dtype: torch.dtype = torch.float32, n: int = 1024, repeat
 
     In fp32 where the model's layers use oneDNN (`onednn_fp32_faster`), its matmul: there twice MKL's.
     """
+    # Imported here: the model layer sits above this module. Its matmul takes the model's own route (oneDNN or not).
+    from lmstack.model.onednn_linear import matmul_nt
+
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
-    if dtype == torch.float32 and onednn_fp32_faster():
-        def matmul():
-            return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")  # a @ b.T, as the model's layers
-    else:
-        def matmul():
-            return a @ b
+
+    def matmul():
+        return matmul_nt(a, b)
     matmul()  # warm-up
     best = float("inf")
     for _ in range(repeats):

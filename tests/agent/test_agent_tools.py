@@ -166,7 +166,7 @@ TWO_TO_13998 = "(2**7000)*(2**6998)"  # passes the per-operation check at 14,000
 
 
 @pytest.mark.parametrize("expression", ["10**4200", " + ".join([TWO_TO_13998] * 2), " + ".join([TWO_TO_13998] * 4),
-                                        "(10**4000)*(10**400)"])
+                                        "(10**4000)*(10**400)", "0x" + "f" * 3600, "abs(-0x" + "f" * 3600 + ")"])
 def test_calculator_results_are_printable_or_refused_with_its_own_message(expression):
     """Every integer it accepts must print (Python refuses str() of ints over 4,300 digits)."""
     result = prepare_and_run(ToolRegistry([calculator]), "calculator", json.dumps({"expression": expression}),

@@ -1,5 +1,6 @@
 """`lmstack sample`, `chat` and `inspect` on a tiny checkpoint, through the real CLI."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ from infer_helpers import tiny_model
 
 from lmstack.cli import main
 from lmstack.infer.chat import chat_loop
+from lmstack.infer.commands import ENGINE_SETTINGS
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
 from lmstack.model.checkpoint import save_model_dir
@@ -73,3 +75,7 @@ def test_chat_command_streams_a_reply_from_the_local_checkpoint(checkpoint):
                          timeout=120)
     assert run.returncode == 0, run.stderr
     assert "assistant> " in run.stdout
+
+
+def test_the_help_lists_every_engine_setting():
+    assert ENGINE_SETTINGS.split(", ") == [f.name for f in dataclasses.fields(EngineConfig)]

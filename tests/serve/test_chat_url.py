@@ -2,12 +2,12 @@
 
 import subprocess
 import sys
-from serve_helpers import API_KEY
+from serve_helpers import API_KEY, MODEL
 
 
 
 def test_chat_url_streams_the_servers_reply(server, client):
-    expected = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hello cat"}],
+    expected = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello cat"}],
                                               max_tokens=6, temperature=0).choices[0].message.content
     run = subprocess.run([sys.executable, "-m", "lmstack.cli", "chat", "--url", server, "--api-key", API_KEY,
                           "--max-tokens", "6", "--temperature", "0"],

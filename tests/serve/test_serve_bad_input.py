@@ -3,7 +3,7 @@
 import httpx
 import openai
 import pytest
-from serve_helpers import API_KEY
+from serve_helpers import API_KEY, MODEL
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = "/v1/chat/completions"
@@ -92,6 +92,6 @@ def test_api_key_is_required(server):
 def test_server_still_serves_after_bad_input(http, client):
     for body, _, _ in BAD_CHAT_BODIES.values():
         http.post(CHAT, json=body)
-    reply = client.chat.completions.create(model="tiny-chat", messages=USER, max_tokens=4, temperature=0)
+    reply = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=4, temperature=0)
     assert reply.usage.completion_tokens >= 1
     assert http.get("/health").status_code == 200

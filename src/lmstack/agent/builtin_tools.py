@@ -69,11 +69,7 @@ def evaluate(expression: str) -> float | int:
             if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
                 raise ValueError(f"exponent {right} is too large (max {MAX_EXPONENT})")
             _check_result_size(node.op, left, right)
-            result = _OPERATORS[type(node.op)](left, right)
-            # Sums grow past the estimate, a bit per operation; checked after they are computed, cheaply.
-            if isinstance(result, int) and result.bit_length() > MAX_RESULT_BITS:
-                raise ValueError(f"the result has {result.bit_length()} bits (limit {MAX_RESULT_BITS}); use floats")
-            return result
+            return _OPERATORS[type(node.op)](left, right)
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
                 and not node.keywords):
             return _FUNCTIONS[node.func.id](*[walk(a) for a in node.args])
@@ -82,7 +78,12 @@ def evaluate(expression: str) -> float | int:
         tree = ast.parse(expression, mode="eval")
     except SyntaxError as err:
         raise ValueError(f"not an arithmetic expression: {err.msg}") from None
-    return walk(tree)
+    result = walk(tree)
+    # Whatever made it (sums, which grow past the estimate a bit per operation; a long literal), a result too long
+    # to print is refused here, cheaply, after it is computed.
+    if isinstance(result, int) and result.bit_length() > MAX_RESULT_BITS:
+        raise ValueError(f"the result has {result.bit_length()} bits (limit {MAX_RESULT_BITS}); use floats")
+    return result
 
 
 @tool(actions=("calculate", "compute", "calculated", "computed"))

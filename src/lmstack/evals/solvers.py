@@ -120,10 +120,11 @@ def bits_per_byte():
     """Score the sample's text under the model: `metadata['bits']`, `['bytes']`, output = bits/byte."""
     def solve(state: TaskState, ctx: SolveContext) -> TaskState:
         text = state.sample.input_text()
-        tokens = [t for t in ctx.model.prompt_logprobs(text) if t.logprob is not None]
+        tokens = ctx.model.prompt_logprobs(text)  # from the first scored token on
         if not tokens:
             raise ValueError(f"sample {state.sample.id}: the text is too short to score")
-        bits = -sum(t.logprob for t in tokens) / math.log(2)
+        logprob, _ = continuation_logprob(tokens, "")  # every token; a missing logprob raises
+        bits = -logprob / math.log(2)
         n_bytes = len(text[tokens[0].offset:].encode())
         state.metadata.update(bits=bits, bytes=n_bytes, tokens=len(tokens))
         state.output = f"{bits / n_bytes:.6f}"

@@ -17,14 +17,18 @@ def add_sampling_arguments(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--seed", type=int, default=None)
 
 
+# EngineConfig's fields, spelled out so that `--help` does not import torch (tests/infer checks they match).
+ENGINE_SETTINGS = ("block_size, num_blocks, kv_memory_mb, max_num_seqs, max_batched_tokens, dtype, device, compile, "
+                   "enable_prefix_caching, cuda_graphs, quantization, pack_weights")
+
+
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     from lmstack.config import add_config_arguments
 
     add_config_arguments(p)
-    p.epilog = "engine settings (--set KEY=VALUE or a TOML file): block_size, num_blocks, kv_memory_mb, " \
-               "max_num_seqs, max_batched_tokens, dtype, device, compile, enable_prefix_caching, " \
-               "quantization (int8: weight-only int8 Linears, half the weights' memory; faster than bf16 at 2+ threads), " \
-               "pack_weights (CPU bf16: prepacked Linear weights, on by default)"
+    p.epilog = f"engine settings (--set KEY=VALUE or a TOML file): {ENGINE_SETTINGS}. quantization=int8: " \
+               "weight-only int8 Linears, half the weights' memory, faster than bf16 at 2+ threads; pack_weights " \
+               "(CPU bf16, on by default): prepacked Linear weights; compile: torch.compile of decode, when built"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

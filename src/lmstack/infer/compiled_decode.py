@@ -83,9 +83,9 @@ class DecodeStep(torch.nn.Module):
         self.model, self.block_size = model, block_size
 
     def forward(self, ids, positions, block_tables, past, k_pool, v_pool):
-        columns = torch.arange(past, device=ids.device)
-        past_slots = block_tables[:, columns // self.block_size] * self.block_size + columns % self.block_size
-        columns = torch.arange(past + 1, device=ids.device)
+        columns = torch.arange(past + 1, device=ids.device)  # the past keys', then the new key's
+        past_columns = columns[:-1]
+        past_slots = block_tables[:, past_columns // self.block_size] * self.block_size + past_columns % self.block_size
         mask = ((columns < positions) | (columns == past)).view(ids.size(0), 1, 1, past + 1)
         cache = GatheredDecodeCache(k_pool, v_pool, past_slots, mask)
         logits, _ = self.model(ids, positions=positions, kv_cache=cache)
@@ -161,7 +161,7 @@ class CompiledDecoder:
     of minutes of compiling."""
 
     def __init__(self, model: torch.nn.Module, cache: PagedKVCache, compiled: bool = True):
-        self.model, self.cache, self.compiled = model, cache, compiled
+        self.cache = cache
         self.block_size = cache.block_size
         step = DecodeStep(model, cache.block_size).eval()
         on_cpu = cache.k.device.type == "cpu"
@@ -180,18 +180,16 @@ class CompiledDecoder:
         self.warm_up_settings = _known_settings(trace, WARM_UP)
         self.run_settings = _known_settings(trace, NO_RECOMPILE)
         self.freezes = on_cpu  # the graphs hold copies of the weights (on GPUs they read the model's own)
-        self._frozen: list[tuple[torch.Tensor, int]] | None = None  # the weights when frozen, and their versions
+        # The weights the graphs freeze (the engine warms them up right away), and their versions. Inference tensors
+        # have no version counter; nothing can train them.
+        weights = itertools.chain(model.parameters(), model.buffers())
+        self._frozen = [(t, t._version) for t in weights if not t.is_inference()]
         self.disabled = False
         self.compiled_steps = 0  # decode steps run through the compiled graph
 
     def _weights_changed(self) -> bool:
         """Whether a weight changed in place since the graphs froze them (a weight replaced by another tensor is seen
         by dynamo's guards, see NO_RECOMPILE)."""
-        if self._frozen is None:
-            # Inference tensors have no version counter; nothing can train them.
-            weights = itertools.chain(self.model.parameters(), self.model.buffers())
-            self._frozen = [(t, t._version) for t in weights if not t.is_inference()]
-            return False
         return any(t._version != version for t, version in self._frozen)
 
     def _give_up(self, what: str, error: Exception | None = None) -> None:
@@ -213,14 +211,11 @@ class CompiledDecoder:
         """Compile both graphs now, on placeholder inputs (one sequence, then two, at position MIN_PAST_KEYS of block
         0), instead of during the first requests (~30 s to minutes a graph on CPU). The step only reads the pool. A
         failure to compile (no C++ compiler, say) is logged and leaves decoding eager."""
-        self._weights_changed()  # the weights the graphs freeze now
         try:
             with torch.inference_mode():  # as the engine's steps run: dynamo compiles for one grad mode
                 for batch in (1, 2):
                     self._step([0] * batch, [MIN_PAST_KEYS] * batch, [[0]] * batch, self.warm_up_settings)
         except Exception as error:  # noqa: BLE001 - any compiler failure: eager decoding still gives the same tokens
-            if not self.compiled:
-                raise
             self._give_up("could not compile the decode steps", error)
 
     def run(self, tokens: list[int], positions: list[int], block_tables: list[list[int]]) -> torch.Tensor | None:
@@ -230,8 +225,6 @@ class CompiledDecoder:
         try:
             logits, new_keys, new_values = self._step(tokens, positions, block_tables, self.run_settings)
         except torch._dynamo.exc.RecompileError as error:
-            if not self.compiled:
-                raise
             self._give_up("a decode step needed a new compile (was a weight of the model replaced?)", error)
             return None
         new_slots = torch.tensor([slot_of(t, p, self.block_size) for t, p in zip(block_tables, positions)],

@@ -362,12 +362,13 @@ class Engine:
 
     def _fast_decode(self, ids: list[int], positions: list[int], chunks: list[ScheduledChunk]) -> torch.Tensor | None:
         """Logits (B, V) of a decode step from CUDA graphs or the compiled step, or None to run it eagerly."""
+        block_tables = [c.seq.block_table for c in chunks]
         if self._graphs is not None:
             if not self._graphs.graphs:
                 self._graphs.capture()
-            return self._graphs.run(ids, positions, [c.seq.block_table for c in chunks])
+            return self._graphs.run(ids, positions, block_tables)
         if self._compiled is not None and self._compiled.accepts(positions):
-            return self._compiled.run(ids, positions, [c.seq.block_table for c in chunks])
+            return self._compiled.run(ids, positions, block_tables)
         return None
 
     def _record_prompt_logprobs(self, chunk: ScheduledChunk, logits: torch.Tensor) -> None:

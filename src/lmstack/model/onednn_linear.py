@@ -94,11 +94,12 @@ class _OneDnnLinear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias), through oneDNN for fp32 on CPU where that is faster (see `onednn_allowed`)."""
-    tensors = (x, weight) if bias is None else (x, weight, bias)
     # The size before the costlier checks: it settles every decode-sized product. Traced code skips it, so a
     # dynamic-shape graph gets no guard on the row count.
-    if (torch.compiler.is_compiling() or x.numel() * weight.size(0) < MIN_MULTIPLY_ADDS
-            or not _onednn(*tensors)):
+    if torch.compiler.is_compiling() or x.numel() * weight.size(0) < MIN_MULTIPLY_ADDS:
+        return F.linear(x, weight, bias)
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    if not _onednn(*tensors):
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _OneDnnLinear.apply(x, weight, bias)

@@ -137,9 +137,7 @@ async def stream_chunks(state: ServerState, body: ChatCompletionRequest, plan: C
         yield chunk(index, {"role": "assistant", "content": ""})
     result = RequestResult({})
     async for event in state.engine.events(handle):
-        reported = record(result, event)
-        if not body.logprobs:
-            reported = None
+        reported = record(result, event)  # None without logprobs: the engine then reports none
         splitter = splitters[event.index]
         deltas = splitter.feed(event.text) + (splitter.finish() if event.finished else [])
         logprobs = logprobs_block(state, [reported]) if reported else None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from lmstack.infer.commands import add_engine_arguments, add_sampling_arguments
+    from lmstack.infer.commands import ENGINE_SETTINGS, add_engine_arguments, add_sampling_arguments
 
     p = subparsers.add_parser("serve", help="serve a checkpoint behind an OpenAI-compatible API")
     p.add_argument("ckpt", help="lmstack checkpoint dir")
@@ -20,8 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=None, help="waiting requests before 429 (default 256)")
     add_engine_arguments(p)
     p.epilog = "settings (--set KEY=VALUE or TOML): host, port, model_name, api_key, max_queue, max_body_bytes, " \
-               "graceful_shutdown_s, torch_threads, engine.{block_size, num_blocks, kv_memory_mb, max_num_seqs, " \
-               "max_batched_tokens, dtype, device, compile, enable_prefix_caching, quantization}"
+               f"graceful_shutdown_s, torch_threads, engine.{{{ENGINE_SETTINGS}}}"
     p.set_defaults(func=run_serve)
 
     p = subparsers.add_parser("chat", help="chat in the terminal with a checkpoint, or with any "

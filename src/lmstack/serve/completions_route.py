@@ -23,7 +23,8 @@ MAX_PROMPTS = 256
 async def completions(body: CompletionRequest, request: Request):
     state = server_state(request, body.model)
     prompts = split_prompts(body.prompt)
-    encodings = [encode_prompt(state, p) for p in prompts]
+    # Token offsets only where an echo's logprobs list them
+    encodings = [encode_prompt(state, p, with_offsets=body.echo and body.logprobs is not None) for p in prompts]
     encoded = [ids for ids, _ in encodings]
     # max_tokens=0 scores the prompt alone (echo + logprobs); the engine always samples one token, which is dropped.
     score_only = body.max_tokens == 0
@@ -85,13 +86,16 @@ def split_prompts(prompt: str | list) -> list[str | list[int]]:
     return prompts
 
 
-def encode_prompt(state: ServerState, prompt: str | list[int]) -> tuple[list[int], list[int] | None]:
-    """(ids, text offsets). Text gets bos and our tokenizer, as the engine does, and each token's start in the text
-    comes with its encoding (the bos, which the echoed text does not show, at 0). Token ids are used as given;
+def encode_prompt(state: ServerState, prompt: str | list[int],
+                  with_offsets: bool = False) -> tuple[list[int], list[int] | None]:
+    """(ids, text offsets). Text gets bos and our tokenizer, as the engine does, and with_offsets each token's start
+    in the text from its encoding (the bos, which the echoed text does not show, at 0). Token ids are used as given;
     their offsets (None here) come from decoding them, when asked (`decoded_offsets`)."""
     if isinstance(prompt, str):
-        ids, starts = state.tokenizer.encode_with_offsets(prompt)
         bos = [] if state.tokenizer.bos_id is None else [state.tokenizer.bos_id]
+        if not with_offsets:
+            return bos + state.tokenizer.encode(prompt), None
+        ids, starts = state.tokenizer.encode_with_offsets(prompt)
         return bos + ids, [0] * len(bos) + starts
     bad = [t for t in prompt if not 0 <= t < state.vocab_size]
     if bad:
@@ -172,14 +176,14 @@ async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, en
                 continue
             if isinstance(event, Exception):
                 raise event
-            reported = record(results[p], event)
-            if body.logprobs is None:
-                reported = None
+            reported = record(results[p], event)  # None without logprobs: the engine then reports none
             index = p * body.n + event.index
             if not score_only and (event.text or reported):
-                # record() noted where this token's text starts in the generated text; the echo comes before it
-                offset = len(echoed[p]) + results[p].sequences[event.index].logprob_offsets[-1] if reported else 0
-                yield chunk(index, event.text, logprobs_block(state, [reported], [offset]) if reported else None)
+                block = None
+                if reported:  # record() noted where the token's text starts in the generated text; the echo precedes
+                    offset = len(echoed[p]) + results[p].sequences[event.index].logprob_offsets[-1]
+                    block = logprobs_block(state, [reported], [offset])
+                yield chunk(index, event.text, block)
             if event.finished:
                 yield chunk(index, "", reason="length" if score_only else event.finish_reason)
     finally:

@@ -134,7 +134,7 @@ class GRPOObjective:
         loss = loss * (rollouts.rewards.numel() / rewards.numel())
         return loss, {**metrics, "reward_mean": rewards.mean().item(),
                       "reward_std": rewards.std(dim=1, unbiased=False).mean().item(),
-                      "informative_groups": (rewards.amax(1) != rewards.amin(1)).float().mean().item(),
+                      "informative_groups": len(informative_groups(rewards.tolist())) / rewards.size(0),
                       "sample_length": sum(rollouts.lengths) / len(rollouts.lengths)}
 
 

@@ -28,7 +28,7 @@ def engine_after_prefill(model) -> Engine:
 def test_decode_step_equals_full_recompute_and_eager_cache_writes(arch, batch):
     model = tiny_model(arch)
     eager, functional = engine_after_prefill(model), engine_after_prefill(model)
-    decoder = CompiledDecoder(model, functional.cache, compiled=False)
+    decoder = CompiledDecoder(model, functional.cache, 8, compiled=False)
     chunks = functional.scheduler.schedule()  # one new token per sequence, with a slot for it
     if batch == "one":  # a lone sequence whose block table is one block wide: the table is padded to two
         chunks = chunks[:1]

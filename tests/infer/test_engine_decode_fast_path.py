@@ -20,7 +20,7 @@ def decoder(request) -> str:
 def make_engine(model, decoder: str, **config) -> Engine:
     engine = Engine(model, None, EngineConfig(**config))
     if decoder == "compiled-step":
-        engine._compiled = CompiledDecoder(model, engine.cache, compiled=False)
+        engine._compiled = CompiledDecoder(model, engine.cache, engine.config.max_num_seqs, compiled=False)
     return engine
 
 

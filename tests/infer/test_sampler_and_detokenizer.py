@@ -4,7 +4,7 @@ import torch
 
 from lmstack.infer.detokenizer import IncrementalDetokenizer
 from lmstack.infer.params import SamplingParams
-from lmstack.infer.sampler import RowSettings, apply_penalties, filter_logits, sample
+from lmstack.infer.sampler import TWO_PASS_MIN_NUMEL, RowSettings, apply_penalties, filter_logits, greedy_tokens, sample
 
 
 def test_filters_keep_exactly_the_hand_computed_tokens():
@@ -29,6 +29,25 @@ def test_rows_sample_with_their_own_generator_and_greedy_rows_take_the_argmax():
     assert tokens[1] == logits[1].argmax()
     alone = sample(logits[2:], [RowSettings(temperature=1.0, generator=torch.Generator().manual_seed(2))])
     assert tokens[2] == alone[0]
+
+
+def test_greedy_tokens_equal_argmax_with_ties_nan_and_a_vocab_that_is_no_multiple_of_the_chunk():
+    generator = torch.Generator().manual_seed(0)
+    for vocab in (8192, 5121, 50257):  # a multiple of the chunk, and two that are not
+        rows = max(2, TWO_PASS_MIN_NUMEL // vocab + 1)  # big enough for the two passes
+        tail_max = torch.randn(rows, vocab, generator=generator)
+        tail_max[:, -1] = 9.0  # in the last chunk, padded when vocab is no multiple of it
+        cases = {"random": torch.randn(rows, vocab, generator=generator), "max in the last chunk": tail_max,
+                 "ties": torch.randint(0, 3, (rows, vocab), generator=generator).float()}  # the first max must win
+        special = torch.randn(rows, vocab, generator=generator)
+        special[0, vocab // 2] = special[1, vocab - 1] = float("nan")  # NaN counts as the max, as in argmax
+        special[-1] = float("-inf")  # all -inf: index 0
+        cases["nan and -inf"] = special
+        for name, logits in cases.items():
+            assert logits.numel() >= TWO_PASS_MIN_NUMEL
+            assert torch.equal(greedy_tokens(logits), logits.argmax(dim=1)), (vocab, name)
+    small = torch.randn(1, 300, generator=generator)
+    assert torch.equal(greedy_tokens(small), small.argmax(dim=1))
 
 
 def test_penalties_match_the_documented_formulas():

@@ -63,11 +63,10 @@ class BlockManager:
         """Record the hashes of blocks that became full and computed, so later prompts can reuse them."""
         if not self.enable_prefix_caching:
             return
-        tokens = seq.token_ids
         while (len(seq.block_hashes) + 1) * self.block_size <= seq.num_computed_tokens:
             i = len(seq.block_hashes)
             previous = seq.block_hashes[-1] if seq.block_hashes else None
-            h = chain_hash(previous, tokens[i * self.block_size:(i + 1) * self.block_size])
+            h = chain_hash(previous, seq.tokens(i * self.block_size, (i + 1) * self.block_size))
             seq.block_hashes.append(h)
             block = seq.block_table[i]
             if h not in self.block_of_hash and self.hash_of_block[block] is None:

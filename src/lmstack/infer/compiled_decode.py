@@ -94,6 +94,10 @@ class DecodeStep(torch.nn.Module):
 
 # See the module doc. Passed to inductor as torch.compile options, which apply while it compiles.
 CPU_INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True}
+# The batch graph stores values that inductor would otherwise recompute inside the loops that read them. In the
+# attention, its default recomputed each query's RoPE for every key it scored; stored, 32 sequences of the depth-4
+# llama decoded 6% faster (64 tokens: 117 ms against 124, medians of 9, A/B in one process, 2 threads).
+CPU_BATCH_OPTIONS = {"realize_opcount_threshold": 2}
 # Inductor times its own C++ GEMM for each linear against oneDNN's and keeps the faster (one row of bf16 weights,
 # 256x256: 3.2 us against 12.5); the timings' tables it would print, one per shape, are off. Only where it pays:
 # see `cpp_gemms_pay`.
@@ -113,6 +117,12 @@ NO_RECOMPILE = ((torch._dynamo.config, "error_on_recompile", True),)
 # Every engine's two graphs are entries of one code object (DecodeStep.forward), which dynamo caps at 8 by default:
 # a fifth live compiled engine would fail its warm-up.
 WARM_UP = ((torch._dynamo.config, "recompile_limit", 64),)
+# The warm-up's sizes (capped by the engine's max_num_seqs and the model's context). Inductor sizes its choices by
+# them (which loops run in parallel; the batch size the oneDNN weights are packed for): compiled at 2 sequences of 2
+# past keys, the depth-4 llama decoded 32 sequences 7-9% slower than compiled at 32 of 48-64 (the benchmark's 16-80
+# keys; A/B in one process, 2 threads).
+WARM_UP_BATCH = 32
+WARM_UP_PAST = 64
 # Graphs the decoder compiles, each holding a frozen copy of the weights: a lone sequence's, and a batch's (dynamo
 # specialises a batch of 1).
 COMPILED_GRAPHS = 2
@@ -160,15 +170,18 @@ class CompiledDecoder:
     the same step eagerly: the tests check its arithmetic and the engine's use of it that way, in seconds instead
     of minutes of compiling."""
 
-    def __init__(self, model: torch.nn.Module, cache: PagedKVCache, compiled: bool = True):
+    def __init__(self, model: torch.nn.Module, cache: PagedKVCache, max_batch: int, compiled: bool = True):
         self.cache = cache
+        self.max_batch, self.context = max_batch, model.cfg.block_size  # for the warm-up's sizes
         self.block_size = cache.block_size
         step = DecodeStep(model, cache.block_size).eval()
         on_cpu = cache.k.device.type == "cpu"
         # Batched steps' graph does not autotune: its GEMMs have a dynamic row count, for which inductor's C++ GEMM lost
-        # to oneDNN (32 sequences of the depth-4 llama: 4.6k tok/s against 8.1k).
-        batch = CPU_INDUCTOR_OPTIONS if on_cpu else {}
-        single = {**batch, **AUTOTUNE_OPTIONS} if on_cpu and cpp_gemms_pay(model) else batch
+        # to oneDNN (32 sequences of the depth-4 llama: 4.6k tok/s against 8.1k; warmed up at 32 sequences, 13.5k
+        # against 14.4k).
+        cpu = CPU_INDUCTOR_OPTIONS if on_cpu else {}
+        batch = {**cpu, **CPU_BATCH_OPTIONS} if on_cpu else cpu
+        single = {**cpu, **AUTOTUNE_OPTIONS} if on_cpu and cpp_gemms_pay(model) else cpu
         # Two compiled callables: dynamo keeps their graphs apart (each call checks only its own), and each compiles
         # with its options. fullgraph: a graph break would silently leave part of every step to Python.
         self.single_step, self.batch_step = (
@@ -208,13 +221,14 @@ class CompiledDecoder:
         return True
 
     def warm_up(self) -> None:
-        """Compile both graphs now, on placeholder inputs (one sequence, then two, at position MIN_PAST_KEYS of block
-        0), instead of during the first requests (~30 s to minutes a graph on CPU). The step only reads the pool. A
-        failure to compile (no C++ compiler, say) is logged and leaves decoding eager."""
+        """Compile both graphs now, on placeholder inputs (one sequence, then a batch, at WARM_UP_PAST keys of block
+        0's slots), instead of during the first requests (~30 s to minutes a graph on CPU). The step only reads the
+        pool. A failure to compile (no C++ compiler, say) is logged and leaves decoding eager."""
+        past = max(MIN_PAST_KEYS, min(WARM_UP_PAST, self.context - 1))
         try:
             with torch.inference_mode():  # as the engine's steps run: dynamo compiles for one grad mode
-                for batch in (1, 2):
-                    self._step([0] * batch, [MIN_PAST_KEYS] * batch, [[0]] * batch, self.warm_up_settings)
+                for batch in (1, max(2, min(WARM_UP_BATCH, self.max_batch))):
+                    self._step([0] * batch, [past] * batch, [[0]] * batch, self.warm_up_settings)
         except Exception as error:  # noqa: BLE001 - any compiler failure: eager decoding still gives the same tokens
             self._give_up("could not compile the decode steps", error)
 

@@ -33,7 +33,7 @@ class CudaGraphDecoder:
 
     def _layout(self, batch: int) -> StepLayout:
         # One group holding every row in order: no query gather or output scatter (see PagedKVCache.attend).
-        group = AttentionGroup(None, self.key_slots[:batch * self.max_context], self.mask[:batch])
+        group = AttentionGroup(None, self.key_slots[:batch * self.max_context], self.mask[:batch], batch)
         return StepLayout(self.slot_mapping[:batch], [group])
 
     def _forward(self, batch: int) -> torch.Tensor:

@@ -177,7 +177,7 @@ class Engine:
         self._compiled = None
         if config.compile and not use_graphs:
             log.info("compiling the decode steps (torch.compile, about a minute)")
-            self._compiled = CompiledDecoder(model, self.cache)
+            self._compiled = CompiledDecoder(model, self.cache, config.max_num_seqs)
             self._compiled.warm_up()
 
     @classmethod
@@ -335,7 +335,7 @@ class Engine:
         prompt_rows: list[tuple[ScheduledChunk, list[int]]] = []
         for chunk in chunks:
             seq, base = chunk.seq, len(ids)
-            ids += seq.token_ids[chunk.start:chunk.start + chunk.length]
+            ids += seq.tokens(chunk.start, chunk.start + chunk.length)
             positions += range(chunk.start, chunk.start + chunk.length)
             if seq.wants_prompt_logprobs:
                 first = len(logit_rows)

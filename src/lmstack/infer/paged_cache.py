@@ -3,10 +3,10 @@
 Each step the engine flattens every scheduled token into one row (1, N) -- prefill chunks and decode
 tokens together, no padding in the matmuls -- and hands the cache a `StepLayout`: where each new
 token's k, v go (`slot_mapping`), and attention groups. Decode tokens form one batched group (one
-query each, keys gathered from their block tables, a length mask); each prefill chunk is its own
-group, so no query is padded to another sequence's length. When one group holds the whole step (every
-decode step, or a lone prefill) its queries and outputs need no gather or scatter, and a lone decode
-needs no mask.
+query each, keys gathered from their block tables, a length mask); prefill chunks form a group per
+(start, length), so no query is padded to another sequence's length, and a batch of equal prompts is one
+attention call per layer. When one group holds the whole step (every decode step, or prefills of one
+shape) its queries and outputs need no gather or scatter, and a lone decode needs no mask.
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ class AttentionGroup:
     """G sequences with Tq new tokens each, attending over L keys each."""
     query_rows: torch.Tensor | None  # (G * Tq,) the flat step's rows that are this group's queries; None = all
     key_slots: torch.Tensor  # (G * L,) cache slots of the keys each sequence sees (padded with slot 0)
-    mask: torch.Tensor | None  # (G, 1, Tq, L) bool, True = may attend; None = one sequence that sees all its keys
-    # (Tq == 1, a decode) or a plain causal prefill from position 0 (Tq == L)
-
-    @property
-    def num_seqs(self) -> int:
-        return 1 if self.mask is None else self.mask.size(0)
+    # bool, True = may attend: (G, 1, 1, L) for decodes of different lengths, (1, 1, Tq, L) for prefill chunks that
+    # all start at L - Tq; None = one decode that sees all its keys, or causal prefills from position 0 (Tq == L)
+    mask: torch.Tensor | None
+    num_seqs: int  # G
 
 
 @dataclass(slots=True)
@@ -192,8 +190,15 @@ def slots_of(block_table: list[int], positions: range, block_size: int) -> list[
 
 
 def padded_block_tables(block_tables: list[list[int]], width: int, device: torch.device) -> torch.Tensor:
-    """(G, width): the first `width` blocks of each table, padded with block 0 (whose slots the caller masks)."""
-    return torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in block_tables], device=device)
+    """(G, width): the first `width` blocks of each table, padded with block 0 (whose slots the caller masks). Built
+    from one flat list: torch.tensor on nested lists took 21 us for 32 tables, 14 flat (every decode step pays it)."""
+    flat: list[int] = []
+    for table in block_tables:
+        row = table[:width]
+        flat += row
+        if len(row) < width:
+            flat += [0] * (width - len(row))
+    return torch.tensor(flat, device=device).view(len(block_tables), width)
 
 
 def context_slots(block_tables: list[list[int]], length: int, block_size: int, device: torch.device) -> torch.Tensor:
@@ -205,16 +210,18 @@ def context_slots(block_tables: list[list[int]], length: int, block_size: int, d
 
 def build_layout(chunks: list[tuple[list[int], int, int]], block_size: int, device: torch.device) -> StepLayout:
     """chunks: (block_table, start, length) per scheduled sequence, in flat order; tokens start .. start+length-1
-    are new. Decode chunks (length 1) share one group; every longer chunk gets its own."""
+    are new. Decode chunks (length 1) share one group; longer chunks share one per (start, length): 32 prompts
+    of 16 tokens (depth-4 llama, bf16, 2 threads) took 11.3 ms to prefill with a group each, 8.0 ms grouped."""
     slot_mapping: list[int] = []
     decode_rows: list[int] = []
     decode_tables: list[list[int]] = []
     decode_lengths: list[int] = []
-    groups: list[AttentionGroup] = []
-    # One group holding every row of the step, in order (all decodes, or a lone chunk), needs no query rows.
+    prefills: dict[tuple[int, int], tuple[list[int], list[list[int]]]] = {}  # (start, length) -> rows, tables
+    # One group holding every row of the step, in order (all decodes, or chunks of one shape), needs no query rows.
     # The same rule as the loop's below (length 1 joins the decode group), decided up front so that no group
     # builds query-row tensors it would not use.
-    single_group = len(chunks) == 1 or all(length == 1 for _, _, length in chunks)
+    single_group = (all(length == 1 for _, _, length in chunks)
+                    or len({(start, length) for _, start, length in chunks}) == 1)
     row = 0
     for block_table, start, length in chunks:
         end = start + length
@@ -224,13 +231,19 @@ def build_layout(chunks: list[tuple[list[int], int, int]], block_size: int, devi
             decode_tables.append(block_table)
             decode_lengths.append(end)
         else:
-            mask = None
-            if start > 0:  # query i sits at position start + i and sees keys 0 .. start + i
-                mask = torch.arange(end, device=device) <= torch.arange(start, end, device=device).unsqueeze(1)
-                mask = mask.view(1, 1, length, end)
-            groups.append(AttentionGroup(None if single_group else torch.arange(row, row + length, device=device),
-                                         context_slots([block_table], end, block_size, device), mask))
+            rows, tables = prefills.setdefault((start, length), ([], []))
+            rows += range(row, row + length)
+            tables.append(block_table)
         row += length
+    groups: list[AttentionGroup] = []
+    for (start, length), (rows, tables) in prefills.items():
+        end = start + length
+        mask = None
+        if start > 0:  # query i sits at position start + i and sees keys 0 .. start + i
+            mask = torch.arange(end, device=device) <= torch.arange(start, end, device=device).unsqueeze(1)
+            mask = mask.view(1, 1, length, end)
+        groups.append(AttentionGroup(None if single_group else torch.tensor(rows, device=device),
+                                     context_slots(tables, end, block_size, device), mask, len(tables)))
     if decode_rows:
         longest = max(decode_lengths)
         mask = None  # a single decode sees all its keys
@@ -238,5 +251,6 @@ def build_layout(chunks: list[tuple[list[int], int, int]], block_size: int, devi
             lengths = torch.tensor(decode_lengths, device=device)
             mask = (torch.arange(longest, device=device) < lengths.unsqueeze(1)).view(len(decode_rows), 1, 1, longest)
         groups.append(AttentionGroup(None if single_group else torch.tensor(decode_rows, device=device),
-                                     context_slots(decode_tables, longest, block_size, device), mask))
+                                     context_slots(decode_tables, longest, block_size, device), mask,
+                                     len(decode_rows)))
     return StepLayout(torch.tensor(slot_mapping, device=device), groups)

@@ -51,10 +51,35 @@ def filter_logits(logits: torch.Tensor, rows: list[RowSettings]) -> torch.Tensor
     return logits
 
 
+# Columns per chunk of `greedy_tokens`' first pass, and the size from which the two passes pay (below it, their
+# few extra ops cost more than argmax's scalar loop: (1, 8192) took 7 us by argmax, 14 in two passes).
+ARGMAX_CHUNK = 256
+TWO_PASS_MIN_NUMEL = 2**15
+
+
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """logits (B, V) -> (B,), equal to logits.argmax(dim=1) (the first maximal index; NaN counts as maximal).
+
+    On CPU in two vectorised passes: the max of each chunk of ARGMAX_CHUNK columns, then the argmax of the chunk
+    maxima and, within the first chunk holding the row's max, of its columns. PyTorch's CPU argmax is a scalar loop:
+    on (32, 8192) fp32 logits at 2 threads it took 78-100 us against 8 for amax; on (32, 50257), 507-600 against 44."""
+    if logits.device.type != "cpu" or logits.numel() < TWO_PASS_MIN_NUMEL:
+        return logits.argmax(dim=1)
+    rows, vocab = logits.shape
+    chunks = -(-vocab // ARGMAX_CHUNK)
+    if chunks * ARGMAX_CHUNK != vocab:
+        # -inf padding never beats a column of the row, and a row that is all -inf still gives 0, as argmax does.
+        logits = torch.nn.functional.pad(logits, (0, chunks * ARGMAX_CHUNK - vocab), value=float("-inf"))
+    blocks = logits.reshape(rows, chunks, ARGMAX_CHUNK)
+    best_chunk = blocks.amax(dim=2).argmax(dim=1)
+    within = blocks[torch.arange(rows, device=logits.device), best_chunk].argmax(dim=1)
+    return best_chunk * ARGMAX_CHUNK + within
+
+
 def sample(logits: torch.Tensor, rows: list[RowSettings]) -> torch.Tensor:
     """logits (B, V) -> token ids (B,) on the same device; greedy where temperature is 0."""
     logits = logits.float()
-    greedy = logits.argmax(dim=1)
+    greedy = greedy_tokens(logits)
     random_rows = [i for i, r in enumerate(rows) if r.temperature > 0]
     if not random_rows:
         return greedy

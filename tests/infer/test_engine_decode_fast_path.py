@@ -76,3 +76,17 @@ def test_preempted_and_recomputed_sequences_give_the_same_tokens(decoder):
     tight = tight_engine.generate(prompts, params)
     assert tight_engine.scheduler.num_preemptions > 0
     assert [o.token_ids for o in tight] == [o.token_ids for o in ample]
+
+
+def test_penalised_and_plain_greedy_rows_in_one_batch(decoder):
+    # A biased and penalised row beside a plain greedy one: the bias makes token 17 win every step (the raw argmax
+    # almost never is), and the plain row must still follow full recompute.
+    model = tiny_model("llama")
+    prompts = [[2, 7, 1, 8], [3, 1, 4, 1, 5]]
+    params = [SamplingParams(max_tokens=10, temperature=0),
+              SamplingParams(max_tokens=10, temperature=0, logit_bias={17: 100.0}, repetition_penalty=1.3)]
+    engine = make_engine(model, decoder, block_size=4, num_blocks=64)
+    plain, biased = engine.generate(prompts, params)
+    assert biased.token_ids == [17] * 10
+    assert plain.token_ids == recompute_greedy(model, prompts[0], 10)
+    assert ran_compiled_step(engine) == (decoder == "compiled-step")

@@ -16,7 +16,7 @@ step is ~150 small PyTorch ops around 0.3 ms of matmuls):
 and, where it pays (`cpp_gemms_pay`), `max_autotune` with inductor's own C++ GEMMs. Measured on the 2-core
 AVX512-BF16 machine, 1 thread, depth-4 llama, bs=1 (bench/decode.py --threads 1 --compile): the engine decodes
 ~1.5-1.7k tok/s against ~0.75k eager. There are two graphs, one sequence's and a batch's (its batch size is
-dynamic); the engine compiles both when it is built (`warm_up`: ~30 s on that machine, more for bigger models).
+dynamic); the engine compiles both when it is built (`warm_up`: ~35-40 s on that machine, more for bigger models).
 
 On CPU the frozen weights are a copy taken when the engine compiles its graphs (when it is built). A model
 changed afterwards would decode with the old weights: the decoder checks the weights' version counters each

@@ -52,7 +52,8 @@ class Sequence:
 
     def tokens(self, start: int, end: int) -> list[int]:
         """token_ids[start:end], without building token_ids: every step asks each running sequence for its newest
-        tokens, and copying a whole sequence for that cost ~1 us per sequence."""
+        tokens, and copying the whole sequence for that grows with its length (0.16 us at 80 tokens, 0.79 at 1,000;
+        this is 0.12 either way)."""
         n = len(self.prompt_ids)
         if end <= n:
             return self.prompt_ids[start:end]

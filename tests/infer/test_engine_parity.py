@@ -1,12 +1,18 @@
 """The paged, batched engine against the slowest correct path: full recomputation without a cache."""
 
+import pytest
 import torch
 from infer_helpers import PROMPTS, recompute_greedy_batch, tiny_model
 
+from lmstack.infer import sampler
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
 
-def test_greedy_batched_equals_full_recompute_for_200_tokens(arch):
+
+@pytest.mark.parametrize("greedy", ["argmax", "two-pass"])
+def test_greedy_batched_equals_full_recompute_for_200_tokens(arch, greedy, monkeypatch):
+    if greedy == "two-pass":  # the tiny vocab is below the size where greedy_tokens takes two passes: force them
+        monkeypatch.setattr(sampler, "TWO_PASS_MIN_NUMEL", 0)
     model = tiny_model(arch)
     # Small blocks and a small token budget: prefill is chunked and sequences cross many block boundaries.
     engine = Engine(model, None, EngineConfig(block_size=8, num_blocks=160, max_batched_tokens=40))

@@ -4,6 +4,7 @@ recomputation when prompts of equal length prefill together, from position 0 and
 import torch
 from infer_helpers import recompute_greedy_batch, tiny_model
 
+from lmstack.infer import engine as engine_module
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
 from lmstack.infer.paged_cache import build_layout
@@ -35,7 +36,9 @@ def test_layout_groups_prefill_chunks_by_start_and_length():
     assert len(one_shape.groups) == 1 and one_shape.groups[0].query_rows is None  # the whole step: no gather
 
 
-def test_equal_prompts_prefilled_together_equal_full_recompute(arch):
+def test_equal_prompts_prefilled_together_equal_full_recompute(arch, monkeypatch):
+    layouts = []
+    monkeypatch.setattr(engine_module, "build_layout", lambda *args: layouts.append(build_layout(*args)) or layouts[-1])
     model = tiny_model(arch)
     engine = Engine(model, None, EngineConfig(block_size=4, num_blocks=128))
     params = SamplingParams(max_tokens=12, temperature=0)
@@ -45,6 +48,9 @@ def test_equal_prompts_prefilled_together_equal_full_recompute(arch):
     engine.generate([prefix + [1, 2, 3]], params)
     # Equal suffixes after the cached prefix, one prompt of another length, one from position 0: three groups.
     after_prefix = [prefix + [i + 60, i + 61, i + 62] for i in range(4)] + [prefix + [5], [70, 71, 72]]
+    layouts.clear()
     outputs = engine.generate(after_prefix, params)
     assert [o.token_ids for o in outputs] == recompute_greedy_batch(model, after_prefix, 12)
+    shapes = [(g.num_seqs, None if g.mask is None else tuple(g.mask.shape)) for g in layouts[0].groups]
+    assert shapes == [(4, (1, 1, 3, 11)), (1, None), (1, None)]  # grouped after the cache; fresh; the 1-token one
     assert engine.num_free_blocks == engine.num_total_blocks

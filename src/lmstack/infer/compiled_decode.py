@@ -117,7 +117,7 @@ NO_RECOMPILE = ((torch._dynamo.config, "error_on_recompile", True),)
 # Every engine's two graphs are entries of one code object (DecodeStep.forward), which dynamo caps at 8 by default:
 # a fifth live compiled engine would fail its warm-up.
 WARM_UP = ((torch._dynamo.config, "recompile_limit", 64),)
-# The warm-up's sizes (capped by the engine's max_num_seqs and the model's context). Inductor sizes its choices by
+# The warm-up's sizes (capped by the largest decode batch the engine can schedule and by the model's context). Inductor sizes its choices by
 # them (which loops run in parallel; the batch size the oneDNN weights are packed for): compiled at 2 sequences of 2
 # past keys, the depth-4 llama decoded 32 sequences 7-9% slower than compiled at 32 of 48-64 (the benchmark's 16-80
 # keys; A/B in one process, 2 threads).
@@ -172,7 +172,8 @@ class CompiledDecoder:
 
     def __init__(self, model: torch.nn.Module, cache: PagedKVCache, max_batch: int, compiled: bool = True):
         self.cache = cache
-        self.max_batch, self.context = max_batch, model.cfg.block_size  # for the warm-up's sizes
+        # For the warm-up's sizes: the largest decode batch the engine can schedule, and the model's context.
+        self.max_batch, self.context = max_batch, model.cfg.block_size
         self.block_size = cache.block_size
         step = DecodeStep(model, cache.block_size).eval()
         on_cpu = cache.k.device.type == "cpu"
@@ -222,7 +223,7 @@ class CompiledDecoder:
 
     def warm_up(self) -> None:
         """Compile both graphs now, on placeholder inputs (one sequence, then a batch, at WARM_UP_PAST keys of block
-        0's slots), instead of during the first requests (~30 s to minutes a graph on CPU). The step only reads the
+        0's slots), instead of during the first requests (tens of seconds to minutes on CPU). The step only reads the
         pool. A failure to compile (no C++ compiler, say) is logged and leaves decoding eager."""
         past = max(MIN_PAST_KEYS, min(WARM_UP_PAST, self.context - 1))
         try:

@@ -177,7 +177,8 @@ class Engine:
         self._compiled = None
         if config.compile and not use_graphs:
             log.info("compiling the decode steps (torch.compile, about a minute)")
-            self._compiled = CompiledDecoder(model, self.cache, config.max_num_seqs)
+            largest_decode = min(config.max_num_seqs, config.max_batched_tokens)
+            self._compiled = CompiledDecoder(model, self.cache, largest_decode)
             self._compiled.warm_up()
 
     @classmethod

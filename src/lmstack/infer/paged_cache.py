@@ -23,8 +23,8 @@ class AttentionGroup:
     """G sequences with Tq new tokens each, attending over L keys each."""
     query_rows: torch.Tensor | None  # (G * Tq,) the flat step's rows that are this group's queries; None = all
     key_slots: torch.Tensor  # (G * L,) cache slots of the keys each sequence sees (padded with slot 0)
-    # bool, True = may attend: (G, 1, 1, L) for decodes of different lengths, (1, 1, Tq, L) for prefill chunks that
-    # all start at L - Tq; None = one decode that sees all its keys, or causal prefills from position 0 (Tq == L)
+    # bool, True = may attend: (G, 1, 1, L) for a batch of decodes (each sees its own length), (1, 1, Tq, L) for prefill
+    # chunks that all start at L - Tq; None = one decode that sees all its keys, or causal prefills from 0 (Tq == L)
     mask: torch.Tensor | None
     num_seqs: int  # G
 
@@ -60,7 +60,7 @@ class PagedKVCache:
         k_layer.index_copy_(0, layout.slot_mapping, k[0].transpose(0, 1))
         v_layer.index_copy_(0, layout.slot_mapping, v[0].transpose(0, 1))
         if len(layout.groups) == 1 and layout.groups[0].query_rows is None:
-            # One group holding every row (all decodes, or one prefill): no query gather, no output scatter.
+            # One group holding every row (all decodes, or prefill chunks of one shape): no query gather or scatter.
             group = layout.groups[0]
             queries = q[0].unflatten(1, (group.num_seqs, -1)).transpose(0, 1)  # (G, H, T, D)
             y = group_attention(queries, k_layer, v_layer, group.key_slots, group.mask, self.workspace)
@@ -198,7 +198,7 @@ def padded_block_tables(block_tables: list[list[int]], width: int, device: torch
         flat += row
         if len(row) < width:
             flat += [0] * (width - len(row))
-    return torch.tensor(flat, device=device).view(len(block_tables), width)
+    return torch.tensor(flat, dtype=torch.long, device=device).view(len(block_tables), width)
 
 
 def context_slots(block_tables: list[list[int]], length: int, block_size: int, device: torch.device) -> torch.Tensor:
@@ -217,11 +217,6 @@ def build_layout(chunks: list[tuple[list[int], int, int]], block_size: int, devi
     decode_tables: list[list[int]] = []
     decode_lengths: list[int] = []
     prefills: dict[tuple[int, int], tuple[list[int], list[list[int]]]] = {}  # (start, length) -> rows, tables
-    # One group holding every row of the step, in order (all decodes, or chunks of one shape), needs no query rows.
-    # The same rule as the loop's below (length 1 joins the decode group), decided up front so that no group
-    # builds query-row tensors it would not use.
-    single_group = (all(length == 1 for _, _, length in chunks)
-                    or len({(start, length) for _, start, length in chunks}) == 1)
     row = 0
     for block_table, start, length in chunks:
         end = start + length
@@ -235,6 +230,8 @@ def build_layout(chunks: list[tuple[list[int], int, int]], block_size: int, devi
             rows += range(row, row + length)
             tables.append(block_table)
         row += length
+    # One group holding every row of the step, in order (all decodes, or chunks of one shape), needs no query rows.
+    single_group = len(prefills) + bool(decode_rows) == 1
     groups: list[AttentionGroup] = []
     for (start, length), (rows, tables) in prefills.items():
         end = start + length

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need an NVIDIA GPU, in one run of a few minutes, for a session that is lent one: the engine on
-# the GPU, its CUDA-graph decode and its compiled decode against full recomputation on the CPU, then the pretraining issue's MFU target
-# (GPT-2 124M at T=1024 in bf16, compiled, against transformers in the same run; the JSON line's ours_mfu).
+# the GPU, its CUDA-graph decode and its compiled decode against full recomputation on the CPU, then the
+# pretraining issue's MFU target (GPT-2 124M at T=1024 in bf16, compiled, against transformers in the same run;
+# the JSON line's ours_mfu).
 # Runs lmstack from src/ with the machine's own torch, transformers and pytest: nothing to install.
 #
 #     bash bench/gpu_check.sh            # PY=python3 by default

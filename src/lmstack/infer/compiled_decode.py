@@ -35,7 +35,7 @@ import torch._inductor.config as inductor_config
 import torch.fx.experimental._config
 
 from lmstack.device import last_level_cache_bytes
-from lmstack.infer.paged_cache import PagedKVCache, padded_block_tables, slot_of
+from lmstack.infer.paged_cache import PagedKVCache, decode_slots, padded_block_tables
 from lmstack.infer.quantize import Int8Linear
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,10 @@ NO_RECOMPILE = ((torch._dynamo.config, "error_on_recompile", True),)
 # Every engine's two graphs are entries of one code object (DecodeStep.forward), which dynamo caps at 8 by default:
 # a fifth live compiled engine would fail its warm-up.
 WARM_UP = ((torch._dynamo.config, "recompile_limit", 64),)
-# The warm-up's sizes (capped by the largest decode batch the engine can schedule and by the model's context). Inductor sizes its choices by
-# them (which loops run in parallel; the batch size the oneDNN weights are packed for): compiled at 2 sequences of 2
-# past keys, the depth-4 llama decoded 32 sequences 7-9% slower than compiled at 32 of 48-64 (the benchmark's 16-80
-# keys; A/B in one process, 2 threads).
+# The warm-up's sizes (capped by the largest decode batch the engine can schedule and by the model's context).
+# Inductor sizes its choices by them (which loops run in parallel; the batch size the oneDNN weights are packed for):
+# compiled at 2 sequences of 2 past keys, the depth-4 llama decoded 32 sequences 7-9% slower than compiled at 32 of
+# 48-64 (the benchmark's 16-80 keys; A/B in one process, 2 threads).
 WARM_UP_BATCH = 32
 WARM_UP_PAST = 64
 # Graphs the decoder compiles, each holding a frozen copy of the weights: a lone sequence's, and a batch's (dynamo
@@ -174,7 +174,6 @@ class CompiledDecoder:
         self.cache = cache
         # For the warm-up's sizes: the largest decode batch the engine can schedule, and the model's context.
         self.max_batch, self.context = max_batch, model.cfg.block_size
-        self.block_size = cache.block_size
         step = DecodeStep(model, cache.block_size).eval()
         on_cpu = cache.k.device.type == "cpu"
         # Batched steps' graph does not autotune: its GEMMs have a dynamic row count, for which inductor's C++ GEMM lost
@@ -193,10 +192,9 @@ class CompiledDecoder:
         trace = CPU_TRACE_SETTINGS if on_cpu else TRACE_SETTINGS
         self.warm_up_settings = _known_settings(trace, WARM_UP)
         self.run_settings = _known_settings(trace, NO_RECOMPILE)
-        self.freezes = on_cpu  # the graphs hold copies of the weights (on GPUs they read the model's own)
-        # The weights the graphs freeze (the engine warms them up right away), and their versions. Inference tensors
-        # have no version counter; nothing can train them.
-        weights = itertools.chain(model.parameters(), model.buffers())
+        # The weights the graphs freeze (the engine warms them up right away), and their versions; none on GPUs, where
+        # the graphs read the model's own. Inference tensors have no version counter; nothing can train them.
+        weights = itertools.chain(model.parameters(), model.buffers()) if on_cpu else ()
         self._frozen = [(t, t._version) for t in weights if not t.is_inference()]
         self.disabled = False
         self.compiled_steps = 0  # decode steps run through the compiled graph
@@ -215,7 +213,7 @@ class CompiledDecoder:
         """Whether this decode step (one position per sequence) runs compiled; otherwise the caller runs it eagerly."""
         if self.disabled or max(positions) < MIN_PAST_KEYS:
             return False
-        if self.freezes and self._weights_changed():
+        if self._weights_changed():
             self._give_up("the model's weights changed after the engine compiled its decode steps (compile=True "
                           "freezes them); build a new Engine to compile the new weights")
             return False
@@ -242,8 +240,8 @@ class CompiledDecoder:
         except torch._dynamo.exc.RecompileError as error:
             self._give_up("a decode step needed a new compile (was a weight of the model replaced?)", error)
             return None
-        new_slots = torch.tensor([slot_of(t, p, self.block_size) for t, p in zip(block_tables, positions)],
-                                 device=self.cache.k.device)
+        device = self.cache.k.device
+        new_slots = torch.tensor(decode_slots(block_tables, positions, self.cache.block_size), device=device)
         self.cache.k.index_copy_(1, new_slots, new_keys)
         self.cache.v.index_copy_(1, new_slots, new_values)
         self.compiled_steps += 1
@@ -253,7 +251,7 @@ class CompiledDecoder:
         device = self.cache.k.device
         past = max(positions)
         # Never 1 wide: dynamo would specialise a graph to it and compile it again.
-        tables = padded_block_tables(block_tables, max(2, -(-past // self.block_size)), device)
+        tables = padded_block_tables(block_tables, max(2, -(-past // self.cache.block_size)), device)
         with _trace_settings(settings):
             return (self.single_step if len(tokens) == 1 else self.batch_step)(
                 torch.tensor(tokens, device=device).unsqueeze(1), torch.tensor(positions, device=device).unsqueeze(1),

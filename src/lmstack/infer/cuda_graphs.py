@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from lmstack.infer.paged_cache import AttentionGroup, PagedKVCache, StepLayout, context_slots, slot_of
+from lmstack.infer.paged_cache import AttentionGroup, PagedKVCache, StepLayout, context_slots, decode_slots
 
 
 class CudaGraphDecoder:
@@ -67,7 +67,7 @@ class CudaGraphDecoder:
         device = self.ids.device
         self.ids[0, :batch].copy_(torch.tensor(tokens), non_blocking=True)
         self.positions[0, :batch].copy_(torch.tensor(positions), non_blocking=True)
-        new_slots = [slot_of(t, p, self.block_size) for t, p in zip(block_tables, positions)]
+        new_slots = decode_slots(block_tables, positions, self.block_size)
         self.slot_mapping[:batch].copy_(torch.tensor(new_slots), non_blocking=True)
         self.slot_mapping[batch:padded].fill_(self.spare_slot)
         self.key_slots[:batch * self.max_context].copy_(

@@ -185,6 +185,11 @@ def slot_of(block_table: list[int], position: int, block_size: int) -> int:
     return block_table[position // block_size] * block_size + position % block_size
 
 
+def decode_slots(block_tables: list[list[int]], positions: list[int], block_size: int) -> list[int]:
+    """The slot of each decoding sequence's new token: sequence b's at positions[b]."""
+    return [slot_of(t, p, block_size) for t, p in zip(block_tables, positions)]
+
+
 def slots_of(block_table: list[int], positions: range, block_size: int) -> list[int]:
     return [slot_of(block_table, p, block_size) for p in positions]
 

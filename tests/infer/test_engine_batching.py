@@ -121,6 +121,25 @@ def test_shared_system_prompt_is_computed_once():
     assert second.token_ids == recompute_greedy(model, system + [50, 51], 5)
 
 
+def test_only_the_chunk_that_reaches_the_last_token_samples():
+    # A budget of 5 tokens splits a 12-token prompt into chunks of 5, 5 and 2; the scheduler marks which chunk's
+    # logits give the next token: the prompt's last chunk, then every decode step's.
+    model = tiny_model("llama")
+    engine = Engine(model, None, EngineConfig(block_size=4, num_blocks=64, max_batched_tokens=5))
+    scheduled, schedule = [], engine.scheduler.schedule
+
+    def recording_schedule():
+        chunks = schedule()
+        scheduled.extend((c.start, c.length, c.samples) for c in chunks)
+        return chunks
+
+    engine.scheduler.schedule = recording_schedule
+    prompt = list(range(1, 13))
+    out = engine.generate([prompt], SamplingParams(max_tokens=3, temperature=0))[0]
+    assert scheduled == [(0, 5, False), (5, 5, False), (10, 2, True), (12, 1, True), (13, 1, True)]
+    assert out.token_ids == recompute_greedy(model, prompt, 3)
+
+
 def test_penalties_and_logit_bias_change_the_choice_as_documented():
     model = tiny_model("llama")
     engine = Engine(model, None, EngineConfig(block_size=8, num_blocks=64))

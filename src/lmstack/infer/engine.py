@@ -64,7 +64,7 @@ from lmstack.infer.paged_cache import PagedKVCache, build_layout
 from lmstack.infer.packed import linear_weight_bytes, pack_linears, packed_copy_fits, packing_supported
 from lmstack.infer.params import SamplingError, SamplingParams
 from lmstack.infer.quantize import check_method, quantize_model
-from lmstack.infer.sampler import RowSettings, apply_penalties, sample
+from lmstack.infer.sampler import apply_penalties, sample
 from lmstack.infer.scheduler import ScheduledChunk, Scheduler
 from lmstack.infer.sequence import Sequence, Status, TokenLogprob
 from lmstack.model.gpt import GPT
@@ -388,13 +388,11 @@ class Engine:
 
     def _sample_and_emit(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> list[TokenEvent]:
         seqs = [c.seq for c in chunks]
-        penalised = [i for i, s in enumerate(seqs) if s.params.needs_penalties]
+        penalised = [i for i, s in enumerate(seqs) if s.penalised]
         scores = apply_penalties(logits, penalised, [seqs[i].params for i in penalised],
                                  [seqs[i].prompt_ids for i in penalised], [seqs[i].output_ids for i in penalised])
         scores = self._apply_constraints(seqs, scores)
-        rows = [RowSettings(s.params.temperature, max(s.params.top_k, 0), s.params.top_p, s.params.min_p, s.generator)
-                for s in seqs]
-        tokens = sample(scores, rows)
+        tokens = sample(scores, [s.sampling for s in seqs])
         want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
         if want:
             log_probs = logits[want].log_softmax(dim=-1)

@@ -21,11 +21,14 @@ class ScheduledChunk:
     seq: Sequence
     start: int  # first position computed in this step
     length: int
+    samples: bool  # the chunk reaches the sequence's last token, so its logits give the next token
 
-    @property
-    def samples(self) -> bool:
-        """True when this chunk reaches the sequence's last token, so its logits give the next token."""
-        return self.start + self.length == self.seq.num_tokens
+
+def _chunk(seq: Sequence, budget: int) -> ScheduledChunk:
+    """The sequence's next tokens to compute, at most `budget` of them."""
+    num_tokens, start = seq.num_tokens, seq.num_computed_tokens
+    take = min(num_tokens - start, budget)
+    return ScheduledChunk(seq, start, take, start + take == num_tokens)
 
 
 class Scheduler:
@@ -59,9 +62,8 @@ class Scheduler:
                 continue
             if not self._make_room(seq):
                 continue
-            take = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, take))
-            budget -= take
+            chunks.append(chunk := _chunk(seq, budget))
+            budget -= chunk.length
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if not self.block_manager.can_allocate(seq):
@@ -70,9 +72,8 @@ class Scheduler:
             self.block_manager.allocate(seq)
             seq.status = Status.RUNNING
             self.running.append(seq)
-            take = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, take))
-            budget -= take
+            chunks.append(chunk := _chunk(seq, budget))
+            budget -= chunk.length
         return chunks
 
     def _make_room(self, seq: Sequence) -> bool:

@@ -10,6 +10,7 @@ import torch
 
 from lmstack.infer.detokenizer import IncrementalDetokenizer
 from lmstack.infer.params import SamplingParams
+from lmstack.infer.sampler import RowSettings
 
 
 class Status(enum.Enum):
@@ -45,6 +46,14 @@ class Sequence:
     text: str = ""
     finish_reason: str | None = None
     constraint: Any = None  # a LogitsConstraint of this sequence alone, or None
+    # From params and generator, which never change: built once here rather than for every sampled token.
+    sampling: RowSettings = field(init=False)
+    penalised: bool = field(init=False)  # params.needs_penalties
+
+    def __post_init__(self) -> None:
+        p = self.params
+        self.sampling = RowSettings(p.temperature, max(p.top_k, 0), p.top_p, p.min_p, self.generator)
+        self.penalised = p.needs_penalties
 
     @property
     def token_ids(self) -> list[int]:

@@ -103,16 +103,17 @@ CPU_BATCH_OPTIONS = {"realize_opcount_threshold": 2}
 # see `cpp_gemms_pay`.
 AUTOTUNE_OPTIONS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "autotune_num_choices_displayed": 0,
                     "max_autotune_report_choices_stats": False}
-# Settings dynamo reads while it traces, before inductor's options apply, so they are set around each call
-# (`_trace_settings`):
+# Settings dynamo reads while it traces, before inductor's options apply, so they are set around the warm-up's calls
+# (`_trace_settings`), the only ones that trace:
 #  - `freezing`: dynamo makes the weights graph constants only when it is on;
 #  - duck shaping off: dynamo would give dimensions of equal size one symbol, so a first batch of 2 sequences with
 #    block tables 2 wide would compile a graph for batch == width, and compile again at the next step.
 CPU_TRACE_SETTINGS = ((inductor_config, "freezing", True), (torch.fx.experimental._config, "use_duck_shape", False))
 TRACE_SETTINGS = ((torch.fx.experimental._config, "use_duck_shape", False),)
 # After the warm-up, a step that would compile again (a weight replaced, which dynamo's guards see; a shape
-# nothing foresaw) raises instead, and decoding goes on eagerly: a compile mid-serving would stall every request
-# for up to a minute and freeze yet another copy of the weights.
+# nothing foresaw) raises instead, before any tracing, and decoding goes on eagerly: a compile mid-serving would
+# stall every request for up to a minute and freeze yet another copy of the weights. So the steps need no trace
+# settings, only this.
 NO_RECOMPILE = ((torch._dynamo.config, "error_on_recompile", True),)
 # Every engine's two graphs are entries of one code object (DecodeStep.forward), which dynamo caps at 8 by default:
 # a fifth live compiled engine would fail its warm-up.
@@ -191,7 +192,7 @@ class CompiledDecoder:
             torch._dynamo.mark_static(pool)
         trace = CPU_TRACE_SETTINGS if on_cpu else TRACE_SETTINGS
         self.warm_up_settings = _known_settings(trace, WARM_UP)
-        self.run_settings = _known_settings(trace, NO_RECOMPILE)
+        self.run_settings = _known_settings(NO_RECOMPILE)
         # The weights the graphs freeze (the engine warms them up right away), and their versions; none on GPUs, where
         # the graphs read the model's own. Inference tensors have no version counter; nothing can train them.
         weights = itertools.chain(model.parameters(), model.buffers()) if on_cpu else ()
@@ -209,16 +210,6 @@ class CompiledDecoder:
         log.warning("%s%s; decoding eagerly from now on", what, cause)
         self.disabled = True
 
-    def accepts(self, positions: list[int]) -> bool:
-        """Whether this decode step (one position per sequence) runs compiled; otherwise the caller runs it eagerly."""
-        if self.disabled or max(positions) < MIN_PAST_KEYS:
-            return False
-        if self._weights_changed():
-            self._give_up("the model's weights changed after the engine compiled its decode steps (compile=True "
-                          "freezes them); build a new Engine to compile the new weights")
-            return False
-        return True
-
     def warm_up(self) -> None:
         """Compile both graphs now, on placeholder inputs (one sequence, then a batch, at WARM_UP_PAST keys of block
         0's slots), instead of during the first requests (tens of seconds to minutes on CPU). The step only reads the
@@ -227,16 +218,24 @@ class CompiledDecoder:
         try:
             with torch.inference_mode():  # as the engine's steps run: dynamo compiles for one grad mode
                 for batch in (1, max(2, min(WARM_UP_BATCH, self.max_batch))):
-                    self._step([0] * batch, [past] * batch, [[0]] * batch, self.warm_up_settings)
+                    self._step([0] * batch, [past] * batch, past, [[0]] * batch, self.warm_up_settings)
         except Exception as error:  # noqa: BLE001 - any compiler failure: eager decoding still gives the same tokens
             self._give_up("could not compile the decode steps", error)
 
     def run(self, tokens: list[int], positions: list[int], block_tables: list[list[int]]) -> torch.Tensor | None:
         """One decode step: token b sits at positions[b] of the sequence with block_tables[b] -> logits (B, V), and
-        the step's keys and values written into the cache; None when the step would have to compile again (the
-        caller then runs it eagerly)."""
+        the step's keys and values written into the cache. None when the caller is to run the step eagerly: compiled
+        decoding is off (it failed, or the weights changed), the longest past is under MIN_PAST_KEYS, or the step
+        would have to compile again."""
+        past = max(positions)
+        if self.disabled or past < MIN_PAST_KEYS:
+            return None
+        if self._weights_changed():
+            self._give_up("the model's weights changed after the engine compiled its decode steps (compile=True "
+                          "freezes them); build a new Engine to compile the new weights")
+            return None
         try:
-            logits, new_keys, new_values = self._step(tokens, positions, block_tables, self.run_settings)
+            logits, new_keys, new_values = self._step(tokens, positions, past, block_tables, self.run_settings)
         except torch._dynamo.exc.RecompileError as error:
             self._give_up("a decode step needed a new compile (was a weight of the model replaced?)", error)
             return None
@@ -247,9 +246,9 @@ class CompiledDecoder:
         self.compiled_steps += 1
         return logits
 
-    def _step(self, tokens: list[int], positions: list[int], block_tables: list[list[int]], settings):
+    def _step(self, tokens: list[int], positions: list[int], past: int, block_tables: list[list[int]], settings):
+        """The graph's call; past = max(positions)."""
         device = self.cache.k.device
-        past = max(positions)
         # Never 1 wide: dynamo would specialise a graph to it and compile it again.
         tables = padded_block_tables(block_tables, max(2, -(-past // self.cache.block_size)), device)
         with _trace_settings(settings):

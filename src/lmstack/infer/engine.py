@@ -368,7 +368,7 @@ class Engine:
             if not self._graphs.graphs:
                 self._graphs.capture()
             return self._graphs.run(ids, positions, block_tables)
-        if self._compiled is not None and self._compiled.accepts(positions):
+        if self._compiled is not None:
             return self._compiled.run(ids, positions, block_tables)
         return None
 

@@ -1,6 +1,7 @@
 """`lmstack sample`, `chat` and `inspect` on a tiny checkpoint, through the real CLI."""
 
 import dataclasses
+import io
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 from infer_helpers import tiny_model
 
 from lmstack.cli import main
-from lmstack.infer.chat import chat_loop
+from lmstack.infer.chat import EngineSource, chat_loop
 from lmstack.infer.commands import ENGINE_SETTINGS
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
@@ -38,6 +39,51 @@ def test_sample_reports_bad_settings_as_one_line(checkpoint, capsys):
     assert "top_p must be in (0, 1]" in capsys.readouterr().err
     assert main(["sample", str(checkpoint), "--max-tokens", "100000"]) == 2
     assert "exceeds the model's context" in capsys.readouterr().err
+
+
+SHORT_CONTEXT = 40  # shorter than sample's default length, and than chat's defaults used to be
+
+
+@pytest.fixture(scope="module")
+def short_checkpoint(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("ckpt") / "short"
+    save_model_dir(path, tiny_model("llama", vocab_size=tokenizer.vocab_size, block_size=SHORT_CONTEXT), tokenizer)
+    return path
+
+
+def test_sample_by_default_generates_what_the_context_leaves(short_checkpoint, capsys):
+    prompt = "The quick brown fox"
+    assert main(["sample", str(short_checkpoint), "--prompt", prompt, "--temperature", "0",
+                 "--set", "dtype=float32"]) == 0
+    printed = capsys.readouterr().out
+    engine = Engine.from_checkpoint(short_checkpoint, EngineConfig(dtype="float32"))
+    room = SHORT_CONTEXT - len(engine.prompt_ids(prompt))
+    expected = engine.generate([prompt], SamplingParams(max_tokens=room, temperature=0))[0].outputs[0]
+    assert expected.finish_reason == "length" and len(expected.token_ids) == room
+    assert printed == prompt + expected.text + "\n"
+    # A length the user asks for is kept: beyond the context it is an error, as is a prompt that fills it.
+    assert main(["sample", str(short_checkpoint), "--prompt", prompt, "--max-tokens", str(room + 1)]) == 2
+    assert "exceeds the model's context of 40 tokens" in capsys.readouterr().err
+    assert main(["sample", str(short_checkpoint), "--prompt", "The quick brown fox jumps over the lazy dog. " * 6]) == 2
+    assert "fills the model's context of 40 tokens" in capsys.readouterr().err
+
+
+def test_chat_replies_fit_the_context_and_a_turn_that_cannot_is_taken_back(short_checkpoint):
+    engine = Engine.from_checkpoint(short_checkpoint, EngineConfig(dtype="float32"))
+    hello = [{"role": "user", "content": "Hello world!"}]
+    prompt = engine.tokenizer.render(hello, add_generation_prompt=True).ids
+    expected = engine.generate([prompt], SamplingParams(max_tokens=SHORT_CONTEXT - len(prompt), temperature=0))[0].text
+    # max_tokens as long as the context, what `lmstack chat` asks for when --max-tokens is not given
+    source = EngineSource(engine, SamplingParams(max_tokens=SHORT_CONTEXT, temperature=0))
+    lines = iter(["Hello world!", "The quick brown fox jumps over the lazy dog. " * 3, "/reset", "Hello world!",
+                  "/exit"])
+    out = io.StringIO()
+    messages = chat_loop(source, read=lambda prompt: next(lines), out=out)
+    printed = out.getvalue()
+    assert printed.count(f"assistant> {expected}\n") == 2
+    assert "error: the conversation is" in printed and "leaves no room for a reply" in printed
+    assert messages == hello + [{"role": "assistant", "content": expected}]
+    assert engine.num_free_blocks == engine.num_total_blocks  # nothing left running
 
 
 def test_inspect_prints_the_report_and_writes_pngs(checkpoint, tmp_path, capsys):

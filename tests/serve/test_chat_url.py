@@ -2,7 +2,7 @@
 
 import subprocess
 import sys
-from serve_helpers import API_KEY, MODEL
+from serve_helpers import API_KEY, CONTEXT, MODEL
 
 
 
@@ -14,6 +14,20 @@ def test_chat_url_streams_the_servers_reply(server, client):
                          input="hello cat\n/exit\n", capture_output=True, text=True, encoding="utf-8",
                          errors="replace", timeout=120)
     assert run.returncode == 0, run.stderr
+    assert f"assistant> {expected}" in run.stdout
+
+
+def test_chat_url_leaves_the_length_to_the_server_and_survives_a_refused_turn(server, client):
+    # No --max-tokens: the request has none, and our server lets the reply use the rest of the context.
+    expected = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello cat"}],
+                                              temperature=0).choices[0].message.content
+    too_long = "hello " * (CONTEXT + 10)  # a 400 from the server (context_length_exceeded)
+    run = subprocess.run([sys.executable, "-m", "lmstack.cli", "chat", "--url", server, "--api-key", API_KEY,
+                          "--temperature", "0"], input=f"{too_long}\nhello cat\n/exit\n", capture_output=True,
+                         text=True, encoding="utf-8", errors="replace", timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "error: the server refused the chat request" in run.stdout and "context" in run.stdout
+    # The refused turn was taken back: the next one is answered as the first of a conversation.
     assert f"assistant> {expected}" in run.stdout
 
 

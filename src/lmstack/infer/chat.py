@@ -7,11 +7,13 @@ remote OpenAI-compatible server is another source (the server layer adds it for 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any, Callable, Iterator, Protocol, TextIO
 
+from lmstack.errors import LmstackError
 from lmstack.infer.engine import Engine
-from lmstack.infer.params import SamplingParams
+from lmstack.infer.params import SamplingError, SamplingParams
 
 Message = dict[str, Any]
 
@@ -22,7 +24,10 @@ class TokenSource(Protocol):
 
 
 class EngineSource:
-    """A local model: render with our chat template, generate with the engine, stop at end of turn."""
+    """A local model: render with our chat template, generate with the engine, stop at end of turn.
+
+    params.max_tokens caps a reply, which also stops at what the model's context leaves: the conversation
+    grows each turn, so a fixed length would stop fitting (OpenAI's API without max_tokens does the same)."""
 
     def __init__(self, engine: Engine, params: SamplingParams):
         if engine.tokenizer is None:
@@ -34,7 +39,12 @@ class EngineSource:
 
     def stream(self, messages: list[Message]) -> Iterator[str]:
         prompt = self.engine.tokenizer.render(messages, add_generation_prompt=True).ids
-        request_id = self.engine.add_request(prompt, self.params)
+        room = self.engine.room_for(len(prompt))
+        if room < 1:
+            raise SamplingError(f"the conversation is {len(prompt)} tokens and leaves no room for a reply in the "
+                                f"model's context of {self.engine.model.cfg.block_size} tokens; /reset starts over")
+        params = dataclasses.replace(self.params, max_tokens=min(room, self.params.max_tokens))
+        request_id = self.engine.add_request(prompt, params)
         try:
             while self.engine.has_unfinished():
                 for event in self.engine.step():
@@ -51,7 +61,10 @@ HELP = "commands: /reset clears the conversation, /exit quits (or Ctrl-D)"
 
 def chat_loop(source: TokenSource, system: str | None = None, read: Callable[[str], str] = input,
               out: TextIO = sys.stdout) -> list[Message]:
-    """Read user lines until EOF or /exit; stream each reply to `out`. Returns the conversation."""
+    """Read user lines until EOF or /exit; stream each reply to `out`. Returns the conversation.
+
+    A turn the source refuses (an lmstack error: the conversation outgrew the context, the server went away) is
+    printed and taken back, user line and partial reply, so the conversation goes on from before it."""
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)
     print(HELP, file=out)
@@ -71,8 +84,13 @@ def chat_loop(source: TokenSource, system: str | None = None, read: Callable[[st
         messages.append({"role": "user", "content": line})
         print("assistant> ", end="", file=out, flush=True)
         reply = []
-        for piece in source.stream(messages):
-            reply.append(piece)
-            print(piece, end="", file=out, flush=True)
+        try:
+            for piece in source.stream(messages):
+                reply.append(piece)
+                print(piece, end="", file=out, flush=True)
+        except LmstackError as error:
+            messages.pop()
+            print(f"\nerror: {error}", file=out)
+            continue
         print(file=out)
         messages.append({"role": "assistant", "content": "".join(reply)})

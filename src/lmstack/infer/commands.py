@@ -9,13 +9,15 @@ import argparse
 import sys
 
 
-def add_sampling_arguments(p: argparse.ArgumentParser, max_tokens: int) -> None:
-    p.add_argument("--max-tokens", type=int, default=max_tokens)
+def add_sampling_arguments(p: argparse.ArgumentParser, max_tokens_help: str) -> None:
+    p.add_argument("--max-tokens", type=int, default=None, help=max_tokens_help)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
 
+
+SAMPLE_TOKENS = 200  # `lmstack sample`'s default length
 
 # EngineConfig's fields, spelled out so that `--help` does not import torch (tests/infer checks they match).
 ENGINE_SETTINGS = ("block_size, num_blocks, kv_memory_mb, max_num_seqs, max_batched_tokens, dtype, device, compile, "
@@ -36,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("ckpt", help="lmstack checkpoint dir")
     p.add_argument("--prompt", default="", help="text to continue (default: start from bos)")
     p.add_argument("-n", type=int, default=1, help="number of samples")
-    add_sampling_arguments(p, max_tokens=200)
+    add_sampling_arguments(p, max_tokens_help=f"tokens to generate per sample (default {SAMPLE_TOKENS}, or the rest "
+                                              "of the model's context when that is less)")
     add_engine_arguments(p)
     p.set_defaults(func=run_sample)
 
@@ -57,25 +60,31 @@ def build_engine(args: argparse.Namespace):
     return Engine.from_checkpoint(args.ckpt, load_config(EngineConfig, args.config, args.overrides))
 
 
-def sampling_params(args: argparse.Namespace, **extra):
+def sampling_params(args: argparse.Namespace, max_tokens: int, **extra):
     from lmstack.infer.params import SamplingParams
 
-    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+    return SamplingParams(max_tokens=max_tokens, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, seed=args.seed, **extra).validate()
 
 
 def run_sample(args: argparse.Namespace) -> int:
     engine = build_engine(args)
-    params = sampling_params(args, n=args.n)
+    prompt = engine.prompt_ids(args.prompt)
+    # A limit the user set is kept (beyond the context it is an error); the default fits what the context leaves.
+    # At least 1, so that a prompt that fills the context gets the engine's error saying so.
+    max_tokens = args.max_tokens
+    if max_tokens is None:
+        max_tokens = max(1, min(SAMPLE_TOKENS, engine.room_for(len(prompt))))
+    params = sampling_params(args, max_tokens, n=args.n)
     if args.n == 1:
         print(args.prompt, end="", flush=True)
-        engine.add_request(args.prompt, params)
+        engine.add_request(prompt, params)
         while engine.has_unfinished():
             for event in engine.step():
                 print(event.text, end="", flush=True)
         print()
         return 0
-    for output in engine.generate([args.prompt], params)[0].outputs:
+    for output in engine.generate([prompt], params)[0].outputs:
         print(f"--- sample {output.index} ({output.finish_reason})")
         print(args.prompt + output.text)
     return 0

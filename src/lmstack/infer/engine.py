@@ -223,7 +223,7 @@ class Engine:
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None) -> str:
         params = (params or SamplingParams()).validate(self.model.cfg.vocab_size)
-        prompt_ids = self._prompt_ids(prompt)
+        prompt_ids = self.prompt_ids(prompt)
         self._check_fits(len(prompt_ids), params)
         if params.stop and self.tokenizer is None:
             raise SamplingError("stop strings need a tokenizer; pass stop_token_ids instead or load one")
@@ -250,7 +250,8 @@ class Engine:
         with self._lock:
             return bool(self._inbox or self.requests)
 
-    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        """The token ids add_request runs for `prompt`: a text is encoded after bos; ids are checked against the vocab."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise SamplingError("a text prompt needs a tokenizer; pass token ids or load a checkpoint with one")
@@ -265,9 +266,17 @@ class Engine:
             raise SamplingError(f"prompt token ids {bad[:5]} are outside the vocab [0, {self.model.cfg.vocab_size})")
         return ids
 
+    def room_for(self, prompt_len: int) -> int:
+        """How many tokens a request with a prompt of `prompt_len` tokens may generate: the rest of the model's
+        context, within the KV pool's slots; 0 when the prompt fills them. (What max_tokens may be at most.)"""
+        return max(0, min(self.model.cfg.block_size, self.num_total_blocks * self.config.block_size) - prompt_len)
+
     def _check_fits(self, prompt_len: int, params: SamplingParams) -> None:
         total = prompt_len + params.max_tokens
         context = self.model.cfg.block_size
+        if prompt_len >= context:
+            raise SamplingError(f"prompt of {prompt_len} tokens fills the model's context of {context} tokens and "
+                                "leaves no room for a new token; shorten the prompt")
         if total > context:
             raise SamplingError(f"prompt of {prompt_len} tokens + max_tokens={params.max_tokens} exceeds the "
                                 f"model's context of {context} tokens; shorten the prompt or lower max_tokens")

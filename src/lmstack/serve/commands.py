@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="with --url: the model id (default: the server's first model)")
     p.add_argument("--api-key", default=None, help="with --url: bearer key (default: $OPENAI_API_KEY)")
     p.add_argument("--system", default=None, help="system prompt")
-    add_sampling_arguments(p, max_tokens=512)
+    add_sampling_arguments(p, max_tokens_help="the longest reply (default: what the model's context leaves)")
     add_engine_arguments(p)
     p.set_defaults(func=run_chat)
 
@@ -88,6 +88,9 @@ def run_chat(args: argparse.Namespace) -> int:
         source = RemoteSource(args.url, model=args.model, api_key=args.api_key, max_tokens=args.max_tokens,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     else:
-        source = EngineSource(build_engine(args), sampling_params(args))
+        engine = build_engine(args)
+        # Unset: as long as the context; each reply also stops at what the conversation leaves of it.
+        max_tokens = engine.model.cfg.block_size if args.max_tokens is None else args.max_tokens
+        source = EngineSource(engine, sampling_params(args, max_tokens))
     chat_loop(source, system=args.system)
     return 0

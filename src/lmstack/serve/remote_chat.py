@@ -16,11 +16,13 @@ class RemoteChatError(LmstackError):
 
 
 class RemoteSource:
-    def __init__(self, url: str, model: str | None = None, api_key: str | None = None, max_tokens: int = 512,
+    def __init__(self, url: str, model: str | None = None, api_key: str | None = None, max_tokens: int | None = None,
                  temperature: float = 0.8, top_p: float = 1.0, top_k: int = 0, seed: int | None = None):
         self.client = openai.OpenAI(base_url=api_base(url), max_retries=0,
                                     api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none")
-        self.sampling: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+        self.sampling: dict[str, Any] = {"temperature": temperature, "top_p": top_p}
+        if max_tokens is not None:  # unset: the server's default, the rest of the context on ours and OpenAI's
+            self.sampling["max_tokens"] = max_tokens
         if seed is not None:
             self.sampling["seed"] = seed
         if top_k > 0:  # not an OpenAI field: sent only when asked for (vLLM and lmstack read it)

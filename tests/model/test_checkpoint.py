@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -61,6 +62,17 @@ def test_missing_weights_file_is_named(tmp_path):
     (tmp_path / "ckpt" / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="has no model.safetensors"):
         load_model_dir(tmp_path / "ckpt")
+
+
+def test_a_run_dir_passed_as_a_checkpoint_names_its_checkpoints(tmp_path):
+    # A run dir has a config.json of its own; its checkpoints are inside it.
+    run = tmp_path / "sft"
+    save_model_dir(run / "final", build_model(tiny_config("llama")), None)
+    (run / "checkpoints" / "step_000010").mkdir(parents=True)  # a checkpoint dir still being written: no weights
+    (run / "config.json").write_text(json.dumps({"model": {}, "lr": 1e-3}))
+    message = f"'{run}' is a run dir, not a checkpoint dir; pass one of its checkpoints: {run / 'final'}"
+    with pytest.raises(CheckpointError, match=re.escape(message) + "$"):
+        load_model_dir(run)
 
 
 def test_unknown_config_key_is_named(tmp_path):

@@ -77,7 +77,7 @@ def test_bad_completions_requests(http):
 
 
 def test_unknown_route_and_method(http):
-    assert_openai_error(http.get("/v1/nothing"), 404)
+    assert "see GET /v1/models" in assert_openai_error(http.get("/v1/nothing"), 404)["message"]
     assert_openai_error(http.get(CHAT), 405)
 
 

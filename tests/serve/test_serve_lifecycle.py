@@ -1,6 +1,10 @@
-"""Production behaviour: /health while loading, 429 when the queue is full, graceful shutdown on SIGTERM."""
+"""Production behaviour: /health while loading (and after a failed load), 429 when the queue is full, graceful shutdown on SIGTERM."""
 
+import contextlib
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -15,6 +19,21 @@ from lmstack.serve.app import create_app
 from lmstack.serve.config import ServeConfig
 
 
+@contextlib.contextmanager
+def in_process_server(app):
+    """Serve `app` with uvicorn in a thread of this process; yields the base URL once it accepts connections."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def test_health_is_503_while_loading_then_200(checkpoint):
     release = threading.Event()
 
@@ -22,29 +41,46 @@ def test_health_is_503_while_loading_then_200(checkpoint):
         release.wait(timeout=60)
         return Engine.from_checkpoint(checkpoint, EngineConfig(dtype="float32"))
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(slow_load, ServeConfig(), "tiny"), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        loading = httpx.get(f"{base}/health")
-        assert loading.status_code == 503 and loading.json()["status"] == "loading"
-        busy = httpx.post(f"{base}/v1/completions", json={"prompt": "hi"})
-        assert busy.status_code == 503 and busy.json()["error"]["code"] == "model_loading"
-        release.set()
-        while httpx.get(f"{base}/health").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert httpx.get(f"{base}/health").json()["status"] == "ready"
-        assert httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
+        with in_process_server(create_app(slow_load, ServeConfig(), "tiny")) as base:
+            loading = httpx.get(f"{base}/health")
+            assert loading.status_code == 503 and loading.json()["status"] == "loading"
+            busy = httpx.post(f"{base}/v1/completions", json={"prompt": "hi"})
+            assert busy.status_code == 503 and busy.json()["error"]["code"] == "model_loading"
+            release.set()
+            wait_for(lambda: httpx.get(f"{base}/health").status_code == 200)
+            assert httpx.get(f"{base}/health").json()["status"] == "ready"
+            assert httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
     finally:
         release.set()
-        server.should_exit = True
-        thread.join(timeout=30)
+
+
+def test_a_model_that_fails_to_load_is_reported_not_waited_for(tmp_path):
+    def failing_load():  # what loading an incomplete checkpoint dir raises
+        return Engine.from_checkpoint(tmp_path, EngineConfig(dtype="float32"))
+
+    (tmp_path / "config.json").write_text('{"model": {}}')
+    with in_process_server(create_app(failing_load, ServeConfig(), "tiny")) as base:
+        wait_for(lambda: httpx.get(f"{base}/health").json()["status"] != "loading")
+        health = httpx.get(f"{base}/health")
+        assert health.status_code == 503 and health.json()["status"] == "failed"
+        assert "has no model.safetensors" in health.json()["error"]
+        for response in (httpx.get(f"{base}/v1/models"), httpx.post(f"{base}/v1/completions", json={"prompt": "hi"})):
+            error = response.json()["error"]
+            assert response.status_code == 503 and error["code"] == "model_load_failed"
+            assert "has no model.safetensors" in error["message"] and "retry" not in error["message"]
+
+
+def test_a_busy_port_is_one_clear_error_before_anything_loads(checkpoint):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "lmstack.cli", "serve", str(checkpoint), "--port", str(port)],
+                             capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "--port" in run.stderr
+    assert "Traceback" not in run.stderr and "terminate called" not in run.stderr
 
 
 @pytest.fixture(scope="module")

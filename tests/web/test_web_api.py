@@ -4,13 +4,15 @@ schema, live metric reads, paged traces and run lists (checked against the layer
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import httpx
 import pytest
 
 from lmstack.agent.launch import open_database
 from lmstack.agent.store import list_runs
-from web_seed import train_record
+from web_seed import seed_training_run, train_record
 
 KEY = {"authorization": "Bearer dashboard-test-key"}
 
@@ -58,12 +60,44 @@ def test_metrics_are_read_incrementally_and_a_half_written_line_waits(client, se
     assert third["reset"] and [r["step"] for r in third["records"]] == [1]
 
 
+def test_runs_nested_in_a_run_dir_are_listed_and_opened(client, seeded):
+    # As the demo leaves them: runs/quickstart (pretraining) holds runs/quickstart/sft (post-training's run dir)
+    # and checkpoint dirs, which have a config.json but are not runs.
+    outer = seed_training_run(seeded["runs_root"], "posttrained", steps=5)
+    seed_training_run(outer, "sft", steps=40)
+    (outer / "checkpoints" / "step_000005").mkdir(parents=True)
+    (outer / "checkpoints" / "step_000005" / "config.json").write_text("{}")
+    names = {run["name"]: run for run in client.get("/api/training/runs", headers=KEY).json()["runs"]}
+    assert {"posttrained", "posttrained/sft"} <= set(names) and not any("checkpoints" in name for name in names)
+    assert (names["posttrained"]["step"], names["posttrained/sft"]["step"]) == (5, 40)
+    # The page sends the name URL-encoded, slash included.
+    detail = client.get("/api/training/runs/posttrained%2Fsft", headers=KEY).json()
+    assert detail["name"] == "posttrained/sft" and [s["step"] for s in detail["samples"]] == [20, 40]
+    metrics = client.get("/api/training/runs/posttrained%2Fsft/metrics", headers=KEY).json()
+    assert [r["step"] for r in metrics["records"] if "loss" in r] == list(range(1, 41))
+    assert client.get("/api/training/runs/posttrained/checkpoints", headers=KEY).status_code == 404
+
+
 def test_unknown_names_are_404_and_cannot_leave_the_runs_root(client):
-    for path in ("/api/training/runs/nope", "/api/training/runs/..%2F..%2Fetc", "/api/agents/runs/nope",
+    for path in ("/api/training/runs/nope", "/api/training/runs/..%2F..%2Fetc", "/api/training/runs/tiny%2F..%2F..",
+                 "/api/training/runs/..%2F..%2Fetc/metrics", "/api/agents/runs/nope",
                  "/api/agents/runs/nope/steps", "/api/evals/runs/nope", "/api/endpoints/nope/v1/models"):
         response = client.get(path, headers=KEY)
         assert response.status_code == 404, path
         assert response.json()["error"]["message"]
+
+
+def test_an_unknown_route_points_to_the_openai_api_only_where_there_is_one(client):
+    missing = client.get("/v2/nothing", headers=KEY)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"] == "no route GET /v2/nothing"  # `lmstack ui` serves no /v1
+
+
+def test_a_runs_root_that_does_not_exist_is_refused(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "lmstack.cli", "ui", "--runs-root", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert f"--runs-root '{tmp_path / 'nope'}' is not a directory" in run.stderr
 
 
 def test_run_list_pages_and_counts_match_the_agent_store(client, seeded):

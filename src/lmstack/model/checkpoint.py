@@ -64,6 +64,12 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not config_path.is_file():
         raise CheckpointError(f"'{path}' has no {CONFIG_FILE}: it is not a lmstack checkpoint dir "
                               "(for a Hugging Face model use `lmstack import --from hf`)")
+    if not (path / WEIGHTS_FILE).is_file():
+        # A run dir has a config.json too; the checkpoints are inside it (final/, best, ...).
+        inside = sorted(str(child) for child in path.iterdir() if (child / WEIGHTS_FILE).is_file())
+        if inside:
+            raise CheckpointError(f"'{path}' is a run dir, not a checkpoint dir; pass one of its checkpoints: "
+                                  f"{', '.join(inside)}")
     try:
         return json.loads(config_path.read_text())
     except json.JSONDecodeError as err:

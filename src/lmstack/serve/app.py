@@ -66,6 +66,8 @@ def create_app(load_engine: Callable[[], Engine], config: ServeConfig, model_nam
             status["phase"], status["error"] = "failed", f"{type(err).__name__}: {err}"
 
     app = FastAPI(title="lmstack", lifespan=lifespan)
+    app.state.load_status = status  # server_state tells "loading" from "failed" by it
+    app.state.serves_openai_api = True  # 404s point to it (`lmstack ui` shares the error handlers, not the API)
     install_error_handlers(app)
     app.include_router(api_router(status, metrics))
     app.include_router(chat_route.router)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 from pathlib import Path
 
 
@@ -48,6 +49,20 @@ def serve_config(args: argparse.Namespace):
     return config
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Fail now if the server could not listen there: uvicorn would find out only after the model started loading,
+    and the process then aborted with the loader thread inside torch."""
+    from lmstack.errors import LmstackError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's: a port in TIME_WAIT is usable
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise LmstackError(f"cannot listen on {host}:{port} ({err.strerror}); stop what uses the port or pass "
+                               "--port N (and --host for another address)") from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
@@ -61,6 +76,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     config = serve_config(args)
     read_config(args.ckpt)  # a wrong path fails here, before a server starts
+    check_can_listen(config.host, config.port)
     torch.set_num_threads(config.torch_threads or max(1, (os.cpu_count() or 2) - 1))
     model_name = config.model_name or Path(args.ckpt).resolve().name
     dashboard = dashboard_router(DashboardSettings(local_model=True))  # the web dashboard at /

@@ -62,6 +62,13 @@ def validation_message(err: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {message}" if param else message), param
 
 
+def _api_routes_hint(request: Request) -> str:
+    """Where the OpenAI API is, on apps that serve it (`lmstack ui` shares these handlers and does not)."""
+    if getattr(request.app.state, "serves_openai_api", False):
+        return "; see GET /v1/models, POST /v1/chat/completions, POST /v1/completions"
+    return ""
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -74,8 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        message = {404: f"no route {request.method} {request.url.path}; see GET /v1/models, "
-                        "POST /v1/chat/completions, POST /v1/completions",
+        message = {404: f"no route {request.method} {request.url.path}" + _api_routes_hint(request),
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(err.status_code, str(err.detail))
         return error_response(APIError(message, status=err.status_code))
 

@@ -23,8 +23,13 @@ class ServerState:
 
 
 def server_state(request: Request, model: str | None = None) -> ServerState:
-    """The loaded server's state; 503 while the model loads, 404 for a model this server does not serve."""
+    """The loaded server's state; 503 while the model loads or after it failed to, 404 for a model this server
+    does not serve."""
     state: ServerState | None = getattr(request.app.state, "server", None)
+    status = getattr(request.app.state, "load_status", {})
+    if state is None and status.get("phase") == "failed":
+        raise APIError(f"the model could not be loaded ({status['error']}); fix it and restart the server",
+                       status=503, code="model_load_failed")
     if state is None:
         raise APIError("the model is still loading; retry when GET /health returns 200", status=503,
                        code="model_loading", headers={"Retry-After": "2"})

@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("ui", help="serve the web dashboard without a model (`lmstack serve` also serves it at /)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    p.add_argument("--runs-root", default="runs", help="folder holding training run dirs (default runs)")
+    p.add_argument("--runs-root", default=None, help="folder holding training run dirs (default runs)")
     p.add_argument("--db", default=None, help="database file (default: $LMSTACK_HOME/lmstack.db)")
     p.add_argument("--endpoint", action="append", default=[], metavar="NAME=URL",
                    help="an OpenAI-compatible endpoint to chat with, e.g. local=http://127.0.0.1:8000/v1 (repeatable; "
@@ -27,12 +27,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_ui(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from lmstack.errors import LmstackError
     from lmstack.web.settings import DashboardSettings, parse_endpoint_keys, parse_endpoints
     from lmstack.web.ui_app import create_ui_app
 
+    # The default may be missing (no training runs yet); a folder the user names must exist.
+    if args.runs_root is not None and not Path(args.runs_root).is_dir():
+        raise LmstackError(f"--runs-root '{args.runs_root}' is not a directory; pass the folder that holds your run "
+                           "dirs (e.g. runs, where `lmstack train` writes them)")
     endpoints = parse_endpoints(args.endpoint)
-    settings = DashboardSettings(runs_root=Path(args.runs_root), db_path=Path(args.db) if args.db else None,
-                                 endpoints=endpoints, endpoint_keys=parse_endpoint_keys(args.endpoint_key, endpoints))
+    named_root = {"runs_root": Path(args.runs_root)} if args.runs_root else {}
+    settings = DashboardSettings(**named_root, db_path=Path(args.db) if args.db else None, endpoints=endpoints,
+                                 endpoint_keys=parse_endpoint_keys(args.endpoint_key, endpoints))
     api_key = args.api_key or os.environ.get("LMSTACK_API_KEY") or None
     app = create_ui_app(settings, api_key)
     print(f"lmstack ui: dashboard at http://{args.host}:{args.port}/ ({'API key required' if api_key else 'no API key'}); "

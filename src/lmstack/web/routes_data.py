@@ -45,21 +45,23 @@ def data_router(sources: DataSources) -> APIRouter:
         """Run dirs under the runs root, most recently updated first, with their last step and loss."""
         return {"root": str(root), "runs": training_runs.list_runs(root)}
 
-    @router.get("/training/runs/{name}", tags=["dashboard: training"])
-    def training_run(name: str):
-        """One run's config, checkpoints and the samples logged at each eval."""
-        try:
-            return training_runs.run_detail(root, name)
-        except NOT_FOUND as err:
-            raise not_found(err) from None
-
-    @router.get("/training/runs/{name}/metrics", tags=["dashboard: training"])
+    # Names may hold a slash (nested runs, "RUN/NESTED"): the metrics route comes first, or the detail route's path
+    # parameter would take "RUN/metrics" for a run's name.
+    @router.get("/training/runs/{name:path}/metrics", tags=["dashboard: training"])
     def training_metrics(name: str, offset: int = Query(0, ge=0, description="byte offset returned by the last call"),
                          file: str | None = Query(None, description="file identity returned by the last call")):
         """metrics.jsonl records from a byte offset on: poll with the returned offset and file to follow a live
         run (a replaced or truncated file is read again from the start, with `reset` set)."""
         try:
             return training_runs.read_metrics_from(root, name, offset, file)
+        except NOT_FOUND as err:
+            raise not_found(err) from None
+
+    @router.get("/training/runs/{name:path}", tags=["dashboard: training"])
+    def training_run(name: str):
+        """One run's config, checkpoints and the samples logged at each eval."""
+        try:
+            return training_runs.run_detail(root, name)
         except NOT_FOUND as err:
             raise not_found(err) from None
 

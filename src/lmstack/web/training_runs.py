@@ -33,28 +33,40 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and ((path / METRICS_FILE).is_file() or (path / RUN_CONFIG).is_file())
 
 
+def is_nested_run_dir(path: Path) -> bool:
+    """A run inside a run dir (post-training's `--run-dir`, e.g. the demo's runs/quickstart/sft): it has metrics.
+    A config.json alone is not enough there: every checkpoint dir has one."""
+    return path.is_dir() and (path / METRICS_FILE).is_file()
+
+
 def resolve_run(root: Path, name: str) -> Path:
-    """The run dir `root/name`, refusing names that would leave the root."""
+    """The run dir `root/name` (name "RUN" or "RUN/NESTED"), refusing names that would leave the root."""
+    root = root.resolve()
     path = (root / name).resolve()
-    if path.parent != root.resolve() or not is_run_dir(path):
+    top_level = path.parent == root and is_run_dir(path)
+    nested = path.parent.parent == root and is_run_dir(path.parent) and is_nested_run_dir(path)
+    if not (top_level or nested):
         raise TrainingRunNotFound(f"no training run '{name}' under '{root}'; start the dashboard with "
                                   f"--runs-root pointing at the folder that holds your run dirs")
     return path
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Every run dir directly under `root`, most recently updated first."""
+    """Every run dir directly under `root`, and the runs nested one level inside those, most recently updated
+    first; a nested run is named "RUN/NESTED"."""
     if not root.is_dir():
         return []
-    runs = [run_summary(path) for path in root.iterdir() if is_run_dir(path)]
+    paths = [path for path in root.iterdir() if is_run_dir(path)]
+    paths += [child for path in paths for child in path.iterdir() if is_nested_run_dir(child)]
+    runs = [run_summary(path, path.relative_to(root).as_posix()) for path in paths]
     return sorted(runs, key=lambda r: r["updated_at"], reverse=True)
 
 
-def run_summary(path: Path) -> dict[str, Any]:
+def run_summary(path: Path, name: str) -> dict[str, Any]:
     metrics = path / METRICS_FILE
     updated = max((p.stat().st_mtime for p in (metrics, path / RUN_CONFIG) if p.is_file()), default=0.0)
     last = _last_train_record(metrics)
-    return {"name": path.name, "updated_at": updated, "live": time.time() - updated < LIVE_WINDOW_S,
+    return {"name": name, "updated_at": updated, "live": time.time() - updated < LIVE_WINDOW_S,
             "step": last.get("step"), "loss": last.get("loss")}
 
 
@@ -79,7 +91,7 @@ def run_detail(root: Path, name: str) -> dict[str, Any]:
     path = resolve_run(root, name)
     config_file = path / RUN_CONFIG
     config = json.loads(config_file.read_text()) if config_file.is_file() else None
-    return {**run_summary(path), "path": str(path), "config": config, "samples": read_samples(path / RUN_LOG),
+    return {**run_summary(path, name), "path": str(path), "config": config, "samples": read_samples(path / RUN_LOG),
             "checkpoints": sorted(p.name for p in path.iterdir() if p.is_dir())}
 
 

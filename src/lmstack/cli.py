@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from lmstack.errors import LmstackError
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         result = args.func(args)
+        sys.stdout.flush()  # output still buffered would meet a closed pipe at exit, outside this try
+    except BrokenPipeError:
+        return stdout_closed()
     except USER_ERRORS as err:
         print(f"lmstack {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -55,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmstack {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def stdout_closed() -> int:
+    """The reader of our output went away (`lmstack agent list | head -3`): exit quietly, as in the Python docs'
+    "Note on SIGPIPE". Python flushes stdout again at exit, so it is pointed at /dev/null to fail no more."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1  # what Python itself exits with on EPIPE
 
 
 if __name__ == "__main__":

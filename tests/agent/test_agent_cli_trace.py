@@ -1,20 +1,26 @@
-"""The CLI end to end (real subprocesses): run, list, trace (tree and OpenTelemetry JSON), approve."""
+"""The CLI end to end (real subprocesses): run, list, trace (tree and OpenTelemetry JSON), approve, resume."""
 
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from agent_helpers import call
-from lmstack.agent.testing.scripted_server import ScriptedServer
+from lmstack.agent.launch import open_database
+from lmstack.agent.settings import AgentConfig
+from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
+from lmstack.config import ConfigError, load_config
+from lmstack.db import transaction
 
 SCRIPT = {"scripts": {
     "calc": [{"tool_calls": [call("calculator", {"expression": "6 * 7"}), call("calculator", {"expression": "6 + 7"})]},
              {"content": "6 * 7 = 42 and 6 + 7 = 13; I saved both to results.txt."}],
     "files": [{"tool_calls": [call("write_file", {"path": "plan.md", "content": "1. buy milk"})]},
               {"content": "I saved the plan to plan.md."}],
+    "broken": [{"fail": [400], "content": "never sent"}],
 }}
 APPROVAL_TOOLS = Path(__file__).with_name("approval_tools.py")
 
@@ -91,3 +97,69 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
     bad_tool = lmstack("run", "x", "--model", "http://127.0.0.1:9/v1", "--model-name", "m", "--tools", "teleport",
                        db=tmp_path / "x.db")
     assert bad_tool.returncode == 2 and "--tools 'teleport'" in bad_tool.stderr
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one line a user error prints (after the run's header line, when `run` got that far)."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_a_failed_model_listing_says_what_to_fix(server, tmp_path):
+    nothing_there = lmstack("run", "x", "--model", f"http://127.0.0.1:{free_port()}/v1", db=tmp_path / "x.db")
+    assert "is the server running at that URL?" in error_line(nothing_there)
+    no_such_path = lmstack("run", "x", "--model", server.base_url.replace("/v1", "/nope"), db=tmp_path / "x.db")
+    assert "404" in error_line(no_such_path) and error_line(no_such_path).endswith("pass --model-name")
+    # A refused API key: tests/agent/test_agent_own_server.py, against our server with a key.
+
+
+def test_a_budget_that_cannot_work_is_refused_before_the_run_exists(tmp_path):
+    db = tmp_path / "x.db"
+    refused = lmstack("run", "x", "--model", "http://127.0.0.1:9/v1", "--model-name", "m",
+                      "--set", "budget.max_steps=-1", db=db)
+    assert error_line(refused) == "lmstack agent: error: budget.max_steps = -1: must be > 0"
+    assert "\n" not in lmstack("list", db=db).stdout.strip()  # the header alone: no run was recorded
+
+
+@pytest.mark.parametrize("setting", ["budget.max_steps=0", "budget.max_tokens=-1", "budget.max_wall_s=0",
+                                     "budget.max_dollars=-0.5", "budget.price_in_per_mtok=-1", "loops.repeat_limit=0",
+                                     "loops.no_progress_limit=-2", "max_attempts=0", "context_tokens=0",
+                                     "max_output_tokens=0", "timeout_s=-1", "monitors.max_retries=-1",
+                                     "monitors.self_consistency_k=0"])
+def test_each_limit_below_what_a_run_needs_is_named(setting):
+    key = setting.split("=")[0]
+    with pytest.raises(ConfigError, match=f"^{key} = "):
+        load_config(AgentConfig, overrides=[setting])
+
+
+def test_zero_dollars_and_zero_retries_are_meaningful_and_accepted():
+    config = load_config(AgentConfig, overrides=["budget.max_dollars=0", "monitors.max_retries=0"])
+    assert config.budget.max_dollars == 0 and config.monitors.max_retries == 0
+
+
+def test_resume_refuses_a_run_that_is_over(server, tmp_path):
+    db = tmp_path / "lmstack.db"
+    failed = lmstack("run", "x", "--model", server.base_url, "--model-name", "broken", "--run-id", "r4",
+                     "--workspace", str(tmp_path / "ws"), db=db)
+    assert failed.returncode == 1 and "run r4: failed" in failed.stdout
+    calls_before = len(server.requests())
+    resumed = lmstack("resume", "r4", db=db)
+    assert error_line(resumed).startswith("lmstack agent: error: run 'r4' has status failed (model 'broken'")
+    assert "cannot be resumed" in error_line(resumed) and resumed.stdout == ""
+    assert len(server.requests()) == calls_before  # nothing ran
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    db = tmp_path / "lmstack.db"
+    conn = open_database(db)
+    with transaction(conn):  # far more lines than a pipe buffers, so `list` is still writing when the reader leaves
+        conn.executemany("INSERT INTO agent_runs (id, task, status, config, created_at, updated_at) "
+                         "VALUES (?, ?, 'completed', '{}', ?, ?)",
+                         [(f"run{i}", "a task long enough to fill a line " * 2, time.time(), time.time())
+                          for i in range(3000)])
+    process = subprocess.Popen([sys.executable, "-m", "lmstack.cli", "agent", "list", "--limit", "3000",
+                                "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("RUN")  # like `| head -1`
+    process.stdout.close()
+    assert process.wait(timeout=60) == 1
+    assert process.stderr.read() == ""

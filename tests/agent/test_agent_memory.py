@@ -87,6 +87,36 @@ def test_context_policy_summarises_oldest_turns_when_truncation_is_not_enough():
     assert first_kept["role"] == "assistant"
 
 
+def answered_calls_only(view: list[dict]) -> bool:
+    """Every tool result answers a call made by an assistant message earlier in the view."""
+    called: set[str] = set()
+    for message in view:
+        called.update(c["id"] for c in message.get("tool_calls", []))
+        if message["role"] == "tool" and message["tool_call_id"] not in called:
+            return False
+    return True
+
+
+def test_dropping_turns_keeps_the_latest_call_with_all_its_results():
+    messages = conversation(tool_output_chars=100, turns=6)
+    messages[-2]["tool_calls"].append({"id": "c5b", "type": "function", "function": {"name": "search", "arguments": "{}"}})
+    messages.append({"role": "tool", "tool_call_id": "c5b", "content": "second result " + "y" * 100})
+    # Room for the head, a bare summary and the last result (~77 tokens), not for the whole latest turn (~160):
+    # the old rule sent the last result alone, without its call, which OpenAI's API refuses. A turn is whole or
+    # gone; the latest stays, and its short outputs have nothing to cut.
+    view = fit_context(messages, max_tokens=100)
+    assert view[-3:] == messages[-3:] and answered_calls_only(view)
+    assert "Summary of earlier conversation" in view[1]["content"] and len(view) == 5
+
+
+def test_a_latest_tool_output_too_long_for_the_context_is_shortened_last():
+    messages = conversation(tool_output_chars=100, turns=3)
+    messages[-1] = dict(messages[-1], content="huge " + "z" * 8000)  # ~2,000 tokens, more than the whole context
+    view = fit_context(messages, max_tokens=300)
+    assert approx_tokens(view) <= 300 and answered_calls_only(view)
+    assert view[-1]["content"].endswith("[tool output truncated: 8005 chars]") and view[-2] == messages[-2]
+
+
 def test_summary_handles_content_given_as_a_list_of_parts():
     messages = conversation(tool_output_chars=100, turns=8)
     messages[1] = {"role": "user", "content": [{"type": "text", "text": "Research "}, {"type": "text", "text": "it."}]}

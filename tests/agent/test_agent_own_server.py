@@ -2,7 +2,9 @@
 a few seconds, to make one tool call and then answer from the tool's result. The agent's calls go
 through the openai SDK, our server's chat template and tool-call parser, our engine, and back."""
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,8 +15,14 @@ import torch
 
 from agent_helpers import run_agent
 from lmstack.agent.builtin_tools import calculator
+from lmstack.agent.client import ModelCallError, OpenAIClient
+from lmstack.agent.launch import open_database
+from lmstack.agent.runtime import AgentRuntime
 from lmstack.agent.settings import AgentConfig
-from lmstack.agent.testing.scripted_server import free_port
+from lmstack.agent.store import create_run
+from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
+from lmstack.agent.tools import ToolRegistry
+from lmstack.config import to_dict
 from lmstack.model.checkpoint import save_model_dir
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import build_model
@@ -23,6 +31,7 @@ from lmstack.tokenizer import Tokenizer
 SYSTEM = AgentConfig().system_prompt
 TASK = "What is 6 * 7?"
 ANSWER = "The answer is 42."
+CONTEXT = 512  # the model's block_size: the max_model_len our server reports
 
 
 def conversation() -> list[dict]:
@@ -39,7 +48,7 @@ def train_tool_using_checkpoint(path) -> None:
     rendered = tokenizer.render(conversation(), [calculator.schema()])
     ids = torch.tensor([rendered.ids])
     targets = torch.tensor([[t if m else -1 for t, m in zip(rendered.ids[1:] + [0], rendered.loss_mask[1:] + [0])]])
-    cfg = ModelConfig(arch="llama", vocab_size=416, block_size=512, n_layer=1, n_head=4, n_kv_head=2, n_embd=32)
+    cfg = ModelConfig(arch="llama", vocab_size=416, block_size=CONTEXT, n_layer=1, n_head=4, n_kv_head=2, n_embd=32)
     model = build_model(cfg, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     trained = targets[0] >= 0
@@ -53,13 +62,12 @@ def train_tool_using_checkpoint(path) -> None:
     save_model_dir(path, model.eval(), tokenizer, {})
 
 
-@pytest.fixture(scope="module")
-def own_server(tmp_path_factory):
-    checkpoint = tmp_path_factory.mktemp("ckpt") / "tiny-tools"
-    train_tool_using_checkpoint(checkpoint)
+@contextlib.contextmanager
+def serve(checkpoint, **env: str):
+    """`lmstack serve CHECKPOINT` as a subprocess on a free port; yields its /v1 base URL once it is ready."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "lmstack.cli", "serve", str(checkpoint), "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **env})
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -71,13 +79,25 @@ def own_server(tmp_path_factory):
             except OSError:
                 pass
             time.sleep(0.1)
-
-        class Server:
-            base_url = f"{base}/v1"
-        yield Server
+        yield f"{base}/v1"
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-tools"
+    train_tool_using_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def own_server(checkpoint):
+    with serve(checkpoint) as url:
+        class Server:
+            base_url = url
+        yield Server
 
 
 @pytest.mark.parametrize("stream", [False, pytest.param(True, marks=pytest.mark.slow)])
@@ -94,3 +114,51 @@ def test_agent_run_against_our_own_server(tmp_path, own_server, stream):
     assert "".join(entry["token"] for entry in final["logprobs"]).startswith(ANSWER)
     assert final["usage"]["completion_tokens"] >= len(final["logprobs"])
     assert conn.execute("SELECT COUNT(*) FROM agent_events").fetchone()[0] == 0  # 42 is grounded in the tool output
+
+
+def test_the_client_reads_the_context_from_v1_models_when_the_server_reports_it(own_server):
+    assert OpenAIClient(own_server.base_url, "tiny-tools").context_tokens == CONTEXT
+    with ScriptedServer({"scripts": {"m": []}}) as openai_like:  # lists models without max_model_len, as OpenAI does
+        assert getattr(OpenAIClient(openai_like.base_url, "m"), "context_tokens", 8192) == 8192
+
+
+def tool_turn(call_id: str, output: str) -> list[dict]:
+    call = {"id": call_id, "type": "function", "function": {"name": "calculator", "arguments": '{"expression": "6 * 7"}'}}
+    return [{"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call_id, "content": output}]
+
+
+def test_the_conversation_is_fitted_to_the_context_the_server_reports(tmp_path, own_server):
+    """Regression: over HTTP the runtime fitted the conversation to context_tokens=8192, not to the server's
+    context, with an estimate blind to the tool schemas and the template; the server refused long runs."""
+    conn = open_database(tmp_path / "lmstack.db")
+    config = AgentConfig(model=own_server.base_url, model_name="tiny-tools", max_output_tokens=48)
+    create_run(conn, "fit", TASK, to_dict(config))
+    client = OpenAIClient(own_server.base_url, "tiny-tools")
+    runtime = AgentRuntime(conn, "fit", config, client, ToolRegistry([calculator]), tmp_path)
+    assert runtime.run().status == "completed"  # its calls show the runtime how the server counts a prompt
+    # An older tool output the ~4-characters-per-token estimate alone would let through.
+    messages = conversation()[:2] + tool_turn("call_0", "42" + " (exact)" * 150) + tool_turn("call_1", "42")
+    with pytest.raises(ModelCallError, match="does not fit"):  # the reference: unfitted, the server refuses it
+        client.complete(messages, [calculator.schema()], max_tokens=config.max_output_tokens)
+    view, tools = runtime.context_view(messages)
+    assert "[tool output truncated" in view[3]["content"]
+    client.complete(view, tools, max_tokens=config.max_output_tokens)  # fitted, it is answered
+
+
+def test_a_refused_api_key_is_reported_with_where_the_agent_reads_it(checkpoint, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "SERVER_KEY")}
+
+    def agent_run(*settings: str, **variables: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lmstack.cli", "agent", "run", TASK, "--model", url, "--db",
+                               str(tmp_path / "lmstack.db"), "--workspace", str(tmp_path / "ws"), *settings],
+                              capture_output=True, text=True, timeout=120, env={**env, **variables})
+
+    with serve(checkpoint, LMSTACK_API_KEY="sesame") as url:
+        no_key, wrong_key = agent_run(), agent_run(OPENAI_API_KEY="wrong")
+        right_key = agent_run("--set", "api_key_env=SERVER_KEY", SERVER_KEY="sesame")  # the fix the message names
+    for result, sent in ((no_key, "no key ($OPENAI_API_KEY is not set)"), (wrong_key, "the key in $OPENAI_API_KEY")):
+        assert result.returncode == 2, result.stderr
+        error = result.stderr.strip().splitlines()[-1]
+        assert "refused the API key (HTTP 401" in error and sent in error and "--set api_key_env=NAME" in error
+    assert right_key.returncode == 0 and "completed (2 steps" in right_key.stdout, right_key.stderr

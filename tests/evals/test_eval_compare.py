@@ -65,8 +65,8 @@ def test_list_shows_builtin_tasks_and_runs(runs, capsys):
 
 def test_lm_eval_adapter_prints_the_local_completions_command(capsys):
     assert main(["eval", "lm-eval", "http://127.0.0.1:8000/v1", "--tasks", "hellaswag,arc_easy", "--tokenizer",
-                 "runs/export", "--limit", "5", "--dry-run"]) == 0
+                 "runs/export", "--limit", "5", "--model-name", "final", "--dry-run"]) == 0
     command = capsys.readouterr().out.strip()
-    assert command.startswith("lm_eval --model local-completions --tasks hellaswag,arc_easy --model_args ")
+    assert command.startswith("lm_eval --model local-completions --tasks hellaswag,arc_easy --model_args model=final,")
     assert "base_url=http://127.0.0.1:8000/v1/completions" in command and "tokenizer=runs/export" in command
     assert command.endswith("--limit 5")

@@ -1,12 +1,14 @@
 """The runner against the scripted OpenAI-compatible server (a real uvicorn subprocess)."""
 
 import json
+import sqlite3
 
 import pytest
 
 from eval_helpers import answer, answers, question, write_dataset
 from lmstack.agent.client import OpenAIClient, RetryPolicy
 from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
+from lmstack.cli import main
 from lmstack.evals.dataset import load_jsonl
 from lmstack.evals.model import CachedModel
 from lmstack.evals.report import render_report
@@ -128,3 +130,33 @@ def test_report_escapes_model_output(server, tmp_path):
     assert "<script>alert" not in html and "&lt;script&gt;alert" in html
     assert "<img src=x" not in html and "<b>id</b>" not in html
     assert "data:image/png;base64," in html
+
+
+def test_a_run_that_dies_is_recorded_failed_and_resumes(tmp_path, monkeypatch, capsys):
+    store = Store(tmp_path / "db.sqlite")
+    save_sample = store.save_sample
+
+    def disk_full_on_q2(run_id, record):
+        if record.sample_id == "q2":
+            raise sqlite3.OperationalError("database or disk is full")
+        save_sample(run_id, record)
+
+    def copy_target(state, ctx):  # no model call: the only failure is the database's
+        state.output = state.sample.target
+        return state
+
+    task = Task(dataset=load_jsonl(write_dataset(tmp_path / "d.jsonl", 4)), solver=copy_target, scorer=numeric(),
+                name="arith")
+    dead = CachedModel(OpenAIClient(f"http://127.0.0.1:{free_port()}/v1", "m"), store)
+    monkeypatch.setattr(store, "save_sample", disk_full_on_q2)
+    with pytest.raises(sqlite3.OperationalError):
+        run_eval(task, dead, store, run_id="dies", max_workers=1, progress=False)
+    run = store.run("dies")
+    assert (run.status, run.error) == ("failed", "OperationalError: database or disk is full")
+    assert main(["eval", "list", "--db", store.path]) == 0
+    assert "dies                         failed" in capsys.readouterr().out
+
+    monkeypatch.setattr(store, "save_sample", save_sample)
+    resumed = run_eval(task, dead, store, resume="dies", progress=False)
+    run = store.run("dies")
+    assert (run.status, run.error) == ("finished", None) and resumed.summary["scores"]["numeric"]["mean"]["n"] == 4

@@ -57,6 +57,29 @@ def test_summarize_clusters_only_when_groups_repeat():
     assert s.clusters == 4 and s.stderr == pytest.approx(stats.mean_stderr([1, 1, 0, 0]))
 
 
+def test_one_group_falls_back_to_per_sample_stderr_and_ci():
+    # The val_bpb walkthrough: three chunks of one document. The clustered SE of a single cluster is 0
+    # (it gave the CI [5.321, 5.321]); the fallback is the per-sample SE: mean 5.32, residuals -0.2,
+    # 0.27, -0.07, squares summing to 0.1178, se = sqrt(0.1178 / 2 / 3).
+    s = stats.summarize([5.12, 5.59, 5.25], ["doc0"] * 3)
+    assert s.mean == pytest.approx(5.32) and s.stderr == pytest.approx(math.sqrt(0.1178 / 2 / 3))
+    # Resampling 3 values, "all three the smallest" has chance 1/27 > 2.5% (likewise the largest),
+    # so the 95% percentile interval is [min, max].
+    assert (s.ci_low, s.ci_high) == (pytest.approx(5.12), pytest.approx(5.59)) and s.clusters == 3
+
+
+def test_compare_with_one_group_is_not_a_certain_difference():
+    from lmstack.evals.compare import _compare_scorer
+
+    ids = ["c0", "c1", "c2"]
+    values_a = {i: (v, "doc0") for i, v in zip(ids, [5.12, 5.59, 5.25])}
+    values_b = {i: (v, "doc0") for i, v in zip(ids, [5.22, 5.39, 5.30])}  # differences +0.1, -0.2, +0.05
+    result = _compare_scorer("bpb", ids, values_a, values_b, higher=False, alpha=0.05, seed=0)
+    # One resampled cluster would give p = 1/5000 and a zero-width CI: a "significant improvement".
+    assert (result.ci_low, result.ci_high) == (pytest.approx(-0.2), pytest.approx(0.1))  # [min, max], as above
+    assert result.p_value > 0.05 and not result.improvement and not result.regression
+
+
 def test_paired_bootstrap_detects_shift_and_not_noise():
     rng = np.random.default_rng(0)
     a = rng.normal(0, 1, 400)

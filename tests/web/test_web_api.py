@@ -10,9 +10,10 @@ import sys
 import httpx
 import pytest
 
-from lmstack.agent.launch import open_database
+from lmstack.agent.launch import open_database, start_run
+from lmstack.agent.testing.scripted_server import ScriptedServer
 from lmstack.agent.store import list_runs
-from web_seed import seed_training_run, train_record
+from web_seed import SCRIPT, agent_config, seed_training_run, train_record
 
 KEY = {"authorization": "Bearer dashboard-test-key"}
 
@@ -107,6 +108,24 @@ def test_run_list_pages_and_counts_match_the_agent_store(client, seeded):
     assert page["total"] == len(completed) == page["status_counts"]["completed"]
     assert [r["id"] for r in page["runs"]] == [r.id for r in completed[100:125]]
     conn.close()
+
+
+def test_an_approval_the_dashboard_could_not_resume_is_not_decided(client, seeded, tmp_path):
+    # A run waiting for approval whose model server has gone away since: resuming it here would fail it for good.
+    conn = open_database(seeded["db"])
+    with ScriptedServer(SCRIPT) as gone:
+        waiting = start_run(conn, "Ship it.", agent_config(gone.base_url, "agent-approval", tmp_path), "orphaned-run")
+    assert waiting.status == "waiting"
+    refused = client.post("/api/agents/runs/orphaned-run/approvals", json={"approve": True}, headers=KEY)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "model_unreachable"
+    assert "is the server running" in refused.json()["error"]["message"]
+    assert "lmstack agent approve orphaned-run" in refused.json()["error"]["message"]
+    overview = client.get("/api/agents/runs/orphaned-run", headers=KEY).json()
+    assert overview["status"] == "waiting" and [a["decision"] for a in overview["approvals"]] == ["pending"]
+    # Without a resume the decision is only recorded, as before.
+    decided = client.post("/api/agents/runs/orphaned-run/approvals", json={"approve": False, "resume": False},
+                          headers=KEY)
+    assert decided.status_code == 200 and decided.json()["resumed"] is False
 
 
 def test_trace_pages_carry_durations_tokens_and_cost(client):

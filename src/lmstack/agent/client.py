@@ -123,6 +123,29 @@ class OpenAIClient:
         self.retry = retry or RetryPolicy()
         # The SDK's own retries are off: ours add jitter and apply the same policy to every backend.
         self.sdk = openai.OpenAI(base_url=api_base(base_url), api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0)
+        self._max_model_lens: dict[str, Any] | None = None  # GET /v1/models, once it has answered
+
+    @property
+    def context_tokens(self) -> int:
+        """The model's context as the server reports it in GET /v1/models (`max_model_len`: our server, vLLM).
+
+        The runtime fits each conversation to it. OpenAI's API does not report one: then AttributeError, the
+        "this client does not know" of `getattr(client, "context_tokens", setting)`, and the run's setting holds.
+        """
+        if self._max_model_lens is None:
+            self._max_model_lens = self._list_max_model_lens()
+        length = (self._max_model_lens or {}).get(self.model)
+        if not isinstance(length, int) or length < 1:
+            raise AttributeError(f"the endpoint does not report the context length of model '{self.model}'")
+        return length
+
+    def _list_max_model_lens(self) -> dict[str, Any] | None:
+        import openai
+
+        try:
+            return {m.id: getattr(m, "max_model_len", None) for m in self.sdk.models.list().data}
+        except openai.APIError:
+            return None  # not remembered: a server still starting up is asked again before the next call
 
     def complete(self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.0,
                  max_tokens: int | None = None, logprobs: bool = False, seed: int | None = None) -> ModelResponse:

@@ -78,8 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         base["workspace"] = args.workspace
     config = load_config(AgentConfig, args.config, args.overrides, base=base)
     conn = open_database(args.db)
-    print(f"run {args.run_id or '(new)'}: {config.model} {config.model_name}, tools: {', '.join(config.tools)}",
-          file=sys.stderr)
+    name = f" ({config.model_name})" if config.model_name else ""  # else the first model the endpoint lists
+    print(f"run {args.run_id or '(new)'}: {config.model}{name}, tools: {', '.join(config.tools)}", file=sys.stderr)
     return _report(start_run(conn, args.task, config, args.run_id, show_progress=True))
 
 

@@ -2,8 +2,11 @@
 
 Policy, cheapest loss first: (1) shorten tool outputs, oldest first, to a head and a note of what
 was cut; (2) if still too long, replace the oldest turns (never the system prompt, the task, or the
-latest turn) with one extractive summary, appended to the task message. The stored conversation is never changed; this
-builds the view sent on each call, deterministically, so a replayed run sends the same requests.
+latest turn) with one extractive summary, appended to the task message; (3) if even that is too long,
+shorten the latest turn's tool outputs too. A turn is a message with the tool results that answer it:
+it is kept or dropped whole, since a tool result without the call it answers is refused by OpenAI's
+API. The stored conversation is never changed; this builds the view sent on each call,
+deterministically, so a replayed run sends the same requests.
 """
 
 from __future__ import annotations
@@ -28,32 +31,53 @@ def fit_context(messages: list[dict], max_tokens: int,
     view = [dict(m) for m in messages]
     if count_tokens(view) <= max_tokens:
         return view
-    for message in view[:-1]:
+    head = [m for m in view[:2] if m["role"] in ("system", "user")]  # system prompt and the task
+    turns = _turns(view[len(head):])
+    older = [m for turn in turns[:-1] for m in turn]
+    if _shorten_tool_outputs(view, older, max_tokens, count_tokens):
+        return view
+    view, fits = _summarise_oldest(head, turns, max_tokens, count_tokens)
+    if not fits:
+        # The latest turn alone overflows (a huge tool output): better shortened than a request the model refuses.
+        _shorten_tool_outputs(view, view[len(view) - len(turns[-1]):] if turns else [], max_tokens, count_tokens)
+    return view
+
+
+def _turns(body: list[dict]) -> list[list[dict]]:
+    """Messages grouped into turns: each message with the tool results that follow it."""
+    turns: list[list[dict]] = []
+    for message in body:
+        if message["role"] == "tool" and turns:
+            turns[-1].append(message)
+        else:
+            turns.append([message])
+    return turns
+
+
+def _shorten_tool_outputs(view: list[dict], candidates: list[dict], max_tokens: int,
+                          count_tokens: Callable[[list[dict]], int]) -> bool:
+    """Shorten the long tool outputs among `candidates` (messages of `view`), in order, until the view fits."""
+    for message in candidates:
         content = content_text(message.get("content"))
         if message["role"] == "tool" and len(content) > KEEP_TOOL_CHARS:
             message["content"] = f"{content[:KEEP_TOOL_CHARS]}... [tool output truncated: {len(content)} chars]"
             if count_tokens(view) <= max_tokens:
-                return view
-    return _summarise_oldest(view, max_tokens, count_tokens)
+                return True
+    return False
 
 
-def _summarise_oldest(view: list[dict], max_tokens: int, count_tokens: Callable[[list[dict]], int]) -> list[dict]:
-    head = [m for m in view[:2] if m["role"] in ("system", "user")]  # system prompt and the task
-    body = view[len(head):]
+def _summarise_oldest(head: list[dict], turns: list[list[dict]], max_tokens: int,
+                      count_tokens: Callable[[list[dict]], int]) -> tuple[list[dict], bool]:
+    """Drop whole turns, oldest first, for a summary, until the view fits or only the latest turn is left."""
     dropped: list[dict] = []
-    candidate = None
-    # Drop whole turns: an assistant message with tool calls goes together with its tool results.
-    while len(body) > 1:
-        turn_end = 1
-        while turn_end < len(body) - 1 and body[turn_end]["role"] == "tool":
-            turn_end += 1
-        dropped.extend(body[:turn_end])
-        body = body[turn_end:]
-        candidate, fits = _with_summary(head, dropped, body, max_tokens, count_tokens)
+    candidate, fits = head + [m for turn in turns for m in turn], False
+    for kept in range(1, len(turns)):
+        dropped += turns[kept - 1]
+        candidate, fits = _with_summary(head, dropped, [m for turn in turns[kept:] for m in turn], max_tokens,
+                                        count_tokens)
         if fits:
-            return candidate
-    # The last pass already counted what is left (each count may render and tokenize the whole conversation).
-    return candidate if candidate is not None else _with_summary(head, dropped, body, max_tokens, count_tokens)[0]
+            break
+    return candidate, fits
 
 
 def _with_summary(head: list[dict], dropped: list[dict], body: list[dict], max_tokens: int,

@@ -12,7 +12,7 @@ from lmstack.agent.client import ModelClient, OpenAIClient, RetryPolicy
 from lmstack.agent.memory import MemoryStore
 from lmstack.agent.runtime import AgentRuntime
 from lmstack.agent.settings import AgentConfig
-from lmstack.agent.store import RunRecord, create_run, get_run, open_agent_tables
+from lmstack.agent.store import RESUMABLE, RunRecord, create_run, get_run, open_agent_tables
 from lmstack.agent.tools import ToolRegistry
 from lmstack.config import from_dict, to_dict
 from lmstack.db import connect, lmstack_home, transaction
@@ -39,12 +39,28 @@ def build_client(config: AgentConfig) -> ModelClient:
 def first_model_id(config: AgentConfig) -> str:
     import openai
 
+    sdk = openai.OpenAI(base_url=api_base(config.model), api_key=os.environ.get(config.api_key_env) or "not-needed",
+                        timeout=config.timeout_s, max_retries=2)
     try:
-        sdk = openai.OpenAI(base_url=api_base(config.model), api_key=os.environ.get(config.api_key_env) or "not-needed",
-                            timeout=config.timeout_s, max_retries=2)
-        return sdk.models.list().data[0].id
-    except (openai.APIError, IndexError) as err:
-        raise LmstackError(f"--model {config.model}: cannot list its models ({err}); pass --model-name") from None
+        models = sdk.models.list().data
+    except openai.APIError as err:
+        raise LmstackError(f"--model {config.model}: {listing_failure(err, config.api_key_env)}") from None
+    if not models:
+        raise LmstackError(f"--model {config.model}: the endpoint lists no models; pass --model-name")
+    return models[0].id
+
+
+def listing_failure(err: Exception, api_key_env: str) -> str:
+    """Why GET /v1/models failed, with the fix for that cause."""
+    import openai
+
+    if isinstance(err, (openai.AuthenticationError, openai.PermissionDeniedError)):
+        sent = f"the key in ${api_key_env}" if os.environ.get(api_key_env) else f"no key (${api_key_env} is not set)"
+        return (f"the server refused the API key (HTTP {err.status_code}; the agent sent {sent}): set ${api_key_env} "
+                f"to the server's key, or read it from another variable with --set api_key_env=NAME")
+    if isinstance(err, openai.APIConnectionError):
+        return f"cannot connect ({err}); is the server running at that URL?"
+    return f"cannot list its models ({err}); pass --model-name"
 
 
 def build_runtime(conn: sqlite3.Connection, run_id: str, show_progress: bool = False) -> AgentRuntime:
@@ -55,6 +71,15 @@ def build_runtime(conn: sqlite3.Connection, run_id: str, show_progress: bool = F
     workspace.mkdir(parents=True, exist_ok=True)
     registry = ToolRegistry(load_tools(config.tools))
     return AgentRuntime(conn, run_id, config, build_client(config), registry, workspace, memory, show_progress)
+
+
+def check_model_reachable(conn: sqlite3.Connection, run_id: str) -> None:
+    """Raise (the cause and its fix) when this process cannot reach the run's model endpoint: its key is not set
+    here, or the server is down. For a process that would resume someone else's run (the dashboard): the resume
+    would fail the run for good, where the run's own shell would have resumed it."""
+    config = from_dict(AgentConfig, get_run(conn, run_id).config)
+    if config.model.startswith(("http://", "https://")):
+        first_model_id(config)
 
 
 def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: str | None = None,
@@ -71,6 +96,11 @@ def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: 
 
 
 def resume_run(conn: sqlite3.Connection, run_id: str, show_progress: bool = False) -> RunRecord:
+    record = get_run(conn, run_id)
+    if record.status not in RESUMABLE:  # a finished run would only be reprinted: say so instead
+        raise LmstackError(f"run '{run_id}' has status {record.status} ({record.stop_reason}) and cannot be resumed: "
+                           f"only a waiting run (paused for approval) or one interrupted while running can; "
+                           f"`lmstack agent trace {run_id}` shows it, `lmstack agent run` starts a new one")
     return build_runtime(conn, run_id, show_progress).run()
 
 

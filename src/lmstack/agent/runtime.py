@@ -53,6 +53,10 @@ class AgentRuntime:
         self.journal = Journal(conn, run_id)
         self.tracer = Tracer(conn, run_id)
         self.scope = (config.agent_name, config.user)
+        # What the ~4-characters-per-token estimate of the messages missed in the last prompt the endpoint counted:
+        # the tool schemas and the chat template's tokens (over 100 tokens on a small model). None until a first
+        # call is counted; until then the schemas are estimated like the messages.
+        self.uncounted_prompt_tokens: int | None = None
 
     # ---- the loop ---------------------------------------------------------------------------------
     def run(self) -> RunRecord:
@@ -123,14 +127,22 @@ class AgentRuntime:
     # ---- model calls ------------------------------------------------------------------------------
     def context_view(self, messages: list[dict]) -> tuple[list[dict], list[dict] | None]:
         """The conversation as sent to the model, fitted to its context, and the tool schemas sent with it."""
-        # Clients that know their tokenizer and context (the engine client) count exactly, tool schemas
-        # included: on a small model they can be half of the context.
+        # Clients that know their tokenizer (the engine client) count exactly, tool schemas included: on a small
+        # model they can be half of the context. The HTTP client knows the context when the server reports it.
         context = min(self.config.context_tokens, getattr(self.client, "context_tokens", self.config.context_tokens))
         reserve = self.config.max_output_tokens or context // 4
         tools = self.registry.schemas() or None
         exact_count = getattr(self.client, "count_tokens", None)
-        count = (lambda view: exact_count(view, tools)) if exact_count else approx_tokens
+        count = (lambda view: exact_count(view, tools)) if exact_count else (lambda view: self._estimate(view, tools))
         return fit_context(messages, max(1, context - reserve), count), tools
+
+    def _estimate(self, view: list[dict], tools: list[dict] | None) -> int:
+        """A prompt's length for a client that cannot count it: the estimate, corrected by the endpoint's own
+        count of the last prompt (so only the messages added since then are estimated alone)."""
+        uncounted = self.uncounted_prompt_tokens
+        if uncounted is None:
+            uncounted = len(json.dumps(tools)) // 4 if tools else 0
+        return approx_tokens(view) + uncounted
 
     def _model_call(self, key: str, step_key: str, messages: list[dict], temperature: float | None = None
                     ) -> ModelResponse:
@@ -147,6 +159,7 @@ class AgentRuntime:
             entry = self.journal.get(key)
         response = ModelResponse.from_dict(entry.response)
         self.last_prompt_tokens = response.usage.prompt_tokens
+        self.uncounted_prompt_tokens = max(0, response.usage.prompt_tokens - approx_tokens(view))
         cost = call_cost(self.client.model, self.config.budget, response.usage.prompt_tokens,
                          response.usage.completion_tokens)
         self.spend.prompt_tokens += response.usage.prompt_tokens

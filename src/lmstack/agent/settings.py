@@ -18,6 +18,9 @@ class LoopConfig:
     repeat_limit: int = 3  # the same tool call with the same arguments this many times stops the run
     no_progress_limit: int = 5  # this many steps in a row without a new successful tool result stops it
 
+    def validate(self) -> None:
+        require_positive("loops.", self, ("repeat_limit", "no_progress_limit"))
+
 
 @dataclass
 class MonitorConfig:
@@ -34,6 +37,8 @@ class MonitorConfig:
         for name in ("grounding", "action_claims", "uncertainty", "tool_hallucination", "self_consistency"):
             if getattr(self, name) not in POLICIES:
                 raise ConfigError(f"monitors.{name} = {getattr(self, name)!r}: use one of {', '.join(POLICIES)}")
+        require_positive("monitors.", self, ("self_consistency_k",))
+        require_positive("monitors.", self, ("sample_temperature", "max_retries"), or_zero=True)
 
 
 @dataclass
@@ -56,3 +61,19 @@ class AgentConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     loops: LoopConfig = field(default_factory=LoopConfig)
     monitors: MonitorConfig = field(default_factory=MonitorConfig)
+
+    def validate(self) -> None:
+        require_positive("", self, ("context_tokens", "max_output_tokens", "timeout_s", "max_attempts"))
+        # The budget is checked here, with the other settings: budget.py, which this file imports, cannot.
+        require_positive("budget.", self.budget, ("max_steps", "max_tokens", "max_wall_s"))
+        require_positive("budget.", self.budget, ("max_dollars", "price_in_per_mtok", "price_out_per_mtok"),
+                         or_zero=True)  # max_dollars=0: only free models may be called
+
+
+def require_positive(prefix: str, config: object, names: tuple[str, ...], or_zero: bool = False) -> None:
+    """Refuse, before the run starts, counts and limits that cannot work: budget.max_steps=-1 ended every run as
+    budget_exceeded after 0 steps, max_attempts=0 made no model call at all, a negative price paid the run."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (value < 0 if or_zero else value <= 0):
+            raise ConfigError(f"{prefix}{name} = {value!r}: must be {'>= 0' if or_zero else '> 0'}")

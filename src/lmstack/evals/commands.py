@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from lmstack.config import _parse_cli_value
 from lmstack.errors import LmstackError
 
 
@@ -62,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     harness = commands.add_parser("lm-eval", help="run lm-evaluation-harness tasks against an OpenAI-compatible URL")
     harness.add_argument("url", help="base URL of the server, e.g. http://127.0.0.1:8000/v1")
     harness.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
-    harness.add_argument("--model-name", default="lmstack", help="model name to send (default lmstack)")
+    harness.add_argument("--model-name", help="model name to send (default: the first the server lists, e.g. "
+                         "the checkpoint dir's name for `lmstack serve`)")
     harness.add_argument("--tokenizer", help="HF-format tokenizer dir (`lmstack export` output); needed for loglikelihood tasks")
     harness.add_argument("--limit", type=int, help="samples per task")
     harness.add_argument("--num-concurrent", type=int, default=8, help="parallel requests (default 8)")
@@ -76,13 +75,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help())
 
 
-def parse_task_args(items: list[str]) -> dict[str, Any]:
+def parse_task_args(items: list[str]) -> dict[str, str]:
+    """KEY=VALUE strings; the loader parses each value by the task factory's annotation."""
     out = {}
     for item in items:
         if "=" not in item:
             raise EvalUsageError(f"-T '{item}': expected KEY=VALUE, e.g. -T split=test")
         key, raw = item.split("=", 1)
-        out[key.strip()] = _parse_cli_value(raw)
+        out[key.strip()] = raw
     return out
 
 
@@ -95,6 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lmstack.evals.store import Store
     from lmstack.evals.summary import format_scores
 
+    if args.max_concurrency < 1:
+        raise EvalUsageError(f"--max-concurrency {args.max_concurrency}: must be at least 1 (parallel requests "
+                             "per endpoint; default 8)")
     task = load_task(args.task, parse_task_args(args.task_args))
     store = Store(args.db)
     price = tuple(args.price) if args.price else None
@@ -138,10 +141,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
-    from lmstack.evals.lm_eval_adapter import lm_eval_command, run_lm_eval
+    from lmstack.evals.lm_eval_adapter import lm_eval_command, run_lm_eval, served_model_name
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    return run_lm_eval(lm_eval_command(args.url, args.model_name, tasks, args.tokenizer, args.limit,
+    model_name = args.model_name or served_model_name(args.url)
+    return run_lm_eval(lm_eval_command(args.url, model_name, tasks, args.tokenizer, args.limit,
                                        args.num_concurrent, args.output_path), dry_run=args.dry_run)
 
 
@@ -156,5 +160,5 @@ def cmd_list(args: argparse.Namespace) -> int:
     runs = Store(args.db).runs()
     print("runs:" if runs else "runs: none yet")
     for run in runs:
-        print(f"  {run.id:<28} {run.status:<9} {run.task:<22} {run.model}")
+        print(f"  {run.id:<28} {run.status:<9} {run.task:<22} {run.model}" + (f"  ({run.error})" if run.error else ""))
     return 0

@@ -76,8 +76,7 @@ def _compare_scorer(scorer: str, ids: list[str], values_a: dict, values_b: dict,
         test = stats.mcnemar([v == 1.0 for v in xa], [v == 1.0 for v in xb])
         p_value, low, high, name = test.p_value, None, None, "mcnemar"
     else:
-        clustered = len(set(groups)) < len(groups)
-        test = stats.paired_bootstrap(xa, xb, groups if clustered else None, seed=seed)
+        test = stats.paired_bootstrap(xa, xb, stats.clusters_to_use(groups), seed=seed)
         p_value, low, high, name = test.p_value, test.ci_low, test.ci_high, "paired_bootstrap"
     mean_a, mean_b = sum(xa) / len(xa), sum(xb) / len(xb)
     diff = mean_b - mean_a

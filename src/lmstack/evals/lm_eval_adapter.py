@@ -5,12 +5,14 @@ lm-eval's `local-completions` backend sends loglikelihood requests as /v1/comple
 completions. It counts continuation tokens with a tokenizer, so point it at the HF-format export
 of the checkpoint (`lmstack export CKPT DIR` writes tokenizer files there):
 
-    lmstack serve runs/quickstart/sft &
+    lmstack serve runs/quickstart/sft/final &
     lm_eval --model local-completions --tasks hellaswag,arc_easy \\
-        --model_args model=lmstack,base_url=http://127.0.0.1:8000/v1/completions,num_concurrent=8,\\
+        --model_args model=final,base_url=http://127.0.0.1:8000/v1/completions,num_concurrent=8,\\
 max_retries=3,tokenized_requests=False,tokenizer_backend=huggingface,tokenizer=EXPORT_DIR
 
-`lmstack eval lm-eval URL --tasks ...` builds and runs that command (`--dry-run` only prints it).
+`model=` must be a name the server serves (ours serves the checkpoint dir's name, here `final`).
+`lmstack eval lm-eval URL --tasks ...` builds and runs that command (`--dry-run` only prints it), with
+the first model the server lists at GET /v1/models unless `--model-name` is given.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import shutil
 import subprocess
 
 from lmstack.errors import LmstackError
+from lmstack.openai_url import api_base
 
 
 class LmEvalError(LmstackError):
@@ -30,8 +33,7 @@ def lm_eval_command(base_url: str, model: str, tasks: list[str], tokenizer: str 
                     limit: int | None = None, num_concurrent: int = 8, output_path: str | None = None) -> list[str]:
     if not tasks:
         raise LmEvalError("no lm-eval task given; pass e.g. --tasks hellaswag,arc_easy")
-    completions_url = base_url.rstrip("/") + ("" if base_url.rstrip("/").endswith("/completions") else "/completions")
-    model_args = [f"model={model}", f"base_url={completions_url}", f"num_concurrent={num_concurrent}",
+    model_args = [f"model={model}", f"base_url={_api_root(base_url)}/completions", f"num_concurrent={num_concurrent}",
                   "max_retries=3", "tokenized_requests=False"]
     model_args += (["tokenizer_backend=huggingface", f"tokenizer={tokenizer}"] if tokenizer
                    else ["tokenizer_backend=None"])  # generation tasks only: loglikelihood needs a tokenizer
@@ -41,6 +43,23 @@ def lm_eval_command(base_url: str, model: str, tasks: list[str], tokenizer: str 
     if output_path:
         command += ["--output_path", output_path]
     return command
+
+
+def served_model_name(base_url: str) -> str:
+    """The first model id the server lists, found the way `lmstack agent run` finds it."""
+    from lmstack.agent.launch import first_model_id
+    from lmstack.agent.settings import AgentConfig
+
+    try:
+        return first_model_id(AgentConfig(model=_api_root(base_url)))
+    except LmstackError as err:  # the agent's reason, plus the fix that fits this command
+        raise LmEvalError(f"cannot find the model name at {base_url} ({err}); pass --model-name "
+                          "(`lmstack serve` serves the checkpoint dir's name, e.g. final)") from None
+
+
+def _api_root(base_url: str) -> str:
+    """http://host:port[/v1][/completions] -> http://host:port/v1 (the URL may name the endpoint itself)."""
+    return api_base(base_url.rstrip("/").removesuffix("/completions"))
 
 
 def run_lm_eval(command: list[str], dry_run: bool = False) -> int:

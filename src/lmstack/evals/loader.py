@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from lmstack.config import from_dict
+from lmstack.config import ConfigError, _coerce, _parse_cli_value, from_dict
 from lmstack.evals import builtin  # noqa: F401  (registers the built-in tasks, solvers and scorers)
 from lmstack.evals.dataset import FieldMap, load_dataset
 from lmstack.evals.task import SCORERS, SOLVERS, TASKS, Task, TaskConfig, TaskError
@@ -40,11 +40,31 @@ def load_task(spec: str, task_args: dict[str, Any] | None = None) -> Task:
 
 
 def _build(factory, task_args: dict[str, Any], spec: str) -> Task:
-    accepted = inspect.signature(factory).parameters
+    accepted = inspect.signature(factory, eval_str=True).parameters
     unknown = [k for k in task_args if k not in accepted]
     if unknown:
         raise TaskError(f"task '{spec}' has no argument '{unknown[0]}'; it takes: {', '.join(accepted) or 'none'}")
-    return factory(**task_args)
+    return factory(**{k: _task_arg(accepted[k], v, spec) for k, v in task_args.items()})
+
+
+def _task_arg(param: inspect.Parameter, value: Any, spec: str) -> Any:
+    """A task argument checked against the factory's annotation; a string (from `-T`) is parsed by it.
+
+    Parsing by the annotation, not by the look of the string, keeps `-T split=2024` a string and makes
+    `-T tools=maybe` an error instead of a truthy string.
+    """
+    if param.annotation in (inspect.Parameter.empty, Any):
+        return _parse_cli_value(value) if isinstance(value, str) else value
+    try:
+        return _coerce(value, param.annotation, param.name)
+    except ConfigError:
+        raise TaskError(f"task '{spec}': -T {param.name}={value}: expected {_type_name(param.annotation)}") from None
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is bool:
+        return "a boolean (true/false, yes/no, 1/0, on/off)"
+    return {int: "an integer", float: "a number", str: "a string"}.get(annotation, f"a value of type {annotation}")
 
 
 def _task_from_file(path: Path, name: str | None):

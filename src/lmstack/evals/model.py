@@ -101,8 +101,9 @@ class SampleModel:
         self.role = role
         self.model = cached.name
 
-    # The agent runtime fits its conversation with these when the client knows them (the in-process engine
-    # does; an HTTP API does not: AttributeError, and the runtime falls back to its settings and estimates).
+    # The agent runtime fits its conversation with these when the client knows them (the in-process engine knows
+    # both; an HTTP endpoint knows the context when it reports max_model_len, and never counts tokens for us:
+    # AttributeError, and the runtime falls back to its settings and estimates).
     @property
     def context_tokens(self) -> int:
         return self.cached.client.context_tokens

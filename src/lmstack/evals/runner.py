@@ -8,7 +8,8 @@
 4. Summarize: epochs reduced per sample, mean / SE / bootstrap CI per scorer, usage and cost.
 
 A failure inside one sample (bad dataset row, model endpoint down, a solver or scorer raising) is
-recorded on that sample with its reason; the run goes on.
+recorded on that sample with its reason; the run goes on. Any other exception marks the run 'failed'
+with the error (its finished samples are kept for `--resume`) and is raised again.
 """
 
 from __future__ import annotations
@@ -77,6 +78,20 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
                       "endpoint": model.endpoint, "judge": judge.name if judge else None}
         run_id = store.create_run(task.name, model.name, run_config, code_version(), run_id)
 
+    try:
+        _evaluate_pending(task, config, model, judge, run_id, store, max_workers, progress)
+        summary = summarize_run(store.samples(run_id), config.reducers, higher, seed=config.seed)
+    except Exception as err:  # a bug or a broken database, not a sample's failure: `eval list` must not say 'running'
+        store.fail_run(run_id, f"{type(err).__name__}: {err}")
+        raise
+    store.finish_run(run_id, summary)
+    requests = model.requests_made + (judge.requests_made if judge else 0)
+    return RunOutcome(run_id, summary, requests)
+
+
+def _evaluate_pending(task: Task, config: TaskConfig, model: CachedModel, judge: CachedModel | None, run_id: str,
+                      store: Store, max_workers: int, progress: bool) -> None:
+    """Solve and score every (sample, epoch) the run has not finished, saving each as it completes."""
     samples = task.dataset[: config.limit] if config.limit else list(task.dataset)
     done = store.completed(run_id)
     jobs = [(s, e) for e in range(config.epochs) for s in samples if (s.id, e) not in done]
@@ -97,10 +112,6 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
         # On Ctrl-C, drop the queued samples instead of waiting for all of them; `--resume` does them later.
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-    summary = summarize_run(store.samples(run_id), config.reducers, higher, seed=config.seed)
-    store.finish_run(run_id, summary)
-    requests = model.requests_made + (judge.requests_made if judge else 0)
-    return RunOutcome(run_id, summary, requests)
 
 
 def evaluate_sample(task: Task, config: TaskConfig, sample: Sample, epoch: int, model: CachedModel,

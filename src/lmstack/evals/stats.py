@@ -80,16 +80,29 @@ def bootstrap_ci(values: Sequence[float], groups: Sequence[object] | None = None
     return (float(low), float(high))
 
 
+def clusters_to_use(groups: Sequence[object] | None) -> Sequence[object] | None:
+    """`groups` when clustering applies (some group repeats and there are at least two), else None.
+
+    A single group leaves no between-group variation to estimate: the clustered SE is 0 and resampling
+    the one group gives the same mean every time, a zero-width CI that claims certainty. We then fall
+    back to treating the samples as independent (the per-sample SE and bootstrap), the usual choice;
+    it may understate the uncertainty when the samples are correlated, but never reports none.
+    """
+    if groups is None:
+        return None
+    return groups if 1 < len(set(groups)) < len(groups) else None
+
+
 def summarize(values: Sequence[float], groups: Sequence[object] | None = None, n_boot: int = 2000,
               seed: int = 0) -> Summary:
     """Mean, (clustered) standard error and bootstrap CI of one scorer's per-sample values."""
     x = [float(v) for v in values]
     if not x:
         return Summary(math.nan, math.nan, math.nan, math.nan, 0, 0)
-    clustered = groups is not None and len(set(groups)) < len(x)
-    stderr = clustered_stderr(x, groups) if clustered else mean_stderr(x)
-    low, high = bootstrap_ci(x, groups if clustered else None, n_boot=n_boot, seed=seed)
-    return Summary(float(np.mean(x)), stderr, low, high, len(x), len(set(groups)) if clustered else len(x))
+    clusters = clusters_to_use(groups)
+    stderr = mean_stderr(x) if clusters is None else clustered_stderr(x, clusters)
+    low, high = bootstrap_ci(x, clusters, n_boot=n_boot, seed=seed)
+    return Summary(float(np.mean(x)), stderr, low, high, len(x), len(x) if clusters is None else len(set(clusters)))
 
 
 @dataclass(slots=True)

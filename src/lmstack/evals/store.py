@@ -31,6 +31,7 @@ MIGRATIONS = [
         key TEXT PRIMARY KEY, endpoint TEXT NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL,
         created REAL NOT NULL);
     """,
+    "ALTER TABLE eval_runs ADD COLUMN error TEXT;",  # why a run failed (status 'failed')
 ]
 
 
@@ -66,11 +67,12 @@ class RunRecord:
     task: str
     model: str
     config: dict[str, Any]
-    status: str  # 'running' | 'finished'
+    status: str  # 'running' | 'finished' | 'failed'
     created: float
     finished: float | None
     summary: dict[str, Any] | None
     environment: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # why a 'failed' run stopped
 
 
 class Store:
@@ -120,8 +122,15 @@ class Store:
 
     def finish_run(self, run_id: str, summary: dict[str, Any]) -> None:
         with transaction(self.conn):
-            self.conn.execute("UPDATE eval_runs SET status = 'finished', finished = ?, summary = ? WHERE id = ?",
+            self.conn.execute("UPDATE eval_runs SET status = 'finished', finished = ?, summary = ?, error = NULL "
+                              "WHERE id = ?",
                               (time.time(), json.dumps(summary), run_id))
+
+    def fail_run(self, run_id: str, error: str) -> None:
+        """Mark a run that died mid-way; its finished samples stay, and `--resume` can continue it."""
+        with transaction(self.conn):
+            self.conn.execute("UPDATE eval_runs SET status = 'failed', finished = ?, error = ? WHERE id = ?",
+                              (time.time(), error, run_id))
 
     # ---- samples --------------------------------------------------------------------------------
     def save_sample(self, run_id: str, record: SampleRecord) -> None:
@@ -182,7 +191,7 @@ class Store:
 def _run_record(row: sqlite3.Row) -> RunRecord:
     return RunRecord(row["id"], row["task"], row["model"], json.loads(row["config"]), row["status"],
                      row["created"], row["finished"], json.loads(row["summary"]) if row["summary"] else None,
-                     json.loads(row["environment"] or "{}"))
+                     json.loads(row["environment"] or "{}"), row["error"])
 
 
 def _sample_record(row: sqlite3.Row) -> SampleRecord:

@@ -12,8 +12,9 @@ import threading
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from lmstack.agent.launch import decide_approvals, open_database, resume_run
+from lmstack.agent.launch import check_model_reachable, decide_approvals, open_database, resume_run
 from lmstack.agent.store import RunNotFoundError
+from lmstack.errors import LmstackError
 from lmstack.evals.store import RunNotFound
 from lmstack.serve.errors import APIError
 from lmstack.web import agent_views, eval_views, training_runs
@@ -92,8 +93,12 @@ def data_router(sources: DataSources) -> APIRouter:
 
     @router.post("/agents/runs/{run_id}/approvals", tags=["dashboard: agents"])
     def agent_approve(run_id: str, decision: ApprovalDecision):
-        """Approve or reject a waiting run's tool call(s), then (by default) resume the run in the background."""
+        """Approve or reject a waiting run's tool call(s), then (by default) resume the run in the background. A 409
+        when this process cannot reach the run's model (its API key is not set here, the server is down): nothing
+        is decided, and the run waits for `lmstack agent approve` where the model can be reached."""
         try:
+            if decision.resume:
+                _check_resumable_here(sources, run_id)
             keys = decide_approvals(sources.agent_conn(), run_id, decision.approve, decision.call_key)
         except NOT_FOUND as err:
             raise not_found(err) from None
@@ -143,6 +148,18 @@ def data_router(sources: DataSources) -> APIRouter:
             raise not_found(err) from None
 
     return router
+
+
+def _check_resumable_here(sources: DataSources, run_id: str) -> None:
+    """A 409 when this process cannot reach the run's model (see `check_model_reachable`)."""
+    try:
+        check_model_reachable(sources.agent_conn(), run_id)
+    except NOT_FOUND:
+        raise
+    except LmstackError as err:
+        raise APIError(f"the dashboard cannot resume this run, so nothing was decided: {err}. Decide with "
+                       f"`lmstack agent approve {run_id}` where the model can be reached, or start the dashboard "
+                       "with the run's key in its environment", status=409, code="model_unreachable") from None
 
 
 def _resume(sources: DataSources, run_id: str) -> None:

@@ -1,0 +1,69 @@
+"""`lmstack eval` on the command line: typed -T arguments, user errors as one line with exit code 2,
+and the model name `eval lm-eval` sends."""
+
+import pytest
+
+from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
+from lmstack.cli import main
+from lmstack.evals.loader import load_task
+from lmstack.evals.store import Store
+
+
+def eval_run(tmp_path, *extra):
+    # Nothing listens at the URL: every case here must stop before a model is asked anything.
+    return main(["eval", "run", "toolcalls", "--model", f"http://127.0.0.1:{free_port()}/v1", "--model-name", "m",
+                 "--db", str(tmp_path / "db.sqlite"), *extra])
+
+
+@pytest.mark.parametrize("word, expected", [("true", True), ("No", False), ("1", True), ("0", False),
+                                            ("ON", True), ("off", False), ("yes", True), ("FALSE", False)])
+def test_boolean_task_arguments_parse_strictly(word, expected):
+    task = load_task("toolcalls", {"n": "3", "tools": word})
+    assert task.name == ("toolcalls" if expected else "toolcalls_no_tools")
+    assert [s.id for s in task.dataset] == [s.id for s in load_task("toolcalls", {"n": 3}).dataset]
+
+
+def test_string_task_arguments_keep_their_text(tmp_path):
+    (tmp_path / "tasks.py").write_text(
+        "from lmstack.evals.task import Task, task\n"
+        "from lmstack.evals.sample import Sample\n"
+        "from lmstack.evals.solvers import generate\n"
+        "from lmstack.evals.scorers import exact\n"
+        "@task\n"
+        "def named(split: str = 'test', k=1):\n"
+        "    return Task(dataset=[Sample(id=split, input='x', target=str(k))], solver=generate(), scorer=exact())\n")
+    task = load_task(f"{tmp_path / 'tasks.py'}@named", {"split": "2024", "k": "7"})
+    # an annotated str stays text; an unannotated argument is read TOML-style, as before
+    assert task.dataset[0].id == "2024" and task.dataset[0].target == "7"
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("n=abc", "-T n=abc: expected an integer"),
+    ("tools=maybe", "-T tools=maybe: expected a boolean (true/false, yes/no, 1/0, on/off)"),
+])
+def test_a_task_argument_of_the_wrong_type_is_one_line(tmp_path, capsys, arg, message):
+    assert eval_run(tmp_path, "-T", arg) == 2
+    assert capsys.readouterr().err == f"lmstack eval: error: task 'toolcalls': {message}\n"
+    assert Store(tmp_path / "db.sqlite").runs() == []
+
+
+def test_max_concurrency_below_one_is_refused_before_the_run_exists(tmp_path, capsys):
+    assert eval_run(tmp_path, "--max-concurrency", "0") == 2
+    assert capsys.readouterr().err == ("lmstack eval: error: --max-concurrency 0: must be at least 1 (parallel "
+                                       "requests per endpoint; default 8)\n")
+    assert Store(tmp_path / "db.sqlite").runs() == []  # nothing left 'running' in `eval list`
+
+
+def test_lm_eval_sends_the_model_name_the_server_lists(capsys):
+    with ScriptedServer({"scripts": {"final": [{"content": "unused"}]}}) as server:
+        assert main(["eval", "lm-eval", server.base_url, "--tasks", "hellaswag", "--dry-run"]) == 0
+    assert "--model_args model=final,base_url=" in capsys.readouterr().out
+
+
+def test_lm_eval_without_a_server_or_model_name_says_to_pass_it(capsys):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    assert main(["eval", "lm-eval", url, "--tasks", "hellaswag", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    # the reason in the middle is the agent layer's (connection refused here)
+    assert err.startswith(f"lmstack eval: error: cannot find the model name at {url} (") and "\n" not in err[:-1]
+    assert err.endswith("; pass --model-name (`lmstack serve` serves the checkpoint dir's name, e.g. final)\n")

@@ -1,6 +1,7 @@
 """Atomic writes: write to a temporary name in the same directory, fsync, rename.
 
 A crash at any instant leaves either the old file (or directory) or the new one, never half of one.
+An output that cannot be written is an `OutputWriteError` naming the output, not the temporary name.
 """
 
 from __future__ import annotations
@@ -11,6 +12,27 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
+
+from lmstack.errors import LmstackError
+
+
+class OutputWriteError(OSError, LmstackError):
+    """An output path that cannot be written: OSError(errno, reason, output path). Still an OSError, so callers
+    can tell a full disk by `errno`; the filename is the path the user asked for, never the temporary one."""
+
+    def __str__(self) -> str:
+        return f"cannot write '{self.filename}': {self.strerror}; choose a writable location"
+
+
+@contextlib.contextmanager
+def _reported_as(path: Path) -> Iterator[None]:
+    """Turn an OSError of the body into an `OutputWriteError` about `path`."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as err:
+        raise OutputWriteError(err.errno, err.strerror or str(err), str(path)) from err
 
 
 def fsync_dir(path: Path) -> None:
@@ -24,19 +46,20 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)`, fsync the result, rename it onto `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    with _reported_as(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            write(tmp_path)
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_path, path)
+            fsync_dir(path.parent)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -51,21 +74,23 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     renames leaves the old directory under `.NAME.old`, which `recover_directory` puts back.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with _reported_as(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
-        for child in tmp.iterdir():
-            with open(child, "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(tmp)
-        old = path.parent / f".{path.name}.old"
-        if path.exists():
+        yield tmp  # the body's own errors stay as they are: it may read inputs as well as write into tmp
+        with _reported_as(path):
+            for child in tmp.iterdir():
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+            fsync_dir(tmp)
+            old = path.parent / f".{path.name}.old"
+            if path.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
             shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -180,6 +180,13 @@ def test_import_of_missing_paths_says_what_to_pass(tmp_path):
         import_hf(str(tmp_path / "empty"), tmp_path / "out")
 
 
+def test_import_of_an_lmstack_checkpoint_says_no_import_is_needed(tmp_path):
+    save_model_dir(tmp_path / "ckpt", build_model(tiny_config("llama")), None)
+    with pytest.raises(ConversionError, match="'.*ckpt' is already an lmstack checkpoint dir: no import needed"):
+        import_hf(str(tmp_path / "ckpt"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_refuses_shapes_without_hf_equivalent(tmp_path):
     save_model_dir(tmp_path / "ckpt", build_model(tiny_config("llama", qk_norm=True, bias=True)), None)
     with pytest.raises(ConversionError, match="qk_norm and biases"):

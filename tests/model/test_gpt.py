@@ -11,7 +11,7 @@ from model_testing import random_tokens, randomise_norms, tiny_config
 
 from lmstack.config import ConfigError
 from lmstack.model.config import ModelConfig, config_from_depth
-from lmstack.model.gpt import RMSNorm, build_model
+from lmstack.model.gpt import GPT, RMSNorm, build_model
 
 ARCHS = ["gpt2", "llama"]
 
@@ -171,6 +171,8 @@ def test_depth_dial_and_validation():
         ModelConfig(arch="gpt2", n_kv_head=2).validate()
     assert ModelConfig(arch="llama", n_embd=384).hidden == 1024  # 8/3 * 384 = 1024, a multiple of 64
     assert ModelConfig(arch="gpt2", n_embd=384).hidden == 1536
+    with pytest.raises(ConfigError, match="model.vocab_size is not set"):  # unset is for training to fill in
+        GPT(ModelConfig())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

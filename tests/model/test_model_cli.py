@@ -9,17 +9,18 @@ import sys
 
 import pytest
 import torch
-from model_testing import random_tokens
+from model_testing import random_tokens, tiny_config
 
 transformers = pytest.importorskip("transformers")
 
-from lmstack.model.checkpoint import load_model_dir  # noqa: E402
+from lmstack.model.checkpoint import load_model_dir, save_model_dir  # noqa: E402
+from lmstack.model.gpt import build_model  # noqa: E402
 from lmstack.model.info import format_summary  # noqa: E402
 
 
-def lmstack(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def lmstack(*args: str, env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lmstack.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env=None if env is None else {**os.environ, **env})
+                          timeout=120, env=None if env is None else {**os.environ, **env}, cwd=cwd)
 
 
 def test_import_export_info_round_trip(tmp_path, tiny_tokenizer):
@@ -61,10 +62,27 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
     assert done.returncode == 2 and "has no config.json" in done.stderr
 
 
-def test_hub_ids_go_to_the_hub_and_failures_say_so(tmp_path):
+@pytest.mark.parametrize("src, says", [
+    ("nosuchdir", "could not download 'nosuchdir' from the Hugging Face hub (the hub could not be reached), "
+                  "and there is no local folder 'nosuchdir'"),
+    # written like a path (a separator in it): most likely meant as a local folder
+    ("models/nosuch", "local folder 'models/nosuch' does not exist (and as a hub id: the hub could not be reached)"),
+])
+def test_hub_ids_go_to_the_hub_and_failures_say_so_in_one_line(tmp_path, src, says):
     """No network in tests: offline mode makes the real download code fail, and the CLI must explain it."""
-    done = lmstack("import", "--from", "hf", "lmstack-tests/no-such-model", tmp_path / "out",
+    (tmp_path / "models").mkdir()
+    done = lmstack("import", "--from", "hf", src, "out", cwd=tmp_path,
                    env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")})
     assert done.returncode == 2
-    assert "could not download 'lmstack-tests/no-such-model' from the Hugging Face hub" in done.stderr
+    assert says in done.stderr and "pass a directory holding config.json" in done.stderr
+    assert done.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no file can be created")
+def test_export_to_an_unwritable_path_names_it_in_one_line(tmp_path):
+    save_model_dir(tmp_path / "ckpt", build_model(tiny_config("llama")), None)
+    done = lmstack("export", tmp_path / "ckpt", "/proc/lmstack-nope")
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("lmstack export: error: cannot write '/proc/lmstack-nope': No such file or "
+                                   "directory; choose a writable location")  # never the temporary's name

@@ -55,9 +55,37 @@ def test_dpo_and_grpo_commands_run_and_log_their_metrics(workdir):
     assert load_model_dir(workdir / "grpo/final")[0] is not None
 
 
-def test_bad_command_input_is_a_one_line_error(workdir, capsys):
-    assert main(["sft", "--init-from", str(workdir / "base"), "--data", str(workdir / "missing.jsonl"),
-                 "--run-dir", str(workdir / "bad")]) == 2
+def test_bad_command_input_is_a_one_line_error_and_leaves_no_run_dir(workdir, capsys):
+    base, data = ["--init-from", str(workdir / "base")], ["--data", str(workdir / "tc/train.jsonl")]
+    bad_run = ["--run-dir", str(workdir / "bad")]
+    assert main(["sft", *base, "--data", str(workdir / "missing.jsonl"), *bad_run]) == 2
     assert "missing.jsonl' does not exist" in capsys.readouterr().err
     assert main(["sft", "--init-from", str(workdir / "nowhere"), "--data", "x"]) == 2
-    assert main(["sft", "--init-from", str(workdir / "base"), "--data", "x", "--lora-targets", "attention"]) == 2
+    assert main(["sft", *base, *data, "--lora-rank", "2", "--lora-targets", "attention", *bad_run]) == 2
+    assert "'attention'" in capsys.readouterr().err
+    assert main(["dpo", *base, *data, "--resume", *bad_run]) == 2
+    assert main(["grpo", *base, *data, "--resume", *bad_run]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+    assert not (workdir / "bad").exists()
+
+
+def test_grpo_names_skipped_lines_and_warns_without_val_prompts(workdir):
+    lines = (workdir / "tc/train.jsonl").read_text().splitlines()
+    no_expected = json.dumps({k: v for k, v in json.loads(lines[1]).items() if k != "expected"})
+    data = workdir / "mixed.jsonl"
+    data.write_text("\n".join([lines[0], "{broken", no_expected, *lines[2:]]) + "\n")
+    assert main(["grpo", "--init-from", str(workdir / "base"), "--data", str(data), "--run-dir", str(workdir / "grpo"),
+                 "--steps", "1", "--group-size", "2", "--set", "batch_size=2", "--set", "max_new_tokens=4"]) == 0
+    log = (workdir / "grpo/run.log").read_text()
+    assert f"train {len(lines) - 1} conversations kept, 2 skipped: 1 malformed JSON, 1 no 'expected'" in log
+    assert "warning: mixed.jsonl line 2 (Expecting property name" in log and "warning: mixed.jsonl line 3:" in log
+    assert "warning: 0 val prompts (pass --val-data FILE" in log
+
+
+@pytest.mark.parametrize("flag, message", [(["--kl-coef", "-1"], "kl_coef must be >= 0 (0 = no KL penalty), got -1.0"),
+                                           (["--set", "temperature=0"], "temperature must be > 0"),
+                                           (["--set", "max_new_tokens=0"], "max_new_tokens must be at least 1, got 0")])
+def test_grpo_settings_errors_name_the_setting(workdir, capsys, flag, message):
+    assert main(["grpo", "--init-from", str(workdir / "base"), "--data", str(workdir / "tc/train.jsonl"), *flag]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("must be") == 1

@@ -2,9 +2,11 @@
 accepts the reference turns and rejects wrong ones."""
 
 import json
+import os
 
 import pytest
 
+from lmstack.cli import main
 from lmstack.data import toolcalls as tc
 from lmstack.tokenizer import ParsedToolCall
 
@@ -86,3 +88,10 @@ def test_tokenizer_texts_spell_calls_as_the_chat_template_does(chat_tokenizer):
     schema = json.dumps(tc.TOOL_SCHEMAS[0]["function"])
     assert payload in text and payload in rendered
     assert schema in text and schema in rendered
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no file can be created")
+def test_an_unwritable_output_is_one_line_naming_it(capsys):
+    assert main(["data", "toolcalls", "--out", "/proc/lmstack-nope", "--train", "2", "--test", "1"]) == 2
+    assert capsys.readouterr().err.strip() == ("lmstack data: error: cannot write '/proc/lmstack-nope/train.jsonl': "
+                                               "No such file or directory; choose a writable location")

@@ -181,3 +181,14 @@ def _write_meta(directory: Path, result: PrepareResult, tokenizer: Tokenizer, **
         "val": asdict(result.val),
     }
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def data_vocab_size(data_dir: str | Path) -> int | None:
+    """The vocab size the shards were written with (meta.json), or None for a dir without meta.json."""
+    path = Path(data_dir) / META_FILE
+    if not path.is_file():
+        return None
+    try:
+        return int(json.loads(path.read_text())["vocab_size"])
+    except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+        raise PrepareError(f"'{path}' has no readable vocab_size ({err}); re-run `lmstack prepare`") from None

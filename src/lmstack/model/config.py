@@ -12,7 +12,7 @@ from lmstack.config import ConfigError
 @dataclass
 class ModelConfig:
     arch: Literal["gpt2", "llama"] = "llama"
-    vocab_size: int = 8192
+    vocab_size: Optional[int] = None  # None: the tokenizer's (training takes it from the data dir's meta.json)
     block_size: int = 512  # longest context the model is trained / served at
     n_layer: int = 4
     n_head: int = 4
@@ -37,7 +37,7 @@ class ModelConfig:
         if self.arch == "llama" and self.head_dim % 2:
             raise ConfigError(f"head dim {self.head_dim} must be even for RoPE; change model.n_embd or model.n_head")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
 
     @property

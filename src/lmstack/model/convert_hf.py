@@ -8,6 +8,7 @@ that `transformers`, vLLM and llama.cpp's converter load. Neither direction need
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,28 @@ def resolve_source(src: str) -> Path:
         local = Path(snapshot_download(repo_id=src, allow_patterns=HUB_FILES))
         if not any(local.glob("*.safetensors")):  # older repos ship only pytorch_model.bin
             local = Path(snapshot_download(repo_id=src, allow_patterns=HUB_FILES + ["pytorch_model*.bin*"]))
-    except Exception as err:  # the hub raises many types (offline, not found, gated); all mean the same here
-        raise ConversionError(f"could not download '{src}' from the Hugging Face hub ({type(err).__name__}: "
-                              f"{err}); check the id and your network, or pass a local directory") from None
+    except Exception as err:  # the hub raises many types (offline, not found, gated, bad id); one line for each
+        raise ConversionError(hub_failure(src, err)) from None
     return local
+
+
+def hub_failure(src: str, err: Exception) -> str:
+    """One line for a failed download. When the hub is out of reach or has no such id, an argument written
+    like a path was most likely meant as a local folder, so that is what the line says first."""
+    from huggingface_hub.utils import LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    fix = "pass a directory holding config.json and model.safetensors, or a hub id such as openai-community/gpt2"
+    if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        reason = "the hub could not be reached"
+    elif isinstance(err, RepositoryNotFoundError):
+        reason = "the hub has no such model, or it is private or gated"
+    else:  # huggingface_hub's messages run over several lines; the first says what happened
+        return (f"could not download '{src}' from the Hugging Face hub ({type(err).__name__}: "
+                f"{(str(err).splitlines() or [''])[0]}); {fix}")
+    if any(sep in src for sep in (os.sep, os.altsep) if sep):
+        return f"local folder '{src}' does not exist (and as a hub id: {reason}); {fix}"
+    return (f"could not download '{src}' from the Hugging Face hub ({reason}), and there is no local folder "
+            f"'{src}'; {fix}")
 
 
 def read_hf_config(directory: Path) -> dict[str, Any]:
@@ -73,9 +92,13 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConversionError(f"'{directory}' has no config.json; it is not a Hugging Face model directory")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConversionError(f"'{path}' is not valid JSON: {err}") from None
+    if isinstance(config.get("model"), dict) and "model_type" not in config:  # our config.json, not HF's
+        raise ConversionError(f"'{directory}' is already an lmstack checkpoint dir: no import needed; pass it as "
+                              f"is (e.g. `lmstack sample {directory}`, `lmstack export --format hf {directory} OUT`)")
+    return config
 
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmstack.config import ConfigError
 from lmstack.model.config import ModelConfig
 from lmstack.model.lm_loss import cross_entropy, linear_cross_entropy
 from lmstack.model.onednn_linear import Linear
@@ -155,6 +156,9 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
+        if cfg.vocab_size is None:
+            raise ConfigError("model.vocab_size is not set: pass the tokenizer's vocab size (training fills it in "
+                              "from the data dir)")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.arch == "gpt2" else None

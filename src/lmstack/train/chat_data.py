@@ -47,6 +47,11 @@ class LoadReport:
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
         return f"{self.kept} conversations kept, {sum(self.skipped.values())} skipped: {reasons}"
 
+    def warning_lines(self, limit: int = 5) -> list[str]:
+        """The first `limit` skipped records by name, then how many more: enough to find the bad lines."""
+        more = len(self.warnings) - limit
+        return self.warnings[:limit] + ([f"... and {more} more skipped records"] if more > 0 else [])
+
 
 def conversation_problem(record: Any) -> str | None:
     """Why a record is not a trainable conversation, or None if it is."""
@@ -145,10 +150,8 @@ def load_chat_examples(path: str | Path, tokenizer: Tokenizer, seq_len: int, qui
     report = LoadReport()
     examples = render_examples(tokenizer, read_jsonl(path, report), seq_len + 1, report)
     if not quiet:
-        for warning in report.warnings[:5]:
+        for warning in report.warning_lines():
             print(f"warning: {warning}", file=sys.stderr)
-        if len(report.warnings) > 5:
-            print(f"warning: ... and {len(report.warnings) - 5} more skipped records", file=sys.stderr)
     if not examples:
         raise ChatDataError(f"'{path}' has no usable conversations ({report.summary()}); each line needs "
                             "a 'messages' list with at least one assistant turn")

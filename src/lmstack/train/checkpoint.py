@@ -86,7 +86,8 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, tokenizer: Tokenizer |
             if pause_s:
                 time.sleep(pause_s)  # test hook: widen the window a SIGKILL can land in
     except OSError as err:
-        reason = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else str(err)
+        # strerror, not str(err): an OutputWriteError's text names the checkpoint again
+        reason = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror or str(err)
         kept = f"the previous checkpoint '{previous}' is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointSaveError(
             f"could not save checkpoint '{path}': {reason}; {kept}. Free space in '{run_dir}' "

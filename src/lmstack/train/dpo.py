@@ -201,8 +201,7 @@ class DPOTrainer(FineTuner):
             n_val = max(1, int(len(pairs) * cfg.val_fraction)) if len(pairs) > 1 else 0
             pairs, self.val_pairs = pairs[:len(pairs) - n_val], pairs[len(pairs) - n_val:] or pairs
         self.say(f"preference data: {report.summary()}; {len(pairs)} train, {len(self.val_pairs)} val pairs")
-        for warning in report.warnings[:5]:
-            self.say(f"warning: {warning}")
+        self.say_skipped(report)
         self.objective = DPOObjective(self.reference_model(), cfg.beta)
         pad_id = self.tokenizer.special["<|pad|>"]
         return MicroBatches(lambda rank, ways: PreferenceLoader(pairs, cfg.batch_size, pad_id, rank, ways, cfg.seed),

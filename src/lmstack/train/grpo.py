@@ -21,7 +21,7 @@ import torch
 
 from lmstack.config import ConfigError
 from lmstack.model.gpt import GPT
-from lmstack.train.chat_data import ChatDataError
+from lmstack.train.chat_data import ChatDataError, LoadReport
 from lmstack.train.config import GuardConfig
 from lmstack.train.logprobs import token_logprobs
 from lmstack.train.lora import lora_disabled, lora_layers
@@ -169,8 +169,12 @@ class GRPOConfig(SFTConfig):
     def validate(self) -> None:
         if self.group_size < 2:
             raise ConfigError(f"group_size must be at least 2 (advantages compare samples), got {self.group_size}")
-        if self.kl_coef < 0 or self.temperature <= 0 or self.max_new_tokens < 1:
-            raise ConfigError("kl_coef must be >= 0, temperature > 0 and max_new_tokens >= 1")
+        if self.kl_coef < 0:
+            raise ConfigError(f"kl_coef must be >= 0 (0 = no KL penalty), got {self.kl_coef}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0 (GRPO samples its groups), got {self.temperature}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         super().validate()
 
 
@@ -212,14 +216,22 @@ class GRPOTrainer(FineTuner):
     def build_loader(self) -> MicroBatches:
         cfg = self.cfg
         room = self.model.cfg.block_size - cfg.max_new_tokens
-        train = toolcall_prompts(load_toolcall_samples(cfg.train_file), self.tokenizer, room)
-        val_samples = load_toolcall_samples(cfg.val_file) if cfg.val_file else []
+        train_samples, train_report = load_toolcall_samples(cfg.train_file)
+        val_samples, val_report = load_toolcall_samples(cfg.val_file) if cfg.val_file else ([], LoadReport())
+        train = toolcall_prompts(train_samples, self.tokenizer, room)
         self.val_prompts = toolcall_prompts(val_samples, self.tokenizer, room)[:cfg.eval_prompts]
         if not train:
             raise ChatDataError(f"no decision point of '{cfg.train_file}' fits the context with max_new_tokens="
                                 f"{cfg.max_new_tokens}; lower max_new_tokens")
+        self.say(f"tool-use data: train {train_report.summary()}, val {val_report.summary()}")
+        self.say_skipped(train_report)
+        self.say_skipped(val_report)
         self.say(f"GRPO: {len(train)} train prompts, {len(self.val_prompts)} val prompts, "
                  f"groups of {cfg.group_size}")
+        if not self.val_prompts:
+            why = (f"no decision point of '{cfg.val_file}' fits the context; lower max_new_tokens" if cfg.val_file
+                   else "pass --val-data FILE, e.g. test.jsonl from `lmstack data toolcalls`")
+            self.say(f"warning: 0 val prompts ({why}): no held-out reward is measured and no `best` checkpoint kept")
         self.objective = GRPOObjective(self.reference_model() if cfg.kl_coef > 0 else None, cfg.kl_coef)
         return MicroBatches(lambda rank, ways: RolloutLoader(self, train, rank, ways), self.dist.rank,
                             self.dist.world_size, self.grad_accum, self.device)

@@ -9,6 +9,7 @@ Only rank 0 writes files; every rank takes part in every collective in the same 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import time
@@ -22,7 +23,8 @@ from lmstack.config import format_config, to_dict
 from lmstack.device import (autocast_context, autocast_dtype, detect_device, device_for_rank, init_distributed,
                             peak_flops)
 from lmstack.errors import LmstackError
-from lmstack.model.checkpoint import load_model_dir
+from lmstack.data.prepare import data_vocab_size
+from lmstack.model.checkpoint import load_model_dir, read_config
 from lmstack.model.gpt import build_model
 from lmstack.tokenizer import Tokenizer
 from lmstack.train import checkpoint as ckpt
@@ -37,7 +39,7 @@ from lmstack.train.optim import build_optimizers
 from lmstack.train.plots import plot_losses
 from lmstack.train.resume import check_resumable
 from lmstack.train.rng import capture_rng, restore_rng, seed_everything
-from lmstack.train.rundir import append_log, ensure_writable, write_run_header
+from lmstack.train.rundir import append_log, ensure_writable, removed_if_left_empty, write_run_header
 from lmstack.train.runinfo import code_version, environment
 from lmstack.train.schedules import lr_multiplier, set_lr
 from lmstack.train.val import val_batches
@@ -63,12 +65,20 @@ class Trainer:
         self.device = device_for_rank(self.device_info, self.dist)
         self.is_main = self.dist.is_main
         self.run_dir = cfg.resolved_run_dir
+        # A start that fails its checks (data, tokenizer, --resume, LoRA targets) leaves no empty run dir behind.
+        with removed_if_left_empty(self.run_dir, enabled=self.is_main):
+            self._start(resume)
+
+    def _start(self, resume: str) -> None:
         self._check_run_dir()
         self.tokenizer = self._load_tokenizer()
+        resume_from = self._find_resume_point(resume)
+        self.cfg = cfg = self._with_vocab_size(resume_from)
         self.config_dict = to_dict(cfg)
+        if resume_from is not None:
+            check_resumable(resume_from, self.config_dict)
         self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * self.grad_accum * self.dist.world_size
-        resume_from = self._find_resume_point(resume)
         seed_everything(cfg.seed + self.dist.rank)  # per-rank streams (dropout), same init via build_model's seed
         self.model = self.build_model(resume_from)
         self.model.train()
@@ -111,20 +121,28 @@ class Trainer:
         if self.cfg.tokenizer is None and not Path(self.cfg.data_dir).is_dir():
             raise LmstackError(f"data dir '{self.cfg.data_dir}' does not exist; create it with `lmstack prepare "
                                f"--tokenizer DIR --out {self.cfg.data_dir}` or point --set data_dir=DIR at one")
-        tokenizer = Tokenizer.load(self.cfg.tokenizer_path)
-        if tokenizer.vocab_size > self.cfg.model.vocab_size:
+        return Tokenizer.load(self.cfg.tokenizer_path)
+
+    def _with_vocab_size(self, resume_from: Path | None) -> TrainConfig:
+        """The config with an unset model.vocab_size filled in: a resumed run keeps the one it was saved with;
+        a new run takes the data's (meta.json, as nanoGPT takes meta.pkl's; the tokenizer's without one)."""
+        cfg, tokenizer = self.cfg, self.tokenizer
+        vocab_size = cfg.model.vocab_size
+        if vocab_size is None and resume_from is not None:
+            vocab_size = read_config(resume_from)["model"]["vocab_size"]
+        elif vocab_size is None:
+            vocab_size = data_vocab_size(cfg.data_dir) or tokenizer.vocab_size
+        if tokenizer.vocab_size > vocab_size:
             raise LmstackError(
-                f"the tokenizer '{self.cfg.tokenizer_path}' has {tokenizer.vocab_size} tokens but "
-                f"model.vocab_size={self.cfg.model.vocab_size}; --set model.vocab_size={tokenizer.vocab_size}")
-        return tokenizer
+                f"the tokenizer '{cfg.tokenizer_path}' has {tokenizer.vocab_size} tokens but "
+                f"model.vocab_size={vocab_size}; --set model.vocab_size={tokenizer.vocab_size} (or leave it unset)")
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
 
     def _find_resume_point(self, resume: str) -> Path | None:
         latest = ckpt.latest_checkpoint(self.run_dir)
         if resume == "require" and latest is None:
             raise LmstackError(f"--resume: the run dir '{self.run_dir}' has no checkpoint to resume from; "
                                "run without --resume to start training")
-        if latest is not None:
-            check_resumable(latest, self.config_dict)
         return latest
 
     def _wrap_model(self) -> torch.nn.Module:

@@ -1,12 +1,14 @@
-"""The run dir: checked writable before any work, and `run.log` with what produced the run at its top."""
+"""The run dir: checked writable before any work, removed again if the start fails and leaves it empty, and
+`run.log` with what produced the run at its top."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lmstack.atomic import atomic_write_text
 from lmstack.errors import LmstackError
@@ -32,6 +34,20 @@ def ensure_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise RunDirError(f"run dir '{run_dir}' is not writable ({err.strerror or err}); {fix}") from None
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """If the body fails, remove the dirs it created for `run_dir` (it and any missing parents) while they are
+    still empty. What existed before is never touched, and rmdir refuses a dir that holds anything."""
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()] if enabled else []  # deepest first
+    try:
+        yield
+    except BaseException:
+        for directory in created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
 
 
 def write_run_header(run_dir: Path, header: dict[str, Any], config: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from lmstack.infer.simple import generate
 from lmstack.model.checkpoint import WEIGHTS_FILE, load_model_dir, read_config, save_model_dir
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import GPT
-from lmstack.train.chat_data import PackedBatch, PackedChatLoader, load_chat_examples
+from lmstack.train.chat_data import LoadReport, PackedBatch, PackedChatLoader, load_chat_examples
 from lmstack.train.config import TrainConfig
 from lmstack.train.distributed import process_group_scope, sum_across_ranks
 from lmstack.train.loop import Trainer, TrainResult
@@ -122,6 +122,11 @@ class FineTuner(Trainer):
             train, val = train[:len(train) - n_val], train[len(train) - n_val:] or train
         self.say(f"chat data: {report.summary()}; {len(train)} train, {len(val)} val conversations")
         return train, val
+
+    def say_skipped(self, report: LoadReport) -> None:
+        """Name the first skipped records (in run.log too): a bad line must not thin the data unnoticed."""
+        for warning in report.warning_lines():
+            self.say(f"warning: {warning}")
 
     def build_loader(self):
         train, self.val_examples = self.chat_splits()

@@ -104,13 +104,14 @@ def sampled_rewards(model: GPT, tokenizer: Tokenizer, prompts: list[ToolcallProm
                                                            seed)[1]]
 
 
-def load_toolcall_samples(path: str | Path) -> list[dict[str, Any]]:
+def load_toolcall_samples(path: str | Path) -> tuple[list[dict[str, Any]], LoadReport]:
+    """The usable samples of a `lmstack data toolcalls` file, and the report of the lines skipped."""
     report = LoadReport()
     samples = list(read_jsonl(path, report, check=_toolcall_problem))
     if not samples:
         raise ChatDataError(f"'{path}' has no synthetic tool-use samples ({report.summary()}); "
                             "write some with `lmstack data toolcalls --out DIR`")
-    return samples
+    return samples, report
 
 
 def _toolcall_problem(record: Any) -> str | None:

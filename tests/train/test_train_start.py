@@ -1,0 +1,71 @@
+"""What a start decides before training: the vocab size an unset model.vocab_size takes (the data's, or a
+resumed run's own), and that a start which fails its checks leaves no empty run dir behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmstack.model.checkpoint import read_config
+from lmstack.tokenizer import Tokenizer
+from lmstack.train.metrics import read_metrics
+from train_helpers import make_data, run_lmstack, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A data dir written by the real `lmstack prepare` (it has meta.json), from make_data's tokenizer."""
+    root = tmp_path_factory.mktemp("start")
+    make_data(root / "tok")
+    run_lmstack("prepare", "--source", "stdlib", "--limit", "20", "--tokenizer", str(root / "tok"),
+                "--out", str(root / "data"))
+    return root / "data"
+
+
+def train_args(data_dir, run_dir, **extra) -> list[str]:
+    """tiny_overrides without model.vocab_size unless `extra` sets it."""
+    overrides = [o for o in tiny_overrides(data_dir, run_dir, **{"max_steps": 2, "eval_every": 0, **extra})
+                 if "model.vocab_size" in extra or not o.startswith("model.vocab_size=")]
+    return ["train", *[a for o in overrides for a in ("--set", o)]]
+
+
+def trained_vocab_size(run_dir) -> int:
+    return read_config(run_dir / "checkpoints" / "step_000002")["model"]["vocab_size"]
+
+
+def test_unset_vocab_size_is_the_datas_and_a_set_one_wins(prepared, tmp_path):
+    meta_vocab = json.loads((prepared / "meta.json").read_text())["vocab_size"]
+    assert meta_vocab == Tokenizer.load(prepared / "tokenizer.json").vocab_size != 8192
+    result = run_lmstack(*train_args(prepared, tmp_path / "auto"))
+    assert f'"vocab_size": {meta_vocab},' in result.stdout  # the config printed at start shows the number chosen
+    assert trained_vocab_size(tmp_path / "auto") == meta_vocab
+
+    run_lmstack(*train_args(prepared, tmp_path / "set", **{"model.vocab_size": 512}))
+    assert trained_vocab_size(tmp_path / "set") == 512
+    too_small = run_lmstack(*train_args(prepared, tmp_path / "small", **{"model.vocab_size": 100}), check=False)
+    assert too_small.returncode == 2
+    assert f"has {meta_vocab} tokens but model.vocab_size=100" in too_small.stderr
+
+
+def test_resume_keeps_the_vocab_size_the_run_was_saved_with(prepared, tmp_path):
+    """A run started when the default was 8192 resumes as it was, not with the data's smaller vocab."""
+    run_lmstack(*train_args(prepared, tmp_path / "run", **{"model.vocab_size": 8192}))
+    run_lmstack(*train_args(prepared, tmp_path / "run", max_steps=3))
+    starts = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r.get("event") == "start"]
+    assert starts[-1]["resumed_from"].endswith("step_000002")
+    assert read_config(tmp_path / "run" / "checkpoints" / "step_000003")["model"]["vocab_size"] == 8192
+
+
+def test_a_start_that_fails_its_checks_leaves_no_empty_run_dir(prepared, tmp_path):
+    missing_data = run_lmstack(*train_args(tmp_path / "no_data", tmp_path / "runs" / "a"), check=False)
+    assert missing_data.returncode == 2 and "does not exist" in missing_data.stderr
+    assert not (tmp_path / "runs").exists()  # neither the run dir nor the parent this start made
+
+    no_checkpoint = run_lmstack(*train_args(prepared, tmp_path / "b"), "--resume", check=False)
+    assert no_checkpoint.returncode == 2 and "no checkpoint to resume from" in no_checkpoint.stderr
+    assert not (tmp_path / "b").exists()
+
+    (tmp_path / "mine").mkdir()  # made by the user: a failed start must leave it alone
+    assert run_lmstack(*train_args(prepared, tmp_path / "mine"), "--resume", check=False).returncode == 2
+    assert (tmp_path / "mine").is_dir()

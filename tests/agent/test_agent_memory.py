@@ -101,12 +101,23 @@ def test_dropping_turns_keeps_the_latest_call_with_all_its_results():
     messages = conversation(tool_output_chars=100, turns=6)
     messages[-2]["tool_calls"].append({"id": "c5b", "type": "function", "function": {"name": "search", "arguments": "{}"}})
     messages.append({"role": "tool", "tool_call_id": "c5b", "content": "second result " + "y" * 100})
-    # Room for the head, a bare summary and the last result (~77 tokens), not for the whole latest turn (~160):
-    # the old rule sent the last result alone, without its call, which OpenAI's API refuses. A turn is whole or
-    # gone; the latest stays, and its short outputs have nothing to cut.
-    view = fit_context(messages, max_tokens=100)
-    assert view[-3:] == messages[-3:] and answered_calls_only(view)
-    assert "Summary of earlier conversation" in view[1]["content"] and len(view) == 5
+    # Room for the head and the whole latest turn (~131 tokens), not with a bare summary too (~160): the old rule
+    # dropped the call and sent its last result alone (~77 with the summary), which OpenAI's API refuses. A turn is
+    # whole or gone; the latest stays, and the summary gives way.
+    view = fit_context(messages, max_tokens=140)
+    assert view == messages[:2] + messages[-3:] and answered_calls_only(view)
+
+
+
+def test_a_latest_turn_that_cannot_fit_goes_into_the_summary_as_text():
+    # What a small model's context gives (its tool schemas fill most of it): the one turn there is (53 tokens)
+    # does not fit in 50, and its output is too short to cut. Its result is kept as a line of the summary; no
+    # tool message is left.
+    messages = conversation(tool_output_chars=2, turns=1)
+    assert fit_context(messages, max_tokens=53) == messages
+    view = fit_context(messages, max_tokens=50)
+    assert approx_tokens(view) <= 50 and [m["role"] for m in view] == ["system", "user"]
+    assert view[1]["content"].endswith("- tool: result 0 xx")
 
 
 def test_a_latest_tool_output_too_long_for_the_context_is_shortened_last():

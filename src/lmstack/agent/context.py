@@ -2,11 +2,12 @@
 
 Policy, cheapest loss first: (1) shorten tool outputs, oldest first, to a head and a note of what
 was cut; (2) if still too long, replace the oldest turns (never the system prompt, the task, or the
-latest turn) with one extractive summary, appended to the task message; (3) if even that is too long,
-shorten the latest turn's tool outputs too. A turn is a message with the tool results that answer it:
-it is kept or dropped whole, since a tool result without the call it answers is refused by OpenAI's
-API. The stored conversation is never changed; this builds the view sent on each call,
-deterministically, so a replayed run sends the same requests.
+latest turn) with one extractive summary, appended to the task message (shortened as needed, or left
+out when not even a count of the dropped messages fits); (3) if even that is too long, shorten the
+latest turn's tool outputs too; (4) failing that, summarise the latest turn as well. A turn is a
+message with the tool results that answer it: it is kept or dropped whole, since a tool result
+without the call it answers is refused by OpenAI's API. The stored conversation is never changed;
+this builds the view sent on each call, deterministically, so a replayed run sends the same requests.
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ def fit_context(messages: list[dict], max_tokens: int,
     if _shorten_tool_outputs(view, older, max_tokens, count_tokens):
         return view
     view, fits = _summarise_oldest(head, turns, max_tokens, count_tokens)
-    if not fits:
-        # The latest turn alone overflows (a huge tool output): better shortened than a request the model refuses.
-        _shorten_tool_outputs(view, view[len(view) - len(turns[-1]):] if turns else [], max_tokens, count_tokens)
-    return view
+    if fits or not turns:
+        return view
+    # The latest turn alone overflows: a huge tool output is better shortened than refused by the model's server.
+    if _shorten_tool_outputs(view, view[len(view) - len(turns[-1]):], max_tokens, count_tokens):
+        return view
+    # Last resort (a small model whose tool schemas fill most of its context): the latest turn goes into the summary
+    # too, its calls and results as lines of text, which every API accepts and which is as short as it gets.
+    return _with_summary(head, [m for turn in turns for m in turn], [], max_tokens, count_tokens)[0]
 
 
 def _turns(body: list[dict]) -> list[list[dict]]:
@@ -83,11 +88,13 @@ def _summarise_oldest(head: list[dict], turns: list[list[dict]], max_tokens: int
 def _with_summary(head: list[dict], dropped: list[dict], body: list[dict], max_tokens: int,
                   count_tokens: Callable[[list[dict]], int]) -> tuple[list[dict], bool]:
     """head + summary + body and whether it fits: the summary halved until the whole fits (a tokenizer may need
-    far more than the assumed 4 characters per token), down to a bare count of what was dropped. When even the
-    bare count does not fit, no longer summary will: that is known after one count, not one per halving."""
+    far more than the assumed 4 characters per token), down to a bare count of what was dropped, and to no summary
+    when even that does not fit (on a small model the turns left matter more than a note of what is gone). When
+    the bare count does not fit, no longer summary will: that is known after one count, not one per halving."""
     bare = _attach_summary(head, _summary_text(dropped, 0)) + body
     if count_tokens(bare) > max_tokens:
-        return bare, False
+        without = [dict(m) for m in head] + body
+        return without, count_tokens(without) <= max_tokens
     budget_chars = max_tokens  # a quarter of the context at ~4 characters per token
     while budget_chars > 0:
         candidate = _attach_summary(head, _summary_text(dropped, budget_chars)) + body

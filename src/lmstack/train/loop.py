@@ -23,6 +23,7 @@ from lmstack.config import format_config, to_dict
 from lmstack.device import (autocast_context, autocast_dtype, detect_device, device_for_rank, init_distributed,
                             peak_flops)
 from lmstack.errors import LmstackError
+from lmstack.data.loader import ShardLoader
 from lmstack.data.prepare import data_vocab_size
 from lmstack.model.checkpoint import load_model_dir, read_config
 from lmstack.model.gpt import build_model
@@ -192,8 +193,13 @@ class Trainer:
     def build_loader(self):
         """Any object with micro_batches() (this process's batches of one step), state_dict, load_state_dict."""
         cfg = self.cfg
-        return GlobalBatchLoader(cfg.data_dir, cfg.batch_size, cfg.seq_len, self.dist.rank,
-                                 self.dist.world_size, self.grad_accum, cfg.seed, self.device)
+        loader = GlobalBatchLoader(cfg.data_dir, cfg.batch_size, cfg.seq_len, self.dist.rank,
+                                   self.dist.world_size, self.grad_accum, cfg.seed, self.device)
+        # Opened once now for its checks: a missing or broken val split would otherwise stop the run at its first
+        # eval, after all the steps before it (every run evaluates, at least at its last step).
+        ShardLoader(cfg.data_dir, "val", cfg.batch_size, cfg.seq_len, self.dist.rank, self.dist.world_size,
+                    shuffle=False)
+        return loader
 
     def compute_loss(self, batch) -> torch.Tensor:
         """One micro-batch's loss, through `forward_model` so that DDP syncs the gradients."""

@@ -137,15 +137,16 @@ def test_zero_dollars_and_zero_retries_are_meaningful_and_accepted():
     assert config.budget.max_dollars == 0 and config.monitors.max_retries == 0
 
 
-def test_resume_refuses_a_run_that_is_over(server, tmp_path):
+def test_resuming_a_run_that_is_over_says_so_and_runs_nothing(server, tmp_path):
     db = tmp_path / "lmstack.db"
     failed = lmstack("run", "x", "--model", server.base_url, "--model-name", "broken", "--run-id", "r4",
                      "--workspace", str(tmp_path / "ws"), db=db)
     assert failed.returncode == 1 and "run r4: failed" in failed.stdout
     calls_before = len(server.requests())
     resumed = lmstack("resume", "r4", db=db)
-    assert error_line(resumed).startswith("lmstack agent: error: run 'r4' has status failed (model 'broken'")
-    assert "cannot be resumed" in error_line(resumed) and resumed.stdout == ""
+    assert resumed.returncode == 1  # the run's outcome, as `run` reported it: idempotent after a crash
+    assert "run r4 has already ended (failed): nothing to resume" in resumed.stderr
+    assert resumed.stdout == failed.stdout
     assert len(server.requests()) == calls_before  # nothing ran
 
 

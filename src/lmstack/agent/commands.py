@@ -85,8 +85,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from lmstack.agent.launch import open_database, resume_run
+    from lmstack.agent.store import RESUMABLE, get_run
 
-    return _report(resume_run(open_database(args.db), args.run_id, show_progress=True))
+    conn = open_database(args.db)
+    record = get_run(conn, args.run_id)
+    if record.status not in RESUMABLE:
+        # Idempotent, as after a crash one cannot tell whether the run finished: its outcome again, saying so.
+        print(f"run {args.run_id} has already ended ({record.status}): nothing to resume; `lmstack agent run` "
+              "starts a new one", file=sys.stderr)
+        return _report(record)
+    return _report(resume_run(conn, args.run_id, show_progress=True))
 
 
 def cmd_approve(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from lmstack.agent.client import ModelClient, OpenAIClient, RetryPolicy
 from lmstack.agent.memory import MemoryStore
 from lmstack.agent.runtime import AgentRuntime
 from lmstack.agent.settings import AgentConfig
-from lmstack.agent.store import RESUMABLE, RunRecord, create_run, get_run, open_agent_tables
+from lmstack.agent.store import RunRecord, create_run, get_run, open_agent_tables
 from lmstack.agent.tools import ToolRegistry
 from lmstack.config import from_dict, to_dict
 from lmstack.db import connect, lmstack_home, transaction
@@ -96,11 +96,6 @@ def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: 
 
 
 def resume_run(conn: sqlite3.Connection, run_id: str, show_progress: bool = False) -> RunRecord:
-    record = get_run(conn, run_id)
-    if record.status not in RESUMABLE:  # a finished run would only be reprinted: say so instead
-        raise LmstackError(f"run '{run_id}' has status {record.status} ({record.stop_reason}) and cannot be resumed: "
-                           f"only a waiting run (paused for approval) or one interrupted while running can; "
-                           f"`lmstack agent trace {run_id}` shows it, `lmstack agent run` starts a new one")
     return build_runtime(conn, run_id, show_progress).run()
 
 

@@ -33,6 +33,7 @@ import logging
 import torch
 import torch._inductor.config as inductor_config
 import torch.fx.experimental._config
+from tqdm.auto import tqdm
 
 from lmstack.device import last_level_cache_bytes
 from lmstack.infer.paged_cache import PagedKVCache, decode_slots, padded_block_tables
@@ -216,8 +217,10 @@ class CompiledDecoder:
         pool. A failure to compile (no C++ compiler, say) is logged and leaves decoding eager."""
         past = max(MIN_PAST_KEYS, min(WARM_UP_PAST, self.context - 1))
         try:
+            batches = (1, max(2, min(WARM_UP_BATCH, self.max_batch)))
+            # A bar: the compiles take tens of seconds each, during which nothing else would show.
             with torch.inference_mode():  # as the engine's steps run: dynamo compiles for one grad mode
-                for batch in (1, max(2, min(WARM_UP_BATCH, self.max_batch))):
+                for batch in tqdm(batches, desc="compiling the decode steps", unit="graph"):
                     self._step([0] * batch, [past] * batch, past, [[0]] * batch, self.warm_up_settings)
         except Exception as error:  # noqa: BLE001 - any compiler failure: eager decoding still gives the same tokens
             self._give_up("could not compile the decode steps", error)

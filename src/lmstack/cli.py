@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import sys
 
 from lmstack.errors import LmstackError
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
         sys.stdout.flush()  # output still buffered would meet a closed pipe at exit, outside this try
     except BrokenPipeError:
+        if not reader_gone(sys.stdout):
+            raise  # another pipe or socket broke: a real error, not the reader of our output leaving
         return stdout_closed()
     except USER_ERRORS as err:
         print(f"lmstack {args.command}: error: {err}", file=sys.stderr)
@@ -59,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmstack {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def reader_gone(stream) -> bool:
+    """Whether `stream` is a pipe whose reading end has been closed (poll reports an error on the writing end)."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or no file descriptor behind the stream
+        return False
 
 
 def stdout_closed() -> int:

@@ -1,6 +1,7 @@
 """The CLI end to end (real subprocesses): run, list, trace (tree and OpenTelemetry JSON), approve, resume."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from agent_helpers import call
 from lmstack.agent.launch import open_database
 from lmstack.agent.settings import AgentConfig
 from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
+from lmstack.cli import reader_gone
 from lmstack.config import ConfigError, load_config
 from lmstack.db import transaction
 
@@ -148,6 +150,15 @@ def test_resuming_a_run_that_is_over_says_so_and_runs_nothing(server, tmp_path):
     assert "run r4 has already ended (failed): nothing to resume" in resumed.stderr
     assert resumed.stdout == failed.stdout
     assert len(server.requests()) == calls_before  # nothing ran
+
+
+def test_only_a_stdout_whose_reader_left_counts_as_closed():
+    # Any other broken pipe (a subprocess's, a socket's) is an error to report, not a reader leaving.
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as stream:
+        assert not reader_gone(stream)
+        os.close(read_end)
+        assert reader_gone(stream)
 
 
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path):

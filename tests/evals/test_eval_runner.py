@@ -141,7 +141,11 @@ def test_a_run_that_dies_is_recorded_failed_and_resumes(tmp_path, monkeypatch, c
             raise sqlite3.OperationalError("database or disk is full")
         save_sample(run_id, record)
 
+    seen_while_resuming = []
+
     def copy_target(state, ctx):  # no model call: the only failure is the database's
+        run = store.run("dies")  # what `eval list` shows while samples are solved
+        seen_while_resuming.append((run.status, run.error))
         state.output = state.sample.target
         return state
 
@@ -157,6 +161,8 @@ def test_a_run_that_dies_is_recorded_failed_and_resumes(tmp_path, monkeypatch, c
     assert "dies                         failed" in capsys.readouterr().out
 
     monkeypatch.setattr(store, "save_sample", save_sample)
+    seen_while_resuming.clear()
     resumed = run_eval(task, dead, store, resume="dies", progress=False)
     run = store.run("dies")
     assert (run.status, run.error) == ("finished", None) and resumed.summary["scores"]["numeric"]["mean"]["n"] == 4
+    assert set(seen_while_resuming) == {("running", None)}  # not the old failure while it runs again

@@ -78,7 +78,7 @@ def test_a_data_dir_without_a_val_split_is_refused_before_any_step(prepared, tmp
     (tmp_path / "docs" / "only.py").write_text("def f(x):\n    return x\n" * 300)
     prepared_one = run_lmstack("prepare", "--source", str(tmp_path / "docs"), "--tokenizer", str(prepared),
                                "--out", str(tmp_path / "one"))
-    assert "warning: the val split is empty (1 document(s) in all" in prepared_one.stderr
+    assert "warning: the val split is empty (1 document(s) in all)" in prepared_one.stderr
     refused = run_lmstack(*train_args(tmp_path / "one", tmp_path / "run", max_steps=50, eval_every=25), check=False)
     assert refused.returncode == 2 and "no val shards (val_*.bin)" in refused.stderr
     assert "step/s" not in refused.stderr and not (tmp_path / "run").exists()  # no step ran (no bar), no run dir left

@@ -144,8 +144,10 @@ class OpenAIClient:
 
         try:
             return {m.id: getattr(m, "max_model_len", None) for m in self.sdk.models.list().data}
-        except openai.APIError:
+        except openai.APIConnectionError:
             return None  # not remembered: a server still starting up is asked again before the next call
+        except openai.APIError:
+            return {}  # remembered: an endpoint without the listing (a gateway's 404) is not asked at every step
 
     def complete(self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.0,
                  max_tokens: int | None = None, logprobs: bool = False, seed: int | None = None) -> ModelResponse:

@@ -4,7 +4,8 @@ Policy, cheapest loss first: (1) shorten tool outputs, oldest first, to a head a
 was cut; (2) if still too long, replace the oldest turns (never the system prompt, the task, or the
 latest turn) with one extractive summary, appended to the task message (shortened as needed, or left
 out when not even a count of the dropped messages fits); (3) if even that is too long, shorten the
-latest turn's tool outputs too; (4) failing that, summarise the latest turn as well. A turn is a
+latest turn's tool outputs too (first of all when the latest turn cannot fit even alone); (4) failing
+that, summarise the latest turn as well. A turn is a
 message with the tool results that answer it: it is kept or dropped whole, since a tool result
 without the call it answers is refused by OpenAI's API. The stored conversation is never changed;
 this builds the view sent on each call, deterministically, so a replayed run sends the same requests.
@@ -37,11 +38,16 @@ def fit_context(messages: list[dict], max_tokens: int,
     older = [m for turn in turns[:-1] for m in turn]
     if _shorten_tool_outputs(view, older, max_tokens, count_tokens):
         return view
+    latest = turns[-1] if turns else []
+    # A latest turn that cannot fit even alone (a huge tool output) must lose its long outputs anyway: cut them
+    # now, before dropping older turns that may then fit.
+    if count_tokens(head + latest) > max_tokens and _shorten_tool_outputs(view, latest, max_tokens, count_tokens):
+        return view
     view, fits = _summarise_oldest(head, turns, max_tokens, count_tokens)
     if fits or not turns:
         return view
-    # The latest turn alone overflows: a huge tool output is better shortened than refused by the model's server.
-    if _shorten_tool_outputs(view, view[len(view) - len(turns[-1]):], max_tokens, count_tokens):
+    # The latest turn overflows beside the summary: its long outputs are better shortened than refused by the server.
+    if _shorten_tool_outputs(view, view[len(view) - len(latest):], max_tokens, count_tokens):
         return view
     # Last resort (a small model whose tool schemas fill most of its context): the latest turn goes into the summary
     # too, its calls and results as lines of text, which every API accepts and which is as short as it gets.

@@ -37,27 +37,45 @@ def build_client(config: AgentConfig) -> ModelClient:
 
 
 def first_model_id(config: AgentConfig) -> str:
+    return first_listed_model(config.model, config.api_key_env, config.timeout_s, prefix=f"--model {config.model}: ",
+                              key_fix="or read it from another variable with --set api_key_env=NAME")
+
+
+def first_listed_model(url: str, api_key_env: str, timeout_s: float, prefix: str = "", key_fix: str = "",
+                       max_retries: int = 2) -> str:
+    """The first model id GET /v1/models lists at `url`; one line (after `prefix`) with the cause and its fix when
+    it cannot be listed. Other commands (`eval lm-eval`, the dashboard) name their own flags, hence the arguments."""
     import openai
 
-    sdk = openai.OpenAI(base_url=api_base(config.model), api_key=os.environ.get(config.api_key_env) or "not-needed",
-                        timeout=config.timeout_s, max_retries=2)
+    sdk = openai.OpenAI(base_url=api_base(url), api_key=os.environ.get(api_key_env) or "not-needed",
+                        timeout=timeout_s, max_retries=max_retries)
     try:
         models = sdk.models.list().data
     except openai.APIError as err:
-        raise LmstackError(f"--model {config.model}: {listing_failure(err, config.api_key_env)}") from None
+        raise ModelListingError(prefix + listing_failure(err, api_key_env, key_fix),
+                                getattr(err, "status_code", None)) from None
     if not models:
-        raise LmstackError(f"--model {config.model}: the endpoint lists no models; pass --model-name")
+        raise ModelListingError(f"{prefix}the endpoint lists no models; pass --model-name", None)
     return models[0].id
 
 
-def listing_failure(err: Exception, api_key_env: str) -> str:
+class ModelListingError(LmstackError):
+    """GET /v1/models failed; `status` is the HTTP status when the server answered (None: it did not, or listed
+    nothing)."""
+
+    def __init__(self, message: str, status: int | None):
+        super().__init__(message)
+        self.status = status
+
+
+def listing_failure(err: Exception, api_key_env: str, key_fix: str = "") -> str:
     """Why GET /v1/models failed, with the fix for that cause."""
     import openai
 
     if isinstance(err, (openai.AuthenticationError, openai.PermissionDeniedError)):
         sent = f"the key in ${api_key_env}" if os.environ.get(api_key_env) else f"no key (${api_key_env} is not set)"
-        return (f"the server refused the API key (HTTP {err.status_code}; the agent sent {sent}): set ${api_key_env} "
-                f"to the server's key, or read it from another variable with --set api_key_env=NAME")
+        return (f"the server refused the API key (HTTP {err.status_code}; sent {sent}): set ${api_key_env} "
+                f"to the server's key{', ' + key_fix if key_fix else ''}")
     if isinstance(err, openai.APIConnectionError):
         return f"cannot connect ({err}); is the server running at that URL?"
     return f"cannot list its models ({err}); pass --model-name"
@@ -76,10 +94,16 @@ def build_runtime(conn: sqlite3.Connection, run_id: str, show_progress: bool = F
 def check_model_reachable(conn: sqlite3.Connection, run_id: str) -> None:
     """Raise (the cause and its fix) when this process cannot reach the run's model endpoint: its key is not set
     here, or the server is down. For a process that would resume someone else's run (the dashboard): the resume
-    would fail the run for good, where the run's own shell would have resumed it."""
+    would fail the run for good, where the run's own shell would have resumed it. One short try: it runs while a
+    person waits."""
     config = from_dict(AgentConfig, get_run(conn, run_id).config)
-    if config.model.startswith(("http://", "https://")):
-        first_model_id(config)
+    if not config.model.startswith(("http://", "https://")):
+        return
+    try:
+        first_listed_model(config.model, config.api_key_env, timeout_s=10, max_retries=0)
+    except ModelListingError as err:
+        if not (err.status == 404 and config.model_name):  # no listing there, but the server answered: fine
+            raise
 
 
 def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: str | None = None,
@@ -99,8 +123,8 @@ def resume_run(conn: sqlite3.Connection, run_id: str, show_progress: bool = Fals
     return build_runtime(conn, run_id, show_progress).run()
 
 
-def decide_approvals(conn: sqlite3.Connection, run_id: str, approve: bool, call_key: str | None = None) -> list[str]:
-    """Approve (or deny) the run's pending tool calls -- all, or the one with `call_key`."""
+def pending_approvals(conn: sqlite3.Connection, run_id: str, call_key: str | None = None) -> list[str]:
+    """The call keys of the run's pending approvals (all, or the one with `call_key`); an error when there is none."""
     get_run(conn, run_id)
     rows = conn.execute("SELECT call_key FROM agent_approvals WHERE run_id = ? AND decision = 'pending'",
                         (run_id,)).fetchall()
@@ -108,6 +132,12 @@ def decide_approvals(conn: sqlite3.Connection, run_id: str, approve: bool, call_
     if not keys:
         raise LmstackError(f"run '{run_id}' has no pending approval{f' for {call_key}' if call_key else ''}; "
                            f"`lmstack agent trace {run_id}` shows its state")
+    return keys
+
+
+def decide_approvals(conn: sqlite3.Connection, run_id: str, approve: bool, call_key: str | None = None) -> list[str]:
+    """Approve (or deny) the run's pending tool calls -- all, or the one with `call_key`."""
+    keys = pending_approvals(conn, run_id, call_key)
     with transaction(conn):
         for key in keys:
             conn.execute("UPDATE agent_approvals SET decision = ?, decided_at = strftime('%s','now') WHERE run_id = ? "

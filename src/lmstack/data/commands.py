@@ -46,9 +46,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     print(f"wrote {result.out_dir}/")
     for name, stats in (("train", result.train), ("val", result.val)):
         print(f"  {name:5s} {stats.tokens:>14,} tokens  {stats.documents:>9,} documents  {len(stats.shards)} shard(s)")
-    if not result.val.documents and args.val_fraction > 0:  # one document: it went to train
-        print(f"warning: the val split is empty ({result.train.documents} document(s) in all, and train keeps one); "
-              "`lmstack train` evaluates on it and will refuse this dir: add documents", file=sys.stderr)
+    if not result.val.documents and args.val_fraction > 0:  # one document (train keeps one), or --min-val-docs 0
+        fix = "add documents" if args.min_val_docs else "raise --min-val-docs"
+        print(f"warning: the val split is empty ({result.train.documents} document(s) in all); `lmstack train` "
+              f"evaluates on it and will refuse this dir: {fix}", file=sys.stderr)
     return 0
 
 

@@ -46,15 +46,15 @@ def lm_eval_command(base_url: str, model: str, tasks: list[str], tokenizer: str 
 
 
 def served_model_name(base_url: str) -> str:
-    """The first model id the server lists, found the way `lmstack agent run` finds it."""
-    from lmstack.agent.launch import first_model_id
-    from lmstack.agent.settings import AgentConfig
+    """The first model id the server lists, found the way `lmstack agent run` finds it (its key from
+    $OPENAI_API_KEY, which lm-eval's local-completions also sends)."""
+    from lmstack.agent.launch import first_listed_model
 
     try:
-        return first_model_id(AgentConfig(model=_api_root(base_url)))
-    except LmstackError as err:  # the agent's reason, plus the fix that fits this command
-        raise LmEvalError(f"cannot find the model name at {base_url} ({err}); pass --model-name "
-                          "(`lmstack serve` serves the checkpoint dir's name, e.g. final)") from None
+        return first_listed_model(_api_root(base_url), "OPENAI_API_KEY", timeout_s=30)
+    except LmstackError as err:
+        raise LmEvalError(f"cannot find the model name at {base_url}: {err}"
+                          + ("" if "--model-name" in str(err) else "; or pass --model-name")) from None
 
 
 def _api_root(base_url: str) -> str:

@@ -12,8 +12,10 @@ A YAML task names a dataset, solvers and scorers by their registered names with 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -40,25 +42,39 @@ def load_task(spec: str, task_args: dict[str, Any] | None = None) -> Task:
 
 
 def _build(factory, task_args: dict[str, Any], spec: str) -> Task:
-    accepted = inspect.signature(factory, eval_str=True).parameters
+    accepted = inspect.signature(factory).parameters
     unknown = [k for k in task_args if k not in accepted]
     if unknown:
         raise TaskError(f"task '{spec}' has no argument '{unknown[0]}'; it takes: {', '.join(accepted) or 'none'}")
-    return factory(**{k: _task_arg(accepted[k], v, spec) for k, v in task_args.items()})
+    hints = _annotations(factory) if task_args else {}
+    return factory(**{k: _task_arg(k, hints.get(k, Any), v, spec) for k, v in task_args.items()})
 
 
-def _task_arg(param: inspect.Parameter, value: Any, spec: str) -> Any:
+def _annotations(factory) -> dict[str, Any]:
+    """The factory's resolved annotations; none when they cannot be resolved (a name imported only for type
+    checkers, under `from __future__ import annotations`): its arguments are then parsed by their look."""
+    try:
+        return typing.get_type_hints(factory)
+    except Exception:  # noqa: BLE001 - NameError and whatever else evaluating a user's annotations raises
+        return {}
+
+
+def _task_arg(name: str, annotation: Any, value: Any, spec: str) -> Any:
     """A task argument checked against the factory's annotation; a string (from `-T`) is parsed by it.
 
     Parsing by the annotation, not by the look of the string, keeps `-T split=2024` a string and makes
-    `-T tools=maybe` an error instead of a truthy string.
+    `-T tools=maybe` an error instead of a truthy string. A class the config parser does not know (Path, say)
+    is built from the string.
     """
-    if param.annotation in (inspect.Parameter.empty, Any):
+    if annotation is Any:
         return _parse_cli_value(value) if isinstance(value, str) else value
     try:
-        return _coerce(value, param.annotation, param.name)
+        return _coerce(value, annotation, name)
     except ConfigError:
-        raise TaskError(f"task '{spec}': -T {param.name}={value}: expected {_type_name(param.annotation)}") from None
+        if isinstance(value, str) and isinstance(annotation, type) and annotation not in (bool, int, float):
+            with contextlib.suppress(Exception):
+                return annotation(value)
+        raise TaskError(f"task '{spec}': -T {name}={value}: expected {_type_name(annotation)}") from None
 
 
 def _type_name(annotation: Any) -> str:

@@ -73,6 +73,7 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
                               f"'{model.name}'; pass the same task and --model to resume it")
         run_id = resume
         config = TaskConfig(**run.config["task"])  # a resumed run keeps its own settings
+        store.reopen_run(run_id)
     else:
         run_config = {"task": asdict(config), "scorers": scorer_names, "higher_is_better": higher,
                       "endpoint": model.endpoint, "judge": judge.name if judge else None}

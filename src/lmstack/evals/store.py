@@ -126,6 +126,12 @@ class Store:
                               "WHERE id = ?",
                               (time.time(), json.dumps(summary), run_id))
 
+    def reopen_run(self, run_id: str) -> None:
+        """A run being resumed is running again (a failed one no longer shows its old error meanwhile)."""
+        with transaction(self.conn):
+            self.conn.execute("UPDATE eval_runs SET status = 'running', finished = NULL, error = NULL WHERE id = ?",
+                              (run_id,))
+
     def fail_run(self, run_id: str, error: str) -> None:
         """Mark a run that died mid-way; its finished samples stay, and `--resume` can continue it."""
         with transaction(self.conn):

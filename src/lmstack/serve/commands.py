@@ -51,16 +51,26 @@ def serve_config(args: argparse.Namespace):
 
 def check_can_listen(host: str, port: int) -> None:
     """Fail now if the server could not listen there: uvicorn would find out only after the model started loading,
-    and the process then aborted with the loader thread inside torch."""
+    and the process then aborted with the loader thread inside torch. Every address the host resolves to is tried,
+    as uvicorn binds them all (localhost: 127.0.0.1 and ::1)."""
     from lmstack.errors import LmstackError
 
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's: a port in TIME_WAIT is usable
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            raise LmstackError(f"cannot listen on {host}:{port} ({err.strerror}); stop what uses the port or pass "
-                               "--port N (and --host for another address)") from None
+    try:
+        addresses = {info[:2] + (info[4],) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                             flags=socket.AI_PASSIVE)}
+    except socket.gaierror as err:
+        raise LmstackError(f"--host {host}: not an address of this machine ({err.strerror}); pass e.g. 127.0.0.1 "
+                           "or 0.0.0.0") from None
+    for family, kind, address in sorted(addresses, key=str):
+        with socket.socket(family, kind) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's: a port in TIME_WAIT is usable
+            if family == socket.AF_INET6:  # as uvicorn's: the IPv6 socket leaves the IPv4 address to its own socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as err:
+                raise LmstackError(f"cannot listen on {host}:{port} ({err.strerror}); stop what uses the port or pass "
+                                   "--port N (and --host for another address)") from None
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -134,9 +134,15 @@ class Trainer:
         elif vocab_size is None:
             vocab_size = data_vocab_size(cfg.data_dir) or tokenizer.vocab_size
         if tokenizer.vocab_size > vocab_size:
-            raise LmstackError(
-                f"the tokenizer '{cfg.tokenizer_path}' has {tokenizer.vocab_size} tokens but "
-                f"model.vocab_size={vocab_size}; --set model.vocab_size={tokenizer.vocab_size} (or leave it unset)")
+            have = f"the tokenizer '{cfg.tokenizer_path}' has {tokenizer.vocab_size} tokens but"
+            if cfg.model.vocab_size is not None:
+                fix = f"model.vocab_size={vocab_size}; --set model.vocab_size={tokenizer.vocab_size} (or leave it unset)"
+            elif resume_from is not None:
+                fix = f"the run's checkpoint has model.vocab_size={vocab_size}: resume with the tokenizer it was trained on"
+            else:
+                fix = (f"'{cfg.data_dir}/meta.json' says {vocab_size}: the data was prepared with another tokenizer; "
+                       "re-run `lmstack prepare` with this one")
+            raise LmstackError(f"{have} {fix}")
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
 
     def _find_resume_point(self, resume: str) -> Path | None:

@@ -12,7 +12,8 @@ import threading
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from lmstack.agent.launch import check_model_reachable, decide_approvals, open_database, resume_run
+from lmstack.agent.launch import (check_model_reachable, decide_approvals, open_database, pending_approvals,
+                                  resume_run)
 from lmstack.agent.store import RunNotFoundError
 from lmstack.errors import LmstackError
 from lmstack.evals.store import RunNotFound
@@ -98,6 +99,7 @@ def data_router(sources: DataSources) -> APIRouter:
         is decided, and the run waits for `lmstack agent approve` where the model can be reached."""
         try:
             if decision.resume:
+                pending_approvals(sources.agent_conn(), run_id, decision.call_key)  # that error first: it is cheaper
                 _check_resumable_here(sources, run_id)
             keys = decide_approvals(sources.agent_conn(), run_id, decision.approve, decision.call_key)
         except NOT_FOUND as err:

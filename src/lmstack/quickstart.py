@@ -148,11 +148,16 @@ def quickstart(run_dir: str | Path = "runs/quickstart", data_dir: str | Path | N
 
 
 def print_summary(qs: Quickstart) -> None:
+    from lmstack.train.sft_stage import SFT_MODEL
+
     print("\n==== quickstart: done in " + ", ".join(f"{k} {v:.0f}s" for k, v in qs.timings.items()))
     for what, where in qs.outputs:
         print(f"  {what:<14} {where}")
     if qs.pretrain and qs.pretrain.last_checkpoint:
         print(f"\nnext: lmstack sample {qs.pretrain.last_checkpoint} --prompt 'def'")
+    chat_model = dict(qs.outputs).get(SFT_MODEL)
+    if chat_model:
+        print(f"      lmstack chat {chat_model}          # or: lmstack serve {chat_model}  (OpenAI API + dashboard)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -19,6 +19,8 @@ from lmstack.model.checkpoint import load_model_dir
 from lmstack.train.toolcall_rewards import toolcall_accuracy, toolcall_prompts
 from lmstack.train.sft import SFTConfig, load_finetune_config, sft
 
+SFT_MODEL = "SFT model"  # its line in the quickstart's list of outputs, which its closing hints look up
+
 TRAIN_CONVERSATIONS, TEST_CONVERSATIONS, SCORED_CONVERSATIONS = 16000, 200, 60
 SFT_SETTINGS: dict[str, Any] = {
     "device": "cpu", "batch_size": 16, "seq_len": 256, "max_steps": 1000, "lr": 1e-3, "warmup_steps": 10,
@@ -38,7 +40,7 @@ def stage_sft(qs) -> None:
     qs.interrupted_by = result.train.interrupted_by
     if result.final is None:
         return
-    qs.outputs += [("tool-use data", data), ("SFT model", result.final), ("SFT loss curve", qs.run_dir / "sft/loss.png")]
+    qs.outputs += [("tool-use data", data), (SFT_MODEL, result.final), ("SFT loss curve", qs.run_dir / "sft/loss.png")]
     show_tool_use(result.final)
 
 

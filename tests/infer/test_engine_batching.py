@@ -67,6 +67,10 @@ def test_stop_string_spanning_tokens_stops_and_is_not_emitted(tokenizer):
     assert "".join(e.text for e in streamed) == pieces[k + 1][:where]
     assert len(streamed) <= k + 1 and streamed[-1].finish_reason == "stop" and streamed[-1].finished
     assert engine.num_free_blocks == engine.num_total_blocks
+    # A plain str is one stop string, as in vLLM (it used to stop at any of its characters).
+    alone = engine.generate(["Hello"], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, logit_bias=wordy,
+                                                      stop=stop))[0].outputs[0]
+    assert alone.text == pieces[k + 1][:where] and alone.finish_reason == "stop"
 
 
 def test_request_larger_than_the_cache_is_refused_clearly():
@@ -77,6 +81,26 @@ def test_request_larger_than_the_cache_is_refused_clearly():
         engine.add_request([1, 2], SamplingParams(max_tokens=400))
     with pytest.raises(SamplingError, match="top_p"):
         engine.add_request([1, 2], SamplingParams(top_p=0))
+    with pytest.raises(SamplingError, match="seed must be an integer or None, got '1'"):
+        engine.add_request([1, 2], SamplingParams(seed="1"))
+
+
+def test_max_tokens_none_generates_to_the_end_of_the_context():
+    model = tiny_model("llama", block_size=40)
+    engine = Engine(model, None, EngineConfig(block_size=4, num_blocks=64, dtype="float32"))
+    out = engine.generate([[1, 2, 3]], SamplingParams(max_tokens=None, temperature=0, ignore_eos=True))[0].outputs[0]
+    assert len(out.token_ids) == 40 - 3 and out.finish_reason == "length"  # hand-computed: context - prompt
+    same = engine.generate([[1, 2, 3]], SamplingParams(max_tokens=37, temperature=0, ignore_eos=True))[0].outputs[0]
+    assert out.token_ids == same.token_ids
+    with pytest.raises(SamplingError, match="fills the model's context of 40 tokens"):
+        engine.add_request(list(range(1, 41)), SamplingParams(max_tokens=None))
+
+
+@pytest.mark.parametrize("setting", ["max_num_seqs", "max_batched_tokens", "block_size"])
+def test_engine_settings_that_would_schedule_nothing_are_refused(setting):
+    # Zero used to make generate() step forever without an error.
+    with pytest.raises(SamplingError, match=f"engine {setting} must be at least 1, got 0"):
+        Engine(tiny_model("gpt2"), None, EngineConfig(num_blocks=8, **{setting: 0}))
 
 
 def test_abort_frees_blocks_from_another_thread():

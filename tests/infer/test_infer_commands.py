@@ -73,8 +73,8 @@ def test_chat_replies_fit_the_context_and_a_turn_that_cannot_is_taken_back(short
     hello = [{"role": "user", "content": "Hello world!"}]
     prompt = engine.tokenizer.render(hello, add_generation_prompt=True).ids
     expected = engine.generate([prompt], SamplingParams(max_tokens=SHORT_CONTEXT - len(prompt), temperature=0))[0].text
-    # max_tokens as long as the context, what `lmstack chat` asks for when --max-tokens is not given
-    source = EngineSource(engine, SamplingParams(max_tokens=SHORT_CONTEXT, temperature=0))
+    # no max_tokens, what `lmstack chat` asks for when --max-tokens is not given
+    source = EngineSource(engine, SamplingParams(max_tokens=None, temperature=0))
     lines = iter(["Hello world!", "The quick brown fox jumps over the lazy dog. " * 3, "/reset", "Hello world!",
                   "/exit"])
     out = io.StringIO()

@@ -26,8 +26,9 @@ class TokenSource(Protocol):
 class EngineSource:
     """A local model: render with our chat template, generate with the engine, stop at end of turn.
 
-    params.max_tokens caps a reply, which also stops at what the model's context leaves: the conversation
-    grows each turn, so a fixed length would stop fitting (OpenAI's API without max_tokens does the same)."""
+    A reply stops at what the model's context leaves (params.max_tokens None: nothing else limits it, as in
+    OpenAI's API without max_tokens), and at params.max_tokens when that is less: the conversation grows each
+    turn, so a fixed length alone would stop fitting."""
 
     def __init__(self, engine: Engine, params: SamplingParams):
         if engine.tokenizer is None:
@@ -43,7 +44,7 @@ class EngineSource:
         if room < 1:
             raise SamplingError(f"the conversation is {len(prompt)} tokens and leaves no room for a reply in the "
                                 f"model's context of {self.engine.model.cfg.block_size} tokens; /reset starts over")
-        params = dataclasses.replace(self.params, max_tokens=min(room, self.params.max_tokens))
+        params = dataclasses.replace(self.params, max_tokens=min(room, self.params.max_tokens or room))
         request_id = self.engine.add_request(prompt, params)
         try:
             while self.engine.has_unfinished():

@@ -60,7 +60,7 @@ def build_engine(args: argparse.Namespace):
     return Engine.from_checkpoint(args.ckpt, load_config(EngineConfig, args.config, args.overrides))
 
 
-def sampling_params(args: argparse.Namespace, max_tokens: int, **extra):
+def sampling_params(args: argparse.Namespace, max_tokens: int | None, **extra):
     from lmstack.infer.params import SamplingParams
 
     return SamplingParams(max_tokens=max_tokens, temperature=args.temperature, top_k=args.top_k,

@@ -45,6 +45,7 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -89,6 +90,10 @@ class EngineConfig:
 
     def validate(self) -> None:
         check_method(self.quantization)
+        # Zero would schedule nothing, and the engine would step forever without an error.
+        for name in ("block_size", "max_num_seqs", "max_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise SamplingError(f"engine {name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(slots=True)
@@ -143,6 +148,7 @@ class RequestOutput:
 class Engine:
     def __init__(self, model: GPT, tokenizer=None, config: EngineConfig | None = None):
         self.config = config = config or EngineConfig()
+        config.validate()
         if config.quantization is not None:
             model = quantize_model(model, config.quantization)
         self.model = model.eval()
@@ -193,8 +199,6 @@ class Engine:
 
     @staticmethod
     def _pool_blocks(config: EngineConfig, cfg, dtype: torch.dtype) -> int:
-        if config.block_size < 1:
-            raise SamplingError(f"engine block_size must be at least 1, got {config.block_size}")
         if config.num_blocks is not None:
             if config.num_blocks < 1:
                 raise SamplingError(f"engine num_blocks must be at least 1, got {config.num_blocks}")
@@ -224,6 +228,8 @@ class Engine:
                     request_id: str | None = None) -> str:
         params = (params or SamplingParams()).validate(self.model.cfg.vocab_size)
         prompt_ids = self.prompt_ids(prompt)
+        if params.max_tokens is None:  # at least 1: a prompt that fills the context then gets _check_fits' error
+            params = dataclasses.replace(params, max_tokens=max(1, self.room_for(len(prompt_ids))))
         self._check_fits(len(prompt_ids), params)
         if params.stop and self.tokenizer is None:
             raise SamplingError("stop strings need a tokenizer; pass stop_token_ids instead or load one")

@@ -27,7 +27,7 @@ class LogitsConstraint(Protocol):
 
 @dataclass(slots=True)
 class SamplingParams:
-    max_tokens: int = 16
+    max_tokens: int | None = 16  # None = up to the end of the model's context (as vLLM)
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 (or -1) = off
@@ -38,16 +38,23 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     seed: int | None = None
     n: int = 1
-    stop: list[str] = field(default_factory=list)  # matched on the text, never emitted
+    stop: list[str] = field(default_factory=list)  # matched on the text, never emitted (a str is one stop string)
     stop_token_ids: list[int] = field(default_factory=list)  # on top of the tokenizer's stop ids
     ignore_eos: bool = False  # True: only max_tokens, stop strings and stop_token_ids end a sequence
     logprobs: int | None = None  # None = off; k = the sampled token's logprob and the top k
     prompt_logprobs: int | None = None  # None = off; k = each prompt token's logprob and the top k
     constraint: Callable[[], LogitsConstraint] | None = None  # a factory, called once per sequence (n of them)
 
+    def __post_init__(self):
+        if isinstance(self.stop, str):  # stop="###" is one stop string, as in vLLM and OpenAI's API
+            self.stop = [self.stop]
+
     def validate(self, vocab_size: int | None = None) -> "SamplingParams":
         checks = [
-            (self.max_tokens >= 1, f"max_tokens must be at least 1, got {self.max_tokens}"),
+            (self.max_tokens is None or self.max_tokens >= 1,
+             f"max_tokens must be at least 1 (or None: up to the end of the context), got {self.max_tokens}"),
+            (self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
+             f"seed must be an integer or None, got {self.seed!r}"),
             (self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k >= -1, f"top_k must be >= 0 (0 or -1 = off), got {self.top_k}"),

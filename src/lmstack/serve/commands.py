@@ -114,9 +114,6 @@ def run_chat(args: argparse.Namespace) -> int:
         source = RemoteSource(args.url, model=args.model, api_key=args.api_key, max_tokens=args.max_tokens,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     else:
-        engine = build_engine(args)
-        # Unset: as long as the context; each reply also stops at what the conversation leaves of it.
-        max_tokens = engine.model.cfg.block_size if args.max_tokens is None else args.max_tokens
-        source = EngineSource(engine, sampling_params(args, max_tokens))
+        source = EngineSource(build_engine(args), sampling_params(args, args.max_tokens))
     chat_loop(source, system=args.system)
     return 0

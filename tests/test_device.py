@@ -55,8 +55,12 @@ def test_inference_dtype():
     assert inference_dtype(CPU_BF16) is torch.bfloat16
     assert inference_dtype(A100) is torch.bfloat16
     assert inference_dtype(A100, "float16") is torch.float16
-    with pytest.raises(DeviceError, match="'half' is not one of"):
-        inference_dtype(CPU, "half")
+    # vLLM's and PyTorch's other names, and torch dtypes themselves (EngineConfig(dtype=torch.float32))
+    assert [inference_dtype(CPU, name) for name in ("half", "fp16", "float", "fp32", "bf16")] == [
+        torch.float16, torch.float16, torch.float32, torch.float32, torch.bfloat16]
+    assert inference_dtype(CPU, torch.float32) is torch.float32
+    with pytest.raises(DeviceError, match="'double' is not one of auto, float32, bfloat16, float16 .*half"):
+        inference_dtype(CPU, "double")
 
 
 @pytest.mark.parametrize("name, flops", [

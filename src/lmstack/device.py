@@ -174,13 +174,21 @@ def autocast_dtype(info: DeviceInfo, requested: str = "auto") -> torch.dtype | N
     return None
 
 
-def inference_dtype(info: DeviceInfo, requested: str = "auto") -> torch.dtype:
+# The other names vLLM's --dtype and PyTorch give the same types.
+DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "half": "float16", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def inference_dtype(info: DeviceInfo, requested: str | torch.dtype = "auto") -> torch.dtype:
     """Weights dtype for inference: bf16 on GPUs and on CPUs with native bf16, else fp32."""
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if isinstance(requested, torch.dtype) and requested in choices.values():  # EngineConfig(dtype=torch.float32)
+        return requested
     if requested != "auto":
-        choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        if requested not in choices:
-            raise DeviceError(f"dtype '{requested}' is not one of auto, {', '.join(choices)}")
-        return choices[requested]
+        dtype = choices.get(DTYPE_ALIASES.get(requested, requested))
+        if dtype is None:
+            raise DeviceError(f"dtype '{requested}' is not one of auto, {', '.join(choices)} (or vLLM's and PyTorch's "
+                              f"names for them: {', '.join(DTYPE_ALIASES)})")
+        return dtype
     return torch.bfloat16 if info.supports_bf16 else torch.float32
 
 

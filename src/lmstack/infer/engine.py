@@ -80,7 +80,8 @@ class EngineConfig:
     kv_memory_mb: float = 512.0  # KV pool budget when num_blocks is None (capped at what max_num_seqs can use)
     max_num_seqs: int = 64  # sequences decoded together
     max_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decode tokens)
-    dtype: str = "auto"  # weights and cache: auto (bf16 where the device has it) | float32 | bfloat16 | float16
+    # weights and cache: auto (bf16 where the device has it) | float32 | bfloat16 | float16 (or half, bf16, ...)
+    dtype: str = "auto"
     device: str = "auto"
     compile: bool = False  # torch.compile the decode steps, when built (~1 min; measure: bench/decode.py --compile)
     enable_prefix_caching: bool = True

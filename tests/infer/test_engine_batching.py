@@ -1,5 +1,6 @@
 """Batch invariance, sampling settings, n samples, stop strings, aborts, the memory budget, prefix caching."""
 
+import dataclasses
 import threading
 
 import pytest
@@ -94,6 +95,36 @@ def test_max_tokens_none_generates_to_the_end_of_the_context():
     assert out.token_ids == same.token_ids
     with pytest.raises(SamplingError, match="fills the model's context of 40 tokens"):
         engine.add_request(list(range(1, 41)), SamplingParams(max_tokens=None))
+
+
+def test_min_tokens_defers_stop_tokens_and_stop_strings(tokenizer):
+    model = tiny_model("llama", vocab_size=tokenizer.vocab_size)
+    engine = Engine(model, tokenizer, EngineConfig(block_size=8, num_blocks=64, dtype="float32"))
+    free = engine.generate(["Hello"], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))[0].outputs[0]
+    stop_id = free.token_ids[1]  # greedy would stop on its second token
+    stopped = engine.generate(["Hello"], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True,
+                                                        stop_token_ids=[stop_id]))[0].outputs[0]
+    assert stopped.token_ids == free.token_ids[:2] and stopped.finish_reason == "stop"
+    # Reference: the same greedy run with the stop id banned for its first 5 tokens.
+    banned = engine.generate(["Hello"], SamplingParams(max_tokens=5, temperature=0, ignore_eos=True,
+                                                       logit_bias={stop_id: float("-inf")}))[0].outputs[0]
+    late = engine.generate(["Hello"], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True,
+                                                     stop_token_ids=[stop_id], min_tokens=5))[0].outputs[0]
+    assert late.token_ids[:5] == banned.token_ids and stop_id not in late.token_ids[:5]
+    assert len(late.token_ids) >= 5 and (late.finish_reason == "length" or late.token_ids[-1] == stop_id)
+    # A stop string met in the first min_tokens tokens is emitted as text, not a stop. Word-like tokens (as in the
+    # stop-string test above) give text that is whole characters from the first token on.
+    wordy = {t: 50.0 for t in range(tokenizer.vocab_size) if len(tokenizer.token_str(t).strip()) >= 3
+             and tokenizer.token_str(t).strip().isalpha() and t not in tokenizer.special.values()}
+    words = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logit_bias=wordy)
+    full = engine.generate(["Hello"], words)[0].outputs[0]
+    first_word = tokenizer.decode(full.token_ids[:1])
+    early = engine.generate(["Hello"], dataclasses.replace(words, stop=first_word))[0].outputs[0]
+    late = engine.generate(["Hello"], dataclasses.replace(words, stop=first_word, min_tokens=4))[0].outputs[0]
+    assert early.text == "" and early.finish_reason == "stop"
+    assert late.text.startswith(first_word) and late.token_ids[:4] == full.token_ids[:4]
+    with pytest.raises(SamplingError, match="min_tokens must be in"):
+        engine.add_request("Hello", SamplingParams(max_tokens=3, min_tokens=4))
 
 
 @pytest.mark.parametrize("setting", ["max_num_seqs", "max_batched_tokens", "block_size"])

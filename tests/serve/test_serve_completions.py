@@ -4,6 +4,7 @@ import pytest
 import torch
 from serve_helpers import MODEL
 
+from lmstack.infer.params import SamplingParams
 from lmstack.model.checkpoint import load_model_dir
 
 
@@ -51,3 +52,15 @@ def test_text_prompt_counts_bos_and_continues(client, tokenizer):
     assert reply.usage.completion_tokens == 6 and reply.choices[0].finish_reason == "length"
     streamed = client.completions.create(model=MODEL, prompt=text, max_tokens=6, temperature=0, stream=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == reply.choices[0].text
+
+
+def test_min_tokens_defers_a_stop_token_as_in_vllm(client, tokenizer, offline_engine):
+    ids = [tokenizer.bos_id] + tokenizer.encode("two blue dogs")
+    # The second greedy token, from the served checkpoint in an engine of this process
+    greedy = offline_engine.generate([ids], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0]
+    body = {"stop_token_ids": [greedy.outputs[0].token_ids[1]], "ignore_eos": True}
+    early = client.completions.create(model=MODEL, prompt=ids, max_tokens=8, temperature=0, extra_body=body)
+    late = client.completions.create(model=MODEL, prompt=ids, max_tokens=8, temperature=0,
+                                     extra_body={**body, "min_tokens": 5})
+    assert early.usage.completion_tokens == 2 and early.choices[0].finish_reason == "stop"
+    assert late.usage.completion_tokens >= 5

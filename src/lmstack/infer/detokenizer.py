@@ -18,14 +18,17 @@ class IncrementalDetokenizer:
         self.text = ""  # all text decoded so far (cut at a stop string once one is found)
         self.emitted = 0  # characters of `text` already handed out
 
-    def add(self, token_id: int) -> tuple[str, bool]:
-        """Add one token -> (text delta that is now certain, whether a stop string was found)."""
+    def add(self, token_id: int, find_stop: bool = True) -> tuple[str, bool]:
+        """Add one token -> (text delta that is now certain, whether a stop string was found). find_stop=False
+        (a sequence under min_tokens): no stop string is looked for, and nothing is held back for one."""
         self.ids.append(token_id)
         before = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
         after = self.tokenizer.decode(self.ids[self.prefix_offset:])
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self.text += after[len(before):]
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        if not find_stop:
+            return self.flush_decoded(), False
         if self.stop:
             # Held-back text never contains a whole stop string, so a match starts at or after `emitted`.
             found = [p for p in (self.text.find(s, self.emitted) for s in self.stop) if p >= 0]
@@ -42,6 +45,10 @@ class IncrementalDetokenizer:
             before = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
             self.text += self.tokenizer.decode(self.ids[self.prefix_offset:])[len(before):]
             self.prefix_offset = self.read_offset = len(self.ids)
+        return self.flush_decoded()
+
+    def flush_decoded(self) -> str:
+        """Every whole character decoded so far that is not out yet (a partial one still waits)."""
         delta = self.text[self.emitted:]
         self.emitted = len(self.text)
         return delta

@@ -231,6 +231,9 @@ class Engine:
         prompt_ids = self.prompt_ids(prompt)
         if params.max_tokens is None:  # at least 1: a prompt that fills the context then gets _check_fits' error
             params = dataclasses.replace(params, max_tokens=max(1, self.room_for(len(prompt_ids))))
+            if params.min_tokens > params.max_tokens:
+                raise SamplingError(f"min_tokens={params.min_tokens} is more than the {params.max_tokens} tokens the "
+                                    f"context leaves after the prompt of {len(prompt_ids)}")
         self._check_fits(len(prompt_ids), params)
         if params.stop and self.tokenizer is None:
             raise SamplingError("stop strings need a tokenizer; pass stop_token_ids instead or load one")
@@ -421,13 +424,17 @@ class Engine:
 
     @staticmethod
     def _apply_constraints(seqs: list[Sequence], scores: torch.Tensor) -> torch.Tensor:
-        """Tokens a sequence's constraint forbids get -inf, before temperature and filtering."""
+        """Tokens a sequence may not sample next get -inf, before temperature and filtering: those its constraint
+        forbids, and its stop ids while it is under min_tokens."""
         constrained = [i for i, s in enumerate(seqs) if s.constraint is not None]
-        if not constrained:
+        too_short = [i for i, s in enumerate(seqs) if s.stop_ids and len(s.output_ids) < s.params.min_tokens]
+        if not constrained and not too_short:
             return scores
         allowed = torch.ones_like(scores, dtype=torch.bool)
         for i in constrained:
             allowed[i] = seqs[i].constraint.allowed_tokens(scores.size(1)).to(scores.device)
+        for i in too_short:
+            allowed[i, [t for t in seqs[i].stop_ids if t < scores.size(1)]] = False
         return scores.masked_fill(~allowed, float("-inf"))
 
     def _append_token(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> TokenEvent:
@@ -443,7 +450,8 @@ class Engine:
             delta = seq.detokenizer.flush() if seq.detokenizer else ""
         else:
             if seq.detokenizer:
-                delta, stopped = seq.detokenizer.add(token)
+                # Under min_tokens no stop string ends the sequence (vLLM's rule): the text goes out as it is.
+                delta, stopped = seq.detokenizer.add(token, find_stop=len(seq.output_ids) >= seq.params.min_tokens)
                 finish = "stop" if stopped else None
             if finish is None and len(seq.output_ids) >= seq.params.max_tokens:
                 finish = "length"

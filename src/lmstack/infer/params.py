@@ -28,6 +28,7 @@ class LogitsConstraint(Protocol):
 @dataclass(slots=True)
 class SamplingParams:
     max_tokens: int | None = 16  # None = up to the end of the model's context (as vLLM)
+    min_tokens: int = 0  # no stop token, eos or stop string ends a sequence before this many tokens (as vLLM)
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 (or -1) = off
@@ -53,6 +54,8 @@ class SamplingParams:
         checks = [
             (self.max_tokens is None or self.max_tokens >= 1,
              f"max_tokens must be at least 1 (or None: up to the end of the context), got {self.max_tokens}"),
+            (0 <= self.min_tokens and (self.max_tokens is None or self.min_tokens <= self.max_tokens),
+             f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}"),
             (self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
              f"seed must be an integer or None, got {self.seed!r}"),
             (self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),

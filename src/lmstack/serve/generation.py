@@ -64,7 +64,8 @@ def sampling_params(body: SamplingFields, max_tokens: int, *, logprobs: int | No
         max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
         repetition_penalty=body.repetition_penalty, frequency_penalty=body.frequency_penalty,
         presence_penalty=body.presence_penalty, logit_bias=bias, seed=body.seed, n=body.n, stop=stop,
-        ignore_eos=body.ignore_eos, stop_token_ids=list(body.stop_token_ids), logprobs=logprobs,
+        ignore_eos=body.ignore_eos, stop_token_ids=list(body.stop_token_ids), min_tokens=body.min_tokens,
+        logprobs=logprobs,
         prompt_logprobs=prompt_logprobs, constraint=constraint)
 
 

@@ -34,6 +34,7 @@ class SamplingFields(BaseModel):
     repetition_penalty: float = Field(default=1.0, gt=0)
     ignore_eos: bool = False
     stop_token_ids: list[int] = Field(default_factory=list, max_length=64)
+    min_tokens: int = Field(default=0, ge=0)  # vLLM's: no stop before this many tokens
 
 
 class StreamOptions(BaseModel):

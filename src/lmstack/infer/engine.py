@@ -427,7 +427,7 @@ class Engine:
         """Tokens a sequence may not sample next get -inf, before temperature and filtering: those its constraint
         forbids, and its stop ids while it is under min_tokens."""
         constrained = [i for i, s in enumerate(seqs) if s.constraint is not None]
-        too_short = [i for i, s in enumerate(seqs) if s.stop_ids and len(s.output_ids) < s.params.min_tokens]
+        too_short = [i for i, s in enumerate(seqs) if s.params.min_tokens > len(s.output_ids) and s.stop_ids]
         if not constrained and not too_short:
             return scores
         allowed = torch.ones_like(scores, dtype=torch.bool)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from lmstack.config import load_config
+from lmstack.data.loader import ShardLoader
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import build_model
 from lmstack.tokenizer import Tokenizer
@@ -55,7 +56,8 @@ def test_every_step_is_logged_with_throughput_and_the_run_is_described(data_dir,
 def test_bits_per_byte_matches_a_count_of_the_decoded_text(data_dir):
     tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
     model = build_model(ModelConfig(vocab_size=VOCAB, block_size=32, n_layer=1, n_head=2, n_embd=32), seed=1)
-    batches = list(val_batches(str(data_dir), 4, 32, 0, 1, 3, torch.device("cpu")))
+    loader = ShardLoader(str(data_dir), "val", 4, 32, rank=0, world_size=1, shuffle=False)
+    batches = list(val_batches(loader, 3, torch.device("cpu")))
     result = evaluate(model, batches, token_byte_lengths(tokenizer, VOCAB, torch.device("cpu")),
                       lambda: torch.autocast("cpu", enabled=False))
     nats, nbytes, tokens = 0.0, 0, 0

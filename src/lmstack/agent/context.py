@@ -5,10 +5,10 @@ was cut; (2) if still too long, replace the oldest turns (never the system promp
 latest turn) with one extractive summary, appended to the task message (shortened as needed, or left
 out when not even a count of the dropped messages fits); (3) if even that is too long, shorten the
 latest turn's tool outputs too (first of all when the latest turn cannot fit even alone); (4) failing
-that, summarise the latest turn as well. A turn is a
-message with the tool results that answer it: it is kept or dropped whole, since a tool result
-without the call it answers is refused by OpenAI's API. The stored conversation is never changed;
-this builds the view sent on each call, deterministically, so a replayed run sends the same requests.
+that, summarise the latest turn as well. A turn is a message with the tool results that answer it:
+it is kept or dropped whole, since a tool result without the call it answers is refused by OpenAI's
+API. The stored conversation is never changed; this builds the view sent on each call,
+deterministically, so a replayed run sends the same requests.
 """
 
 from __future__ import annotations

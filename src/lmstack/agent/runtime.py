@@ -133,25 +133,26 @@ class AgentRuntime:
         reserve = self.config.max_output_tokens or context // 4
         tools = self.registry.schemas() or None
         exact_count = getattr(self.client, "count_tokens", None)
-        count = (lambda view: exact_count(view, tools)) if exact_count else (lambda view: self._estimate(view, tools))
-        return fit_context(messages, max(1, context - reserve), count), tools
-
-    def _estimate(self, view: list[dict], tools: list[dict] | None) -> int:
-        """A prompt's length for a client that cannot count it: the estimate, corrected by the endpoint's own
-        count of the last prompt (so only the messages added since then are estimated alone)."""
+        # Else the estimate of the messages, corrected by the endpoint's own count of the last prompt (so only the
+        # messages added since then are estimated alone); before any count, the schemas are estimated alike.
         uncounted = self.uncounted_prompt_tokens
         if uncounted is None:
             uncounted = len(json.dumps(tools)) // 4 if tools else 0
-        return approx_tokens(view) + uncounted
+
+        def count(view: list[dict]) -> int:
+            return exact_count(view, tools) if exact_count else approx_tokens(view) + uncounted
+
+        return fit_context(messages, max(1, context - reserve), count), tools
 
     def _model_call(self, key: str, step_key: str, messages: list[dict], temperature: float | None = None
                     ) -> ModelResponse:
         view, tools = self.context_view(messages)
+        estimate = approx_tokens(view)
         temperature = self.config.temperature if temperature is None else temperature
         entry = self.journal.get(key)
         if entry is None or entry.status != "completed":
             # A prompt only grows, so the last call's count is a floor for the next one's.
-            self._check_budget(max(approx_tokens(view), self.last_prompt_tokens))
+            self._check_budget(max(estimate, self.last_prompt_tokens))
             self.journal.start(key, "model", {"messages": view, "temperature": temperature})
             response = self.client.complete(view, tools, temperature=temperature,
                                             max_tokens=self.config.max_output_tokens, logprobs=self.config.logprobs)
@@ -159,7 +160,7 @@ class AgentRuntime:
             entry = self.journal.get(key)
         response = ModelResponse.from_dict(entry.response)
         self.last_prompt_tokens = response.usage.prompt_tokens
-        self.uncounted_prompt_tokens = max(0, response.usage.prompt_tokens - approx_tokens(view))
+        self.uncounted_prompt_tokens = max(0, response.usage.prompt_tokens - estimate)
         cost = call_cost(self.client.model, self.config.budget, response.usage.prompt_tokens,
                          response.usage.completion_tokens)
         self.spend.prompt_tokens += response.usage.prompt_tokens

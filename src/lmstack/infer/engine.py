@@ -92,8 +92,8 @@ class EngineConfig:
     def validate(self) -> None:
         check_method(self.quantization)
         # Zero would schedule nothing, and the engine would step forever without an error.
-        for name in ("block_size", "max_num_seqs", "max_batched_tokens"):
-            if getattr(self, name) < 1:
+        for name in ("block_size", "max_num_seqs", "max_batched_tokens", "num_blocks"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SamplingError(f"engine {name} must be at least 1, got {getattr(self, name)}")
 
 
@@ -201,8 +201,6 @@ class Engine:
     @staticmethod
     def _pool_blocks(config: EngineConfig, cfg, dtype: torch.dtype) -> int:
         if config.num_blocks is not None:
-            if config.num_blocks < 1:
-                raise SamplingError(f"engine num_blocks must be at least 1, got {config.num_blocks}")
             return config.num_blocks
         per_block = PagedKVCache.bytes_per_block(cfg.n_layer, config.block_size, cfg.kv_heads, cfg.head_dim, dtype)
         useful = config.max_num_seqs * -(-cfg.block_size // config.block_size)
@@ -227,13 +225,11 @@ class Engine:
     # ---- requests --------------------------------------------------------------------------------
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None) -> str:
-        params = (params or SamplingParams()).validate(self.model.cfg.vocab_size)
+        params = params or SamplingParams()
         prompt_ids = self.prompt_ids(prompt)
         if params.max_tokens is None:  # at least 1: a prompt that fills the context then gets _check_fits' error
             params = dataclasses.replace(params, max_tokens=max(1, self.room_for(len(prompt_ids))))
-            if params.min_tokens > params.max_tokens:
-                raise SamplingError(f"min_tokens={params.min_tokens} is more than the {params.max_tokens} tokens the "
-                                    f"context leaves after the prompt of {len(prompt_ids)}")
+        params.validate(self.model.cfg.vocab_size)  # after that: min_tokens is checked against the max it got
         self._check_fits(len(prompt_ids), params)
         if params.stop and self.tokenizer is None:
             raise SamplingError("stop strings need a tokenizer; pass stop_token_ids instead or load one")

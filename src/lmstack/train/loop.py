@@ -201,10 +201,10 @@ class Trainer:
         cfg = self.cfg
         loader = GlobalBatchLoader(cfg.data_dir, cfg.batch_size, cfg.seq_len, self.dist.rank,
                                    self.dist.world_size, self.grad_accum, cfg.seed, self.device)
-        # Opened once now for its checks: a missing or broken val split would otherwise stop the run at its first
-        # eval, after all the steps before it (every run evaluates, at least at its last step).
-        ShardLoader(cfg.data_dir, "val", cfg.batch_size, cfg.seq_len, self.dist.rank, self.dist.world_size,
-                    shuffle=False)
+        # Opened now, once for every eval: a missing or broken val split is refused before the first step, not at the
+        # first eval after all the steps before it (every run evaluates, at least at its last step).
+        self.val_loader = ShardLoader(cfg.data_dir, "val", cfg.batch_size, cfg.seq_len, self.dist.rank,
+                                      self.dist.world_size, shuffle=False)
         return loader
 
     def compute_loss(self, batch) -> torch.Tensor:
@@ -297,8 +297,7 @@ class Trainer:
     # ---- eval, checkpoints ---------------------------------------------------------------------
     def run_eval(self) -> None:
         cfg = self.cfg
-        batches = val_batches(cfg.data_dir, cfg.batch_size, cfg.seq_len, self.dist.rank, self.dist.world_size,
-                              cfg.eval_batches, self.device)
+        batches = val_batches(self.val_loader, cfg.eval_batches, self.device)
         result = evaluate(self.model, batches, self.byte_lengths, self.autocast)
         self.last_val = result["val_loss"]
         if not self.is_main:

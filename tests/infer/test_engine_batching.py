@@ -72,6 +72,9 @@ def test_stop_string_spanning_tokens_stops_and_is_not_emitted(tokenizer):
     alone = engine.generate(["Hello"], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, logit_bias=wordy,
                                                       stop=stop))[0].outputs[0]
     assert alone.text == pieces[k + 1][:where] and alone.finish_reason == "stop"
+    kept = engine.generate(["Hello"], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, logit_bias=wordy,
+                                                     stop=stop, include_stop_str_in_output=True))[0].outputs[0]
+    assert kept.text == pieces[k + 1][:where + len(stop)] and kept.token_ids == alone.token_ids
 
 
 def test_request_larger_than_the_cache_is_refused_clearly():
@@ -84,6 +87,18 @@ def test_request_larger_than_the_cache_is_refused_clearly():
         engine.add_request([1, 2], SamplingParams(top_p=0))
     with pytest.raises(SamplingError, match="seed must be an integer or None, got '1'"):
         engine.add_request([1, 2], SamplingParams(seed="1"))
+
+
+def test_prompts_of_integer_ids_of_any_kind_run_and_other_values_are_refused():
+    engine = Engine(tiny_model("gpt2"), None, EngineConfig(block_size=4, num_blocks=32))
+    params = SamplingParams(max_tokens=5, temperature=0)
+    reference = engine.generate([[5, 6, 7]], params)[0].token_ids
+    for prompt in ([5, 6, 7], (5, 6, 7), torch.tensor([5, 6, 7]), [torch.tensor(5), 6, 7]):
+        assert engine.generate(prompt, params)[0].token_ids == reference
+    for prompt in ([1.7, 2.2], [[1.5]], 5, [None]):  # floats used to be cut to ints, or crash with a TypeError
+        with pytest.raises(SamplingError, match="a prompt is a text or a list of integer token ids"):
+            engine.generate(prompt, params)
+    assert engine.num_free_blocks == engine.num_total_blocks
 
 
 def test_max_tokens_none_generates_to_the_end_of_the_context():

@@ -92,3 +92,9 @@ def test_stop_string_across_tokens_is_cut_and_its_prefix_held_back():
     assert feed(detok, "a STAR") == ("a STAR", False)
     assert feed(detok, " ST") == (" ", False) and detok.flush() == "ST"
     assert math.isclose(len(detok.text), len("a STAR ST"))
+
+
+def test_include_stop_keeps_the_earliest_stop_string_and_cuts_after_it():
+    detok = IncrementalDetokenizer(CharTokenizer(), ["xyz", "TOP", "STOP"], include_stop=True)
+    assert feed(detok, "abc ST") == ("abc ", False)
+    assert feed(detok, "OP and more") == ("STOP", True)  # both end at "P": the one starting first; nothing after it

@@ -57,6 +57,9 @@ def test_n_choices_and_stop_strings(client):
     for choice in cut.choices:  # greedy: both samples equal the full text cut where the stop string starts
         assert choice.message.content == text[:text.index(stop)]
         assert choice.finish_reason == "stop"
+    kept = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=20, temperature=0, stop=stop,
+                                          extra_body={"include_stop_str_in_output": True})
+    assert kept.choices[0].message.content == text[:text.index(stop) + len(stop)]  # vLLM's extra field
 
 
 def test_streaming_matches_non_streaming_and_reports_usage(client):

@@ -36,7 +36,7 @@ import torch.fx.experimental._config
 from tqdm.auto import tqdm
 
 from lmstack.device import last_level_cache_bytes
-from lmstack.infer.paged_cache import PagedKVCache, decode_slots, padded_block_tables
+from lmstack.infer.paged_cache import PagedKVCache, decode_slots, padded_block_tables, table_slots
 from lmstack.infer.quantize import Int8Linear
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ class GatheredDecodeCache:
     """A KV cache (model.gpt's `attend` interface) for one decode step that reads the pool and writes nothing.
 
     Sequence b attends over the keys at past_slots[b] (B, P) where mask[b] allows, and over its new key, the
-    last column: mask (B, 1, 1, P + 1), True = may attend."""
+    last column: mask (B, 1, 1, P + 1), True = may attend. The arithmetic is the eager decode_attention's
+    (paged_cache), written without the buffers that one reuses through out= arguments: inside a graph, inductor
+    plans the buffers, and the new key joins the gathered ones instead of going into the pool first."""
 
     def __init__(self, k_pool: torch.Tensor, v_pool: torch.Tensor, past_slots: torch.Tensor, mask: torch.Tensor):
         self.k_pool, self.v_pool, self.past_slots, self.mask = k_pool, v_pool, past_slots, mask
@@ -85,8 +87,7 @@ class DecodeStep(torch.nn.Module):
 
     def forward(self, ids, positions, block_tables, past, k_pool, v_pool):
         columns = torch.arange(past + 1, device=ids.device)  # the past keys', then the new key's
-        past_columns = columns[:-1]
-        past_slots = block_tables[:, past_columns // self.block_size] * self.block_size + past_columns % self.block_size
+        past_slots = table_slots(block_tables, past, self.block_size)
         mask = ((columns < positions) | (columns == past)).view(ids.size(0), 1, 1, past + 1)
         cache = GatheredDecodeCache(k_pool, v_pool, past_slots, mask)
         logits, _ = self.model(ids, positions=positions, kv_cache=cache)

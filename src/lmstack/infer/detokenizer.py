@@ -2,16 +2,18 @@
 
 Two things are held back: a partial UTF-8 character (byte-level BPE splits characters across tokens;
 the decoder shows U+FFFD until the rest arrives) and any tail of the text that could be the start of
-a stop string. A stop string ends the text where it begins and is never emitted.
+a stop string. A stop string ends the text where it begins and is not emitted, or, with
+`include_stop`, where it ends (vLLM's include_stop_str_in_output).
 """
 
 from __future__ import annotations
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer, stop: list[str]):
+    def __init__(self, tokenizer, stop: list[str], include_stop: bool = False):
         self.tokenizer = tokenizer
         self.stop = list(stop)
+        self.include_stop = include_stop
         self.ids: list[int] = []
         self.prefix_offset = 0  # ids[prefix_offset:read_offset] are decoded again for context
         self.read_offset = 0
@@ -31,10 +33,12 @@ class IncrementalDetokenizer:
             return self.flush_decoded(), False
         if self.stop:
             # Held-back text never contains a whole stop string, so a match starts at or after `emitted`.
-            found = [p for p in (self.text.find(s, self.emitted) for s in self.stop) if p >= 0]
+            # (start, end) of each stop string found; the earliest start wins, the first listed on a tie.
+            found = [(p, p + len(s)) for p, s in ((self.text.find(s, self.emitted), s) for s in self.stop) if p >= 0]
             if found:
-                self.text = self.text[:min(found)]
-                return self.flush(), True
+                start, end = min(found, key=lambda span: span[0])
+                self.text = self.text[:end if self.include_stop else start]
+                return self.flush_decoded(), True  # a partial character still undecoded lies past the stop
         delta = self.text[self.emitted:len(self.text) - self._stop_prefix_length()]
         self.emitted += len(delta)
         return delta, False

@@ -46,6 +46,7 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
 from __future__ import annotations
 
 import dataclasses
+import operator
 import itertools
 import logging
 import threading
@@ -238,7 +239,8 @@ class Engine:
         if not params.ignore_eos and self.tokenizer is not None:
             stop_ids.update(self.tokenizer.stop_ids)
         seqs = [Sequence(request_id, i, list(prompt_ids), params, self._generator(params, i),
-                         IncrementalDetokenizer(self.tokenizer, params.stop) if self.tokenizer else None,
+                         IncrementalDetokenizer(self.tokenizer, params.stop, params.include_stop_str_in_output)
+                         if self.tokenizer else None,
                          frozenset(stop_ids), constraint=params.constraint() if params.constraint else None)
                 for i in range(params.n)]
         with self._lock:
@@ -264,7 +266,10 @@ class Engine:
             bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []
             ids = bos + self.tokenizer.encode(prompt)
         else:
-            ids = [int(t) for t in prompt]
+            try:  # operator.index takes ints of any kind (numpy's, a 0-d tensor's) but no float, which int() would cut
+                ids = [operator.index(t) for t in prompt]
+            except TypeError:
+                raise SamplingError(f"a prompt is a text or a list of integer token ids, got {_preview(prompt)}") from None
         if not ids:
             raise SamplingError("the prompt is empty; pass at least one token")
         bad = [t for t in ids if not 0 <= t < self.model.cfg.vocab_size]
@@ -476,8 +481,8 @@ class Engine:
                  params: SamplingParams | list[SamplingParams] | None = None,
                  show_progress: bool = False) -> list[RequestOutput]:
         """Run prompts to completion together (continuous batching); outputs in the prompts' order."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)) or (prompts and not isinstance(prompts[0], (str, list, tuple))):
+            prompts = [prompts]  # one prompt: a text, or token ids (a list, an array or a tensor of them)
         params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
         if len(params_list) != len(prompts):
             raise SamplingError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts; "
@@ -498,6 +503,11 @@ class Engine:
             request_id, first.prompt_ids, first.prompt_logprobs if first.params.prompt_logprobs is not None else None,
             [CompletionOutput(s.index, s.text, list(s.output_ids),
                               s.logprobs if s.params.logprobs is not None else None, s.finish_reason) for s in seqs])
+
+
+def _preview(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _token_logprob(log_probs: torch.Tensor, token: int, top_k: int | None) -> TokenLogprob:

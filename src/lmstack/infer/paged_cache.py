@@ -209,8 +209,16 @@ def padded_block_tables(block_tables: list[list[int]], width: int, device: torch
 def context_slots(block_tables: list[list[int]], length: int, block_size: int, device: torch.device) -> torch.Tensor:
     """(G * length,) cache slots of positions 0 .. length-1 of each sequence (block tables padded with block 0)."""
     padded = padded_block_tables(block_tables, -(-length // block_size), device)
-    slots = padded.unsqueeze(2) * block_size + torch.arange(block_size, device=device)
-    return slots.flatten(1)[:, :length].flatten()
+    return table_slots(padded, length, block_size).flatten()
+
+
+def table_slots(tables: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
+    """(G, length) cache slots of positions 0 .. length-1 of each sequence, from its row of `tables` (G, W), at least
+    length / block_size blocks wide."""
+    # Indexed by position, not sliced from all the blocks' slots: in a compiled decode step `length` is a symbol,
+    # and the slice made dynamo guard on it, so the next step's length compiled again.
+    positions = torch.arange(length, device=tables.device)
+    return tables[:, positions // block_size] * block_size + positions % block_size
 
 
 def build_layout(chunks: list[tuple[list[int], int, int]], block_size: int, device: torch.device) -> StepLayout:

@@ -39,7 +39,8 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     seed: int | None = None
     n: int = 1
-    stop: list[str] = field(default_factory=list)  # matched on the text, never emitted (a str is one stop string)
+    stop: list[str] = field(default_factory=list)  # matched on the text, not emitted (a str is one stop string)
+    include_stop_str_in_output: bool = False  # True: the text ends with the stop string that ended it (as vLLM)
     stop_token_ids: list[int] = field(default_factory=list)  # on top of the tokenizer's stop ids
     ignore_eos: bool = False  # True: only max_tokens, stop strings and stop_token_ids end a sequence
     logprobs: int | None = None  # None = off; k = the sampled token's logprob and the top k

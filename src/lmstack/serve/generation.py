@@ -65,7 +65,7 @@ def sampling_params(body: SamplingFields, max_tokens: int, *, logprobs: int | No
         repetition_penalty=body.repetition_penalty, frequency_penalty=body.frequency_penalty,
         presence_penalty=body.presence_penalty, logit_bias=bias, seed=body.seed, n=body.n, stop=stop,
         ignore_eos=body.ignore_eos, stop_token_ids=list(body.stop_token_ids), min_tokens=body.min_tokens,
-        logprobs=logprobs,
+        include_stop_str_in_output=body.include_stop_str_in_output, logprobs=logprobs,
         prompt_logprobs=prompt_logprobs, constraint=constraint)
 
 

@@ -2,7 +2,7 @@
 
 Unknown fields are ignored (clients send ones we do not use: `user`, `store`, `metadata`...).
 Our extras beyond OpenAI's fields follow vLLM: `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`,
-`stop_token_ids`.
+`stop_token_ids`, `min_tokens`, `include_stop_str_in_output`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     stop_token_ids: list[int] = Field(default_factory=list, max_length=64)
     min_tokens: int = Field(default=0, ge=0)  # vLLM's: no stop before this many tokens
+    include_stop_str_in_output: bool = False  # vLLM's: the text ends with the stop string that ended it
 
 
 class StreamOptions(BaseModel):

@@ -138,6 +138,17 @@ def test_a_denied_call_is_reported_to_the_model(tmp_path, server):
     assert [r["text"] for r in flagged] == [], "'Sent $12.50' is not a first-person claim the monitor parses"
 
 
+def test_a_call_decided_elsewhere_meanwhile_keeps_that_decision(tmp_path, server):
+    from lmstack.agent.launch import decide_approvals, pending_approvals, record_decisions
+
+    _, conn = run_agent(tmp_path, server, "pay", "pay Ana", [send_payment])
+    keys = pending_approvals(conn, "run1")  # the dashboard found the call, and checks the model is reachable ...
+    decide_approvals(conn, "run1", approve=False)  # ... while `lmstack agent approve run1 --deny` decides it
+    record_decisions(conn, "run1", True, keys)
+    decisions = conn.execute("SELECT decision FROM agent_approvals WHERE run_id = 'run1'").fetchall()
+    assert [r["decision"] for r in decisions] == ["denied"]
+
+
 def test_monitor_retry_policy_re_asks_with_feedback(tmp_path, server):
     config = AgentConfig()
     config.monitors.grounding = "retry"

@@ -94,3 +94,14 @@ def test_lm_eval_without_a_server_or_model_name_says_to_pass_it(capsys):
     assert err.startswith(f"lmstack eval: error: cannot find the model name at {url}: cannot connect (")
     assert err.endswith("is the server running at that URL?; or pass --model-name\n") and "\n" not in err[:-1]
     assert "--model " not in err and "api_key_env" not in err
+
+
+def test_lm_eval_adds_the_model_name_fix_only_where_the_message_lacks_it(capsys):
+    with ScriptedServer({"scripts": {}}) as empty:
+        assert main(["eval", "lm-eval", empty.base_url, "--tasks", "hellaswag", "--dry-run"]) == 2
+    assert capsys.readouterr().err == (f"lmstack eval: error: cannot find the model name at {empty.base_url}: "
+                                       "the endpoint lists no models; pass --model-name\n")
+    # Not a URL: the model name would not help, since the command needs the URL too.
+    assert main(["eval", "lm-eval", "ftp://127.0.0.1/v1", "--tasks", "hellaswag", "--dry-run"]) == 2
+    assert capsys.readouterr().err == ("lmstack eval: error: 'ftp://127.0.0.1/v1' is not an http(s) URL; "
+                                       "pass e.g. http://127.0.0.1:8000/v1\n")

@@ -163,6 +163,7 @@ def test_depth_dial_and_validation():
     cfg = config_from_depth(4)
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_dim) == (4, 256, 4, 64)
     assert config_from_depth(1).n_head == 1
+    assert config_from_depth(4).vocab_size is None  # as ModelConfig's: training takes the data's, not a made-up 8192
     with pytest.raises(ConfigError, match="--depth"):
         config_from_depth(0)
     with pytest.raises(ConfigError, match="model.n_embd=30 must be divisible by model.n_head=4"):

@@ -79,6 +79,21 @@ def test_hub_ids_go_to_the_hub_and_failures_say_so_in_one_line(tmp_path, src, sa
     assert not (tmp_path / "out").exists()
 
 
+def test_export_without_a_tokenizer_warns_and_says_how_to_add_one(tmp_path, tiny_tokenizer):
+    save_model_dir(tmp_path / "ckpt", build_model(tiny_config("llama")), None)
+    done = lmstack("export", tmp_path / "ckpt", tmp_path / "hf")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == (f"warning: '{tmp_path}/ckpt' has no tokenizer.json, so '{tmp_path}/hf' has none: "
+                                   "transformers' AutoTokenizer cannot load it (vLLM needs --tokenizer); copy the "
+                                   f"tokenizer.json the model was trained with into '{tmp_path}/ckpt' and export again")
+    with pytest.raises((OSError, ValueError)):
+        transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    tiny_tokenizer.save(tmp_path / "ckpt" / "tokenizer.json")  # the fix the warning gives
+    done = lmstack("export", tmp_path / "ckpt", tmp_path / "hf")
+    assert done.returncode == 0 and done.stderr == ""
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf").encode("def add") == tiny_tokenizer.encode("def add")
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no file can be created")
 def test_export_to_an_unwritable_path_names_it_in_one_line(tmp_path):
     save_model_dir(tmp_path / "ckpt", build_model(tiny_config("llama")), None)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lmstack.train.chat_data import ChatDataError
 from lmstack.train.config import GuardConfig
 from lmstack.train.dpo import DPOObjective, PreferenceLoader, dpo_loss, load_preferences
 from lmstack.train.grpo import (GRPOConfig, GRPOObjective, build_rollouts, grpo_loss, group_advantages,
@@ -35,6 +36,21 @@ def write_toy_preferences(path, n=12):
     f = open(path, "a")
     f.write('{"prompt": "no answers"}\n')  # skipped, counted
     f.close()
+
+
+def test_a_pair_whose_chosen_equals_its_rejected_is_skipped_and_named(chat_tokenizer, tmp_path):
+    # No preference to learn (the DPO gradient is zero); a string and the same text as a message are equal.
+    lines = [{"prompt": "Say red.", "chosen": "red", "rejected": "blue"},
+             {"prompt": "Say red.", "chosen": "red", "rejected": "red"},
+             {"prompt": "Say red.", "chosen": {"role": "assistant", "content": "red"}, "rejected": "red"}]
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    pairs, report = load_preferences(tmp_path / "prefs.jsonl", chat_tokenizer, seq_len=64)
+    assert len(pairs) == 1 and report.skipped == {"'chosen' equals 'rejected'": 2}
+    assert report.warnings == ["prefs.jsonl line 2: skipped ('chosen' equals 'rejected')",
+                               "prefs.jsonl line 3: skipped ('chosen' equals 'rejected')"]
+    (tmp_path / "same.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines[1:]))
+    with pytest.raises(ChatDataError, match="same.jsonl' has no usable preference pairs .*2 'chosen' equals"):
+        load_preferences(tmp_path / "same.jsonl", chat_tokenizer, seq_len=64)
 
 
 @pytest.mark.parametrize("use_lora", [False, True])

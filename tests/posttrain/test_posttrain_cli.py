@@ -38,11 +38,15 @@ def test_sft_with_lora_resumes_and_exports_a_merged_checkpoint(workdir):
 
 
 def test_dpo_and_grpo_commands_run_and_log_their_metrics(workdir):
-    prefs = workdir / "prefs.jsonl"
-    prefs.write_text("".join(json.dumps({"prompt": f"Say {c}.", "chosen": c, "rejected": "no"}) + "\n"
-                             for c in ["yes", "red", "blue", "green"]))
+    for name, colours in (("prefs", ["yes", "red", "blue", "green", "no"]), ("val", ["red", "no", "blue"])):
+        (workdir / f"{name}.jsonl").write_text("".join(  # "no" over "no": no preference, skipped and named
+            json.dumps({"prompt": f"Say {c}.", "chosen": c, "rejected": "no"}) + "\n" for c in colours))
     common = ["--init-from", str(workdir / "base"), "--steps", "2", "--set", "batch_size=2", "--set", "eval_every=2"]
-    assert main(["dpo", *common, "--data", str(prefs), "--run-dir", str(workdir / "dpo")]) == 0
+    assert main(["dpo", *common, "--data", str(workdir / "prefs.jsonl"), "--val-data", str(workdir / "val.jsonl"),
+                 "--run-dir", str(workdir / "dpo")]) == 0
+    log = (workdir / "dpo/run.log").read_text()
+    assert "4 conversations kept, 1 skipped: 1 'chosen' equals 'rejected'" in log
+    assert "warning: prefs.jsonl line 5: skipped" in log and "warning: val.jsonl line 2: skipped" in log
     dpo = read_metrics(workdir / "dpo/metrics.jsonl")
     assert {"reward_margin", "reward_accuracy"} <= set(next(r for r in dpo if r.get("step") == 1))
     assert any("val_reward_accuracy" in r for r in dpo)
@@ -67,6 +71,15 @@ def test_bad_command_input_is_a_one_line_error_and_leaves_no_run_dir(workdir, ca
     assert main(["grpo", *base, *data, "--resume", *bad_run]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
     assert not (workdir / "bad").exists()
+
+
+@pytest.mark.parametrize("rank", ["0", "-2"])
+def test_a_lora_rank_below_1_is_refused_not_taken_as_a_full_fine_tune(workdir, capsys, rank):
+    assert main(["sft", "--init-from", str(workdir / "base"), "--data", str(workdir / "tc/train.jsonl"),
+                 "--run-dir", str(workdir / "run"), "--steps", "1", "--set", "batch_size=2", "--lora-rank", rank]) == 2
+    assert capsys.readouterr().err.strip() == (f"lmstack sft: error: --lora-rank {rank}: a LoRA rank must be at least 1 "
+                                               "(e.g. --lora-rank 8); omit --lora-rank to fine-tune all weights")
+    assert not (workdir / "run").exists()
 
 
 def test_grpo_names_skipped_lines_and_warns_without_val_prompts(workdir):

@@ -78,6 +78,14 @@ def test_write_splits_writes_both_files(tmp_path):
         tc.write_splits(paths["train"], 1, 1)
 
 
+@pytest.mark.parametrize("counts, flag", [(["--train", "0", "--test", "5"], "--train 0"),
+                                          (["--train", "5", "--test", "-1"], "--test -1")])
+def test_a_count_below_1_is_refused_naming_the_flag(tmp_path, capsys, counts, flag):
+    assert main(["data", "toolcalls", "--out", str(tmp_path / "tc"), *counts]) == 2
+    assert capsys.readouterr().err.strip() == f"lmstack data: error: {flag}: write at least 1 conversation"
+    assert not (tmp_path / "tc").exists()  # neither file written
+
+
 def test_tokenizer_texts_spell_calls_as_the_chat_template_does(chat_tokenizer):
     samples, texts = tc.generate(20, seed=0), list(tc.tokenizer_texts(20, seed=0))
     index = next(i for i, s in enumerate(samples) if s["expected"]["calls"])

@@ -1,9 +1,11 @@
 """`lmstack chat --url` talks to an OpenAI-compatible server (ours) through the real CLI."""
 
+import os
 import subprocess
 import sys
-from serve_helpers import API_KEY, CONTEXT, MODEL
 
+from lmstack.agent.testing.scripted_server import ScriptedServer
+from serve_helpers import API_KEY, CONTEXT, MODEL
 
 
 def test_chat_url_streams_the_servers_reply(server, client):
@@ -31,8 +33,32 @@ def test_chat_url_leaves_the_length_to_the_server_and_survives_a_refused_turn(se
     assert f"assistant> {expected}" in run.stdout
 
 
+def chat_error(url: str, *flags: str) -> str:
+    """The one line `chat --url` prints when it cannot find the model to chat with (no key in the environment)."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    run = subprocess.run([sys.executable, "-m", "lmstack.cli", "chat", "--url", url, *flags], input="",
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+    return run.stderr.strip()
+
+
 def test_chat_url_reports_an_unreachable_server_in_one_line():
-    run = subprocess.run([sys.executable, "-m", "lmstack.cli", "chat", "--url", "http://127.0.0.1:9/v1"],
-                         input="", capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2
-    assert "could not list models" in run.stderr and "Traceback" not in run.stderr
+    error = chat_error("http://127.0.0.1:9/v1")
+    assert "could not list models at http://127.0.0.1:9/v1: cannot connect (" in error
+    assert error.endswith("is the server running at that URL?")
+
+
+def test_chat_url_names_the_key_it_sent_and_how_to_send_the_right_one(server):
+    assert chat_error(server, "--api-key", "wrong").endswith(
+        "the server refused the API key (HTTP 401; sent the key given with --api-key): pass the server's key with "
+        "--api-key")
+    assert chat_error(server).endswith(
+        "the server refused the API key (HTTP 401; sent no key ($OPENAI_API_KEY is not set)): set $OPENAI_API_KEY "
+        "to the server's key, or pass it with --api-key")
+
+
+def test_chat_url_says_to_name_the_model_when_the_server_lists_none():
+    with ScriptedServer({"scripts": {}}) as empty:
+        assert chat_error(empty.base_url).endswith(
+            f"could not list models at {empty.base_url}: the endpoint lists no models; pass --model")

@@ -4,12 +4,18 @@ resumed run's own), and that a start which fails its checks leaves no empty run 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from lmstack.config import load_config
+from lmstack.errors import LmstackError
 from lmstack.model.checkpoint import read_config
 from lmstack.tokenizer import Tokenizer
+from lmstack.train.config import TrainConfig
+from lmstack.train.loop import Trainer
 from lmstack.train.metrics import read_metrics
+from lmstack.train.resume import check_resumable
 from train_helpers import make_data, run_lmstack, tiny_overrides
 
 
@@ -82,3 +88,28 @@ def test_a_data_dir_without_a_val_split_is_refused_before_any_step(prepared, tmp
     refused = run_lmstack(*train_args(tmp_path / "one", tmp_path / "run", max_steps=50, eval_every=25), check=False)
     assert refused.returncode == 2 and "no val shards (val_*.bin)" in refused.stderr
     assert "step/s" not in refused.stderr and not (tmp_path / "run").exists()  # no step ran (no bar), no run dir left
+
+
+class NoModelTrainer(Trainer):
+    def build_model(self, checkpoint):
+        raise AssertionError("the model was built before the data was checked")
+
+
+def test_the_val_split_is_refused_before_the_model_is_built(tmp_path):
+    # A big model takes seconds to build: a start bound to fail on its data must not spend them first.
+    data_dir = make_data(tmp_path / "data", train_tokens=5_000)
+    (data_dir / "val_000000.bin").unlink()
+    cfg = load_config(TrainConfig, None, tiny_overrides(data_dir, tmp_path / "run"))
+    with pytest.raises(LmstackError, match=r"no val shards \(val_\*\.bin\)"):
+        NoModelTrainer(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_check_compares_the_saved_config_it_is_given():
+    """The start reads the checkpoint's config.json once and hands it to both its users (vocab size, this check)."""
+    saved = {"model": {"n_layer": 2, "vocab_size": 320}, "batch_size": 4, "seed": 0, "lr": 0.01}
+    checkpoint = Path("runs/r/checkpoints/step_000002")  # not on disk: the check must not read it
+    check_resumable(checkpoint, saved, {**saved, "lr": 0.5})  # lr may change between a run and its resumption
+    with pytest.raises(LmstackError, match=r"^the run dir 'runs/r' has a checkpoint from a different config "
+                                           r"\(model.n_layer: saved 2, now 4\)"):
+        check_resumable(checkpoint, saved, {**saved, "model": {"n_layer": 4, "vocab_size": 320}})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -37,7 +38,7 @@ def test_api_needs_the_key_and_the_page_does_not(client):
 
 def test_openapi_documents_every_dashboard_route(client):
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/api/training/runs/{name}/metrics", "/api/agents/runs", "/api/agents/runs/{run_id}/steps",
+    for path in ("/api/training/metrics/{name}", "/api/agents/runs", "/api/agents/runs/{run_id}/steps",
                  "/api/agents/runs/{run_id}/approvals", "/api/evals/compare", "/api/endpoints"):
         assert path in paths, path
         for operation in paths[path].values():
@@ -49,15 +50,15 @@ def test_metrics_are_read_incrementally_and_a_half_written_line_waits(client, se
     run_dir.mkdir()
     lines = [json.dumps(train_record(step)) + "\n" for step in (1, 2, 3, 4)]
     (run_dir / "metrics.jsonl").write_text("".join(lines[:3]) + lines[3][:20])  # the trainer is mid-write
-    first = client.get("/api/training/runs/incremental/metrics", headers=KEY).json()
+    first = client.get("/api/training/metrics/incremental", headers=KEY).json()
     assert [r["step"] for r in first["records"]] == [1, 2, 3]
     assert first["offset"] == len("".join(lines[:3]).encode())
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(lines[3][20:])
-    second = client.get(f"/api/training/runs/incremental/metrics?offset={first['offset']}", headers=KEY).json()
+    second = client.get(f"/api/training/metrics/incremental?offset={first['offset']}", headers=KEY).json()
     assert [r["step"] for r in second["records"]] == [4] and not second["reset"]
     (run_dir / "metrics.jsonl").write_text(lines[0])  # a resume truncated the file
-    third = client.get(f"/api/training/runs/incremental/metrics?offset={second['offset']}", headers=KEY).json()
+    third = client.get(f"/api/training/metrics/incremental?offset={second['offset']}", headers=KEY).json()
     assert third["reset"] and [r["step"] for r in third["records"]] == [1]
 
 
@@ -74,14 +75,39 @@ def test_runs_nested_in_a_run_dir_are_listed_and_opened(client, seeded):
     # The page sends the name URL-encoded, slash included.
     detail = client.get("/api/training/runs/posttrained%2Fsft", headers=KEY).json()
     assert detail["name"] == "posttrained/sft" and [s["step"] for s in detail["samples"]] == [20, 40]
-    metrics = client.get("/api/training/runs/posttrained%2Fsft/metrics", headers=KEY).json()
+    metrics = client.get("/api/training/metrics/posttrained%2Fsft", headers=KEY).json()
     assert [r["step"] for r in metrics["records"] if "loss" in r] == list(range(1, 41))
     assert client.get("/api/training/runs/posttrained/checkpoints", headers=KEY).status_code == 404
 
 
+def test_runs_nested_at_any_depth_are_listed_and_opened_even_one_called_metrics(client, seeded):
+    outer = seed_training_run(seeded["runs_root"], "deep", steps=5)
+    sft = seed_training_run(outer, "sft", steps=10)
+    seed_training_run(sft, "dpo", steps=20)
+    seed_training_run(outer, "metrics", steps=30)  # its URL was once also that of deep's metrics
+    seed_training_run(seeded["runs_root"], "metrics", steps=35)
+    (sft / "loop").symlink_to(outer, target_is_directory=True)  # a nested run linked to one above it: not followed
+    names = {run["name"]: run for run in client.get("/api/training/runs", headers=KEY).json()["runs"]}
+    assert not [name for name in names if "loop" in name]
+    assert {name: names[name]["step"] for name in ("deep", "deep/sft", "deep/sft/dpo", "deep/metrics", "metrics")} == {
+        "deep": 5, "deep/sft": 10, "deep/sft/dpo": 20, "deep/metrics": 30, "metrics": 35}
+    for name, steps in (("deep/sft/dpo", 20), ("deep/metrics", 30), ("metrics", 35), ("deep", 5)):
+        detail = client.get(f"/api/training/runs/{quote(name, safe='')}", headers=KEY)
+        assert detail.status_code == 200 and detail.json()["name"] == name, detail.text
+        metrics = client.get(f"/api/training/metrics/{quote(name, safe='')}", headers=KEY).json()
+        assert [r["step"] for r in metrics["records"] if "loss" in r] == list(range(1, steps + 1)), name
+    # A run dir beside the runs root, reached by climbing out of a nested run: refused like any other way out.
+    seed_training_run(seeded["root"], "beside-the-root", steps=1)
+    for route in ("runs", "metrics"):
+        climbing = client.get(f"/api/training/{route}/{quote('deep/sft/../../../beside-the-root', safe='')}",
+                              headers=KEY)
+        assert climbing.status_code == 404, route
+
+
 def test_unknown_names_are_404_and_cannot_leave_the_runs_root(client):
     for path in ("/api/training/runs/nope", "/api/training/runs/..%2F..%2Fetc", "/api/training/runs/tiny%2F..%2F..",
-                 "/api/training/runs/..%2F..%2Fetc/metrics", "/api/agents/runs/nope",
+                 "/api/training/metrics/..%2F..%2Fetc", "/api/training/metrics/tiny%2F..%2F..%2F..%2Fetc",
+                 "/api/agents/runs/nope",
                  "/api/agents/runs/nope/steps", "/api/evals/runs/nope", "/api/endpoints/nope/v1/models"):
         response = client.get(path, headers=KEY)
         assert response.status_code == 404, path

@@ -17,7 +17,7 @@ from lmstack.agent.tools import ToolRegistry
 from lmstack.config import from_dict, to_dict
 from lmstack.db import connect, lmstack_home, transaction
 from lmstack.errors import LmstackError
-from lmstack.openai_url import api_base
+from lmstack.openai_url import ModelListingError, first_listed_model
 
 
 def open_database(path: str | Path | None = None) -> sqlite3.Connection:
@@ -39,46 +39,6 @@ def build_client(config: AgentConfig) -> ModelClient:
 def first_model_id(config: AgentConfig) -> str:
     return first_listed_model(config.model, config.api_key_env, config.timeout_s, prefix=f"--model {config.model}: ",
                               key_fix="or read it from another variable with --set api_key_env=NAME")
-
-
-def first_listed_model(url: str, api_key_env: str, timeout_s: float, prefix: str = "", key_fix: str = "",
-                       max_retries: int = 2) -> str:
-    """The first model id GET /v1/models lists at `url`; one line (after `prefix`) with the cause and its fix when
-    it cannot be listed. Other commands (`eval lm-eval`, the dashboard) name their own flags, hence the arguments."""
-    import openai
-
-    sdk = openai.OpenAI(base_url=api_base(url), api_key=os.environ.get(api_key_env) or "not-needed",
-                        timeout=timeout_s, max_retries=max_retries)
-    try:
-        models = sdk.models.list().data
-    except openai.APIError as err:
-        raise ModelListingError(prefix + listing_failure(err, api_key_env, key_fix),
-                                getattr(err, "status_code", None)) from None
-    if not models:
-        raise ModelListingError(f"{prefix}the endpoint lists no models; pass --model-name", None)
-    return models[0].id
-
-
-class ModelListingError(LmstackError):
-    """GET /v1/models failed; `status` is the HTTP status when the server answered (None: it did not, or listed
-    nothing)."""
-
-    def __init__(self, message: str, status: int | None):
-        super().__init__(message)
-        self.status = status
-
-
-def listing_failure(err: Exception, api_key_env: str, key_fix: str = "") -> str:
-    """Why GET /v1/models failed, with the fix for that cause."""
-    import openai
-
-    if isinstance(err, (openai.AuthenticationError, openai.PermissionDeniedError)):
-        sent = f"the key in ${api_key_env}" if os.environ.get(api_key_env) else f"no key (${api_key_env} is not set)"
-        return (f"the server refused the API key (HTTP {err.status_code}; sent {sent}): set ${api_key_env} "
-                f"to the server's key{', ' + key_fix if key_fix else ''}")
-    if isinstance(err, openai.APIConnectionError):
-        return f"cannot connect ({err}); is the server running at that URL?"
-    return f"cannot list its models ({err}); pass --model-name"
 
 
 def build_runtime(conn: sqlite3.Connection, run_id: str, show_progress: bool = False) -> AgentRuntime:
@@ -138,8 +98,15 @@ def pending_approvals(conn: sqlite3.Connection, run_id: str, call_key: str | Non
 def decide_approvals(conn: sqlite3.Connection, run_id: str, approve: bool, call_key: str | None = None) -> list[str]:
     """Approve (or deny) the run's pending tool calls -- all, or the one with `call_key`."""
     keys = pending_approvals(conn, run_id, call_key)
+    record_decisions(conn, run_id, approve, keys)
+    return keys
+
+
+def record_decisions(conn: sqlite3.Connection, run_id: str, approve: bool, keys: list[str]) -> None:
+    """Decide the pending calls with these keys (from `pending_approvals`, for a caller that checks something else
+    between finding and deciding them). A call decided elsewhere meanwhile keeps that decision."""
     with transaction(conn):
         for key in keys:
-            conn.execute("UPDATE agent_approvals SET decision = ?, decided_at = strftime('%s','now') WHERE run_id = ? "
-                         "AND call_key = ?", ("approved" if approve else "denied", run_id, key))
-    return keys
+            conn.execute("UPDATE agent_approvals SET decision = ?, decided_at = strftime('%s','now') "
+                         "WHERE run_id = ? AND call_key = ? AND decision = 'pending'",
+                         ("approved" if approve else "denied", run_id, key))

@@ -249,6 +249,9 @@ def generate(n: int, seed: int = 0, split: str = "train") -> list[dict[str, Any]
 
 def write_splits(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0) -> dict[str, Path]:
     """Write `train.jsonl` and `test.jsonl` (atomically) and return their paths."""
+    for flag, n in (("--train", n_train), ("--test", n_test)):
+        if n < 1:  # an empty file would only fail later, in the sft or grpo run reading it
+            raise ToolCallError(f"{flag} {n}: write at least 1 conversation")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ToolCallError(f"output '{out_dir}' is a file; pass a directory for train.jsonl and test.jsonl")

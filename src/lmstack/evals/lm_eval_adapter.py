@@ -22,7 +22,7 @@ import shutil
 import subprocess
 
 from lmstack.errors import LmstackError
-from lmstack.openai_url import api_base
+from lmstack.openai_url import ListingCause, ModelListingError, api_base, first_listed_model
 
 
 class LmEvalError(LmstackError):
@@ -47,14 +47,14 @@ def lm_eval_command(base_url: str, model: str, tasks: list[str], tokenizer: str 
 
 def served_model_name(base_url: str) -> str:
     """The first model id the server lists, found the way `lmstack agent run` finds it (its key from
-    $OPENAI_API_KEY, which lm-eval's local-completions also sends)."""
-    from lmstack.agent.launch import first_listed_model
-
+    $OPENAI_API_KEY, which lm-eval's local-completions also sends). A malformed URL fails with its own message:
+    naming the model would not help there."""
+    api_root = _api_root(base_url)
     try:
-        return first_listed_model(_api_root(base_url), "OPENAI_API_KEY", timeout_s=30)
-    except LmstackError as err:
+        return first_listed_model(api_root, "OPENAI_API_KEY", timeout_s=30)
+    except ModelListingError as err:
         raise LmEvalError(f"cannot find the model name at {base_url}: {err}"
-                          + ("" if "--model-name" in str(err) else "; or pass --model-name")) from None
+                          + ("" if err.cause is ListingCause.NO_MODEL else "; or pass --model-name")) from None
 
 
 def _api_root(base_url: str) -> str:

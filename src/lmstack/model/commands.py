@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 DTYPE_CHOICES = ["auto", "float32", "bfloat16", "float16"]
 
@@ -54,6 +55,10 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = export_hf(args.ckpt, args.out_dir, dtype=args.dtype)
     print(f"exported {args.ckpt} -> {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+    if not (out / "tokenizer.json").is_file():
+        print(f"warning: '{args.ckpt}' has no tokenizer.json, so '{out}' has none: transformers' AutoTokenizer "
+              f"cannot load it (vLLM needs --tokenizer); copy the tokenizer.json the model was trained with into "
+              f"'{args.ckpt}' and export again", file=sys.stderr)
     return 0
 
 

@@ -65,12 +65,12 @@ class ModelConfig:
         return self.arch == "gpt2" if self.bias is None else self.bias
 
 
-def config_from_depth(depth: int, arch: str = "llama", vocab_size: int = 8192, block_size: int = 512,
+def config_from_depth(depth: int, arch: str = "llama", vocab_size: Optional[int] = None, block_size: int = 512,
                       head_dim: int = 64) -> ModelConfig:
     """One number sets the shape, as in nanochat: width = 64 * depth, heads of `head_dim`.
 
     nanochat uses aspect ratio 64 (model_dim = 64 * depth); small models keep head_dim 64 so that a
-    depth-4 model still has 4 heads.
+    depth-4 model still has 4 heads. vocab_size None is ModelConfig's: training fills it from the data.
     """
     if depth < 1:
         raise ConfigError(f"--depth must be at least 1, got {depth}")

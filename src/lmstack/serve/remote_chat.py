@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import openai
 
 from lmstack.errors import LmstackError
-from lmstack.openai_url import api_base
+from lmstack.openai_url import ModelListingError, api_base, first_listed_model
 
 
 class RemoteChatError(LmstackError):
@@ -27,16 +27,7 @@ class RemoteSource:
             self.sampling["seed"] = seed
         if top_k > 0:  # not an OpenAI field: sent only when asked for (vLLM and lmstack read it)
             self.sampling["extra_body"] = {"top_k": top_k}
-        self.model = model or self._first_model(url)
-
-    def _first_model(self, url: str) -> str:
-        try:
-            models = self.client.models.list().data
-        except openai.OpenAIError as err:
-            raise RemoteChatError(f"could not list models at {url}: {err}") from None
-        if not models:
-            raise RemoteChatError(f"the server at {url} lists no models; pass --model")
-        return models[0].id
+        self.model = model or _first_model(url, api_key)
 
     def stream(self, messages: list[dict[str, Any]]) -> Iterator[str]:
         try:
@@ -48,3 +39,13 @@ class RemoteSource:
                         yield chunk.choices[0].delta.content
         except openai.OpenAIError as err:
             raise RemoteChatError(f"the server refused the chat request: {err}") from None
+
+
+def _first_model(url: str, api_key: str | None) -> str:
+    """The model to chat with when --model is not given, found as every lmstack client finds it (one try: a person
+    waits for the prompt)."""
+    try:
+        return first_listed_model(url, "OPENAI_API_KEY", timeout_s=30, max_retries=0, api_key=api_key,
+                                  key_fix="or pass it with --api-key", model_flag="--model")
+    except ModelListingError as err:
+        raise RemoteChatError(f"could not list models at {url}: {err}") from None

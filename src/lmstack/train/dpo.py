@@ -6,7 +6,8 @@ The reference is the starting model, frozen: with LoRA it is the same model with
 off (no second copy in memory), otherwise a frozen copy. Logged per step: the implicit rewards
 beta * (log pi - log ref) of chosen and rejected, their margin, and the accuracy (margin > 0).
 
-A record is {"prompt": str | messages, "chosen": str | message, "rejected": str | message, "tools"?}.
+A record is {"prompt": str | messages, "chosen": str | message, "rejected": str | message, "tools"?}. Lines
+that cannot be used, including a chosen equal to its rejected (no preference), are skipped and named.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def preference_problem(record: Any) -> str | None:
     for key in ("chosen", "rejected"):
         if not isinstance(record[key], (str, dict)):
             return f"'{key}' must be a string or an assistant message"
+    if _reply(record["chosen"]) == _reply(record["rejected"]):
+        return "'chosen' equals 'rejected'"  # no preference to learn: its DPO gradient is zero
     return None
 
 
@@ -82,7 +85,7 @@ def load_preferences(path: str | Path, tokenizer: Tokenizer, seq_len: int) -> tu
         pairs.append(PreferencePair(chosen, rejected))
     if not pairs:
         raise ChatDataError(f"'{path}' has no usable preference pairs ({report.summary()}); each line needs "
-                            "'prompt', 'chosen' and 'rejected'")
+                            "'prompt', 'chosen' and 'rejected', with a 'chosen' that differs from its 'rejected'")
     return pairs, report
 
 
@@ -195,13 +198,15 @@ class DPOTrainer(FineTuner):
     def build_loader(self) -> MicroBatches:
         cfg = self.cfg
         pairs, report = load_preferences(cfg.train_file, self.tokenizer, cfg.seq_len)
+        val_report = LoadReport()
         if cfg.val_file:
-            self.val_pairs, _ = load_preferences(cfg.val_file, self.tokenizer, cfg.seq_len)
+            self.val_pairs, val_report = load_preferences(cfg.val_file, self.tokenizer, cfg.seq_len)
         else:
             n_val = max(1, int(len(pairs) * cfg.val_fraction)) if len(pairs) > 1 else 0
             pairs, self.val_pairs = pairs[:len(pairs) - n_val], pairs[len(pairs) - n_val:] or pairs
         self.say(f"preference data: {report.summary()}; {len(pairs)} train, {len(self.val_pairs)} val pairs")
         self.say_skipped(report)
+        self.say_skipped(val_report)
         self.objective = DPOObjective(self.reference_model(), cfg.beta)
         pad_id = self.tokenizer.special["<|pad|>"]
         return MicroBatches(lambda rank, ways: PreferenceLoader(pairs, cfg.batch_size, pad_id, rank, ways, cfg.seed),

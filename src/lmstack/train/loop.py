@@ -74,12 +74,14 @@ class Trainer:
         self._check_run_dir()
         self.tokenizer = self._load_tokenizer()
         resume_from = self._find_resume_point(resume)
-        self.cfg = cfg = self._with_vocab_size(resume_from)
+        saved_config = read_config(resume_from) if resume_from is not None else None
+        self.cfg = cfg = self._with_vocab_size(saved_config)
         self.config_dict = to_dict(cfg)
-        if resume_from is not None:
-            check_resumable(resume_from, self.config_dict)
+        if saved_config is not None:
+            check_resumable(resume_from, saved_config, self.config_dict)
         self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * self.grad_accum * self.dist.world_size
+        self.open_val_split()  # before the model build, so that a bad split is refused at once
         seed_everything(cfg.seed + self.dist.rank)  # per-rank streams (dropout), same init via build_model's seed
         self.model = self.build_model(resume_from)
         self.model.train()
@@ -124,20 +126,21 @@ class Trainer:
                                f"--tokenizer DIR --out {self.cfg.data_dir}` or point --set data_dir=DIR at one")
         return Tokenizer.load(self.cfg.tokenizer_path)
 
-    def _with_vocab_size(self, resume_from: Path | None) -> TrainConfig:
-        """The config with an unset model.vocab_size filled in: a resumed run keeps the one it was saved with;
-        a new run takes the data's (meta.json, as nanoGPT takes meta.pkl's; the tokenizer's without one)."""
+    def _with_vocab_size(self, saved_config: dict | None) -> TrainConfig:
+        """The config with an unset model.vocab_size filled in: a resumed run keeps the one it was saved with
+        (`saved_config`, its checkpoint's); a new run takes the data's (meta.json, as nanoGPT takes meta.pkl's;
+        the tokenizer's without one)."""
         cfg, tokenizer = self.cfg, self.tokenizer
         vocab_size = cfg.model.vocab_size
-        if vocab_size is None and resume_from is not None:
-            vocab_size = read_config(resume_from)["model"]["vocab_size"]
+        if vocab_size is None and saved_config is not None:
+            vocab_size = saved_config["model"]["vocab_size"]
         elif vocab_size is None:
             vocab_size = data_vocab_size(cfg.data_dir) or tokenizer.vocab_size
         if tokenizer.vocab_size > vocab_size:
             have = f"the tokenizer '{cfg.tokenizer_path}' has {tokenizer.vocab_size} tokens but"
             if cfg.model.vocab_size is not None:
                 fix = f"model.vocab_size={vocab_size}; --set model.vocab_size={tokenizer.vocab_size} (or leave it unset)"
-            elif resume_from is not None:
+            elif saved_config is not None:
                 fix = f"the run's checkpoint has model.vocab_size={vocab_size}: resume with the tokenizer it was trained on"
             else:
                 fix = (f"'{cfg.data_dir}/meta.json' says {vocab_size}: the data was prepared with another tokenizer; "
@@ -196,16 +199,19 @@ class Trainer:
             return load_model_dir(checkpoint, self.device, load_tokenizer=False)[0]
         return build_model(self.cfg.model, self.device, seed=self.cfg.seed)
 
+    def open_val_split(self) -> None:
+        """Open the val shards once, for every eval, before the model is built: a missing or broken val split is
+        refused in a moment, not after the model's build or at the first eval (every run evaluates, at least at
+        its last step)."""
+        cfg = self.cfg
+        self.val_loader = ShardLoader(cfg.data_dir, "val", cfg.batch_size, cfg.seq_len, self.dist.rank,
+                                      self.dist.world_size, shuffle=False)
+
     def build_loader(self):
         """Any object with micro_batches() (this process's batches of one step), state_dict, load_state_dict."""
         cfg = self.cfg
-        loader = GlobalBatchLoader(cfg.data_dir, cfg.batch_size, cfg.seq_len, self.dist.rank,
-                                   self.dist.world_size, self.grad_accum, cfg.seed, self.device)
-        # Opened now, once for every eval: a missing or broken val split is refused before the first step, not at the
-        # first eval after all the steps before it (every run evaluates, at least at its last step).
-        self.val_loader = ShardLoader(cfg.data_dir, "val", cfg.batch_size, cfg.seq_len, self.dist.rank,
-                                      self.dist.world_size, shuffle=False)
-        return loader
+        return GlobalBatchLoader(cfg.data_dir, cfg.batch_size, cfg.seq_len, self.dist.rank,
+                                 self.dist.world_size, self.grad_accum, cfg.seed, self.device)
 
     def compute_loss(self, batch) -> torch.Tensor:
         """One micro-batch's loss, through `forward_model` so that DDP syncs the gradients."""

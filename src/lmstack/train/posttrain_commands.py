@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from lmstack.config import add_config_arguments
+from lmstack.config import ConfigError, add_config_arguments
 from lmstack.train.commands import SIGNAL_EXIT_CODES
 
 
@@ -53,7 +53,8 @@ def _common(parser: argparse.ArgumentParser, data_help: str) -> None:
     parser.add_argument("--val-data", metavar="FILE", help="held-out file of the same format (default: a slice of --data)")
     parser.add_argument("--run-dir", metavar="DIR", help="where checkpoints, metrics and final/ go (default runs/<name>)")
     parser.add_argument("--steps", type=int, help="optimizer steps")
-    parser.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank instead of all weights")
+    parser.add_argument("--lora-rank", type=int, metavar="N",
+                        help="train LoRA adapters of rank N >= 1 instead of all weights (default: all weights)")
     parser.add_argument("--lora-alpha", type=float, help="LoRA scale numerator (default 2 * rank)")
     parser.add_argument("--lora-dropout", type=float, help="dropout on the adapters' input (default 0)")
     parser.add_argument("--lora-targets", metavar="LIST", help="comma list of qkv,proj,up,down,lm_head (default qkv,proj,up,down)")
@@ -62,6 +63,10 @@ def _common(parser: argparse.ArgumentParser, data_help: str) -> None:
 
 
 def _settings(args: argparse.Namespace) -> dict:
+    # The config's lora_rank=0 (its default) means all weights; asked for on the flag it is a mistake, as PEFT's r=0 is.
+    if args.lora_rank is not None and args.lora_rank < 1:
+        raise ConfigError(f"--lora-rank {args.lora_rank}: a LoRA rank must be at least 1 (e.g. --lora-rank 8); "
+                          "omit --lora-rank to fine-tune all weights")
     return {"train_file": args.data, "val_file": args.val_data, "run_dir": args.run_dir, "max_steps": args.steps,
             "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "lora_dropout": args.lora_dropout,
             "lora_targets": args.lora_targets.split(",") if args.lora_targets else None}

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from lmstack.errors import LmstackError
-from lmstack.model.checkpoint import read_config
 
 MUST_MATCH = ("model", "batch_size", "seq_len", "tokens_per_step", "seed", "optimizer")
 
 
-def check_resumable(checkpoint: Path, config: dict[str, Any]) -> None:
-    saved = read_config(checkpoint)
+def check_resumable(checkpoint: Path, saved: dict[str, Any], config: dict[str, Any]) -> None:
+    """Refuse to continue `checkpoint`, whose config.json holds `saved`, under `config` if they differ in MUST_MATCH."""
     for key in MUST_MATCH:
         if key not in saved or saved[key] == config[key]:
             continue

@@ -110,6 +110,9 @@ class FineTuner(Trainer):
         return load_model_dir(self.cfg.init_from, self.device, load_tokenizer=False)[0].requires_grad_(False)
 
     # ---- data ----------------------------------------------------------------------------------
+    def open_val_split(self) -> None:
+        """No shards to open: fine-tuning reads its val data with its train data, in build_loader."""
+
     def chat_splits(self):
         """(train examples, val examples) with the sizes printed."""
         cfg = self.cfg

@@ -12,7 +12,7 @@ import threading
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from lmstack.agent.launch import (check_model_reachable, decide_approvals, open_database, pending_approvals,
+from lmstack.agent.launch import (check_model_reachable, open_database, pending_approvals, record_decisions,
                                   resume_run)
 from lmstack.agent.store import RunNotFoundError
 from lmstack.errors import LmstackError
@@ -47,9 +47,9 @@ def data_router(sources: DataSources) -> APIRouter:
         """Run dirs under the runs root, most recently updated first, with their last step and loss."""
         return {"root": str(root), "runs": training_runs.list_runs(root)}
 
-    # Names may hold a slash (nested runs, "RUN/NESTED"): the metrics route comes first, or the detail route's path
-    # parameter would take "RUN/metrics" for a run's name.
-    @router.get("/training/runs/{name:path}/metrics", tags=["dashboard: training"])
+    # Names may hold slashes (nested runs, "RUN/NESTED"), so the metrics have a prefix of their own: as a suffix of
+    # the run's URL, "RUN/metrics" would name both RUN's metrics and a run nested in RUN called "metrics".
+    @router.get("/training/metrics/{name:path}", tags=["dashboard: training"])
     def training_metrics(name: str, offset: int = Query(0, ge=0, description="byte offset returned by the last call"),
                          file: str | None = Query(None, description="file identity returned by the last call")):
         """metrics.jsonl records from a byte offset on: poll with the returned offset and file to follow a live
@@ -98,10 +98,10 @@ def data_router(sources: DataSources) -> APIRouter:
         when this process cannot reach the run's model (its API key is not set here, the server is down): nothing
         is decided, and the run waits for `lmstack agent approve` where the model can be reached."""
         try:
+            keys = pending_approvals(sources.agent_conn(), run_id, decision.call_key)  # that error first: cheaper
             if decision.resume:
-                pending_approvals(sources.agent_conn(), run_id, decision.call_key)  # that error first: it is cheaper
                 _check_resumable_here(sources, run_id)
-            keys = decide_approvals(sources.agent_conn(), run_id, decision.approve, decision.call_key)
+            record_decisions(sources.agent_conn(), run_id, decision.approve, keys)
         except NOT_FOUND as err:
             raise not_found(err) from None
         if decision.resume:

@@ -40,24 +40,29 @@ def is_nested_run_dir(path: Path) -> bool:
 
 
 def resolve_run(root: Path, name: str) -> Path:
-    """The run dir `root/name` (name "RUN" or "RUN/NESTED"), refusing names that would leave the root."""
+    """The run dir `root/name` (name "RUN", "RUN/NESTED", "RUN/NESTED/NESTED", ...), refusing names that would leave
+    the root or pass through a dir that is not a run."""
     root = root.resolve()
     path = (root / name).resolve()
-    top_level = path.parent == root and is_run_dir(path)
-    nested = path.parent.parent == root and is_run_dir(path.parent) and is_nested_run_dir(path)
-    if not (top_level or nested):
+    parts = path.relative_to(root).parts if path.is_relative_to(root) else ()
+    dirs = [root.joinpath(*parts[:depth]) for depth in range(1, len(parts) + 1)]
+    if not (dirs and is_run_dir(dirs[0]) and all(is_nested_run_dir(nested) for nested in dirs[1:])):
         raise TrainingRunNotFound(f"no training run '{name}' under '{root}'; start the dashboard with "
                                   f"--runs-root pointing at the folder that holds your run dirs")
     return path
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Every run dir directly under `root`, and the runs nested one level inside those, most recently updated
+    """Every run dir directly under `root`, and the runs nested inside those at any depth, most recently updated
     first; a nested run is named "RUN/NESTED"."""
     if not root.is_dir():
         return []
-    paths = [path for path in root.iterdir() if is_run_dir(path)]
-    paths += [child for path in paths for child in path.iterdir() if is_nested_run_dir(child)]
+    paths, unsearched = [], [path for path in root.iterdir() if is_run_dir(path)]
+    while unsearched:
+        path = unsearched.pop()
+        paths.append(path)
+        # Only real dirs: a link back to a run above it would be walked round and round.
+        unsearched += [child for child in path.iterdir() if is_nested_run_dir(child) and not child.is_symlink()]
     runs = [run_summary(path, path.relative_to(root).as_posix()) for path in paths]
     return sorted(runs, key=lambda r: r["updated_at"], reverse=True)
 

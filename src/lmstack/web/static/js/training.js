@@ -62,7 +62,7 @@ function renderRun(container, name) {
 
   async function poll() {
     try {
-      const page = await api(`/api/training/runs/${encodeURIComponent(name)}/metrics?offset=${offset}${file ? `&file=${encodeURIComponent(file)}` : ""}`);
+      const page = await api(`/api/training/metrics/${encodeURIComponent(name)}?offset=${offset}${file ? `&file=${encodeURIComponent(file)}` : ""}`);
       if (page.reset) records.length = 0;
       offset = page.offset;
       file = page.file; // a resume replaces metrics.jsonl: the server resets when this identity changes

@@ -12,7 +12,14 @@ if TYPE_CHECKING:
 
 
 class SamplingError(LmstackError):
-    """A sampling setting out of range, or a request the engine can never serve."""
+    """A sampling setting out of range, or a request the engine can never serve; `param` names the setting."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+SEED_RANGE = (-2**63, 2**63)  # int64, as vLLM takes; the engine seeds sequence i with seed + i, which torch accepts
 
 
 class LogitsConstraint(Protocol):
@@ -52,34 +59,40 @@ class SamplingParams:
             self.stop = [self.stop]
 
     def validate(self, vocab_size: int | None = None) -> "SamplingParams":
-        checks = [
-            (self.max_tokens is None or self.max_tokens >= 1,
+        checks = [  # (ok, the setting, the message)
+            (self.max_tokens is None or self.max_tokens >= 1, "max_tokens",
              f"max_tokens must be at least 1 (or None: up to the end of the context), got {self.max_tokens}"),
-            (0 <= self.min_tokens and (self.max_tokens is None or self.min_tokens <= self.max_tokens),
+            (0 <= self.min_tokens and (self.max_tokens is None or self.min_tokens <= self.max_tokens), "min_tokens",
              f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}"),
-            (self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
+            (self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)), "seed",
              f"seed must be an integer or None, got {self.seed!r}"),
-            (self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.top_k >= -1, f"top_k must be >= 0 (0 or -1 = off), got {self.top_k}"),
-            (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
-            (self.repetition_penalty > 0, f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}"),
-            (-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
-            (-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
-            (self.n >= 1, f"n must be at least 1, got {self.n}"),
-            (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be in [0, 20], got {self.logprobs}"),
-            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
+            (not isinstance(self.seed, int) or SEED_RANGE[0] <= self.seed < SEED_RANGE[1], "seed",
+             f"seed must fit in 64 bits, [-2**63, 2**63), got {self.seed}"),
+            (self.temperature >= 0, "temperature", f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),
+            (0 < self.top_p <= 1, "top_p", f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.top_k >= -1, "top_k", f"top_k must be >= 0 (0 or -1 = off), got {self.top_k}"),
+            (0 <= self.min_p <= 1, "min_p", f"min_p must be in [0, 1], got {self.min_p}"),
+            (self.repetition_penalty > 0, "repetition_penalty",
+             f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}"),
+            (-2 <= self.frequency_penalty <= 2, "frequency_penalty",
+             f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
+            (-2 <= self.presence_penalty <= 2, "presence_penalty",
+             f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
+            (self.n >= 1, "n", f"n must be at least 1, got {self.n}"),
+            (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs",
+             f"logprobs must be in [0, 20], got {self.logprobs}"),
+            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, "prompt_logprobs",
              f"prompt_logprobs must be in [0, 20], got {self.prompt_logprobs}"),
-            (all(isinstance(s, str) and s for s in self.stop),
+            (all(isinstance(s, str) and s for s in self.stop), "stop",
              f"stop strings must be non-empty strings, got {self.stop!r}"),
         ]
         if vocab_size is not None:
-            bad = [t for t in [*self.logit_bias, *self.stop_token_ids] if not 0 <= int(t) < vocab_size]
-            checks.append((not bad, f"token ids {bad[:5]} in logit_bias/stop_token_ids are outside the vocab "
-                                    f"[0, {vocab_size})"))
-        for ok, message in checks:
+            for name, ids in (("logit_bias", list(self.logit_bias)), ("stop_token_ids", self.stop_token_ids)):
+                bad = [t for t in ids if not 0 <= int(t) < vocab_size]
+                checks.append((not bad, name, f"{name}: token ids {bad[:5]} are outside the vocab [0, {vocab_size})"))
+        for ok, param, message in checks:
             if not ok:
-                raise SamplingError(message)
+                raise SamplingError(message, param=param)
         return self
 
     @property

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lmstack.atomic import atomic_directory, recover_directory
@@ -58,7 +59,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     recover_directory(path)
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint dir '{path}' does not exist; pass a directory written by "
+        what = "is a file, not a directory" if path.exists() else "does not exist"
+        raise CheckpointError(f"checkpoint dir '{path}' {what}; pass a directory written by "
                               "`lmstack train`, `lmstack sft` or `lmstack import`")
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
@@ -76,26 +78,90 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"'{config_path}' is not valid JSON: {err}") from None
 
 
+def damaged_weights(path: Path, err: Exception) -> CheckpointError:
+    """The error for a weights file that safetensors cannot read (cut short by a full disk or a copy, or not
+    safetensors at all); its first line only, as safetensors' own text says nothing about the fix."""
+    reason = (str(err).splitlines() or [type(err).__name__])[0]
+    return CheckpointError(f"'{path}' cannot be read ({reason}): it is truncated or not a safetensors file; "
+                           "copy it again or write the checkpoint again")
+
+
+def read_weights(path: str | Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a damaged file is a CheckpointError naming it."""
+    try:
+        return load_file(str(path), device=str(device))
+    except SafetensorError as err:
+        raise damaged_weights(Path(path), err) from None
+
+
+def load_weights_into(model: GPT, state: dict[str, torch.Tensor], weights: Path, strict: bool = True) -> None:
+    """`model.load_state_dict(state)`, with tensors of the wrong shape or name reported as a CheckpointError."""
+    if model.cfg.tied and "tok_emb.weight" in state:
+        state["lm_head.weight"] = state["tok_emb.weight"]
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a size mismatch; the first two lines name the first tensor
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:2]) or str(err)
+        raise CheckpointError(f"'{weights}' does not match its config.json: {detail}; the config and the "
+                              "weights come from different models") from None
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"'{weights}' does not match its config.json: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+
+
+def check_model_dir(path: str | Path, need_tokenizer: bool = False) -> None:
+    """Find what `load_model_dir` would refuse without reading the weights: the config, the weights file's
+    header (its tensor names and shapes against the config) and the tokenizer. For commands that load the
+    model later, in the background (`lmstack serve`), or after other work has begun."""
+    path = Path(path)
+    config = read_config(path)
+    model_cfg = model_config_of(path, config)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"'{path}' has no {WEIGHTS_FILE}; the checkpoint is incomplete")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except SafetensorError as err:
+        raise damaged_weights(weights, err) from None
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in GPT(model_cfg).state_dict().items()}
+    if model_cfg.tied:
+        expected.pop("lm_head.weight", None)
+    for name, shape in expected.items():
+        if stored.get(name, shape) != shape:
+            raise CheckpointError(f"'{weights}' does not match its config.json: {name} is {list(stored[name])}, "
+                                  f"the config makes it {list(shape)}; the config and the weights come from "
+                                  "different models")
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"'{weights}' does not match its config.json: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    if (path / TOKENIZER_FILE).is_file():
+        Tokenizer.load(path / TOKENIZER_FILE)
+    elif need_tokenizer:
+        raise CheckpointError(f"'{path}' has no {TOKENIZER_FILE}; copy the tokenizer.json the model was trained "
+                              "with into it")
+
+
+def model_config_of(path: Path, config: dict[str, Any]) -> ModelConfig:
+    if not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"'{path / CONFIG_FILE}' has no \"model\" table; it was not written by lmstack "
+                              "(for a Hugging Face model use `lmstack import --from hf`)")
+    return from_dict(ModelConfig, config["model"], prefix="model.")
+
+
 def load_model_dir(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                    load_tokenizer: bool = True) -> tuple[GPT, Tokenizer | None, dict[str, Any]]:
     """Load a checkpoint dir -> (model in eval mode, tokenizer or None, the full config dict)."""
     path = Path(path)
     config = read_config(path)
-    if not isinstance(config.get("model"), dict):
-        raise CheckpointError(f"'{path / CONFIG_FILE}' has no \"model\" table; it was not written by lmstack "
-                              "(for a Hugging Face model use `lmstack import --from hf`)")
-    model_cfg = from_dict(ModelConfig, config["model"], prefix="model.")
+    model_cfg = model_config_of(path, config)
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"'{path}' has no {WEIGHTS_FILE}; the checkpoint is incomplete")
     model = build_model(model_cfg, device=device, init=False)
-    state = load_file(str(weights), device=str(device))
-    if model_cfg.tied:
-        state["lm_head.weight"] = state["tok_emb.weight"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"'{weights}' does not match its config.json: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
+    load_weights_into(model, read_weights(weights, device), weights)
     model.tie_weights()
     if dtype is not None:
         model.to(dtype=dtype)

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from lmstack.config import from_dict
-from lmstack.model.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, CheckpointError, read_config
+from lmstack.model.checkpoint import (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, CheckpointError, damaged_weights,
+                                      read_config)
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import GPT
 from lmstack.tokenizer import Tokenizer
@@ -37,8 +38,11 @@ def checkpoint_summary(path: str | Path) -> dict[str, Any]:
     }
     weights = path / WEIGHTS_FILE
     if weights.is_file():
-        with safe_open(str(weights), framework="pt") as f:
-            stored = {f.get_slice(k).get_dtype() for k in f.keys()}
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                stored = {f.get_slice(k).get_dtype() for k in f.keys()}
+        except SafetensorError as err:
+            raise damaged_weights(weights, err) from None
         summary["weights_dtypes"] = sorted(SAFETENSORS_DTYPES.get(d, d) for d in stored)
     if (path / TOKENIZER_FILE).is_file():
         tokenizer = Tokenizer.load(path / TOKENIZER_FILE)

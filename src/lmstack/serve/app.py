@@ -57,7 +57,14 @@ def create_app(load_engine: Callable[[], Engine], config: ServeConfig, model_nam
             metrics.watch(lambda: async_engine.queue_depth, lambda: engine.num_running,
                           lambda: engine.num_free_blocks, engine.num_total_blocks)
             async_engine.start(loop)
-            app.state.server = ServerState(async_engine, tokenizer, grammars, model_name, engine.model.cfg.block_size,
+            # What a request may use: the model's context, unless the KV pool holds less (then a reply sized to
+            # the model's context could never run, and GET /v1/models must say the smaller figure)
+            context = engine.room_for(0)
+            if context < engine.model.cfg.block_size:
+                log.warning("the KV cache holds %d tokens, less than the model's context of %d: requests are limited "
+                            "to %d tokens (raise engine.kv_memory_mb or engine.num_blocks to serve the full context)",
+                            context, engine.model.cfg.block_size, context)
+            app.state.server = ServerState(async_engine, tokenizer, grammars, model_name, context,
                                            engine.model.cfg.vocab_size)
             status["phase"] = "ready"
             log.info("model '%s' loaded; serving", model_name)

@@ -8,9 +8,9 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Request
 
 from lmstack.serve.errors import APIError
-from lmstack.serve.generation import (RequestResult, collect, new_id, now, record, resolve_max_tokens,
-                                      sampling_params, sse_response, stream_chunk, usage)
-from lmstack.serve.schemas import ChatCompletionRequest
+from lmstack.serve.generation import (RequestResult, check_values, collect, new_id, now, record,
+                                      resolve_max_tokens, sampling_params, sse_response, stream_chunk, usage)
+from lmstack.serve.schemas import ChatCompletionRequest, ChatMessage
 from lmstack.serve.state import ServerState, server_state
 from lmstack.serve.structured import check_schema
 from lmstack.serve.tool_calls import ToolCallSplitter, merge_deltas
@@ -31,10 +31,14 @@ class ChatPlan:
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = server_state(request, body.model)
+    check_values(body)
+    check_messages(body.messages)
+    if body.top_logprobs and not body.logprobs:  # as OpenAI and vLLM: top_logprobs alone would be silently ignored
+        raise APIError("top_logprobs needs logprobs: true; set it, or leave top_logprobs out", param="top_logprobs")
     plan = plan_chat(state, body)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    max_tokens = resolve_max_tokens(requested, len(plan.prompt), state.context, param)
+    max_tokens = resolve_max_tokens(requested, len(plan.prompt), state.context, param, "messages")
     top = body.top_logprobs or 0
     params = sampling_params(body, max_tokens, logprobs=top if body.logprobs else None, banned_ids=plan.banned_ids,
                              constraint=state.grammars.constraint(plan.grammar) if plan.grammar else None)
@@ -45,6 +49,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         return sse_response(chunks, on_close=lambda: state.engine.abort(handle))
     result = await collect(state.engine, handle, request)
     return chat_response(state, body, plan, result, response_id, created)
+
+
+def check_messages(messages: list[ChatMessage]) -> None:
+    """What OpenAI requires of a message beyond its field types: content, except on an assistant turn that
+    calls tools, and on a tool result the id of the call it answers."""
+    for i, message in enumerate(messages):
+        if message.role == "tool" and not message.tool_call_id:
+            raise APIError(f"messages.{i}: a message with role 'tool' needs tool_call_id, the id of the assistant's "
+                           "tool call it answers", param=f"messages.{i}.tool_call_id")
+        if message.content is None and not (message.role == "assistant" and message.tool_calls):
+            what = "content or tool_calls" if message.role == "assistant" else "content"
+            raise APIError(f"messages.{i}: a message with role '{message.role}' needs {what}",
+                           param=f"messages.{i}.content")
 
 
 def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:

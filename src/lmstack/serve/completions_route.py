@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request
 
 from lmstack.infer.detokenizer import IncrementalDetokenizer
 from lmstack.serve.errors import APIError
-from lmstack.serve.generation import (RequestResult, collect, new_id, now, record, resolve_max_tokens,
-                                      sampling_params, sse_response, stream_chunk, usage)
+from lmstack.serve.generation import (RequestResult, check_values, collect, new_id, now, record,
+                                      resolve_max_tokens, sampling_params, sse_response, stream_chunk, usage)
 from lmstack.serve.schemas import CompletionRequest
 from lmstack.serve.state import ServerState, server_state
 
@@ -22,25 +22,30 @@ MAX_PROMPTS = 256
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     state = server_state(request, body.model)
+    check_values(body)
+    check_unsupported(body)
     prompts = split_prompts(body.prompt)
     # Token offsets only where an echo's logprobs list them
     encodings = [encode_prompt(state, p, with_offsets=body.echo and body.logprobs is not None) for p in prompts]
     encoded = [ids for ids, _ in encodings]
     # max_tokens=0 scores the prompt alone (echo + logprobs); the engine always samples one token, which is dropped.
     score_only = body.max_tokens == 0
+    # Every prompt is checked before any is submitted: a refused prompt must not leave the others running.
+    runs = []
+    for p, ids in enumerate(encoded):
+        prompt_param = "prompt" if len(encoded) == 1 else f"prompt.{p}"
+        max_tokens = resolve_max_tokens(1 if score_only else body.max_tokens, len(ids), state.context, "max_tokens",
+                                        prompt_param)
+        runs.append((ids, sampling_params(body, max_tokens, logprobs=body.logprobs, prompt_logprobs=body.logprobs
+                                          if body.echo and body.logprobs is not None else None)))
     handles = []
-    for ids in encoded:
-        max_tokens = 1 if score_only else resolve_max_tokens(body.max_tokens, len(ids), state.context, "max_tokens")
-        if score_only:
-            resolve_max_tokens(1, len(ids), state.context, "prompt")
-        params = sampling_params(body, max_tokens, logprobs=body.logprobs,
-                                 prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None)
-        try:
+    try:
+        for ids, params in runs:
             handles.append(state.engine.submit(ids, params))
-        except Exception:
-            for handle in handles:
-                state.engine.abort(handle)
-            raise
+    except Exception:
+        for handle in handles:
+            state.engine.abort(handle)
+        raise
     response_id, created = new_id("cmpl"), now()
     if body.stream:
         chunks = stream_chunks(state, body, prompts, encoded, handles, score_only, response_id, created)
@@ -70,6 +75,16 @@ async def completions(body: CompletionRequest, request: Request):
                             "logprobs": logprobs, "finish_reason": "length" if score_only else seq.finish_reason})
     return {"id": response_id, "object": "text_completion", "created": created, "model": state.model_name,
             "system_fingerprint": None, "choices": choices, "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def check_unsupported(body: CompletionRequest) -> None:
+    """OpenAI fields that would change the answer, refused rather than silently ignored."""
+    if body.suffix:
+        raise APIError("suffix is not supported: the model only continues the prompt; leave suffix out",
+                       param="suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise APIError(f"best_of={body.best_of} is not supported (every sample is returned); leave it out, or ask for "
+                       f"n={body.best_of} samples and pick among them", param="best_of")
 
 
 def split_prompts(prompt: str | list) -> list[str | list[int]]:

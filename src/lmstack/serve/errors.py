@@ -43,12 +43,12 @@ def api_error_from(err: Exception) -> APIError:
     """Map an exception to the error a client sees (LmstackError = the client's mistake, else ours)."""
     if isinstance(err, APIError):
         return err
-    if isinstance(err, LmstackError):
-        return APIError(str(err))
+    if isinstance(err, LmstackError):  # a SamplingError names the setting it refuses
+        return APIError(str(err), param=getattr(err, "param", None))
     return APIError(f"internal server error ({type(err).__name__}); see the server log", status=500)
 
 
-def validation_message(err: RequestValidationError) -> tuple[str, str | None]:
+def validation_message(err: RequestValidationError, content_type: str = "application/json") -> tuple[str, str | None]:
     """Pydantic's first complaint as one line naming the field: 'messages.0.role: Input should be ...'."""
     first = err.errors()[0]
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
@@ -57,7 +57,12 @@ def validation_message(err: RequestValidationError) -> tuple[str, str | None]:
                "send a JSON object", None
     param = ".".join(location) or None
     message = first.get("msg", "invalid value")
+    if param is None and first.get("type") == "missing":  # FastAPI reads an empty body as no body
+        return "the request body is empty; send a JSON object with Content-Type: application/json", None
     if param is None and first.get("type") in ("model_attributes_type", "dict_type"):
+        if "json" not in content_type.lower():  # FastAPI parses JSON only when the request says it is JSON
+            return ("the request body must be a JSON object sent with Content-Type: application/json "
+                    f"(this request's Content-Type: {content_type or 'none'})"), None
         return "the request body must be a JSON object", None
     return (f"{param}: {message}" if param else message), param
 
@@ -72,7 +77,7 @@ def _api_routes_hint(request: Request) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, err: RequestValidationError) -> JSONResponse:
-        message, param = validation_message(err)
+        message, param = validation_message(err, request.headers.get("content-type", ""))
         return error_response(APIError(message, param=param))
 
     @app.exception_handler(LmstackError)
@@ -83,6 +88,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
         message = {404: f"no route {request.method} {request.url.path}" + _api_routes_hint(request),
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(err.status_code, str(err.detail))
+        if err.status_code == 400 and err.__cause__ is not None:  # FastAPI could not parse the body
+            reason = str(err.__cause__).split(";")[0]  # the rest may advise on server settings
+            message = f"the request body could not be parsed as JSON ({reason}); send a UTF-8 JSON object"
         return error_response(APIError(message, status=err.status_code))
 
     @app.exception_handler(Exception)

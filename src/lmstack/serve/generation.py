@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -35,16 +37,55 @@ def now() -> int:
     return int(time.time())
 
 
-def resolve_max_tokens(requested: int | None, prompt_len: int, context: int, param: str) -> int:
-    """Without a limit a reply may use the rest of the context, as OpenAI's models do; beyond it is a 400."""
+def resolve_max_tokens(requested: int | None, prompt_len: int, context: int, param: str, prompt_param: str) -> int:
+    """Without a limit a reply may use the rest of the context, as OpenAI's models do; beyond it is a 400.
+    `context` is what the server serves (max_model_len in GET /v1/models); `param` and `prompt_param` are the
+    request's fields the errors name."""
+    if requested is not None and requested < 1:
+        raise APIError(f"{param} must be at least 1, got {requested}", param=param)
     room = context - prompt_len
-    if requested is None and room >= 1:
+    if room < 1:
+        raise APIError(f"the prompt of {prompt_len} tokens does not fit the context of {context} tokens "
+                       f"(max_model_len in GET /v1/models) with room for a token; shorten the prompt ({prompt_param})",
+                       param=prompt_param, code="context_length_exceeded")
+    if requested is None:
         return room
-    if requested is None or requested > room:
-        wanted = f" + {param}={requested}" if requested is not None else ""
-        raise APIError(f"the prompt of {prompt_len} tokens{wanted} does not fit the model's context of {context} "
-                       f"tokens; shorten the prompt or lower {param}", param=param, code="context_length_exceeded")
+    if requested > room:
+        raise APIError(f"the prompt of {prompt_len} tokens + {param}={requested} does not fit the context of {context} "
+                       f"tokens (max_model_len in GET /v1/models); lower {param} to at most {room} or shorten "
+                       f"the prompt ({prompt_param})", param=param, code="context_length_exceeded")
     return requested
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# Objects and arrays nested in any field. Real requests need a handful; the schema checker and the chat template
+# recurse once per level or more, and a 4 MiB body nests far deeper than Python's stack goes.
+MAX_NESTING = 64
+
+
+def check_values(body: SamplingFields) -> None:
+    """What field types cannot say about a request's values, refused with the field's path instead of failing deep
+    inside: JSON may escape half of a UTF-16 pair ("\\ud83d" alone), which is no character that a tokenizer or
+    grammar compiler takes; and nesting deeper than MAX_NESTING."""
+    queue = deque((name, value, 1) for name, value in body.model_dump(by_alias=True, exclude_unset=True).items())
+    while queue:
+        path, value, depth = queue.popleft()
+        if isinstance(value, str):
+            if LONE_SURROGATE.search(value):
+                raise APIError(f"{path} holds a lone UTF-16 surrogate (an escape like \\ud83d without its pair), "
+                               "which is not text; send valid Unicode", param=path, code="invalid_unicode")
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_NESTING:
+                where = ".".join(path.split(".")[:6])
+                raise APIError(f"{where}... nests objects and arrays more than {MAX_NESTING} levels deep; flatten it",
+                               param=path.split(".")[0])
+            for key, item in (value.items() if isinstance(value, dict) else enumerate(value)):
+                if isinstance(key, str) and LONE_SURROGATE.search(key):
+                    raise APIError(f"{path} has a key with a lone UTF-16 surrogate (an escape like \\ud83d without "
+                                   "its pair), which is not text; send valid Unicode", param=path,
+                                   code="invalid_unicode")
+                if isinstance(item, (str, dict, list)):  # not numbers: a prompt of token ids may be long
+                    queue.append((f"{path}.{key}", item, depth + 1))
 
 
 def sampling_params(body: SamplingFields, max_tokens: int, *, logprobs: int | None = None,

@@ -7,22 +7,35 @@ Our extras beyond OpenAI's fields follow vLLM: `top_k`, `min_p`, `repetition_pen
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
+from pydantic_core import PydanticCustomError
 
+
+def one_of(expected: str) -> WrapValidator:
+    """A union field whose error says what the field may be, not pydantic's complaint about one of its members
+    ('prompt.str: Input should be a valid string')."""
+
+    def validate(value, handler):
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("union_type", "should be {expected}", {"expected": expected}) from None
+
+    return WrapValidator(validate)
 
 
 class SamplingFields(BaseModel):
     """The fields both endpoints share; they map one to one onto the engine's SamplingParams."""
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # NaN and Infinity are no setting's value
 
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=0)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: int = Field(default=1, ge=1, le=16)
-    stop: str | list[str] | None = None
+    stop: Annotated[str | list[str] | None, one_of("a string or a list of up to 16 strings")] = None
     seed: int | None = None
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
@@ -62,7 +75,8 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: Annotated[str | list[TextPart] | None, one_of(
+        'a string or a list of text parts {"type": "text", "text": "..."} (this server reads text only)')] = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
@@ -105,14 +119,18 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[Tool] | None = None
-    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    tool_choice: Annotated[Union[Literal["none", "auto", "required"], NamedToolChoice, None], one_of(
+        '"none", "auto", "required", or {"type": "function", "function": {"name": "..."}}')] = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Annotated[str | list[str] | list[int] | list[list[int]], one_of(
+        "a string, a list of strings, a list of token ids, or a list of token-id lists")]
     echo: bool = False
+    suffix: str | None = None  # refused unless empty: the model only continues text (as vLLM)
+    best_of: int | None = None  # refused unless equal to n: every sample is returned
     logprobs: int | None = Field(default=None, ge=0, le=20)
     max_tokens: int | None = Field(default=16, ge=0)
 

@@ -18,7 +18,7 @@ class ServerState:
     tokenizer: Tokenizer
     grammars: Grammars | None  # None when the tokenizer has no chat tokens (then chat is refused anyway)
     model_name: str
-    context: int  # the model's context length in tokens
+    context: int  # tokens a request may use, prompt and reply: the model's context, within the KV pool
     vocab_size: int
 
 

@@ -7,6 +7,7 @@ An output that cannot be written is an `OutputWriteError` naming the output, not
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -35,6 +36,32 @@ def _reported_as(path: Path) -> Iterator[None]:
         raise OutputWriteError(err.errno, err.strerror or str(err), str(path)) from err
 
 
+def check_output_dir(path: str | Path) -> None:
+    """Refuse, before any work, an output directory that could not be created: a file in its place or above
+    it. Nothing is created here, so a command that fails later leaves no empty directory behind."""
+    path = Path(path)
+    blocking = _blocking_file(path)
+    if blocking is not None:
+        where = "it is a file" if blocking == path else f"'{blocking}' is a file"
+        raise OutputWriteError(errno.ENOTDIR, f"{where}, not a directory", str(path))
+
+
+def _make_parent(path: Path) -> None:
+    """Create `path`'s directory; a file in the way is named (mkdir's own error says only "File exists")."""
+    blocking = _blocking_file(path.parent)
+    if blocking is not None:
+        raise OutputWriteError(errno.ENOTDIR, f"'{blocking}' is a file, not a directory", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _blocking_file(directory: Path) -> Path | None:
+    """The file standing where `directory`, or the nearest of its parents that exists, should be a directory."""
+    for existing in (directory, *directory.parents):
+        if existing.exists():
+            return None if existing.is_dir() else existing
+    return None
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -47,7 +74,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)`, fsync the result, rename it onto `path`."""
     path = Path(path)
     with _reported_as(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp_path = Path(tmp)
@@ -75,7 +102,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     with _reported_as(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp  # the body's own errors stay as they are: it may read inputs as well as write into tmp

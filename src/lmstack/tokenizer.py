@@ -80,6 +80,9 @@ class Tokenizer:
             raise TokenizerError(
                 f"vocab_size={vocab_size} is too small: 256 byte tokens + {len(SPECIAL_TOKENS)} special tokens "
                 f"need at least {minimum}; choose a vocab size of at least {minimum} (e.g. 4096)")
+        if min_frequency < 0:
+            raise TokenizerError(f"min_frequency={min_frequency} is negative; use 0 or more "
+                                 "(--min-frequency, default 2)")
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         hf.decoder = decoders.ByteLevel()

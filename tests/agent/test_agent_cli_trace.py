@@ -16,6 +16,9 @@ from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
 from lmstack.cli import reader_gone
 from lmstack.config import ConfigError, load_config
 from lmstack.db import transaction
+from lmstack.model.checkpoint import save_model_dir
+from lmstack.model.config import ModelConfig
+from lmstack.model.gpt import build_model
 
 SCRIPT = {"scripts": {
     "calc": [{"tool_calls": [call("calculator", {"expression": "6 * 7"}), call("calculator", {"expression": "6 + 7"})]},
@@ -127,7 +130,7 @@ def test_a_budget_that_cannot_work_is_refused_before_the_run_exists(tmp_path):
                                      "budget.max_dollars=-0.5", "budget.price_in_per_mtok=-1", "loops.repeat_limit=0",
                                      "loops.no_progress_limit=-2", "max_attempts=0", "context_tokens=0",
                                      "max_output_tokens=0", "timeout_s=-1", "monitors.max_retries=-1",
-                                     "monitors.self_consistency_k=0"])
+                                     "monitors.self_consistency_k=0", "temperature=-0.5"])
 def test_each_limit_below_what_a_run_needs_is_named(setting):
     key = setting.split("=")[0]
     with pytest.raises(ConfigError, match=f"^{key} = "):
@@ -175,3 +178,32 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     process.stdout.close()
     assert process.wait(timeout=60) == 1
     assert process.stderr.read() == ""
+
+
+def test_a_model_or_workspace_that_cannot_load_is_refused_before_the_run_exists(tmp_path):
+    """The run was recorded first, then the checkpoint loaded: a damaged one (a traceback) or one without a
+    tokenizer (an AttributeError at the first call) left a run that stays `running` forever. A --workspace that
+    is a file was a FileExistsError traceback."""
+    db = tmp_path / "x.db"
+    model = build_model(ModelConfig(arch="llama", vocab_size=320, block_size=64, n_layer=1, n_head=2, n_embd=32))
+    no_tokenizer = save_model_dir(tmp_path / "bare", model, None)
+    assert error_line(lmstack("run", "x", "--model", str(no_tokenizer), db=db)).endswith(
+        f"'{no_tokenizer}' has no tokenizer.json, which this command needs to read and write text; copy the "
+        "tokenizer.json the model was trained with into it")
+    weights = no_tokenizer / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert f"'{weights}' cannot be read (" in error_line(lmstack("run", "x", "--model", str(no_tokenizer), db=db))
+    (tmp_path / "notes.txt").write_text("keep me")
+    refused = lmstack("run", "x", "--model", "http://127.0.0.1:9/v1", "--model-name", "m", "--tools", "files",
+                      "--workspace", str(tmp_path / "notes.txt"), db=db)
+    assert error_line(refused).endswith("is a file; pass a directory for the file tools (it is created when missing)")
+    assert "Traceback" not in refused.stderr and (tmp_path / "notes.txt").read_text() == "keep me"
+    assert "\n" not in lmstack("list", db=db).stdout.strip()  # the header alone: no run was recorded
+
+
+def test_list_names_a_status_or_limit_that_cannot_match(tmp_path):
+    """Both listed nothing and exited 0, as if there were no such runs."""
+    assert error_line(lmstack("list", "--status", "done", db=tmp_path / "x.db")) == (
+        "lmstack agent: error: --status 'done' is not a run status; use one of running, waiting, completed, failed, "
+        "budget_exceeded, loop_detected, no_progress, stopped_by_monitor")
+    assert error_line(lmstack("list", "--limit", "0", db=tmp_path / "x.db")).endswith("list at least 1 run (default 50)")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_testing import one_line_error
 
 LMSTACK = str(Path(sys.executable).with_name("lmstack"))
 
@@ -32,17 +33,10 @@ def test_prepare_writes_shards_and_reports_counts(tokenizer_dir, make_corpus, tm
     assert "40/40" in done.stderr and "doc/s" in done.stderr  # the progress bar, with its rate
 
 
-def one_line_error(done: subprocess.CompletedProcess) -> str:
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    lines = [line for line in done.stderr.splitlines() if line.startswith("lmstack prepare: error:")]
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    return lines[0]
-
-
 def test_empty_corpus(tokenizer_dir, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    message = one_line_error(lmstack("prepare", "--source", empty, "--tokenizer", tokenizer_dir, "--out", tmp_path / "o"))
+    message = one_line_error(lmstack("prepare", "--source", empty, "--tokenizer", tokenizer_dir, "--out", tmp_path / "o"), "prepare", alone=False)
     assert f"the corpus '{empty}' is empty" in message
     assert not (tmp_path / "o").exists()
 
@@ -51,11 +45,53 @@ def test_unreadable_file(tokenizer_dir, make_corpus, tmp_path):
     corpus = make_corpus(3)
     (corpus / "bad.txt").write_bytes(b"\xff\xfe not utf-8")
     message = one_line_error(lmstack("prepare", "--source", corpus, "--tokenizer", tokenizer_dir, "--out", tmp_path / "o",
-                                     "--workers", "1"))
+                                     "--workers", "1"), "prepare", alone=False)
     assert "bad.txt': it is not UTF-8 text" in message
 
 
 def test_missing_tokenizer(make_corpus, tmp_path):
     message = one_line_error(lmstack("prepare", "--source", make_corpus(3), "--tokenizer", tmp_path / "nope",
-                                     "--out", tmp_path / "o"))
+                                     "--out", tmp_path / "o"), "prepare", alone=False)
     assert "no tokenizer at" in message and "lmstack tokenizer train" in message
+
+
+def test_tokenizer_train_refuses_an_out_that_is_or_is_under_a_file_before_training(make_corpus, tmp_path):
+    """A file where --out should be was a FileExistsError traceback (after the whole training); one under it said
+    only "Not a directory". Both are refused up front now, naming the file, and the file is left as it was."""
+    corpus = make_corpus(20)
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me")
+    message = one_line_error(lmstack("tokenizer", "train", "--source", corpus, "--vocab-size", "300", "--out", blocker), "tokenizer", alone=False)
+    assert message == (f"lmstack tokenizer: error: cannot write '{blocker}': it is a file, not a directory; "
+                       "choose a writable location")
+    message = one_line_error(lmstack("tokenizer", "train", "--source", corpus, "--vocab-size", "300",
+                                      "--out", blocker / "tok"), "tokenizer", alone=False)
+    assert f"cannot write '{blocker}/tok': '{blocker}' is a file, not a directory" in message
+    assert blocker.read_text() == "keep me"
+    assert "tokenizer: reading corpus" not in lmstack("tokenizer", "train", "--source", corpus, "--out", blocker).stderr
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--limit", "-1", "--limit -1 would read no documents; use a positive number or leave it out"),
+    ("--min-frequency", "-1", "min_frequency=-1 is negative; use 0 or more (--min-frequency, default 2)"),
+])
+def test_tokenizer_train_refuses_negative_counts(make_corpus, tmp_path, flag, value, says):
+    """Both were tracebacks from the tokenizers library (a negative length, an unsigned overflow)."""
+    message = one_line_error(lmstack("tokenizer", "train", "--source", make_corpus(5), "--vocab-size", "300",
+                                      "--out", tmp_path / "tok", flag, value), "tokenizer", alone=False)
+    assert message.endswith(says)
+    assert not (tmp_path / "tok").exists()
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--workers", "0", "--workers 0: use at least 1 tokenizer process, or leave it out for all cores"),
+    ("--workers", "-2", "--workers -2: use at least 1 tokenizer process, or leave it out for all cores"),
+    ("--shard-tokens", "0", "--shard-tokens 0: a shard holds at least 1 token"),
+    ("--min-val-docs", "-1", "--min-val-docs -1 is negative; use 0 or more (default 2)"),
+])
+def test_prepare_names_the_setting_out_of_range(tokenizer_dir, make_corpus, tmp_path, flag, value, says):
+    """--workers below 1 ran anyway (0 as all cores, -2 as one); the other two shared one message naming neither flag."""
+    message = one_line_error(lmstack("prepare", "--source", make_corpus(3), "--tokenizer", tokenizer_dir,
+                                     "--out", tmp_path / "o", flag, value), "prepare", alone=False)
+    assert says in message
+    assert not (tmp_path / "o").exists()

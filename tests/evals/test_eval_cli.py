@@ -105,3 +105,34 @@ def test_lm_eval_adds_the_model_name_fix_only_where_the_message_lacks_it(capsys)
     assert main(["eval", "lm-eval", "ftp://127.0.0.1/v1", "--tasks", "hellaswag", "--dry-run"]) == 2
     assert capsys.readouterr().err == ("lmstack eval: error: 'ftp://127.0.0.1/v1' is not an http(s) URL; "
                                        "pass e.g. http://127.0.0.1:8000/v1\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "-1"], "temperature must be >= 0 (0 = greedy), got -1.0"),
+    (["--max-tokens", "0"], "max_tokens must be >= 1 (the generation limit per model call), got 0"),
+    (["--reducers", "mean,pass@0"], "reducer 'pass@0' counts no attempts; use a K of at least 1 (e.g. pass@1)"),
+    (["--price", "-1", "2"], "--price -1 2: prices must be >= 0 (dollars per million input and output tokens)"),
+])
+def test_settings_that_cannot_work_are_refused_before_the_run_exists(tmp_path, capsys, args, message):
+    """Each ran before: a negative temperature failed every sample (exit 0), max_tokens 0 asked for empty replies,
+    pass@0 scored every sample 1.0 and a negative price paid the run."""
+    assert eval_run(tmp_path, *args) == 2
+    assert capsys.readouterr().err == f"lmstack eval: error: {message}\n"
+    assert Store(tmp_path / "db.sqlite").runs() == []
+
+
+def test_a_task_file_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    (tmp_path / "task.yaml").write_text("name: [\n")
+    assert main(["eval", "run", str(tmp_path / "task.yaml"), "--model", "http://127.0.0.1:9/v1", "--model-name", "m",
+                 "--db", str(tmp_path / "db.sqlite")]) == 2
+    assert capsys.readouterr().err == (f"lmstack eval: error: task file '{tmp_path / 'task.yaml'}' is not valid YAML "
+                                       "(expected the node content, but found '<stream end>' at line 2, column 1); "
+                                       "fix the file\n")
+
+
+@pytest.mark.parametrize("alpha", ["0", "1", "2", "-0.1"])
+def test_compare_refuses_a_significance_level_outside_0_to_1(tmp_path, capsys, alpha):
+    """--alpha 2 called every difference significant, --alpha 0 none; neither said anything."""
+    assert main(["eval", "compare", "a", "b", "--alpha", alpha, "--db", str(tmp_path / "db.sqlite")]) == 2
+    assert capsys.readouterr().err == (f"lmstack eval: error: --alpha {float(alpha):g}: the significance level must "
+                                       "be between 0 and 1 (default 0.05)\n")

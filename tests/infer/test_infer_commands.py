@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_testing import one_line_error, run_cli
 from infer_helpers import tiny_model
 
 from lmstack.cli import main
@@ -125,3 +126,42 @@ def test_chat_command_streams_a_reply_from_the_local_checkpoint(checkpoint):
 
 def test_the_help_lists_every_engine_setting():
     assert ENGINE_SETTINGS.split(", ") == [f.name for f in dataclasses.fields(EngineConfig)]
+
+
+def test_sample_and_inspect_name_a_truncated_weights_file(checkpoint, tmp_path):
+    """safetensors' own error was a traceback from both."""
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (damaged / name).write_bytes((checkpoint / name).read_bytes())
+    (damaged / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes()[:100])
+    for args in (["sample", damaged], ["inspect", damaged, "--prompt", "a", "--out", tmp_path / "pngs"]):
+        message = one_line_error(run_cli(*args), args[0])
+        assert f"'{damaged}/model.safetensors' cannot be read (" in message and "truncated" in message
+    assert not (tmp_path / "pngs").exists()
+
+
+def test_inspect_checks_out_and_top_before_the_work(checkpoint, tmp_path):
+    """--out naming a file was a FileExistsError traceback after the whole inspection, one under a file said only
+    "Not a directory", and --top -1 was torch's "selected index k out of range"."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    message = one_line_error(run_cli("inspect", checkpoint, "--prompt", "a", "--out", notes), "inspect")
+    assert message.endswith(f"cannot write '{notes}': it is a file, not a directory; choose a writable location")
+    message = one_line_error(run_cli("inspect", checkpoint, "--prompt", "a", "--out", notes / "pngs"), "inspect")
+    assert f"'{notes}' is a file, not a directory" in message
+    assert notes.read_text() == "keep me"
+    for top in ("0", "-1"):
+        message = one_line_error(run_cli("inspect", checkpoint, "--prompt", "a", "--top", top,
+                                         "--out", tmp_path / "pngs"), "inspect")
+        assert message.endswith(f"--top {top}: show at least 1 token per layer (default 5)")
+    assert not (tmp_path / "pngs").exists()
+
+
+def test_sample_and_chat_without_a_tokenizer_name_the_checkpoint(tmp_path, tokenizer):
+    """sample said "pass token ids" (which the CLI cannot), chat named no dir."""
+    bare = save_model_dir(tmp_path / "bare", tiny_model("llama", vocab_size=tokenizer.vocab_size), None)
+    for command in ("sample", "chat"):
+        message = one_line_error(run_cli(command, bare), command)
+        assert message.endswith(f"'{bare}' has no tokenizer.json, which this command needs to read and write text; "
+                                "copy the tokenizer.json the model was trained with into it")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmstack.cli import main
-from lmstack.model.checkpoint import load_model_dir, save_model_dir
+from lmstack.model.checkpoint import CheckpointError, load_model_dir, save_model_dir
 from lmstack.train.metrics import read_metrics
 
 
@@ -102,3 +102,45 @@ def test_grpo_settings_errors_name_the_setting(workdir, capsys, flag, message):
     assert main(["grpo", "--init-from", str(workdir / "base"), "--data", str(workdir / "tc/train.jsonl"), *flag]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("must be") == 1
+
+
+def test_a_run_resumed_with_other_lora_settings_is_refused_naming_them(workdir, capsys):
+    """A full fine-tune resumed with --lora-rank was load_state_dict's "Missing key(s)" traceback, and a LoRA run
+    resumed without it said only "does not match its config.json". Both runs are left as they were."""
+    common = ["sft", "--init-from", str(workdir / "base"), "--data", str(workdir / "tc/train.jsonl"),
+              "--val-data", str(workdir / "tc/test.jsonl"), "--set", "batch_size=2", "--set", "seq_len=256",
+              "--set", "eval_every=2", "--set", "checkpoint_every=2"]
+    assert main([*common, "--run-dir", str(workdir / "full"), "--steps", "2"]) == 0
+    assert main([*common, "--run-dir", str(workdir / "lora"), "--steps", "2", "--lora-rank", "2"]) == 0
+    capsys.readouterr()
+    before = {run: (workdir / run / "metrics.jsonl").read_bytes() for run in ("full", "lora")}
+    for run, flags, detail in (("full", ["--lora-rank", "2"], "lora_rank: saved 0, now 2"),
+                               ("lora", [], "lora_rank: saved 2, now 0"),
+                               ("lora", ["--lora-rank", "2", "--lora-alpha", "8"], "lora_alpha: saved None, now 8.0")):
+        assert main([*common, "--run-dir", str(workdir / run), "--steps", "4", *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"the run dir '{workdir / run}' has a checkpoint from a different config ({detail})" in err
+    assert before == {run: (workdir / run / "metrics.jsonl").read_bytes() for run in ("full", "lora")}
+    # a LoRA run's own checkpoints hold unmerged adapters: loading one says where the merged model is
+    with pytest.raises(CheckpointError, match=r"is a checkpoint of a LoRA fine-tuning run, with its adapters "
+                                              r"unmerged; load the run's final/ dir"):
+        load_model_dir(workdir / "lora" / "checkpoints" / "step_000002")
+
+
+@pytest.mark.parametrize("alpha", ["0", "-1"])
+def test_a_lora_alpha_that_cannot_train_is_refused(workdir, capsys, alpha):
+    """The adapters' scale is alpha / rank: at 0 the run trained nothing (zero gradients) and said nothing."""
+    assert main(["sft", "--init-from", str(workdir / "base"), "--data", str(workdir / "tc/train.jsonl"),
+                 "--run-dir", str(workdir / "run"), "--steps", "1", "--lora-rank", "2", "--lora-alpha", alpha]) == 2
+    assert f"lora_alpha must be > 0, got {float(alpha)}" in capsys.readouterr().err
+    assert not (workdir / "run").exists()
+
+
+def test_a_damaged_init_from_is_named_and_leaves_no_run_dir(workdir, capsys):
+    weights = workdir / "base" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    for extra in ([], ["--lora-rank", "2"]):
+        assert main(["sft", "--init-from", str(workdir / "base"), "--data", str(workdir / "tc/train.jsonl"),
+                     "--run-dir", str(workdir / "run"), "--steps", "1", *extra]) == 2
+        assert f"'{weights}' cannot be read (" in capsys.readouterr().err
+    assert not (workdir / "run").exists()

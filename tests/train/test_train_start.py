@@ -4,6 +4,7 @@ resumed run's own), and that a start which fails its checks leaves no empty run 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,38 @@ def test_resume_check_compares_the_saved_config_it_is_given():
     with pytest.raises(LmstackError, match=r"^the run dir 'runs/r' has a checkpoint from a different config "
                                            r"\(model.n_layer: saved 2, now 4\)"):
         check_resumable(checkpoint, saved, {**saved, "model": {"n_layer": 4, "vocab_size": 320}})
+
+
+@pytest.mark.parametrize("damaged", ["train_state.pt", "model.safetensors"])
+def test_a_damaged_last_checkpoint_is_named_with_the_way_to_resume_from_the_one_before(prepared, tmp_path, damaged):
+    """A cut-short train_state.pt (torch's "failed finding central directory") or model.safetensors was a traceback
+    on resume. Now the start refuses it before writing anything, and its fix works."""
+    run_dir = tmp_path / "run"
+    run_lmstack(*train_args(prepared, run_dir, max_steps=4, checkpoint_every=2))
+    last = run_dir / "checkpoints" / "step_000004"
+    (last / damaged).write_bytes((last / damaged).read_bytes()[:100])
+    metrics_before = (run_dir / "metrics.jsonl").read_bytes()
+
+    refused = run_lmstack(*train_args(prepared, run_dir, max_steps=6, checkpoint_every=2), check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    [line] = [line for line in refused.stderr.splitlines() if line.startswith("lmstack train: error:")]
+    assert f"'{last / damaged}' cannot be read (" in line
+    assert f"delete '{last}' to resume from the checkpoint before it" in line
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics_before  # nothing logged, nothing trained
+
+    shutil.rmtree(last)  # the fix the message gives
+    run_lmstack(*train_args(prepared, run_dir, max_steps=6, checkpoint_every=2))
+    starts = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == "start"]
+    assert starts[-1]["resumed_from"].endswith("step_000002")
+
+
+def test_a_data_dir_that_is_a_file_or_holds_no_data_is_called_so(prepared, tmp_path):
+    """Both were "does not exist" or a complaint about a missing tokenizer, which is not what was wrong."""
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    for data_dir, says in ((tmp_path / "notes.txt", "is a file, not a directory"),
+                           (tmp_path / "empty", "has no tokenizer.json: it is not a data dir written by "
+                                                "`lmstack prepare`")):
+        refused = run_lmstack(*train_args(data_dir, tmp_path / "run"), check=False)
+        assert refused.returncode == 2 and f"data dir '{data_dir}' {says}; create it with" in refused.stderr
+    assert not (tmp_path / "run").exists()

@@ -4,6 +4,7 @@ schema, live metric reads, paged traces and run lists (checked against the layer
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from urllib.parse import quote
@@ -125,6 +126,27 @@ def test_a_runs_root_that_does_not_exist_is_refused(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert f"--runs-root '{tmp_path / 'nope'}' is not a directory" in run.stderr
+
+
+def test_a_bad_database_address_or_port_is_refused_before_the_dashboard_starts(tmp_path):
+    """A --db that is not a database served a dashboard whose every page failed; a bad --port or --host was
+    uvicorn's own "ERROR: [Errno -8] ..." with exit code 3 and no fix. Each exits at once now (a server that
+    started anyway would run into the timeout)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        for args, says in ((["--db", str(notes)], f"cannot open database '{notes}': file is not a database"),
+                           (["--port", "-1"], "--port -1: a port is in [0, 65535] (default 8080)"),
+                           (["--host", "999.1.1.1"], "--host 999.1.1.1: not an address of this machine"),
+                           (["--port", str(busy)], f"cannot listen on 127.0.0.1:{busy} (Address already in use)")):
+            run = subprocess.run([sys.executable, "-m", "lmstack.cli", "ui", *args], capture_output=True, text=True,
+                                 timeout=60)
+            assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+            assert run.stderr.startswith("lmstack ui: error: ") and says in run.stderr
+    assert notes.read_text() == "not a database"
 
 
 def test_run_list_pages_and_counts_match_the_agent_store(client, seeded):

@@ -110,8 +110,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     import datetime
 
     from lmstack.agent.launch import open_database
-    from lmstack.agent.store import list_runs
+    from lmstack.agent.store import STATUSES, list_runs
+    from lmstack.errors import LmstackError
 
+    if args.status is not None and args.status not in STATUSES:
+        raise LmstackError(f"--status {args.status!r} is not a run status; use one of {', '.join(STATUSES)}")
+    if args.limit < 1:
+        raise LmstackError(f"--limit {args.limit}: list at least 1 run (default 50)")
     runs = list_runs(open_database(args.db), args.status, args.limit)
     print(f"{'RUN':14} {'STATUS':18} {'STEPS':>5} {'TOKENS':>8} {'COST $':>10}  {'CREATED':19}  TASK")
     for r in runs:

@@ -36,9 +36,13 @@ class EngineClient:
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "EngineClient":
         from lmstack.infer.engine import Engine
+        from lmstack.model.checkpoint import no_tokenizer
 
         path = Path(path)
-        return cls(Engine.from_checkpoint(path), model=path.name, checkpoint=str(path.resolve()))
+        engine = Engine.from_checkpoint(path)
+        if engine.tokenizer is None:  # every call renders a chat or a text
+            raise no_tokenizer(path)
+        return cls(engine, model=path.name, checkpoint=str(path.resolve()))
 
     def complete(self, messages: list[dict], tools: list[dict] | None = None, *, temperature: float = 0.0,
                  max_tokens: int | None = None, logprobs: bool = False, seed: int | None = None) -> ModelResponse:

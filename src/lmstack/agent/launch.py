@@ -41,14 +41,29 @@ def first_model_id(config: AgentConfig) -> str:
                               key_fix="or read it from another variable with --set api_key_env=NAME")
 
 
-def build_runtime(conn: sqlite3.Connection, run_id: str, show_progress: bool = False) -> AgentRuntime:
+def build_runtime(conn: sqlite3.Connection, run_id: str, show_progress: bool = False,
+                  client: ModelClient | None = None) -> AgentRuntime:
     record = get_run(conn, run_id)
     config = from_dict(AgentConfig, record.config)
     memory = MemoryStore(conn)
-    workspace = Path(config.workspace)
-    workspace.mkdir(parents=True, exist_ok=True)
+    workspace = make_workspace(config.workspace)
     registry = ToolRegistry(load_tools(config.tools))
-    return AgentRuntime(conn, run_id, config, build_client(config), registry, workspace, memory, show_progress)
+    return AgentRuntime(conn, run_id, config, client or build_client(config), registry, workspace, memory,
+                        show_progress)
+
+
+def make_workspace(path: str) -> Path:
+    """The directory the file tools are confined to, created if missing."""
+    workspace = Path(path)
+    if workspace.exists() and not workspace.is_dir():
+        raise LmstackError(f"--workspace '{workspace}' is a file; pass a directory for the file tools (it is created "
+                           "when missing)")
+    try:
+        workspace.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LmstackError(f"--workspace '{workspace}' cannot be created ({err.strerror}); pass a writable "
+                           "directory") from None
+    return workspace
 
 
 def check_model_reachable(conn: sqlite3.Connection, run_id: str) -> None:
@@ -75,8 +90,12 @@ def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: 
     config.workspace = str(Path(config.workspace).resolve())
     if config.model.startswith(("http://", "https://")) and not config.model_name:
         config.model_name = first_model_id(config)
+    # What can fail to load (a checkpoint, the workspace) fails before the run exists: no run is left behind
+    # as `running` that can never run.
+    client = build_client(config)
+    make_workspace(config.workspace)
     create_run(conn, run_id, task, to_dict(config))
-    return build_runtime(conn, run_id, show_progress).run()
+    return build_runtime(conn, run_id, show_progress, client).run()
 
 
 def resume_run(conn: sqlite3.Connection, run_id: str, show_progress: bool = False) -> RunRecord:

@@ -64,6 +64,7 @@ class AgentConfig:
 
     def validate(self) -> None:
         require_positive("", self, ("context_tokens", "max_output_tokens", "timeout_s", "max_attempts"))
+        require_positive("", self, ("temperature",), or_zero=True)  # 0 = greedy
         # The budget is checked here, with the other settings: budget.py, which this file imports, cannot.
         require_positive("budget.", self.budget, ("max_steps", "max_tokens", "max_wall_s"))
         require_positive("budget.", self.budget, ("max_dollars", "price_in_per_mtok", "price_out_per_mtok"),

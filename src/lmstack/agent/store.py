@@ -46,6 +46,8 @@ MIGRATIONS = [
 ]
 
 RESUMABLE = ("running", "waiting")
+STATUSES = ("running", "waiting", "completed", "failed", "budget_exceeded", "loop_detected", "no_progress",
+            "stopped_by_monitor")
 
 
 class RunNotFoundError(LmstackError):

@@ -75,16 +75,18 @@ def _register_tokenizer(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from lmstack.data.sources import document_count, iter_documents
+    from lmstack.atomic import check_output_dir
+    from lmstack.data.sources import check_limit, document_count, iter_documents
     from lmstack.tokenizer import Tokenizer
 
+    check_limit(args.limit)
+    out = Path(args.out)
+    check_output_dir(out)  # before the training, which takes a while; created only by the save
     total = document_count(args.source)
     if args.limit is not None:
         total = min(total, args.limit) if total is not None else args.limit
     texts = (doc.text for doc in iter_documents(args.source, args.text_field, args.split, args.limit))
     tokenizer = Tokenizer.train(texts, args.vocab_size, total=total, min_frequency=args.min_frequency)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out / "tokenizer.json")
     print(f"wrote {out / 'tokenizer.json'} (vocab size {tokenizer.vocab_size})")
     if tokenizer.vocab_size < args.vocab_size:

@@ -132,7 +132,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Tokenizer, val_fraction
             text_field: str = "text", split: str = "train", limit: int | None = None,
             show_progress: bool = True) -> PrepareResult:
     out_dir = Path(out_dir)
-    _check_settings(out_dir, tokenizer, val_fraction, min_val_docs, shard_tokens)
+    _check_settings(out_dir, tokenizer, val_fraction, min_val_docs, shard_tokens, workers)
     documents = iter_documents(source, text_field=text_field, split=split, limit=limit)
     total = document_count(source)
     total = min(total, limit) if total is not None and limit is not None else total or limit
@@ -157,11 +157,16 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Tokenizer, val_fraction
 
 
 def _check_settings(out_dir: Path, tokenizer: Tokenizer, val_fraction: float, min_val_docs: int,
-                    shard_tokens: int) -> None:
+                    shard_tokens: int, workers: int | None) -> None:
     if not 0 <= val_fraction < 1:
         raise PrepareError(f"--val-fraction {val_fraction} is out of range; use a number in [0, 1), e.g. 0.05")
-    if min_val_docs < 0 or shard_tokens < 1:
-        raise PrepareError("min_val_docs must be >= 0 and shard_tokens >= 1")
+    if min_val_docs < 0:
+        raise PrepareError(f"--min-val-docs {min_val_docs} is negative; use 0 or more (default 2)")
+    if shard_tokens < 1:
+        raise PrepareError(f"--shard-tokens {shard_tokens}: a shard holds at least 1 token; use a positive number "
+                           "or leave it out")
+    if workers is not None and workers < 1:
+        raise PrepareError(f"--workers {workers}: use at least 1 tokenizer process, or leave it out for all cores")
     if tokenizer.bos_id is None:
         raise PrepareError("the tokenizer has no bos / end-of-text token to separate documents; "
                            "use a tokenizer trained by `lmstack tokenizer train`")

@@ -42,14 +42,18 @@ class Document:
     text: str
 
 
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise SourceError(f"--limit {limit} would read no documents; use a positive number or leave it out")
+
+
 def iter_documents(source: str = "stdlib", text_field: str = "text", split: str = "train",
                    limit: int | None = None) -> Iterator[Document]:
     """Yield the non-empty documents of `source` in a stable order (at most `limit` of them).
 
     Raises SourceError when the source yields no document at all.
     """
-    if limit is not None and limit < 1:
-        raise SourceError(f"--limit {limit} would read no documents; use a positive number or leave it out")
+    check_limit(limit)
     count = 0
     for doc in _documents(source, text_field, split):
         if not doc.text:

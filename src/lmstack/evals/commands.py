@@ -98,6 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_concurrency < 1:
         raise EvalUsageError(f"--max-concurrency {args.max_concurrency}: must be at least 1 (parallel requests "
                              "per endpoint; default 8)")
+    if args.price and min(args.price) < 0:
+        raise EvalUsageError(f"--price {args.price[0]:g} {args.price[1]:g}: prices must be >= 0 (dollars per million "
+                             "input and output tokens)")
     task = load_task(args.task, parse_task_args(args.task_args))
     store = Store(args.db)
     price = tuple(args.price) if args.price else None
@@ -122,6 +125,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from lmstack.evals.compare import compare_runs, format_comparison
     from lmstack.evals.store import Store
 
+    if not 0 < args.alpha < 1:
+        raise EvalUsageError(f"--alpha {args.alpha:g}: the significance level must be between 0 and 1 (default 0.05)")
     comparison = compare_runs(Store(args.db), args.run_a, args.run_b, alpha=args.alpha)
     print(format_comparison(comparison))
     if args.fail_on_regression and comparison.regressions:

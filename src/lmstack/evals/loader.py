@@ -100,13 +100,21 @@ def _task_from_file(path: Path, name: str | None):
     return TASKS[name]
 
 
+def yaml_problem(err: Exception) -> str:
+    """One line for PyYAML's several: what is wrong and where."""
+    problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
 def load_yaml_task(path: Path) -> Task:
     if not path.is_file():
         raise TaskError(f"task file '{path}' does not exist")
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise TaskError(f"task file '{path}' is not valid YAML: {err}") from None
+        raise TaskError(f"task file '{path}' is not valid YAML ({yaml_problem(err)}); fix the file") from None
     if not isinstance(spec, dict) or "dataset" not in spec:
         raise TaskError(f"task file '{path}' needs at least 'dataset', 'solver' and 'scorer' keys")
     fields = from_dict(FieldMap, spec.get("fields") or {})

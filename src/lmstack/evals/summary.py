@@ -29,6 +29,8 @@ def check_reducer(name: str, epochs: int) -> None:
     if not match:
         raise ReducerError(f"unknown reducer '{name}'; use mean, max, pass@K or pass^K (e.g. pass@5)")
     k = int(match.group(2) or match.group(3) or 1)
+    if k < 1:
+        raise ReducerError(f"reducer '{name}' counts no attempts; use a K of at least 1 (e.g. pass@1)")
     if k > epochs:
         raise ReducerError(f"reducer '{name}' needs at least {k} epochs; run with --epochs {k} or more")
 

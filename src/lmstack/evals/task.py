@@ -49,6 +49,10 @@ class TaskConfig:
             raise TaskError(f"epochs must be >= 1, got {self.epochs}")
         if self.limit is not None and self.limit < 1:
             raise TaskError(f"limit must be >= 1, got {self.limit}")
+        if self.max_tokens < 1:
+            raise TaskError(f"max_tokens must be >= 1 (the generation limit per model call), got {self.max_tokens}")
+        if self.temperature < 0:
+            raise TaskError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
 
 
 @dataclass

@@ -56,8 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def build_engine(args: argparse.Namespace):
     from lmstack.config import load_config
     from lmstack.infer.engine import Engine, EngineConfig
+    from lmstack.model.checkpoint import no_tokenizer
 
-    return Engine.from_checkpoint(args.ckpt, load_config(EngineConfig, args.config, args.overrides))
+    engine = Engine.from_checkpoint(args.ckpt, load_config(EngineConfig, args.config, args.overrides))
+    if engine.tokenizer is None:  # sample and chat print text
+        raise no_tokenizer(args.ckpt)
+    return engine
 
 
 def sampling_params(args: argparse.Namespace, max_tokens: int | None, **extra):
@@ -91,11 +95,16 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from lmstack.atomic import check_output_dir
     from lmstack.device import detect_device
+    from lmstack.errors import LmstackError
     from lmstack.infer.inspect import inspect_prompt, plot_attention, plot_token_scores
     from lmstack.model.checkpoint import load_model_dir
     from lmstack.tokenizer import TokenizerError
 
+    if args.top < 1:
+        raise LmstackError(f"--top {args.top}: show at least 1 token per layer (default 5)")
+    check_output_dir(args.out)  # before the work, not after it
     info = detect_device(args.device)
     model, tokenizer, _ = load_model_dir(args.ckpt, device=info.torch_device)
     if tokenizer is None:

@@ -110,8 +110,7 @@ def plot_attention(inspection: Inspection, labels: list[str], out_dir: str | Pat
 
     from lmstack.atomic import atomic_write
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # atomic_write creates it
     paths = []
     for layer, weights in enumerate(inspection.attention):
         heads = weights.size(0)

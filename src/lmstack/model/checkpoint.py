@@ -94,36 +94,64 @@ def read_weights(path: str | Path, device: torch.device | str = "cpu") -> dict[s
         raise damaged_weights(Path(path), err) from None
 
 
-def load_weights_into(model: GPT, state: dict[str, torch.Tensor], weights: Path, strict: bool = True) -> None:
+def load_weights_into(model: GPT, state: dict[str, torch.Tensor], weights: Path) -> None:
     """`model.load_state_dict(state)`, with tensors of the wrong shape or name reported as a CheckpointError."""
     if model.cfg.tied and "tok_emb.weight" in state:
         state["lm_head.weight"] = state["tok_emb.weight"]
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # a size mismatch; the first two lines name the first tensor
-        detail = " ".join(line.strip() for line in str(err).splitlines()[1:2]) or str(err)
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:2]).rstrip(".") or str(err)
         raise CheckpointError(f"'{weights}' does not match its config.json: {detail}; the config and the "
                               "weights come from different models") from None
-    if strict and (missing or unexpected):
-        raise CheckpointError(f"'{weights}' does not match its config.json: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
+    if missing or unexpected:
+        raise names_mismatch(weights, missing, unexpected)
 
 
-def check_model_dir(path: str | Path, need_tokenizer: bool = False) -> None:
+def names_mismatch(weights: Path, missing: list[str], unexpected: list[str]) -> CheckpointError:
+    if any(".lora_" in name for name in unexpected):  # a checkpoint of a LoRA run, taken before the merge
+        return CheckpointError(f"'{weights.parent}' is a checkpoint of a LoRA fine-tuning run, with its adapters "
+                               "unmerged; load the run's final/ dir (the adapters merged in), or re-run the same "
+                               "command to finish the run and write it")
+    return CheckpointError(f"'{weights}' does not match its config.json: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+
+
+def read_weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from a safetensors file's header (which covers the whole file: a truncated file fails)."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except SafetensorError as err:
+        raise damaged_weights(weights, err) from None
+
+
+def check_model_dir(path: str | Path, need_tokenizer: bool = False, check_names: bool = True) -> None:
     """Find what `load_model_dir` would refuse without reading the weights: the config, the weights file's
-    header (its tensor names and shapes against the config) and the tokenizer. For commands that load the
-    model later, in the background (`lmstack serve`), or after other work has begun."""
+    header (with `check_names`, its tensor names and shapes against the config) and the tokenizer. For commands
+    that load the model later, in the background (`lmstack serve`), or after other work has begun."""
     path = Path(path)
     config = read_config(path)
     model_cfg = model_config_of(path, config)
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"'{path}' has no {WEIGHTS_FILE}; the checkpoint is incomplete")
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
-    except SafetensorError as err:
-        raise damaged_weights(weights, err) from None
+    stored = read_weight_shapes(weights)
+    if check_names:
+        check_weight_shapes(weights, stored, model_cfg)
+    if (path / TOKENIZER_FILE).is_file():
+        Tokenizer.load(path / TOKENIZER_FILE)
+    elif need_tokenizer:
+        raise no_tokenizer(path)
+
+
+def no_tokenizer(path: str | Path) -> CheckpointError:
+    """For commands that read or write text with a checkpoint that has no tokenizer.json (a nanoGPT import)."""
+    return CheckpointError(f"'{path}' has no {TOKENIZER_FILE}, which this command needs to read and write text; "
+                           "copy the tokenizer.json the model was trained with into it")
+
+
+def check_weight_shapes(weights: Path, stored: dict[str, tuple[int, ...]], model_cfg: ModelConfig) -> None:
     with torch.device("meta"):
         expected = {name: tuple(t.shape) for name, t in GPT(model_cfg).state_dict().items()}
     if model_cfg.tied:
@@ -135,13 +163,7 @@ def check_model_dir(path: str | Path, need_tokenizer: bool = False) -> None:
                                   "different models")
     missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"'{weights}' does not match its config.json: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
-    if (path / TOKENIZER_FILE).is_file():
-        Tokenizer.load(path / TOKENIZER_FILE)
-    elif need_tokenizer:
-        raise CheckpointError(f"'{path}' has no {TOKENIZER_FILE}; copy the tokenizer.json the model was trained "
-                              "with into it")
+        raise names_mismatch(weights, missing, unexpected)
 
 
 def model_config_of(path: Path, config: dict[str, Any]) -> ModelConfig:

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from lmstack.atomic import atomic_directory
+from lmstack.atomic import atomic_directory, check_output_dir
 from lmstack.errors import LmstackError
 from lmstack.model.checkpoint import TOKENIZER_FILE, write_model_files
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import GPT
-from lmstack.tokenizer import Tokenizer
+from lmstack.tokenizer import Tokenizer, TokenizerError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -36,12 +36,32 @@ def target_dtype(requested: str, state: dict[str, torch.Tensor]) -> torch.dtype:
     return max(set(floats), key=floats.count) if floats else torch.float32
 
 
-def check_tokenizer_file(path: str | Path) -> Path:
-    """A tokenizer.json to attach to an imported model (a file, or a dir holding one), checked by loading it."""
+def check_out_dir(out_dir: str | Path, source: str | Path) -> None:
+    """The output dir of an import or export is replaced as a whole, so what it holds is deleted: it must be
+    absent, empty, or an earlier output (a model dir, with config.json), and never the model being converted."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"output '{out}' is a file; pass the path of a directory to write (it is created)")
+    if not out.is_dir():
+        check_output_dir(out)  # a file above it
+        return
+    if out.resolve() == Path(source).resolve():
+        raise ConversionError(f"output '{out}' is the model being converted; pass another directory")
+    if any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ConversionError(f"output '{out}' exists and is not a model dir (it has no config.json); choose a new "
+                              "output directory: it is replaced as a whole")
+
+
+def check_tokenizer_file(path: str | Path, fix: str = "") -> Path:
+    """A tokenizer.json to attach to an imported model (a file, or a dir holding one), checked by loading it;
+    `fix` is added to the error."""
     path = Path(path)
     if path.is_dir():
         path = path / TOKENIZER_FILE
-    Tokenizer.load(path)  # raises a TokenizerError naming the file if it is missing or malformed
+    try:
+        Tokenizer.load(path)  # raises a TokenizerError naming the file if it is missing or malformed
+    except TokenizerError as err:
+        raise TokenizerError(f"{err}; {fix}" if fix else str(err)) from None
     return path
 
 

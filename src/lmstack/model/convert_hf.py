@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from lmstack.atomic import atomic_directory
 from lmstack.config import from_dict
-from lmstack.model.checkpoint import CheckpointError, WEIGHTS_FILE, read_config
+from lmstack.model.checkpoint import CheckpointError, WEIGHTS_FILE, read_config, read_weights
 from lmstack.model.config import ModelConfig
-from lmstack.model.convert import ConversionError, check_tokenizer_file, target_dtype, write_imported_checkpoint
+from lmstack.model.convert import (ConversionError, check_out_dir, check_tokenizer_file, target_dtype,
+                                  write_imported_checkpoint)
 from lmstack.model.hf_layout import (hf_config_from_model, hf_tensor_maps, model_config_from_hf, rename_to_ours,
                                      rename_to_theirs, zero_gpt2_biases)
 from lmstack.model.hf_tokenizer import write_tokenizer_files
@@ -35,6 +37,7 @@ HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "to
 def import_hf(src: str, out_dir: str | Path, dtype: str = "auto", tokenizer: str | Path | None = None) -> Path:
     """A HF GPT-2 / Llama / Qwen3 directory (or hub id) -> a lmstack checkpoint dir."""
     source = resolve_source(src)
+    check_out_dir(out_dir, source)
     hf_config = read_hf_config(source)
     cfg = model_config_from_hf(hf_config, str(source))
     theirs = normalise_names(read_hf_weights(source), cfg)
@@ -42,8 +45,10 @@ def import_hf(src: str, out_dir: str | Path, dtype: str = "auto", tokenizer: str
                            ignored=("lm_head.weight",) if cfg.tied else ())
     if tokenizer is not None:
         tokenizer_file = check_tokenizer_file(tokenizer)
+    elif (source / "tokenizer.json").is_file():  # copied byte for byte, so it is checked first
+        tokenizer_file = check_tokenizer_file(source / "tokenizer.json", fix="pass a valid one with --tokenizer FILE")
     else:
-        tokenizer_file = source / "tokenizer.json" if (source / "tokenizer.json").is_file() else None
+        tokenizer_file = None
     architecture = (hf_config.get("architectures") or [hf_config["model_type"]])[0]
     return write_imported_checkpoint(out_dir, cfg, state, tokenizer_file,
                                      {"format": "hf", "path": str(src), "architecture": architecture}, dtype)
@@ -114,11 +119,20 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
         state: dict[str, torch.Tensor] = {}
         for name in tqdm(files, desc="reading weights", unit="file", disable=len(files) < 2):
             if name.endswith(".safetensors"):
-                state.update(load_file(str(directory / name)))
-            else:  # weights_only: a checkpoint from the internet must not run code when unpickled
-                state.update(torch.load(directory / name, map_location="cpu", weights_only=True, mmap=True))
+                state.update(read_weights(directory / name))
+            else:
+                state.update(read_torch_weights(directory / name))
         return state
     raise ConversionError(f"'{directory}' has no model.safetensors or pytorch_model.bin (nor a sharded index)")
+
+
+def read_torch_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:  # weights_only: a checkpoint from the internet must not run code when unpickled
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise ConversionError(f"'{path}' cannot be read ({reason}): it is truncated or not a PyTorch weights file; "
+                              "download it again") from None
 
 
 def normalise_names(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -133,12 +147,13 @@ def export_hf(ckpt: str | Path, out_dir: str | Path, dtype: str = "auto") -> Pat
     """A lmstack checkpoint dir -> a HF model dir (config.json, model.safetensors, tokenizer files)."""
     ckpt = Path(ckpt)
     config = read_config(ckpt)
+    check_out_dir(out_dir, ckpt)
     if not isinstance(config.get("model"), dict):
         raise CheckpointError(f"'{ckpt}/config.json' has no \"model\" table; pass a lmstack checkpoint dir")
     cfg = from_dict(ModelConfig, config["model"], prefix="model.")
     if not (ckpt / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"'{ckpt}' has no {WEIGHTS_FILE}; the checkpoint is incomplete")
-    ours = load_file(str(ckpt / WEIGHTS_FILE))
+    ours = read_weights(ckpt / WEIGHTS_FILE)
     cast_to = target_dtype(dtype, ours)
     theirs = rename_to_theirs({k: v.to(cast_to) for k, v in ours.items()}, hf_tensor_maps(cfg))
     if cfg.arch == "gpt2":

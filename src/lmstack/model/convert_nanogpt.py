@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from lmstack.model.config import ModelConfig
-from lmstack.model.convert import ConversionError, check_tokenizer_file, write_imported_checkpoint
+from lmstack.model.convert import ConversionError, check_out_dir, check_tokenizer_file, write_imported_checkpoint
 from lmstack.model.hf_layout import gpt2_tensor_maps, rename_to_ours
 
 COMPILE_PREFIX = "_orig_mod."
@@ -26,6 +26,7 @@ def import_nanogpt(src: str | Path, out_dir: str | Path, dtype: str = "auto",
     if src.is_dir():
         src = src / "ckpt.pt"
     checkpoint = read_nanogpt_checkpoint(src)
+    check_out_dir(out_dir, src)
     cfg = model_config_from_nanogpt(checkpoint["model_args"], src)
     theirs = {k.removeprefix(COMPILE_PREFIX): v for k, v in checkpoint["model"].items()}
     # nanoGPT ties lm_head to wte, and torch.save keeps both names for the one tensor.
@@ -41,7 +42,9 @@ def read_nanogpt_checkpoint(path: Path) -> dict:
     try:  # weights_only: unpickling a downloaded file must not be able to run code
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise ConversionError(f"'{path}' is not a readable nanoGPT checkpoint: {err}") from None
+        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]  # torch's text runs over many lines
+        raise ConversionError(f"'{path}' is not a readable nanoGPT checkpoint ({reason}); pass the ckpt.pt that "
+                              "nanoGPT's train.py wrote") from None
     if not isinstance(checkpoint, dict) or not {"model", "model_args"} <= checkpoint.keys():
         raise ConversionError(f"'{path}' lacks nanoGPT's 'model' and 'model_args' entries; it was not "
                               "written by nanoGPT's train.py")

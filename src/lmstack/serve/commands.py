@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve_config(args: argparse.Namespace):
-    from lmstack.config import load_config
+    from lmstack.config import ConfigError, load_config
     from lmstack.serve.config import ServeConfig
 
     config = load_config(ServeConfig, args.config, args.overrides)
@@ -46,6 +46,9 @@ def serve_config(args: argparse.Namespace):
             setattr(config, name, getattr(args, name))
     config.api_key = config.api_key or os.environ.get("LMSTACK_API_KEY") or None
     config.validate()
+    if config.graceful_shutdown_s < 0:  # ServeConfig lives with the HTTP layer; this is the CLI's own check
+        raise ConfigError(f"graceful_shutdown_s must be >= 0 (seconds SIGTERM waits for requests in flight), "
+                          f"got {config.graceful_shutdown_s}")
     return config
 
 
@@ -79,13 +82,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from lmstack.config import to_dict
     from lmstack.infer.engine import Engine
-    from lmstack.model.checkpoint import read_config
+    from lmstack.device import detect_device
+    from lmstack.model.checkpoint import check_model_dir
     from lmstack.serve.app import create_app
     from lmstack.web.api import dashboard_router
     from lmstack.web.settings import DashboardSettings
 
     config = serve_config(args)
-    read_config(args.ckpt)  # a wrong path fails here, before a server starts
+    # The model loads in the background once the server is up, so whatever would make that fail (a wrong path, a
+    # damaged weights file or tokenizer, a device this machine lacks) is found here, before a server starts.
+    check_model_dir(args.ckpt, need_tokenizer=True)
+    detect_device(config.engine.device)
     check_can_listen(config.host, config.port)
     torch.set_num_threads(config.torch_threads or max(1, (os.cpu_count() or 2) - 1))
     model_name = config.model_name or Path(args.ckpt).resolve().name
@@ -108,6 +115,10 @@ def run_chat(args: argparse.Namespace) -> int:
 
     if (args.url is None) == (args.ckpt is None):
         raise LmstackError("chat needs either a checkpoint dir or --url URL of an OpenAI-compatible server (not both)")
+    url_only = [flag for flag, value in (("--model", args.model), ("--api-key", args.api_key)) if value]
+    if args.ckpt is not None and url_only:
+        raise LmstackError(f"{url_only[0]} is for a server (--url); chatting with the checkpoint '{args.ckpt}' "
+                           f"needs neither: drop {url_only[0]}")
     if args.url:
         from lmstack.serve.remote_chat import RemoteSource
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import re
 import shutil
 import time
@@ -21,7 +22,7 @@ import torch
 
 from lmstack.atomic import atomic_directory, atomic_write_text, fsync_dir, recover_directory
 from lmstack.errors import LmstackError
-from lmstack.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, write_model_files
+from lmstack.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, check_model_dir, write_model_files
 from lmstack.model.gpt import GPT
 from lmstack.tokenizer import Tokenizer
 
@@ -97,7 +98,25 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, tokenizer: Tokenizer |
 
 def load_train_state(path: Path) -> dict[str, Any]:
     # Our own file, holding numpy and Python RNG states that the weights-only unpickler refuses.
-    return torch.load(path / TRAIN_STATE_FILE, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path / TRAIN_STATE_FILE, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise LmstackError(f"'{path / TRAIN_STATE_FILE}' cannot be read ({reason}): the checkpoint is damaged; "
+                           f"{delete_to_resume(path)}") from None
+
+
+def delete_to_resume(path: Path) -> str:
+    """The fix for a damaged checkpoint of a run: without it, the run resumes from the one before."""
+    return f"delete '{path}' to resume from the checkpoint before it (or start over in a new run dir)"
+
+
+def check_resume_point(path: Path) -> None:
+    """Refuse a damaged checkpoint before the run builds on it, saying how to resume from the one before."""
+    try:
+        check_model_dir(path, check_names=False)  # a LoRA run's weights hold its adapters too
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}. This is the run's last checkpoint: {delete_to_resume(path)}") from None
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:

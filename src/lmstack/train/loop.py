@@ -74,6 +74,8 @@ class Trainer:
         self._check_run_dir()
         self.tokenizer = self._load_tokenizer()
         resume_from = self._find_resume_point(resume)
+        if resume_from is not None:
+            ckpt.check_resume_point(resume_from)
         saved_config = read_config(resume_from) if resume_from is not None else None
         self.cfg = cfg = self._with_vocab_size(saved_config)
         self.config_dict = to_dict(cfg)
@@ -121,9 +123,12 @@ class Trainer:
             raise LmstackError(error)
 
     def _load_tokenizer(self) -> Tokenizer:
-        if self.cfg.tokenizer is None and not Path(self.cfg.data_dir).is_dir():
-            raise LmstackError(f"data dir '{self.cfg.data_dir}' does not exist; create it with `lmstack prepare "
-                               f"--tokenizer DIR --out {self.cfg.data_dir}` or point --set data_dir=DIR at one")
+        data_dir = Path(self.cfg.data_dir)
+        if self.cfg.tokenizer is None and not (data_dir / "tokenizer.json").is_file():
+            problem = ("has no tokenizer.json: it is not a data dir written by `lmstack prepare`" if data_dir.is_dir()
+                       else "is a file, not a directory" if data_dir.exists() else "does not exist")
+            raise LmstackError(f"data dir '{data_dir}' {problem}; create it with `lmstack prepare --tokenizer DIR "
+                               f"--out {data_dir}` or point --set data_dir=DIR at one")
         return Tokenizer.load(self.cfg.tokenizer_path)
 
     def _with_vocab_size(self, saved_config: dict | None) -> TrainConfig:

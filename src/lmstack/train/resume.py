@@ -12,13 +12,15 @@ from typing import Any
 
 from lmstack.errors import LmstackError
 
-MUST_MATCH = ("model", "batch_size", "seq_len", "tokens_per_step", "seed", "optimizer")
+# The LoRA settings are fine-tuning's (absent from a pretraining config): a LoRA run's checkpoints hold the adapters.
+MUST_MATCH = ("model", "batch_size", "seq_len", "tokens_per_step", "seed", "optimizer", "lora_rank", "lora_alpha",
+              "lora_targets")
 
 
 def check_resumable(checkpoint: Path, saved: dict[str, Any], config: dict[str, Any]) -> None:
     """Refuse to continue `checkpoint`, whose config.json holds `saved`, under `config` if they differ in MUST_MATCH."""
     for key in MUST_MATCH:
-        if key not in saved or saved[key] == config[key]:
+        if key not in saved or key not in config or saved[key] == config[key]:
             continue
         if isinstance(config[key], dict):
             differing = [k for k in config[key] if saved[key].get(k) != config[key][k]]

@@ -24,7 +24,7 @@ class RunDirError(LmstackError):
 def ensure_writable(run_dir: Path) -> None:
     """Create `run_dir` and prove it writable with a real write (a permission check is not enough:
     root passes every permission check, yet a read-only mount or a full disk still refuses)."""
-    fix = "choose another with --set run_dir=PATH (or --set run_name=NAME)"
+    fix = "choose another with --set run_dir=PATH (or --set run_name=NAME; --run-dir DIR where the command has it)"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write_probe.{uuid.uuid4().hex}"

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from safetensors.torch import load_file
 
 from lmstack.config import ConfigError, from_dict, load_config
 from lmstack.errors import LmstackError
 from lmstack.infer.simple import generate
-from lmstack.model.checkpoint import WEIGHTS_FILE, load_model_dir, read_config, save_model_dir
+from lmstack.model.checkpoint import (WEIGHTS_FILE, load_model_dir, load_weights_into, read_config, read_weights,
+                                      save_model_dir)
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import GPT
 from lmstack.train.chat_data import LoadReport, PackedBatch, PackedChatLoader, load_chat_examples
@@ -63,6 +63,10 @@ class SFTConfig(TrainConfig):
             raise ConfigError("init_from is not set: pass the checkpoint dir to fine-tune (--init-from DIR)")
         if self.lora_rank < 0:
             raise ConfigError(f"lora_rank must be >= 0 (0 = full fine-tuning), got {self.lora_rank}")
+        # The adapters' scale is alpha / rank: at 0 they train nothing, below 0 the sign flips.
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ConfigError(f"lora_alpha must be > 0, got {self.lora_alpha}; leave it out for 2 * rank "
+                              "(--lora-alpha N)")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         super().validate()
@@ -97,10 +101,8 @@ class FineTuner(Trainer):
         model = load_model_dir(cfg.init_from, self.device, load_tokenizer=False)[0]
         apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
         if checkpoint is not None:
-            state = load_file(str(Path(checkpoint) / WEIGHTS_FILE), device=str(self.device))
-            if model.cfg.tied:
-                state["lm_head.weight"] = state["tok_emb.weight"]
-            model.load_state_dict(state)
+            weights = Path(checkpoint) / WEIGHTS_FILE
+            load_weights_into(model, read_weights(weights, self.device), weights)
         return model
 
     def reference_model(self) -> GPT | None:

@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_ui(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from lmstack.db import connect
     from lmstack.errors import LmstackError
+    from lmstack.serve.commands import check_can_listen
     from lmstack.web.settings import DashboardSettings, parse_endpoint_keys, parse_endpoints
     from lmstack.web.ui_app import create_ui_app
 
@@ -40,6 +42,12 @@ def run_ui(args: argparse.Namespace) -> int:
     settings = DashboardSettings(**named_root, db_path=Path(args.db) if args.db else None, endpoints=endpoints,
                                  endpoint_keys=parse_endpoint_keys(args.endpoint_key, endpoints))
     api_key = args.api_key or os.environ.get("LMSTACK_API_KEY") or None
+    # The pages open the database and the server binds its port only later; a bad --db or port is found now.
+    if args.db is not None:
+        connect(args.db).close()
+    if not 0 <= args.port < 65536:
+        raise LmstackError(f"--port {args.port}: a port is in [0, 65535] (default 8080)")
+    check_can_listen(args.host, args.port)
     app = create_ui_app(settings, api_key)
     print(f"lmstack ui: dashboard at http://{args.host}:{args.port}/ ({'API key required' if api_key else 'no API key'}); "
           f"runs from '{settings.runs_root}', {len(settings.endpoints)} chat endpoint(s)", flush=True)

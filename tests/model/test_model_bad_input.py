@@ -1,0 +1,113 @@
+"""Damaged checkpoints and outputs in the way: `info`, `export`, `import` as real subprocesses, and the loaders."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from cli_testing import one_line_error, run_cli
+from model_testing import tiny_config
+
+from lmstack.model.checkpoint import CheckpointError, check_model_dir, load_model_dir, save_model_dir
+from lmstack.model.convert_hf import export_hf
+from lmstack.model.gpt import build_model
+
+
+@pytest.fixture
+def ckpt(tmp_path, tiny_tokenizer):
+    return save_model_dir(tmp_path / "ckpt", build_model(tiny_config("llama", vocab_size=tiny_tokenizer.vocab_size)),
+                          tiny_tokenizer)
+
+
+@pytest.mark.parametrize("keep", ["100 bytes", "half"])
+def test_a_truncated_weights_file_is_named_in_one_line(ckpt, tmp_path, keep):
+    """safetensors' SafetensorError was a traceback from every command that reads the weights."""
+    weights = ckpt / "model.safetensors"
+    size = os.path.getsize(weights)
+    os.truncate(weights, 100 if keep == "100 bytes" else size // 2)
+    says = f"'{weights}' cannot be read ("
+    fix = "it is truncated or not a safetensors file; copy it again or write the checkpoint again"
+    for args in (["info", ckpt], ["export", ckpt, tmp_path / "hf"]):
+        message = one_line_error(run_cli(*args), args[0])
+        assert says in message and message.endswith(fix)
+    assert not (tmp_path / "hf").exists()
+    for check in (load_model_dir, check_model_dir):
+        with pytest.raises(CheckpointError, match="it is truncated or not a safetensors file"):
+            check(ckpt)
+
+
+def test_weights_of_another_shape_are_named_not_a_traceback(ckpt):
+    """load_state_dict's size-mismatch RuntimeError (many lines) was a traceback; the header check (for serve,
+    which loads later) finds the same without reading the weights."""
+    config = json.loads((ckpt / "config.json").read_text())
+    config["model"]["n_embd"] = 64
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as loading:
+        load_model_dir(ckpt)
+    assert "does not match its config.json: size mismatch for tok_emb.weight" in str(loading.value)
+    assert "\n" not in str(loading.value)
+    with pytest.raises(CheckpointError, match=r"tok_emb.weight is \[\d+, 32\], the config makes it \[\d+, 64\]"):
+        check_model_dir(ckpt)
+
+
+def test_a_file_where_a_checkpoint_dir_should_be_is_called_a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    message = one_line_error(run_cli("info", tmp_path / "notes.txt"), "info")
+    assert f"checkpoint dir '{tmp_path}/notes.txt' is a file, not a directory" in message
+
+
+def test_export_and_import_never_replace_a_file_a_foreign_dir_or_their_source(ckpt, tmp_path):
+    """The output dir is replaced as a whole: a file there, a dir of other things, or the source itself was
+    deleted without a word. Now each is refused before any work and left as it was."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    message = one_line_error(run_cli("export", ckpt, notes), "export")
+    assert message.endswith(f"output '{notes}' is a file; pass the path of a directory to write (it is created)")
+    assert notes.read_text() == "keep me"
+
+    home = tmp_path / "home"
+    (home / "projects").mkdir(parents=True)
+    (home / "projects" / "thesis.tex").write_text("years of work")
+    message = one_line_error(run_cli("export", ckpt, home), "export")
+    assert f"output '{home}' exists and is not a model dir (it has no config.json)" in message
+    assert (home / "projects" / "thesis.tex").read_text() == "years of work"
+
+    message = one_line_error(run_cli("export", ckpt, ckpt), "export")
+    assert f"output '{ckpt}' is the model being converted; pass another directory" in message
+    load_model_dir(ckpt)  # still our checkpoint
+
+    export_hf(ckpt, tmp_path / "hf")
+    message = one_line_error(run_cli("import", "--from", "hf", tmp_path / "hf", home), "import")
+    assert "is not a model dir" in message and (home / "projects" / "thesis.tex").exists()
+    message = one_line_error(run_cli("import", "--from", "hf", tmp_path / "hf", tmp_path / "hf"), "import")
+    assert "is the model being converted" in message
+    message = one_line_error(run_cli("import", "--from", "hf", tmp_path / "hf", notes / "ckpt"), "import")
+    assert f"cannot write '{notes}/ckpt': '{notes}' is a file, not a directory" in message
+
+    # an earlier output of the same command is what may be replaced
+    for _ in range(2):
+        assert run_cli("export", ckpt, tmp_path / "again").returncode == 0
+        assert run_cli("import", "--from", "hf", tmp_path / "hf", tmp_path / "back").returncode == 0
+
+
+def test_import_checks_the_files_it_copies_or_reads(ckpt, tmp_path):
+    """A broken tokenizer.json was copied into the new checkpoint without a word; a damaged pytorch_model.bin and
+    a nanoGPT file that is not one were tracebacks or many lines of torch's text."""
+    hf = export_hf(ckpt, tmp_path / "hf")
+    (hf / "tokenizer.json").write_text('{"version": ')
+    message = one_line_error(run_cli("import", "--from", "hf", hf, tmp_path / "out"), "import")
+    assert f"'{hf}/tokenizer.json' is not a valid tokenizer.json" in message
+    assert message.endswith("pass a valid one with --tokenizer FILE")
+    assert not (tmp_path / "out").exists()
+
+    (hf / "tokenizer.json").unlink()
+    (hf / "model.safetensors").rename(hf / "pytorch_model.bin")
+    message = one_line_error(run_cli("import", "--from", "hf", hf, tmp_path / "out"), "import")
+    assert f"'{hf}/pytorch_model.bin' cannot be read (" in message and message.endswith("download it again")
+
+    garbage = tmp_path / "ckpt.pt"
+    garbage.write_bytes(b"not a pickle at all")
+    message = one_line_error(run_cli("import", "--from", "nanogpt", garbage, tmp_path / "out"), "import")
+    assert f"'{garbage}' is not a readable nanoGPT checkpoint (" in message
+    assert not (tmp_path / "out").exists()

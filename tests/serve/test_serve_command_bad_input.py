@@ -1,0 +1,63 @@
+"""`lmstack serve` and `lmstack chat` as real subprocesses given bad input: one line, exit code 2, no server.
+
+The server loads its model in the background, once it listens; whatever would make that load fail is found by
+the command first, so that no server is left up with a traceback in its log and a model that never comes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from cli_testing import one_line_error, run_cli
+from serve_helpers import free_port, make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("serve-bad") / "tiny")
+
+
+def damaged_copy(good, tmp_path, damage) -> object:
+    copy = tmp_path / "ckpt"
+    shutil.copytree(good, copy)
+    damage(copy)
+    return copy
+
+
+def truncate_weights(ckpt) -> None:
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:len(weights.read_bytes()) // 2])
+
+
+def widen_the_config(ckpt) -> None:
+    config = json.loads((ckpt / "config.json").read_text())
+    config["model"]["n_embd"] = 128
+    (ckpt / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("damage, says", [
+    (truncate_weights, "model.safetensors' cannot be read (Error while deserializing header: incomplete metadata"),
+    (widen_the_config, "does not match its config.json: tok_emb.weight is [320, 64], the config makes it [320, 128]"),
+    (lambda ckpt: (ckpt / "tokenizer.json").write_text("{"), "tokenizer.json' is not a valid tokenizer.json"),
+    (lambda ckpt: (ckpt / "tokenizer.json").unlink(), "has no tokenizer.json, which this command needs"),
+])
+def test_serve_refuses_a_checkpoint_that_would_fail_to_load(good, tmp_path, damage, says):
+    ckpt = damaged_copy(good, tmp_path, damage)
+    assert says in one_line_error(run_cli("serve", ckpt, "--port", free_port()), "serve")
+
+
+@pytest.mark.parametrize("setting, says", [
+    ("engine.device='tpu'", "device 'tpu' is not one of auto, cuda, mps, cpu"),
+    ("graceful_shutdown_s=-1", "graceful_shutdown_s must be >= 0 (seconds SIGTERM waits for requests in flight)"),
+])
+def test_serve_refuses_settings_that_cannot_work_before_it_listens(good, setting, says):
+    assert says in one_line_error(run_cli("serve", good, "--port", free_port(), "--set", setting), "serve")
+
+
+@pytest.mark.parametrize("flag", ["--model", "--api-key"])
+def test_chat_with_a_checkpoint_refuses_the_flags_of_a_server(good, flag):
+    """They were ignored without a word: the user meant one model and got another."""
+    message = one_line_error(run_cli("chat", good, flag, "x"), "chat")
+    assert message.endswith(f"{flag} is for a server (--url); chatting with the checkpoint '{good}' needs neither: "
+                            f"drop {flag}")

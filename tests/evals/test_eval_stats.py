@@ -94,3 +94,36 @@ def test_pass_at_k_by_hand():
     assert stats.pass_at_k(5, 2, 2) == pytest.approx(0.7)
     assert stats.pass_hat_k(5, 2, 2) == pytest.approx(0.1)
     assert stats.pass_at_k(5, 0, 1) == 0.0 and stats.pass_hat_k(5, 5, 3) == 1.0
+
+
+def test_one_sample_has_no_stderr_or_interval():
+    # One value measures no spread: no stderr and no CI (None in the stored summary), not a certain [x, x].
+    one = stats.summarize([0.5])
+    assert one.mean == 0.5 and one.n == 1
+    assert math.isnan(one.stderr) and math.isnan(one.ci_low) and math.isnan(one.ci_high)
+
+
+def test_paired_p_value_is_the_exact_sign_flip_test_on_few_samples():
+    # 3 differences, all negative: of the 2^3 sign assignments, only all-minus and all-plus reach
+    # |mean| >= the observed one, so p = 2/8 -- not the ~0 a bootstrap that never crosses zero reports.
+    result = stats.paired_bootstrap([0.3, 0.5, 0.2], [0.1, 0.45, 0.1])
+    assert result.mean_diff == pytest.approx(-0.35 / 3) and result.p_value == pytest.approx(0.25)
+    assert stats.paired_bootstrap([1.0], [0.5]).p_value == 1.0  # one pair can show nothing
+    assert stats.paired_bootstrap([0.5] * 6, [0.4] * 6).p_value == pytest.approx(2 / 64)  # the sign test
+    # diffs 1, 2, 3, -0.5 (|sum| 5.5): sums of +-1, +-2, +-3, +-0.5 with |sum| >= 5.5 are 6.5, 5.5 and their negatives
+    assert stats.paired_bootstrap([0, 0, 0, 0], [1, 2, 3, -0.5]).p_value == pytest.approx(4 / 16)
+
+
+def test_paired_p_value_flips_whole_groups():
+    # Two groups with summed differences -0.3 and -0.2: 4 assignments, 2 reach |sum| 0.5 -> p = 1/2.
+    a, b = [0.5, 0.5, 0.5, 0.5], [0.4, 0.3, 0.4, 0.4]
+    assert stats.paired_bootstrap(a, b, groups=["x", "x", "y", "y"]).p_value == pytest.approx(0.5)
+
+
+def test_paired_p_value_on_many_samples_matches_the_normal_approximation():
+    rng = np.random.default_rng(3)
+    diffs = rng.normal(0.1, 1.0, size=400)
+    z = diffs.mean() / (diffs.std(ddof=1) / math.sqrt(len(diffs)))
+    expected = math.erfc(abs(z) / math.sqrt(2))  # two-sided normal p-value
+    result = stats.paired_bootstrap(np.zeros(400), diffs, n_boot=20000, seed=1)
+    assert result.p_value == pytest.approx(expected, abs=0.01)

@@ -25,6 +25,11 @@ class ModelCallError(LmstackError):
     """The model endpoint failed for good (after retries) or rejected the request."""
 
 
+class IncompleteStreamError(Exception):
+    """A streamed reply ended (the connection closed cleanly) before its finish_reason: retried like a cut
+    connection, since what arrived is only the start of the reply."""
+
+
 @dataclass(slots=True)
 class ToolCall:
     id: str
@@ -94,20 +99,34 @@ class RetryPolicy:
     base_delay_s: float = 0.5
     max_delay_s: float = 20.0
 
+    max_retry_after_s: float = 60.0  # the longest Retry-After honoured; a longer one fails the call now
+
     def delay(self, attempt: int) -> float:
         """Full jitter: uniform in [0, base * 2^attempt], so many clients retrying don't move in lockstep."""
         return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** attempt))
 
 
+class RetryAfterTooLong(Exception):
+    def __init__(self, seconds: float, policy: RetryPolicy):
+        super().__init__(f"the endpoint asked to retry after {seconds:g} s, longer than the "
+                         f"{policy.max_retry_after_s:g} s waited at most; try again later")
+
+
 def with_retries(call: Callable[[], T], is_retryable: Callable[[BaseException], bool], policy: RetryPolicy,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
+                 sleep: Callable[[float], None] = time.sleep,
+                 retry_after: Callable[[BaseException], float | None] = lambda err: None) -> T:
+    """`call()`, retried with backoff on the errors `is_retryable` accepts. When the endpoint says how long to wait
+    (`retry_after`: a 429's or 503's Retry-After), the wait is at least that, as OpenAI's and vLLM's clients do."""
     for attempt in range(policy.max_attempts):
         try:
             return call()
         except Exception as err:
             if not is_retryable(err) or attempt == policy.max_attempts - 1:
                 raise
-            sleep(policy.delay(attempt))
+            asked = retry_after(err)
+            if asked is not None and asked > policy.max_retry_after_s:
+                raise RetryAfterTooLong(asked, policy) from err
+            sleep(max(policy.delay(attempt), asked or 0.0))
     raise AssertionError("unreachable")
 
 
@@ -164,9 +183,12 @@ class OpenAIClient:
             kwargs.update(logprobs=True, top_logprobs=5)
         call = self._streamed if self.stream else self._whole
         try:
-            return with_retries(lambda: call(kwargs), _is_retryable, self.retry)
-        except openai.APIError as err:
+            return with_retries(lambda: call(kwargs), _is_retryable, self.retry, retry_after=_retry_after_s)
+        except (openai.APIError, IncompleteStreamError) as err:
             raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url} failed: {err}") from None
+        except RetryAfterTooLong as err:
+            raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url} failed: {err.__cause__}; "
+                                 f"{err}") from None
 
     def _whole(self, kwargs: dict[str, Any]) -> ModelResponse:
         completion = self.sdk.chat.completions.create(**kwargs)
@@ -179,7 +201,7 @@ class OpenAIClient:
 
     def _streamed(self, kwargs: dict[str, Any]) -> ModelResponse:
         stream = self.sdk.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
-        text, calls, entries, usage, finish, model = [], {}, [], Usage(), "stop", self.model
+        text, calls, entries, usage, finish, model = [], {}, [], Usage(), None, self.model
         got_logprobs = False
         for chunk in stream:
             model = chunk.model or model
@@ -197,6 +219,9 @@ class OpenAIClient:
                     got_logprobs = True
                     entries.extend(choice.logprobs.content)
                 finish = choice.finish_reason or finish
+        if finish is None:  # else a reply cut mid-sentence would pass as the final answer
+            raise IncompleteStreamError(f"the stream ended after {len(''.join(text))} characters without a "
+                                        "finish_reason: the reply is incomplete")
         tool_calls = [ToolCall(**calls[i]) for i in sorted(calls)]
         return ModelResponse("".join(text), tool_calls, usage, _convert_logprobs(entries) if got_logprobs else None,
                              finish, model)
@@ -208,9 +233,27 @@ def _convert_logprobs(entries: list | None) -> list[TokenLogprob] | None:
     return [TokenLogprob(e.token, e.logprob, [(t.token, t.logprob) for t in e.top_logprobs or []]) for e in entries]
 
 
+def _retry_after_s(err: BaseException) -> float | None:
+    """The Retry-After of a 429 or 5xx, in seconds (a number; the HTTP-date form is rare from model servers)."""
+    import openai
+
+    if not isinstance(err, openai.APIStatusError):
+        return None
+    value = err.response.headers.get("retry-after-ms")
+    scale = 1000.0
+    if value is None:
+        value, scale = err.response.headers.get("retry-after"), 1.0
+    try:
+        seconds = float(value) / scale
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds >= 0 and math.isfinite(seconds) else None
+
+
 def _is_retryable(err: BaseException) -> bool:
     import openai
 
-    if isinstance(err, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
+    if isinstance(err, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
+                        IncompleteStreamError)):
         return True
     return isinstance(err, openai.APIStatusError) and err.status_code >= 500

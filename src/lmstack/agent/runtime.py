@@ -61,9 +61,8 @@ class AgentRuntime:
     # ---- the loop ---------------------------------------------------------------------------------
     def run(self) -> RunRecord:
         record = get_run(self.conn, self.run_id)
-        if record.status not in RESUMABLE:
-            return record
-        claim_run(self.conn, self.run_id)
+        if record.status not in RESUMABLE or not claim_run(self.conn, self.run_id):
+            return get_run(self.conn, self.run_id)
         self.record = record
         self.session_start, self.active_before = time.monotonic(), record.active_seconds
         self.spend = Spend()
@@ -81,6 +80,13 @@ class AgentRuntime:
             self._finish(stop.status, stop.reason, stop.answer)
         except ModelCallError as err:
             self._finish("failed", str(err), None)
+        except BaseException as err:  # Ctrl-C, SIGTERM's handler, a bug: the run stays `running`, resumable,
+            try:                       # and says why it stopped
+                update_run(self.conn, self.run_id, stop_reason=f"interrupted ({type(err).__name__}: {err}); "
+                           f"`lmstack agent resume {self.run_id}` continues from the last completed step")
+            except sqlite3.Error:
+                pass  # the database itself failed: the error being raised says so
+            raise
         finally:
             self.progress.close()
         return get_run(self.conn, self.run_id)
@@ -116,6 +122,16 @@ class AgentRuntime:
             if "stop" in policies:
                 flagged = [e for e in events if getattr(monitors, e.monitor) == "stop"][0]
                 raise StopRun("stopped_by_monitor", f"{flagged.monitor}: {flagged.text!r}: {flagged.detail}")
+            if not response.tool_calls and not response.text.strip():
+                # Neither an answer nor a call: re-asked like a monitor's retry, then the run fails saying so,
+                # rather than `completed` with a blank answer.
+                if attempt == monitors.max_retries:
+                    raise StopRun("failed", f"the model's reply at step {step} was empty (finish_reason "
+                                  f"{response.finish_reason!r}) after {attempt + 1} tries: no answer and no tool "
+                                  "call; check the model and max_output_tokens, then start a new run")
+                messages.append({"role": "user", "content": "Your last message was empty. Answer the task, or "
+                                 "call one of the tools."})
+                continue
             # Re-asking only fits a message without tool calls: a call must be answered by its result.
             if "retry" not in policies or response.tool_calls or attempt == monitors.max_retries:
                 return response

@@ -110,15 +110,19 @@ def update_run(conn: sqlite3.Connection, run_id: str, **fields: Any) -> None:
                      (*fields.values(), time.time(), run_id))
 
 
-def claim_run(conn: sqlite3.Connection, run_id: str) -> None:
-    """Mark this process as the run's executor; refuse if another live process already is."""
+def claim_run(conn: sqlite3.Connection, run_id: str) -> bool:
+    """Mark this process as the run's executor; refuse if another live process already is. False, claiming
+    nothing, when the run has ended (another process finished it since the caller read its status)."""
     with transaction(conn):
         row = conn.execute("SELECT status, owner_pid FROM agent_runs WHERE id = ?", (run_id,)).fetchone()
+        if row["status"] not in RESUMABLE:
+            return False
         owner = row["owner_pid"]
         if row["status"] == "running" and owner and owner != os.getpid() and _alive(owner):
             raise LmstackError(f"run '{run_id}' is being executed by process {owner}; wait for it or stop it first")
         conn.execute("UPDATE agent_runs SET owner_pid = ?, status = 'running', stop_reason = NULL, updated_at = ? "
                      "WHERE id = ?", (os.getpid(), time.time(), run_id))
+    return True
 
 
 def _alive(pid: int) -> bool:

@@ -12,10 +12,10 @@ per call; it must record its effect keyed by it, so a call re-run after a crash 
 
 from __future__ import annotations
 
-import concurrent.futures
 import inspect
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, get_type_hints
@@ -180,22 +180,40 @@ class ToolRegistry:
             kwargs[t.context_parameter] = context
         last_error = ""
         for attempt in range(t.retries + 1):
-            # A thread per attempt: a timed-out call is abandoned (Python cannot kill a thread), which is
-            # why tools that run code use the sandbox, whose subprocess has its own wall-clock kill.
-            pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-            future = pool.submit(t.function, **kwargs)
-            try:
-                value = future.result(timeout=t.timeout_s)
-                return ToolResult(prepared.call_id, t.name, _to_text(value))
-            except concurrent.futures.TimeoutError:
+            outcome = _call_with_timeout(t.function, kwargs, t.timeout_s)
+            if outcome is None:
                 last_error, kind = f"Error: tool '{t.name}' timed out after {t.timeout_s:g} s.", "timeout"
-            except Exception as err:  # the tool's failure is the model's information, not our crash
-                last_error, kind = f"Error: tool '{t.name}' raised {type(err).__name__}: {err}", "exception"
-            finally:
-                pool.shutdown(wait=False)
+            elif isinstance(outcome, BaseException):  # the tool's failure is the model's information, not our crash
+                last_error, kind = f"Error: tool '{t.name}' raised {type(outcome).__name__}: {outcome}", "exception"
+            else:
+                return ToolResult(prepared.call_id, t.name, _to_text(outcome[0]))
             if attempt < t.retries:
                 time.sleep(min(2.0, 0.1 * 2 ** attempt))
         return ToolResult(prepared.call_id, t.name, last_error, False, kind)
+
+
+def _call_with_timeout(function: Callable[..., Any], kwargs: dict[str, Any], timeout_s: float
+                       ) -> tuple[Any] | BaseException | None:
+    """`(value,)`, the exception the function raised, or None when it ran past `timeout_s`.
+
+    A daemon thread per call: a timed-out call is abandoned (Python cannot kill a thread), and a daemon thread
+    does not keep the process alive after the run has ended, as a pool's worker would (the interpreter joins
+    those at exit). Tools that run code use the sandbox, whose subprocess has its own wall-clock kill.
+    Everything the tool raises is caught, SystemExit and KeyboardInterrupt included: raised in the tool's own
+    thread they are the tool's failure, and let through they would crash the run again at every resume.
+    """
+    outcome: list[tuple[Any] | BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append((function(**kwargs),))
+        except BaseException as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=target, name=f"tool-{getattr(function, '__name__', 'call')}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return outcome[0] if outcome else None
 
 
 def _to_text(value: Any) -> str:

@@ -111,8 +111,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = {"epochs": args.epochs, "seed": args.seed, "limit": args.limit, "max_tokens": args.max_tokens,
                  "temperature": args.temperature,
                  "reducers": [r.strip() for r in args.reducers.split(",")] if args.reducers else None}
-    outcome = run_eval(task, model, store, judge=judge, overrides=overrides, run_id=args.run_id,
-                       resume=args.resume, max_workers=args.max_concurrency + (args.max_concurrency if judge else 0))
+    try:
+        outcome = run_eval(task, model, store, judge=judge, overrides=overrides, run_id=args.run_id, resume=args.resume,
+                           max_workers=args.max_concurrency + (args.max_concurrency if judge else 0))
+    except KeyboardInterrupt as err:
+        for note in getattr(err, "__notes__", []):  # how to resume the run
+            print(note, file=sys.stderr)
+        raise
     print(format_scores([store.run(outcome.run_id)]))
     print(f"run {outcome.run_id}: {outcome.summary['results']} results, {outcome.summary['errors']} errors, "
           f"{outcome.requests_made} model requests made (the rest from the cache)")

@@ -7,12 +7,14 @@ that is significant at `alpha`; only regressions fail a CI gate, so seed noise d
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from lmstack.errors import LmstackError
 from lmstack.evals import stats
-from lmstack.evals.store import RunRecord, Store
+from lmstack.evals.store import RunRecord, SampleRecord, Store
 from lmstack.evals.summary import per_sample
 
 
@@ -25,6 +27,8 @@ class ScorerComparison:
     scorer: str
     test: str  # 'mcnemar' | 'paired_bootstrap'
     n: int  # samples scored in both runs
+    n_a: int  # samples run A scored (errors and samples B lacks are not compared)
+    n_b: int
     mean_a: float
     mean_b: float
     diff: float  # mean_b - mean_a
@@ -55,6 +59,7 @@ def compare_runs(store: Store, run_a: str, run_b: str, alpha: float = 0.05, seed
     shared = sorted(set(a.config.get("scorers", [])) & set(b.config.get("scorers", [])))
     if not shared:
         raise CompareError(f"runs '{run_a}' and '{run_b}' share no scorer; compare runs of the same task")
+    _check_same_samples(run_a, records_a, run_b, records_b)
     out = []
     for scorer in shared:
         values_a, values_b = per_sample(records_a, scorer), per_sample(records_b, scorer)
@@ -64,6 +69,21 @@ def compare_runs(store: Store, run_a: str, run_b: str, alpha: float = 0.05, seed
         higher = a.config.get("higher_is_better", {}).get(scorer, True)
         out.append(_compare_scorer(scorer, ids, values_a, values_b, higher, alpha, seed))
     return Comparison(a, b, alpha, out)
+
+
+def _check_same_samples(run_a: str, records_a: list[SampleRecord], run_b: str, records_b: list[SampleRecord]) -> None:
+    """Pairing by id is only sound when an id names the same sample in both runs: unrelated datasets
+    (rows numbered by line, say) share ids but not questions, and their "paired" test would be noise."""
+    def content(records: list[SampleRecord]) -> dict[str, str]:
+        return {r.sample_id: json.dumps([r.sample.get("input"), r.sample.get("target")], sort_keys=True, default=str)
+                for r in records}
+
+    in_a, in_b = content(records_a), content(records_b)
+    differ = sorted(i for i in set(in_a) & set(in_b) if in_a[i] != in_b[i])
+    if differ:
+        raise CompareError(f"sample '{differ[0]}' (and {len(differ) - 1} more) has a different input or target in "
+                           f"run '{run_a}' than in run '{run_b}': the runs evaluated different datasets, so their "
+                           "samples cannot be paired; compare runs of the same task and dataset version")
 
 
 def _compare_scorer(scorer: str, ids: list[str], values_a: dict, values_b: dict, higher: bool,
@@ -83,7 +103,9 @@ def _compare_scorer(scorer: str, ids: list[str], values_a: dict, values_b: dict,
     worse = diff < 0 if higher else diff > 0
     significant = p_value < alpha and diff != 0
     flips = [{"sample_id": i, "a": va, "b": vb} for i, va, vb in zip(ids, xa, xb) if va != vb]
-    return ScorerComparison(scorer, name, len(ids), mean_a, mean_b, diff, p_value, low, high, higher,
+    low, high = (None, None) if low is None or math.isnan(low) else (low, high)  # one pair has no interval
+    return ScorerComparison(scorer, name, len(ids), len(values_a), len(values_b), mean_a, mean_b, diff, p_value,
+                            low, high, higher,
                             regression=significant and worse, improvement=significant and not worse, flips=flips)
 
 
@@ -95,6 +117,8 @@ def format_comparison(comparison: Comparison, max_flips: int = 20) -> str:
         verdict = "REGRESSION" if s.regression else "improvement" if s.improvement else "no significant change"
         lines.append(f"{s.scorer:<16} {s.n:>5} {s.mean_a:>8.4f} {s.mean_b:>8.4f} {s.diff:>+8.4f} {s.p_value:>8.4f}"
                      f"  {s.test:<17} {verdict}")
+        if s.n < max(s.n_a, s.n_b):
+            lines.append(f"    compared on the {s.n} samples scored in both runs (A scored {s.n_a}, B {s.n_b})")
         for flip in s.flips[:max_flips]:
             lines.append(f"    flip {flip['sample_id']}: {flip['a']:g} -> {flip['b']:g}")
         if len(s.flips) > max_flips:

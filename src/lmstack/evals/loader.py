@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import inspect
+import traceback
 import typing
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 
 from lmstack.config import ConfigError, _coerce, _parse_cli_value, from_dict
+from lmstack.errors import LmstackError
 from lmstack.evals import builtin  # noqa: F401  (registers the built-in tasks, solvers and scorers)
 from lmstack.evals.dataset import FieldMap, load_dataset
 from lmstack.evals.task import SCORERS, SOLVERS, TASKS, Task, TaskConfig, TaskError
@@ -47,7 +49,23 @@ def _build(factory, task_args: dict[str, Any], spec: str) -> Task:
     if unknown:
         raise TaskError(f"task '{spec}' has no argument '{unknown[0]}'; it takes: {', '.join(accepted) or 'none'}")
     hints = _annotations(factory) if task_args else {}
-    return factory(**{k: _task_arg(k, hints.get(k, Any), v, spec) for k, v in task_args.items()})
+    kwargs = {k: _task_arg(k, hints.get(k, Any), v, spec) for k, v in task_args.items()}
+    try:
+        return factory(**kwargs)
+    except LmstackError:  # already says what is wrong and how to fix it (a missing dataset file, say)
+        raise
+    except Exception as err:  # the user's task function: say where it failed, as the traceback would
+        raise TaskError(f"task '{spec}' failed while building it: {type(err).__name__}: {err} "
+                        f"({_where(err)}); fix the task function") from err
+
+
+def _where(err: BaseException) -> str:
+    """The innermost frame of a traceback, as `file line N, in function`."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return "no traceback"
+    frame = frames[-1]
+    return f"{frame.filename} line {frame.lineno}, in {frame.name}"
 
 
 def _annotations(factory) -> dict[str, Any]:
@@ -89,7 +107,13 @@ def _task_from_file(path: Path, name: str | None):
     before = set(TASKS)
     module_spec = importlib.util.spec_from_file_location(f"lmstack_user_tasks.{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise TaskError(f"task file '{path}' line {err.lineno}: {err.msg}; fix the Python syntax") from None
+    except Exception as err:  # an import that fails, a module-level bug
+        raise TaskError(f"task file '{path}' failed on import: {type(err).__name__}: {err} ({_where(err)}); "
+                        "fix the file") from err
     defined = [n for n in TASKS if n not in before or getattr(module, n, None) is TASKS[n]]
     if name is None:
         if len(defined) != 1:
@@ -117,15 +141,25 @@ def load_yaml_task(path: Path) -> Task:
         raise TaskError(f"task file '{path}' is not valid YAML ({yaml_problem(err)}); fix the file") from None
     if not isinstance(spec, dict) or "dataset" not in spec:
         raise TaskError(f"task file '{path}' needs at least 'dataset', 'solver' and 'scorer' keys")
-    fields = from_dict(FieldMap, spec.get("fields") or {})
+    try:
+        fields = from_dict(FieldMap, _mapping(spec, "fields", path))
+        config = from_dict(TaskConfig, _mapping(spec, "config", path))
+    except ConfigError as err:
+        raise TaskError(f"task file '{path}': {err}") from None
     dataset = load_dataset(str(spec["dataset"]), base_dir=path.parent, fields=fields, split=spec.get("split", "test"))
     solvers = [_component(SOLVERS, "solver", item, path) for item in _as_list(spec.get("solver", ["generate"]))]
     scorers = [_component(SCORERS, "scorer", item, path) for item in _as_list(spec.get("scorer"))]
     if not scorers:
         raise TaskError(f"task file '{path}' has no scorer; add e.g. `scorer: [exact]`")
-    config = from_dict(TaskConfig, spec.get("config") or {})
     return Task(dataset=dataset, solver=solvers, scorer=scorers, config=config,
                 name=spec.get("name", path.stem), description=spec.get("description", ""))
+
+
+def _mapping(spec: dict, key: str, path: Path) -> dict:
+    value = spec.get(key) or {}
+    if not isinstance(value, dict):
+        raise TaskError(f"task file '{path}': '{key}' must be a mapping (key: value lines), got {value!r}")
+    return value
 
 
 def _as_list(value: Any) -> list:
@@ -138,7 +172,10 @@ def _component(registry: dict, kind: str, item: Any, path: Path):
         raise TaskError(f"task file '{path}': a {kind} is a name or {{name: {{arguments}}}}, got {item!r}")
     if name not in registry:
         raise TaskError(f"task file '{path}': unknown {kind} '{name}'; known: {', '.join(sorted(registry))}")
+    if not isinstance(kwargs or {}, dict):
+        raise TaskError(f"task file '{path}': {kind} '{name}': arguments must be a mapping, e.g. "
+                        f"{{{name}: {{key: value}}}}, got {kwargs!r}")
     try:
         return registry[name](**(kwargs or {}))
-    except TypeError as err:
-        raise TaskError(f"task file '{path}': {kind} '{name}': {err}") from None
+    except Exception as err:  # a wrong argument, a bad regex pattern: the file's to fix
+        raise TaskError(f"task file '{path}': {kind} '{name}': {err}; fix its arguments") from None

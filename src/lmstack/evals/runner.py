@@ -8,8 +8,9 @@
 4. Summarize: epochs reduced per sample, mean / SE / bootstrap CI per scorer, usage and cost.
 
 A failure inside one sample (bad dataset row, model endpoint down, a solver or scorer raising) is
-recorded on that sample with its reason; the run goes on. Any other exception marks the run 'failed'
-with the error (its finished samples are kept for `--resume`) and is raised again.
+recorded on that sample with its reason; the run goes on, and `--resume` retries it. Any other exception,
+and Ctrl-C, marks the run 'failed' with the reason (its finished samples are kept for `--resume`) and is
+raised again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from lmstack.evals.sample import Sample, Score, TaskState
 from lmstack.evals.solvers import SolveContext
 from lmstack.evals.store import SampleRecord, Store
 from lmstack.evals.summary import check_reducer, summarize_run
-from lmstack.evals.task import Task, TaskConfig, scorer_name
+from lmstack.evals.task import Task, TaskConfig, TaskError, scorer_name
 from lmstack.train.runinfo import code_version
 
 
@@ -63,6 +64,9 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
              overrides: dict[str, Any] | None = None, run_id: str | None = None, resume: str | None = None,
              max_workers: int = 8, progress: bool = True) -> RunOutcome:
     config = resolve_config(task, overrides or {})
+    if not task.dataset:
+        raise TaskError(f"task '{task.name}' has no samples (an empty dataset file, or a filter that kept nothing); "
+                        "give it at least one row")
     check_unique_ids(task.dataset)
     scorer_names = [scorer_name(s) for s in task.scorers]
     higher = {scorer_name(s): getattr(s, "higher_is_better", True) for s in task.scorers}
@@ -84,6 +88,11 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
         summary = summarize_run(store.samples(run_id), config.reducers, higher, seed=config.seed)
     except Exception as err:  # a bug or a broken database, not a sample's failure: `eval list` must not say 'running'
         store.fail_run(run_id, f"{type(err).__name__}: {err}")
+        raise
+    except KeyboardInterrupt as err:  # Ctrl-C: finished samples are saved; the rest wait for --resume
+        store.fail_run(run_id, f"interrupted; continue it with --resume {run_id}")
+        if hasattr(err, "add_note"):  # Python 3.11+; `lmstack eval run` prints it
+            err.add_note(f"run {run_id} stopped; its finished samples are kept: continue it with --resume {run_id}")
         raise
     store.finish_run(run_id, summary)
     requests = model.requests_made + (judge.requests_made if judge else 0)

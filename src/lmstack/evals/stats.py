@@ -72,8 +72,8 @@ def bootstrap_ci(values: Sequence[float], groups: Sequence[object] | None = None
                  seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean; with `groups`, whole groups are resampled."""
     x = np.asarray(values, dtype=np.float64)
-    if len(x) == 0:
-        return (math.nan, math.nan)
+    if len(x) < 2:
+        return (math.nan, math.nan)  # one value has no spread to resample: no interval, not a zero-width one
     means = _resampled_means(x, groups, n_boot, np.random.default_rng(seed))
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
@@ -99,6 +99,8 @@ def summarize(values: Sequence[float], groups: Sequence[object] | None = None, n
     x = [float(v) for v in values]
     if not x:
         return Summary(math.nan, math.nan, math.nan, math.nan, 0, 0)
+    if len(x) == 1:  # one sample measures no uncertainty; a stderr of 0 and a zero-width CI would claim certainty
+        return Summary(x[0], math.nan, math.nan, math.nan, 1, 1)
     clusters = clusters_to_use(groups)
     stderr = mean_stderr(x) if clusters is None else clustered_stderr(x, clusters)
     low, high = bootstrap_ci(x, clusters, n_boot=n_boot, seed=seed)
@@ -139,24 +141,51 @@ class PairedBootstrap:
 
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], groups: Sequence[object] | None = None,
                      n_boot: int = 5000, seed: int = 0, confidence: float = 0.95) -> PairedBootstrap:
-    """Bootstrap of the mean per-sample difference b - a; two-sided p-value from the centred resamples.
+    """The mean per-sample difference b - a: a bootstrap CI, and the p-value of a paired sign-flip test.
 
-    The p-value is the share of resampled mean differences, shifted to have mean zero (the null),
-    that are at least as far from zero as the observed one.
+    The p-value is not read off the bootstrap: a bootstrap of 2 or 3 differences of one sign never
+    crosses zero and would report p ~ 0. Under "no difference" each difference (each group's summed
+    difference, with `groups`) is as likely positive as negative, so the p-value is the share of sign
+    assignments whose |mean| is at least the observed one: exact (all 2^m assignments) for up to 16
+    units, Monte Carlo beyond. One unit gives p = 1; m units all of one sign give at least 2 / 2^m.
     """
     assert len(a) == len(b), "paired test needs the same samples in both runs"
     diffs = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
     if len(diffs) == 0:
         return PairedBootstrap(math.nan, math.nan, math.nan, 1.0)
     observed = float(diffs.mean())
+    p_value = sign_flip_p_value(diffs, groups, n_boot, seed)
+    if len(diffs) < 2:
+        return PairedBootstrap(observed, math.nan, math.nan, p_value)
     if np.allclose(diffs, diffs[0]):
-        return PairedBootstrap(observed, observed, observed, 1.0 if observed == 0 else 0.0)
+        return PairedBootstrap(observed, observed, observed, p_value)
     means = _resampled_means(diffs, groups, n_boot, np.random.default_rng(seed))
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
-    centred = means - means.mean()
-    p_value = float((np.abs(centred) >= abs(observed)).mean())
-    return PairedBootstrap(observed, float(low), float(high), max(p_value, 1.0 / n_boot))
+    return PairedBootstrap(observed, float(low), float(high), p_value)
+
+
+def sign_flip_p_value(diffs: np.ndarray, groups: Sequence[object] | None = None, n_perm: int = 5000,
+                      seed: int = 0, exact_up_to: int = 16) -> float:
+    """Two-sided p-value of the paired randomization test: signs of the (group-summed) differences flipped."""
+    if groups is None:
+        units = diffs
+    else:
+        keys = list(dict.fromkeys(groups))
+        position = {k: i for i, k in enumerate(keys)}
+        units = np.bincount([position[g] for g in groups], weights=diffs, minlength=len(keys))
+    observed = abs(float(units.sum()))
+    if observed == 0:
+        return 1.0
+    if len(units) <= exact_up_to:
+        signs = 1 - 2 * ((np.arange(2 ** len(units))[:, None] >> np.arange(len(units))) & 1)
+    else:
+        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_perm, len(units)))
+    totals = np.abs(signs @ units)
+    extreme = int((totals >= observed * (1 - 1e-9)).sum())  # the tolerance keeps float ties as ties
+    if len(units) <= exact_up_to:
+        return extreme / len(signs)
+    return (extreme + 1) / (len(signs) + 1)  # the observed assignment counts as one of the draws
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:

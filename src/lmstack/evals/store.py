@@ -149,11 +149,13 @@ class Store:
                  record.error, time.time()))
 
     def completed(self, run_id: str) -> set[tuple[str, int]]:
-        """(sample id, epoch) pairs finished without a model/solver error (errors are retried on resume)."""
+        """(sample id, epoch) pairs finished without an error. Sample errors and scorer errors (a judge endpoint
+        that was down, say) are retried on resume; the model calls that did succeed come from the cache."""
         with self.lock:
-            rows = self.conn.execute("SELECT sample_id, epoch FROM eval_samples WHERE run_id = ? AND status = 'done'",
-                                     (run_id,)).fetchall()
-        return {(r["sample_id"], r["epoch"]) for r in rows}
+            rows = self.conn.execute("SELECT sample_id, epoch, scores FROM eval_samples "
+                                     "WHERE run_id = ? AND status = 'done'", (run_id,)).fetchall()
+        return {(r["sample_id"], r["epoch"]) for r in rows
+                if not any(score.get("error") for score in json.loads(r["scores"]).values())}
 
     def samples(self, run_id: str) -> list[SampleRecord]:
         with self.lock:

@@ -9,6 +9,8 @@ crashes and re-sends a request gets the same answer (what durable-run tests need
      "logprobs": [{"token": "It", "logprob": -0.1, "top_logprobs": [...]}, ...],  # optional
      "usage": {"prompt_tokens": 10, "completion_tokens": 3},                       # optional
      "fail": [429, 500],   # the first attempts at this turn get these HTTP statuses
+     "retry_after": 1.5,   # ... with this Retry-After header (seconds)
+     "stream_cut": 1,      # the first attempts streamed stop after the first content chunk (no finish, no [DONE])
      "delay_s": 0.2,       # sleep before answering (timeouts, crash tests)
      "samples": ["a", "b"],  # contents for sampled (temperature > 0) calls, round-robin
      "answers": {"last user message": "content" or ["picked", "by", "request seed"], "*": "fallback"}}
@@ -72,7 +74,9 @@ def build_app(script: dict[str, Any]) -> FastAPI:
             await asyncio.sleep(turn["delay_s"])
         failures = turn.get("fail", [])
         if attempt < len(failures):
-            return JSONResponse({"error": {"message": "scripted failure"}}, status_code=failures[attempt])
+            headers = {"retry-after": str(turn["retry_after"])} if "retry_after" in turn else None
+            return JSONResponse({"error": {"message": "scripted failure"}}, status_code=failures[attempt],
+                                headers=headers)
         content = turn.get("content")
         if turn.get("samples") and (body.get("temperature") or 0) > 0:
             samples = turn["samples"]
@@ -89,7 +93,8 @@ def build_app(script: dict[str, Any]) -> FastAPI:
         finish = "tool_calls" if message.get("tool_calls") else "stop"
         if body.get("stream"):
             include_usage = (body.get("stream_options") or {}).get("include_usage", False)
-            chunks = _stream_chunks(name, message, logprobs, finish, usage if include_usage else None)
+            chunks = _stream_chunks(name, message, logprobs, finish, usage if include_usage else None,
+                                    cut=attempt - len(failures) < turn.get("stream_cut", 0))
             return StreamingResponse(chunks, media_type="text/event-stream")
         choice = {"index": 0, "message": message, "finish_reason": finish,
                   "logprobs": {"content": logprobs} if logprobs is not None else None}
@@ -135,7 +140,8 @@ def _logprobs(turn: dict, content: str | None) -> list[dict]:
     return entries
 
 
-async def _stream_chunks(model: str, message: dict, logprobs: list[dict] | None, finish: str, usage: dict | None):
+async def _stream_chunks(model: str, message: dict, logprobs: list[dict] | None, finish: str, usage: dict | None,
+                         cut: bool = False):
     def chunk(delta: dict, finish_reason: str | None = None, chunk_logprobs=None) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason,
                   "logprobs": {"content": chunk_logprobs} if chunk_logprobs is not None else None}
@@ -148,6 +154,8 @@ async def _stream_chunks(model: str, message: dict, logprobs: list[dict] | None,
         pieces = [entry["token"] for entry in logprobs] if logprobs else _tokens(message["content"])
         for i, piece in enumerate(pieces):
             yield chunk({"content": piece}, chunk_logprobs=[logprobs[i]] if logprobs else None)
+            if cut:  # the connection ends cleanly mid-reply, as when a proxy or the server gives up
+                return
     for index, call in enumerate(message.get("tool_calls", [])):
         arguments = call["function"]["arguments"]
         half = len(arguments) // 2

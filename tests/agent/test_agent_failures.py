@@ -1,0 +1,154 @@
+"""How a run ends when the endpoint, the model's output or a tool misbehaves (scripted server, real SQLite,
+`lmstack agent` as a real subprocess where the process itself is what is tested)."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent_helpers import call, run_agent
+from lmstack.agent.builtin_tools import calculator
+from lmstack.agent.client import ModelCallError, OpenAIClient, RetryPolicy
+from lmstack.agent.journal import Journal
+from lmstack.agent.launch import open_database
+from lmstack.agent.settings import AgentConfig
+from lmstack.agent.store import claim_run, create_run, get_run, update_run
+from lmstack.agent.testing.scripted_server import ScriptedServer
+from lmstack.agent.tools import tool
+from lmstack.config import to_dict
+
+FAILURE_TOOLS = Path(__file__).with_name("failure_tools.py")
+
+
+@tool
+def exits(code: int) -> str:
+    """Call sys.exit, as a tool wrapping a CLI might.
+
+    Args:
+        code: the exit status.
+    """
+    sys.exit(code)
+
+
+@tool
+def interrupts(note: str) -> str:
+    """Raise KeyboardInterrupt from inside the tool.
+
+    Args:
+        note: anything.
+    """
+    raise KeyboardInterrupt(note)
+
+
+SCRIPT = {"scripts": {
+    "cut": [{"content": "The answer is 42 and here is why", "stream_cut": 1}],
+    "cut_always": [{"content": "The answer is 42 and here is why", "stream_cut": 10}],
+    "rate_limited": [{"fail": [429], "retry_after": 1.5, "content": "after the wait"}],
+    "rate_limited_long": [{"fail": [429], "retry_after": 3600, "content": "never"}],
+    "empty": [{"content": ""}, {"content": "  \n "}],
+    "empty_then_answer": [{"content": " "}, {"content": "42"}],
+    "raising": [{"tool_calls": [call("exits", {"code": 3}), call("interrupts", {"note": "from the tool"})]},
+                {"content": "both tools failed"}],
+    "hang": [{"tool_calls": [call("hang", {"seconds": 60})]}, {"content": "the tool timed out"}],
+    "nap": [{"tool_calls": [call("nap", {"seconds": 3})]}, {"content": "rested"}],
+}}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ScriptedServer(SCRIPT) as s:
+        yield s
+
+
+def lmstack(*args: str, db: Path, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lmstack.cli", "agent", *args, "--db", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_a_stream_that_ends_before_its_finish_reason_is_retried_not_taken_as_the_answer(tmp_path, server):
+    record, _ = run_agent(tmp_path, server, "cut", "hi", [calculator], stream=True)
+    assert record.status == "completed" and record.final_answer == "The answer is 42 and here is why"
+    assert len([r for r in server.requests() if r["model"] == "cut"]) == 2
+
+
+def test_a_stream_cut_at_every_try_fails_the_run_naming_the_cause(tmp_path, server):
+    record, _ = run_agent(tmp_path, server, "cut_always", "hi", [calculator], AgentConfig(max_attempts=2), stream=True)
+    assert record.status == "failed" and "without a finish_reason" in record.stop_reason
+    assert record.final_answer is None
+
+
+def test_retry_after_is_waited_for(server):
+    client = OpenAIClient(server.base_url, "rate_limited", retry=RetryPolicy(max_attempts=2, base_delay_s=0.01))
+    start = time.monotonic()
+    assert client.complete([{"role": "user", "content": "hi"}]).text == "after the wait"
+    assert time.monotonic() - start >= 1.5
+
+
+def test_a_retry_after_longer_than_the_longest_wait_fails_at_once_saying_so(server):
+    client = OpenAIClient(server.base_url, "rate_limited_long", retry=RetryPolicy(max_attempts=3, base_delay_s=0.01))
+    start = time.monotonic()
+    with pytest.raises(ModelCallError, match="retry after 3600 s"):
+        client.complete([{"role": "user", "content": "hi"}])
+    assert time.monotonic() - start < 5
+
+
+def test_an_empty_reply_is_re_asked_then_fails_the_run_instead_of_completing_blank(tmp_path, server):
+    record, conn = run_agent(tmp_path, server, "empty", "hi", [calculator])
+    assert record.status == "failed" and "was empty" in record.stop_reason and record.final_answer is None
+    assert [e.status for e in Journal(conn, "run1").entries()] == ["completed", "completed"]
+    (tmp_path / "again").mkdir()
+    record, _ = run_agent(tmp_path / "again", server, "empty_then_answer", "hi", [calculator])
+    assert record.status == "completed" and record.final_answer == "42"
+
+
+def test_a_tool_raising_systemexit_or_keyboardinterrupt_is_an_error_result_not_a_crash(tmp_path, server):
+    record, conn = run_agent(tmp_path, server, "raising", "go", [exits, interrupts])
+    assert record.status == "completed" and record.final_answer == "both tools failed"
+    results = [e.response for e in Journal(conn, "run1").entries() if e.kind == "tool"]
+    assert [(r["error_kind"], r["content"].split(" raised ")[1].split(":")[0]) for r in results] == [
+        ("exception", "SystemExit"), ("exception", "KeyboardInterrupt")]
+
+
+def test_a_tool_hung_past_its_timeout_does_not_keep_the_process_alive(tmp_path, server):
+    start = time.monotonic()
+    process = lmstack("run", "sleep", "--model", server.base_url, "--model-name", "hang", "--run-id", "hung",
+                      "--tools", f"{FAILURE_TOOLS}:hang", db=tmp_path / "db")
+    out, err = process.communicate(timeout=50)
+    assert process.returncode == 0, err
+    assert time.monotonic() - start < 30  # the tool sleeps 60 s; its 1 s timeout ends the call
+    record = get_run(open_database(tmp_path / "db"), "hung")
+    assert record.status == "completed" and record.final_answer == "the tool timed out"
+
+
+def test_ctrl_c_mid_run_leaves_it_running_with_the_cause_and_resume_finishes_it(tmp_path, server):
+    db = tmp_path / "db"
+    process = lmstack("run", "rest", "--model", server.base_url, "--model-name", "nap", "--run-id", "nap",
+                      "--tools", f"{FAILURE_TOOLS}:nap", db=db)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (db.exists() and open_database(db).execute(
+            "SELECT 1 FROM agent_journal WHERE key = 'step0/tool0'").fetchone()):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=30)
+    assert process.returncode == 130
+    record = get_run(open_database(db), "nap")
+    assert record.status == "running" and "KeyboardInterrupt" in record.stop_reason
+    assert "lmstack agent resume nap" in record.stop_reason
+    resumed = lmstack("resume", "nap", db=db)
+    out, err = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, err
+    record = get_run(open_database(db), "nap")
+    assert record.status == "completed" and record.final_answer == "rested" and record.stop_reason == "final answer"
+
+
+def test_a_run_that_ended_after_its_status_was_read_is_not_claimed_again(tmp_path):
+    # What a second `resume` sees when the first one finishes the run between its read and its claim.
+    conn = open_database(tmp_path / "db")
+    create_run(conn, "raced", "hi", to_dict(AgentConfig()))
+    update_run(conn, "raced", status="completed", final_answer="done elsewhere", stop_reason="final answer")
+    assert claim_run(conn, "raced") is False
+    row = conn.execute("SELECT status, stop_reason, owner_pid FROM agent_runs").fetchone()
+    assert (row["status"], row["stop_reason"], row["owner_pid"]) == ("completed", "final answer", None)

@@ -66,6 +66,10 @@ def test_every_kind_of_bad_call_becomes_a_correctable_message():
     assert unknown.error_kind == "unknown_tool" and "book_table" in unknown.content
     bad_json = prepare_and_run(registry, "book_table", '{"restaurant": "Noma", people: 2}')
     assert bad_json.error_kind == "invalid_json" and "not valid JSON" in bad_json.content
+    for arguments, kind in (('["Noma", 2]', "array"), ('"Noma"', "string"), ("2", "number")):
+        not_an_object = prepare_and_run(registry, "book_table", arguments)  # used to name a field '__root__'
+        assert not_an_object.error_kind == "validation" and "__root__" not in not_an_object.content
+        assert f"must be a JSON object of named arguments, got a JSON {kind}" in not_an_object.content
     wrong_type = prepare_and_run(registry, "book_table", json.dumps({"restaurant": "Noma", "people": "many"}))
     assert wrong_type.error_kind == "validation" and "'people'" in wrong_type.content and "integer" in wrong_type.content
     bad_enum = prepare_and_run(registry, "book_table", json.dumps({"restaurant": "Noma", "people": 2, "time_slot": "19:00"}))

@@ -157,12 +157,15 @@ class ToolRegistry:
                               f"{', '.join(sorted(self.tools))}. Call one of those.", False, "unknown_tool")
         try:
             raw = json.loads(arguments_json or "{}")
+            raw = {} if raw is None else raw  # "null", like "", sends no arguments
         except json.JSONDecodeError as err:
             return ToolResult(call_id, name, f"Error: the arguments for '{name}' are not valid JSON ({err.msg} at "
                               f"position {err.pos}). Send a JSON object matching: "
                               f"{json.dumps(t.schema()['function']['parameters'])}", False, "invalid_json")
-        if not isinstance(raw, dict):
-            raw = {"__root__": raw}
+        if not isinstance(raw, dict):  # valid JSON, but a list or a bare value: there are no named arguments
+            return ToolResult(call_id, name, f"Error: the arguments for '{name}' must be a JSON object of named "
+                              f"arguments, got a JSON {JSON_TYPE_NAMES[type(raw)]}. Send an object matching: "
+                              f"{json.dumps(t.schema()['function']['parameters'])}", False, "validation")
         try:
             validated = t.arguments_model.model_validate(raw)
         except pydantic.ValidationError as err:
@@ -190,6 +193,9 @@ class ToolRegistry:
             if attempt < t.retries:
                 time.sleep(min(2.0, 0.1 * 2 ** attempt))
         return ToolResult(prepared.call_id, t.name, last_error, False, kind)
+
+
+JSON_TYPE_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
 def _call_with_timeout(function: Callable[..., Any], kwargs: dict[str, Any], timeout_s: float

@@ -1,7 +1,7 @@
 """Paired comparison of two runs over the samples they share.
 
-Binary scores get McNemar's exact test; continuous ones a paired bootstrap of the mean difference
-(clustered by group). A *regression* is a drop in the direction that matters (`higher_is_better`)
+Binary scores get McNemar's exact test; continuous ones a paired sign-flip test of the mean difference, with a
+bootstrap CI of it (both clustered by group; the test is named 'paired_bootstrap' in outputs, as before). A *regression* is a drop in the direction that matters (`higher_is_better`)
 that is significant at `alpha`; only regressions fail a CI gate, so seed noise does not.
 """
 

@@ -2,6 +2,7 @@
 `lmstack agent` as a real subprocess where the process itself is what is tested)."""
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -53,7 +54,8 @@ SCRIPT = {"scripts": {
     "raising": [{"tool_calls": [call("exits", {"code": 3}), call("interrupts", {"note": "from the tool"})]},
                 {"content": "both tools failed"}],
     "hang": [{"tool_calls": [call("hang", {"seconds": 60})]}, {"content": "the tool timed out"}],
-    "nap": [{"tool_calls": [call("nap", {"seconds": 3})]}, {"content": "rested"}],
+    # A long nap: the window in which the test interrupts the run must outlast a busy machine's polling delays.
+    "nap": [{"tool_calls": [call("nap", {"seconds": 8})]}, {"content": "rested"}],
 }}
 
 
@@ -66,6 +68,18 @@ def server():
 def lmstack(*args: str, db: Path, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "lmstack.cli", "agent", *args, "--db", str(db)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def journaled(db: Path, key: str) -> bool:
+    """Whether the run's journal holds `key`, read without writing (no schema set-up that would wait for the run's
+    own writes)."""
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute("SELECT 1 FROM agent_journal WHERE key = ?", (key,)).fetchone() is not None
+    except sqlite3.OperationalError:  # tables not made yet, or locked for a moment
+        return False
 
 
 def test_a_stream_that_ends_before_its_finish_reason_is_retried_not_taken_as_the_answer(tmp_path, server):
@@ -128,9 +142,9 @@ def test_ctrl_c_mid_run_leaves_it_running_with_the_cause_and_resume_finishes_it(
     process = lmstack("run", "rest", "--model", server.base_url, "--model-name", "nap", "--run-id", "nap",
                       "--tools", f"{FAILURE_TOOLS}:nap", db=db)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (db.exists() and open_database(db).execute(
-            "SELECT 1 FROM agent_journal WHERE key = 'step0/tool0'").fetchone()):
+    while time.monotonic() < deadline and not journaled(db, "step0/tool0"):
         time.sleep(0.1)
+    assert process.poll() is None, "the run ended before the test could interrupt it"
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=30)
     assert process.returncode == 130

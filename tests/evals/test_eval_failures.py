@@ -71,18 +71,20 @@ def test_ctrl_c_marks_the_run_failed_and_resume_finishes_it(tmp_path):
     task_file.write_text("name: arith\ndataset: arith.jsonl\nsolver: [generate]\nscorer: [numeric]\n")
     db = tmp_path / "db.sqlite"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with ScriptedServer({"scripts": {"slow": [{"answers": answers(n), "delay_s": 0.1}]}}) as server:
+    # 0.5 s an answer, 2 at a time: ~7 s of run in which to interrupt it, even on a busy machine.
+    with ScriptedServer({"scripts": {"slow": [{"answers": answers(n), "delay_s": 0.5}]}}) as server:
         process = subprocess.Popen(eval_command(task_file, server.base_url, db, "--run-id", "stopped"), env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
             try:
-                with sqlite3.connect(db, timeout=5) as conn:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:  # reads, never waits long
                     if conn.execute("SELECT COUNT(*) FROM eval_samples").fetchone()[0] >= 4:
                         break
             except sqlite3.OperationalError:  # tables not made yet
                 pass
             time.sleep(0.02)
+        assert process.poll() is None, "the run ended before the test could interrupt it"
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == 130, stderr[-2000:]

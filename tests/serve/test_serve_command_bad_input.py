@@ -50,6 +50,9 @@ def test_serve_refuses_a_checkpoint_that_would_fail_to_load(good, tmp_path, dama
 @pytest.mark.parametrize("setting, says", [
     ("engine.device='tpu'", "device 'tpu' is not one of auto, cuda, mps, cpu"),
     ("graceful_shutdown_s=-1", "graceful_shutdown_s must be >= 0 (seconds SIGTERM waits for requests in flight)"),
+    # one message used to name both settings, whichever was wrong
+    ("max_queue=0", "max_queue must be >= 1 (requests waiting before new ones get 429), got 0"),
+    ("max_body_bytes=10", "max_body_bytes must be >= 1024, got 10"),
 ])
 def test_serve_refuses_settings_that_cannot_work_before_it_listens(good, setting, says):
     assert says in one_line_error(run_cli("serve", good, "--port", free_port(), "--set", setting), "serve")

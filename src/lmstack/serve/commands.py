@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve_config(args: argparse.Namespace):
-    from lmstack.config import ConfigError, load_config
+    from lmstack.config import load_config
     from lmstack.serve.config import ServeConfig
 
     config = load_config(ServeConfig, args.config, args.overrides)
@@ -46,9 +46,6 @@ def serve_config(args: argparse.Namespace):
             setattr(config, name, getattr(args, name))
     config.api_key = config.api_key or os.environ.get("LMSTACK_API_KEY") or None
     config.validate()
-    if config.graceful_shutdown_s < 0:  # ServeConfig lives with the HTTP layer; this is the CLI's own check
-        raise ConfigError(f"graceful_shutdown_s must be >= 0 (seconds SIGTERM waits for requests in flight), "
-                          f"got {config.graceful_shutdown_s}")
     return config
 
 

@@ -27,5 +27,10 @@ class ServeConfig:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
         if self.torch_threads < 0:
             raise ConfigError(f"torch_threads must be >= 0 (0 = all cores but one), got {self.torch_threads}")
-        if self.max_queue < 1 or self.max_body_bytes < 1024:
-            raise ConfigError("max_queue must be >= 1 and max_body_bytes >= 1024")
+        if self.max_queue < 1:
+            raise ConfigError(f"max_queue must be >= 1 (requests waiting before new ones get 429), got {self.max_queue}")
+        if self.max_body_bytes < 1024:
+            raise ConfigError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if self.graceful_shutdown_s < 0:
+            raise ConfigError(f"graceful_shutdown_s must be >= 0 (seconds SIGTERM waits for requests in flight), "
+                              f"got {self.graceful_shutdown_s}")

@@ -126,16 +126,13 @@ def read_weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
         raise damaged_weights(weights, err) from None
 
 
-def check_model_dir(path: str | Path, need_tokenizer: bool = False, check_names: bool = True) -> None:
+def check_model_dir(path: str | Path, need_tokenizer: bool = False, check_names: bool = True) -> dict[str, Any]:
     """Find what `load_model_dir` would refuse without reading the weights: the config, the weights file's
     header (with `check_names`, its tensor names and shapes against the config) and the tokenizer. For commands
-    that load the model later, in the background (`lmstack serve`), or after other work has begun."""
+    that load the model later, in the background (`lmstack serve`), or after other work has begun. Returns the
+    config dict it read."""
     path = Path(path)
-    config = read_config(path)
-    model_cfg = model_config_of(path, config)
-    weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"'{path}' has no {WEIGHTS_FILE}; the checkpoint is incomplete")
+    config, model_cfg, weights = _checkpoint_parts(path)
     stored = read_weight_shapes(weights)
     if check_names:
         check_weight_shapes(weights, stored, model_cfg)
@@ -143,6 +140,7 @@ def check_model_dir(path: str | Path, need_tokenizer: bool = False, check_names:
         Tokenizer.load(path / TOKENIZER_FILE)
     elif need_tokenizer:
         raise no_tokenizer(path)
+    return config
 
 
 def no_tokenizer(path: str | Path) -> CheckpointError:
@@ -166,6 +164,16 @@ def check_weight_shapes(weights: Path, stored: dict[str, tuple[int, ...]], model
         raise names_mismatch(weights, missing, unexpected)
 
 
+def _checkpoint_parts(path: Path) -> tuple[dict[str, Any], ModelConfig, Path]:
+    """(config dict, model config, weights file) of a checkpoint dir; an error when any is missing or malformed."""
+    config = read_config(path)
+    model_cfg = model_config_of(path, config)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"'{path}' has no {WEIGHTS_FILE}; the checkpoint is incomplete")
+    return config, model_cfg, weights
+
+
 def model_config_of(path: Path, config: dict[str, Any]) -> ModelConfig:
     if not isinstance(config.get("model"), dict):
         raise CheckpointError(f"'{path / CONFIG_FILE}' has no \"model\" table; it was not written by lmstack "
@@ -177,11 +185,7 @@ def load_model_dir(path: str | Path, device: torch.device | str = "cpu", dtype: 
                    load_tokenizer: bool = True) -> tuple[GPT, Tokenizer | None, dict[str, Any]]:
     """Load a checkpoint dir -> (model in eval mode, tokenizer or None, the full config dict)."""
     path = Path(path)
-    config = read_config(path)
-    model_cfg = model_config_of(path, config)
-    weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"'{path}' has no {WEIGHTS_FILE}; the checkpoint is incomplete")
+    config, model_cfg, weights = _checkpoint_parts(path)
     model = build_model(model_cfg, device=device, init=False)
     load_weights_into(model, read_weights(weights, device), weights)
     model.tie_weights()

@@ -111,10 +111,11 @@ def delete_to_resume(path: Path) -> str:
     return f"delete '{path}' to resume from the checkpoint before it (or start over in a new run dir)"
 
 
-def check_resume_point(path: Path) -> None:
-    """Refuse a damaged checkpoint before the run builds on it, saying how to resume from the one before."""
+def check_resume_point(path: Path) -> dict[str, Any]:
+    """The checkpoint's config dict; a damaged checkpoint is refused before the run builds on it, saying how to
+    resume from the one before."""
     try:
-        check_model_dir(path, check_names=False)  # a LoRA run's weights hold its adapters too
+        return check_model_dir(path, check_names=False)  # a LoRA run's weights hold its adapters too
     except CheckpointError as err:
         raise CheckpointError(f"{err}. This is the run's last checkpoint: {delete_to_resume(path)}") from None
 

@@ -25,7 +25,7 @@ from lmstack.device import (autocast_context, autocast_dtype, detect_device, dev
 from lmstack.errors import LmstackError
 from lmstack.data.loader import ShardLoader
 from lmstack.data.prepare import data_vocab_size
-from lmstack.model.checkpoint import load_model_dir, read_config
+from lmstack.model.checkpoint import load_model_dir
 from lmstack.model.gpt import build_model
 from lmstack.tokenizer import Tokenizer
 from lmstack.train import checkpoint as ckpt
@@ -74,9 +74,7 @@ class Trainer:
         self._check_run_dir()
         self.tokenizer = self._load_tokenizer()
         resume_from = self._find_resume_point(resume)
-        if resume_from is not None:
-            ckpt.check_resume_point(resume_from)
-        saved_config = read_config(resume_from) if resume_from is not None else None
+        saved_config = ckpt.check_resume_point(resume_from) if resume_from is not None else None
         self.cfg = cfg = self._with_vocab_size(saved_config)
         self.config_dict = to_dict(cfg)
         if saved_config is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -20,3 +21,10 @@ def one_line_error(done: subprocess.CompletedProcess, command: str, alone: bool 
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert not alone or done.stderr.strip() == lines[0], done.stderr
     return lines[0]
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child that a test interrupts with SIGINT: a shell starts background jobs with SIGINT
+    ignored, the child inherits that, and Python then installs no KeyboardInterrupt handler (a test suite run
+    with `make test &` saw its Ctrl-C tests' runs go on to the end)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent_helpers import call, run_agent
+from cli_testing import default_sigint
 from lmstack.agent.builtin_tools import calculator
 from lmstack.agent.client import ModelCallError, OpenAIClient, RetryPolicy
 from lmstack.agent.journal import Journal
@@ -140,7 +141,7 @@ def test_a_tool_hung_past_its_timeout_does_not_keep_the_process_alive(tmp_path, 
 def test_ctrl_c_mid_run_leaves_it_running_with_the_cause_and_resume_finishes_it(tmp_path, server):
     db = tmp_path / "db"
     process = lmstack("run", "rest", "--model", server.base_url, "--model-name", "nap", "--run-id", "nap",
-                      "--tools", f"{FAILURE_TOOLS}:nap", db=db)
+                      "--tools", f"{FAILURE_TOOLS}:nap", db=db, preexec_fn=default_sigint)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not journaled(db, "step0/tool0"):
         time.sleep(0.1)

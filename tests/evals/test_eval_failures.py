@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from cli_testing import default_sigint
 from eval_helpers import answers, question, write_dataset
 from lmstack.agent.client import OpenAIClient, RetryPolicy
 from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
@@ -74,6 +75,7 @@ def test_ctrl_c_marks_the_run_failed_and_resume_finishes_it(tmp_path):
     # 0.5 s an answer, 2 at a time: ~7 s of run in which to interrupt it, even on a busy machine.
     with ScriptedServer({"scripts": {"slow": [{"answers": answers(n), "delay_s": 0.5}]}}) as server:
         process = subprocess.Popen(eval_command(task_file, server.base_url, db, "--run-id", "stopped"), env=env,
+                                   preexec_fn=default_sigint,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:

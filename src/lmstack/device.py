@@ -57,8 +57,9 @@ class DeviceInfo:
         return torch.device(self.type)
 
 
-def detect_device(preference: str = "auto") -> DeviceInfo:
-    """Pick the best available device, or check that the requested one exists."""
+def detect_device(preference: str = "auto", cpu_hint: str = "--set device=cpu") -> DeviceInfo:
+    """Pick the best available device, or check that the requested one exists. `cpu_hint` is how the caller's
+    user asks for the CPU instead (its commands spell the setting differently), for the error's fix."""
     if preference not in ("auto", "cuda", "mps", "cpu"):
         raise DeviceError(f"device '{preference}' is not one of auto, cuda, mps, cpu")
     kind = preference
@@ -71,12 +72,12 @@ def detect_device(preference: str = "auto") -> DeviceInfo:
             kind = "cpu"
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError("device 'cuda' was requested but no CUDA/ROCm GPU is visible; use --set device=cpu")
+            raise DeviceError(f"device 'cuda' was requested but no CUDA/ROCm GPU is visible; use {cpu_hint}")
         name = torch.cuda.get_device_name()
         return DeviceInfo("cuda", name, torch.version.hip is not None, torch.cuda.is_bf16_supported())
     if kind == "mps":
         if not torch.backends.mps.is_available():
-            raise DeviceError("device 'mps' was requested but MPS is not available; use --set device=cpu")
+            raise DeviceError(f"device 'mps' was requested but MPS is not available; use {cpu_hint}")
         return DeviceInfo("mps", "Apple MPS", False, True)
     return DeviceInfo("cpu", _cpu_name(), False, _cpu_has_bf16())
 

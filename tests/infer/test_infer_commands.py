@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from cli_testing import one_line_error, run_cli
 from infer_helpers import tiny_model
 
@@ -156,6 +157,15 @@ def test_inspect_checks_out_and_top_before_the_work(checkpoint, tmp_path):
                                          "--out", tmp_path / "pngs"), "inspect")
         assert message.endswith(f"--top {top}: show at least 1 token per layer (default 5)")
     assert not (tmp_path / "pngs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_each_command_names_its_own_way_to_choose_the_cpu(checkpoint, tmp_path):
+    """The hint said `--set device=cpu` everywhere; inspect takes --device, sample --set device."""
+    for args, hint in ((["inspect", checkpoint, "--prompt", "a", "--device", "cuda", "--out", tmp_path / "p"],
+                        "use --device cpu"),
+                       (["sample", checkpoint, "--set", "device=cuda"], "use --set device=cpu")):
+        assert one_line_error(run_cli(*args), args[0]).endswith(f"no CUDA/ROCm GPU is visible; {hint}")
 
 
 def test_sample_and_chat_without_a_tokenizer_name_the_checkpoint(tmp_path, tokenizer):

@@ -9,6 +9,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from cli_testing import one_line_error, run_cli
 from serve_helpers import free_port, make_checkpoint
 
@@ -56,6 +57,12 @@ def test_serve_refuses_a_checkpoint_that_would_fail_to_load(good, tmp_path, dama
 ])
 def test_serve_refuses_settings_that_cannot_work_before_it_listens(good, setting, says):
     assert says in one_line_error(run_cli("serve", good, "--port", free_port(), "--set", setting), "serve")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_serve_names_its_own_device_setting_in_the_fix(good):
+    message = one_line_error(run_cli("serve", good, "--port", free_port(), "--set", "engine.device=cuda"), "serve")
+    assert message.endswith("no CUDA/ROCm GPU is visible; use --set engine.device=cpu")
 
 
 @pytest.mark.parametrize("flag", ["--model", "--api-key"])

@@ -105,7 +105,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise LmstackError(f"--top {args.top}: show at least 1 token per layer (default 5)")
     check_output_dir(args.out)  # before the work, not after it
-    info = detect_device(args.device)
+    info = detect_device(args.device, cpu_hint="--device cpu")
     model, tokenizer, _ = load_model_dir(args.ckpt, device=info.torch_device)
     if tokenizer is None:
         raise TokenizerError(f"'{args.ckpt}' has no tokenizer.json; inspect needs one to encode --prompt")

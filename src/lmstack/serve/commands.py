@@ -89,7 +89,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # The model loads in the background once the server is up, so whatever would make that fail (a wrong path, a
     # damaged weights file or tokenizer, a device this machine lacks) is found here, before a server starts.
     check_model_dir(args.ckpt, need_tokenizer=True)
-    detect_device(config.engine.device)
+    detect_device(config.engine.device, cpu_hint="--set engine.device=cpu")
     check_can_listen(config.host, config.port)
     torch.set_num_threads(config.torch_threads or max(1, (os.cpu_count() or 2) - 1))
     model_name = config.model_name or Path(args.ckpt).resolve().name

@@ -27,7 +27,7 @@ from lmstack.train.chat_data import ChatDataError, LoadReport, read_jsonl
 from lmstack.train.distributed import sum_across_ranks
 from lmstack.train.logprobs import token_logprobs
 from lmstack.train.lora import lora_disabled, lora_layers
-from lmstack.train.metrics import read_metrics
+from lmstack.train.metrics import read_metrics, scored_rows_flops
 from lmstack.train.plots import plot_losses
 from lmstack.train.sft import FineTuner, FineTuneResult, MicroBatches, SFTConfig, run_finetune
 
@@ -215,6 +215,9 @@ class DPOTrainer(FineTuner):
     def compute_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         loss, self.step_metrics = self.objective(self.forward_model, batch)
         return loss
+
+    def batch_flops(self, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+        return scored_rows_flops(self.model, batch[0], reference_pass=True)  # both replies, padded to the longest
 
     @torch.no_grad()
     def run_eval(self) -> None:

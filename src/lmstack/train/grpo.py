@@ -25,7 +25,7 @@ from lmstack.train.chat_data import ChatDataError, LoadReport
 from lmstack.train.config import GuardConfig
 from lmstack.train.logprobs import token_logprobs
 from lmstack.train.lora import lora_disabled, lora_layers
-from lmstack.train.metrics import read_metrics
+from lmstack.train.metrics import read_metrics, scored_rows_flops
 from lmstack.train.plots import plot_rewards
 from lmstack.train.sft import FineTuner, FineTuneResult, MicroBatches, SFTConfig, run_finetune
 from lmstack.train.toolcall_rewards import (ToolcallPrompt, load_toolcall_samples, sample_and_score, toolcall_accuracy,
@@ -239,6 +239,11 @@ class GRPOTrainer(FineTuner):
     def compute_loss(self, batch: Rollouts) -> torch.Tensor:
         loss, self.step_metrics = self.objective(self.forward_model, batch)
         return loss
+
+    def batch_flops(self, batch: Rollouts) -> float:
+        # The sampling of the rollouts is in the step's time but not in its FLOPs: MFU here is the training's
+        # share, lower than the device's real use.
+        return scored_rows_flops(self.model, batch.inputs, reference_pass=self.cfg.kl_coef > 0)
 
     def run_eval(self) -> None:
         if not self.val_prompts:

@@ -35,7 +35,7 @@ from lmstack.train.distributed import (any_rank, barrier, broadcast_object, gath
                                       process_group_scope)
 from lmstack.train.evaluate import draw_samples, evaluate, token_byte_lengths
 from lmstack.train.guards import LossGuard
-from lmstack.train.metrics import MetricsLog, memory_mb, mfu, read_metrics
+from lmstack.train.metrics import MetricsLog, memory_mb, mfu, pass_flops_per_token, read_metrics
 from lmstack.train.optim import build_optimizers
 from lmstack.train.plots import plot_losses
 from lmstack.train.resume import check_resumable
@@ -99,7 +99,8 @@ class Trainer:
         if resume_from:
             self._restore(resume_from, restore_loader=True)
             self.last_checkpoint = resume_from
-        self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
+        self.flops_per_token = pass_flops_per_token(self.model, cfg.seq_len)
+        self.step_flops = 0.0  # this process's model FLOPs in the last step, for MFU
         self.peak_flops = peak_flops(self.device_info, amp_dtype) * self.dist.world_size
         self.byte_lengths = token_byte_lengths(self.tokenizer, cfg.model.vocab_size, self.device)
         self.stop_signal: str | None = None
@@ -258,6 +259,7 @@ class Trainer:
         """Accumulate gradients over this process's micro-batches; returns the mean loss (detached)."""
         total = torch.zeros((), device=self.device)
         micro_batches = list(self.loader.micro_batches())
+        self.step_flops = sum(self.batch_flops(batch) for batch in micro_batches)
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             # DDP all-reduces gradients on the last micro-batch only; the others just accumulate.
@@ -271,6 +273,11 @@ class Trainer:
                 self.scaler.scale(loss / self.grad_accum).backward()
             total += loss.detach()
         return total / self.grad_accum
+
+    def batch_flops(self, batch) -> float:
+        """Model FLOPs of a micro-batch's forward and backward. A trainer whose rows are not full `seq_len`
+        windows, or that runs a reference model too, counts its own."""
+        return self.cfg.batch_size * self.cfg.seq_len * self.flops_per_token
 
     def optimizer_step(self) -> tuple[float, float, str | None]:
         """One step: (loss, grad norm, reason the step was skipped or None)."""
@@ -384,7 +391,7 @@ class Trainer:
         tokens_per_s = self.tokens_per_step / dt
         record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "loss": loss,
                   "lr": self.optimizers[-1].param_groups[0]["lr"], "grad_norm": grad_norm,
-                  "tokens_per_s": tokens_per_s, "mfu": mfu(self.flops_per_token, tokens_per_s, self.peak_flops),
+                  "tokens_per_s": tokens_per_s, "mfu": mfu(self.step_flops * self.dist.world_size, dt, self.peak_flops),  # ranks' batches alike
                   "memory_mb": memory_mb(self.device), "step_s": dt, **self.step_metrics}
         if self.is_main:
             self.metrics.write(record)

@@ -9,6 +9,8 @@ from lmstack.agent.launch import build_client
 from lmstack.agent.settings import AgentConfig
 
 
-def make_client(spec: str, model_name: str | None = None) -> ModelClient:
-    """Without `model_name`, a URL's first listed model is used (an error if the endpoint cannot say)."""
-    return build_client(AgentConfig(model=spec, model_name=model_name or ""))
+def make_client(spec: str, model_name: str | None = None, timeout_s: float | None = None) -> ModelClient:
+    """Without `model_name`, a URL's first listed model is used (an error if the endpoint cannot say). `timeout_s`:
+    seconds each HTTP request may take (default the agent's 60)."""
+    return build_client(AgentConfig(model=spec, model_name=model_name or "",
+                                    timeout_s=timeout_s or AgentConfig.timeout_s))

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmstack.errors import LmstackError
+
+if TYPE_CHECKING:
+    from lmstack.evals.store import Store
 
 
 class EvalUsageError(LmstackError):
@@ -24,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--model-name", help="the model name to request from a URL (default: the first it lists)")
     run.add_argument("--judge", help="judge model for model-graded scorers (URL or checkpoint dir)")
     run.add_argument("--judge-name", help="the judge's model name at its URL")
+    run.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="how long one HTTP request to the model or judge may take (default 60; a resumed run "
+                          "keeps its own unless given)")
     run.add_argument("-T", dest="task_args", action="append", default=[], metavar="KEY=VALUE",
                      help="argument for the task factory (repeatable)")
     run.add_argument("--epochs", type=int, help="attempts per sample (for pass@k / pass^k)")
@@ -103,10 +111,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                              "input and output tokens)")
     task = load_task(args.task, parse_task_args(args.task_args))
     store = Store(args.db)
+    timeout_s = request_timeout(args, store)
     price = tuple(args.price) if args.price else None
-    model = CachedModel(make_client(args.model, args.model_name), store, args.max_concurrency,
+    model = CachedModel(make_client(args.model, args.model_name, timeout_s), store, args.max_concurrency,
                         price, use_cache=not args.no_cache)
-    judge = (CachedModel(make_client(args.judge, args.judge_name), store, args.max_concurrency)
+    judge = (CachedModel(make_client(args.judge, args.judge_name, timeout_s), store, args.max_concurrency)
              if args.judge else None)
     overrides = {"epochs": args.epochs, "seed": args.seed, "limit": args.limit, "max_tokens": args.max_tokens,
                  "temperature": args.temperature,
@@ -121,9 +130,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(format_scores([store.run(outcome.run_id)]))
     print(f"run {outcome.run_id}: {outcome.summary['results']} results, {outcome.summary['errors']} errors, "
           f"{outcome.requests_made} model requests made (the rest from the cache)")
+    failed = store.first_error(outcome.run_id)
+    if failed:  # the count alone does not say what to fix
+        print(f"first error (sample {failed.sample_id}, epoch {failed.epoch}): {failed.error}; --resume "
+              f"{outcome.run_id} retries the failed samples", file=sys.stderr)
     if args.report:
         print(f"report: {write_report(store, [outcome.run_id], args.report)}")
     return 0
+
+
+def request_timeout(args: argparse.Namespace, store: Store) -> float | None:
+    """Seconds one HTTP request may take: --timeout, checked; without it, a resumed run's own (a slow model's run
+    must not resume at the default), else None: the client's default."""
+    if args.timeout is None:
+        return store.run(args.resume).config.get("timeout_s") if args.resume else None
+    if not 0 < args.timeout < math.inf:
+        raise EvalUsageError(f"--timeout {args.timeout:g}: must be a number of seconds > 0 (how long one HTTP "
+                             "request may take; default 60)")
+    if not any(spec and spec.startswith(("http://", "https://")) for spec in (args.model, args.judge)):
+        raise EvalUsageError(f"--timeout {args.timeout:g}: only a model at an http(s) URL has one; --model "
+                             f"'{args.model}' runs in-process, so drop --timeout")
+    return args.timeout
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -170,5 +197,5 @@ def cmd_list(args: argparse.Namespace) -> int:
     runs = Store(args.db).runs()
     print("runs:" if runs else "runs: none yet")
     for run in runs:
-        print(f"  {run.id:<28} {run.status:<9} {run.task:<22} {run.model}" + (f"  ({run.error})" if run.error else ""))
+        print(f"  {run.id:<28} {run.status:<11} {run.task:<22} {run.model}" + (f"  ({run.error})" if run.error else ""))
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lmstack.agent.budget import BudgetConfig, call_cost
-from lmstack.agent.client import ModelClient, ModelResponse
+from lmstack.agent.client import ModelCallError, ModelClient, ModelResponse
 from lmstack.evals.completions import PromptToken, prompt_logprobs
 from lmstack.evals.sample import TaskState, Usage
 from lmstack.evals.store import Store
@@ -65,6 +65,8 @@ class CachedModel:
         price_in, price_out = price_per_mtok or (None, None)
         self.pricing = BudgetConfig(price_in_per_mtok=price_in, price_out_per_mtok=price_out)
         self.use_cache = use_cache
+        # Seconds an HTTP request may take (None in-process): recorded with the run, and named when one takes longer.
+        self.timeout_s = getattr(getattr(client, "sdk", None), "timeout", None)
         self.takes_seed = "seed" in inspect.signature(client.complete).parameters
         self.requests_made = 0  # calls that reached the endpoint (not answered from the cache)
         self._count_lock = threading.Lock()
@@ -84,12 +86,26 @@ class CachedModel:
             if hit is not None:
                 return hit, True
         with self.slots:
-            response = send()
+            try:
+                response = send()
+            except ModelCallError as err:
+                if self.timeout_s is None or not timed_out(err):
+                    raise
+                raise ModelCallError(f"{err} (no answer within the {self.timeout_s:g} s timeout); pass a larger "
+                                     "--timeout SECONDS") from None
         with self._count_lock:
             self.requests_made += 1
         if self.use_cache:
             self.store.cache_response(key, self.endpoint, request, response)
         return response, False
+
+
+def timed_out(err: ModelCallError) -> bool:
+    """Whether the request behind `err` timed out. The client raises its ModelCallError `from None`, to print one
+    line; the SDK's error it replaced is still its __context__."""
+    import openai
+
+    return isinstance(err.__context__, openai.APITimeoutError)
 
 
 class SampleModel:

@@ -1,7 +1,8 @@
 """Run a task against a model: concurrency, per-sample logs, deterministic seeds, epochs, resume.
 
 1. Resolve the settings (the task's config, overridden by the caller's) and the samples (`limit`).
-2. Create the run in the database, or load it when resuming, and skip every (sample, epoch) already done.
+2. Create the run in the database, or load it when resuming (refused while another live process executes it),
+   and skip every (sample, epoch) already done.
 3. Solve and score the rest on a thread pool; the model's own semaphore caps calls per endpoint.
    Each result is committed as soon as it is scored, so a crash loses at most the samples in flight,
    and their finished model calls are in the response cache.
@@ -77,10 +78,11 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
                               f"'{model.name}'; pass the same task and --model to resume it")
         run_id = resume
         config = TaskConfig(**run.config["task"])  # a resumed run keeps its own settings
-        store.reopen_run(run_id)
+        # ... but not its timeout: a resume may give a larger one to the samples that timed out.
+        store.claim_run(run_id, {**run.config, "timeout_s": model.timeout_s})
     else:
         run_config = {"task": asdict(config), "scorers": scorer_names, "higher_is_better": higher,
-                      "endpoint": model.endpoint, "judge": judge.name if judge else None}
+                      "endpoint": model.endpoint, "judge": judge.name if judge else None, "timeout_s": model.timeout_s}
         run_id = store.create_run(task.name, model.name, run_config, code_version(), run_id)
 
     try:

@@ -1,7 +1,8 @@
 """Eval runs, per-sample results and the response cache, in the one SQLite database (lmstack.db).
 
 A sample result is written in its own transaction as soon as it is scored, so a run killed at any
-instant keeps every finished sample; `lmstack eval run --resume RUN_ID` skips them.
+instant keeps every finished sample; `lmstack eval run --resume RUN_ID` skips them. Each run records the
+process executing it (see lmstack.run_owner): a 'running' run whose process is gone reads as 'interrupted'.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from lmstack.db import connect, ensure_schema, transaction
 from lmstack.errors import LmstackError
+from lmstack.run_owner import process_state, this_process
 
 MIGRATIONS = [
     """
@@ -32,6 +34,8 @@ MIGRATIONS = [
         created REAL NOT NULL);
     """,
     "ALTER TABLE eval_runs ADD COLUMN error TEXT;",  # why a run failed (status 'failed')
+    # The process executing the run: a SIGKILLed run must not read as 'running' forever, nor be resumed twice.
+    "ALTER TABLE eval_runs ADD COLUMN owner_pid INTEGER;\nALTER TABLE eval_runs ADD COLUMN owner_host TEXT;",
 ]
 
 
@@ -41,6 +45,10 @@ class RunNotFound(LmstackError):
 
 class RunExists(LmstackError):
     """A new run named with an id that is taken."""
+
+
+class RunBusy(LmstackError):
+    """A run to resume that another live process is executing."""
 
 
 @dataclass
@@ -67,12 +75,12 @@ class RunRecord:
     task: str
     model: str
     config: dict[str, Any]
-    status: str  # 'running' | 'finished' | 'failed'
+    status: str  # 'running' | 'finished' | 'failed' | 'interrupted' (read as such: 'running', its process gone)
     created: float
     finished: float | None
     summary: dict[str, Any] | None
     environment: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None  # why a 'failed' run stopped
+    error: str | None = None  # why a 'failed' or 'interrupted' run stopped
 
 
 class Store:
@@ -91,13 +99,15 @@ class Store:
     def create_run(self, task: str, model: str, config: dict[str, Any], environment: dict[str, Any],
                    run_id: str | None = None) -> str:
         run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        pid, host = this_process()
         with transaction(self.conn):
             if self.conn.execute("SELECT 1 FROM eval_runs WHERE id = ?", (run_id,)).fetchone():
                 raise RunExists(f"eval run '{run_id}' already exists; continue it with --resume {run_id} "
                                 "or pick another --run-id")
             self.conn.execute(
-                "INSERT INTO eval_runs (id, task, model, config, status, created, environment) VALUES (?,?,?,?,?,?,?)",
-                (run_id, task, model, json.dumps(config), "running", time.time(), json.dumps(environment)))
+                "INSERT INTO eval_runs (id, task, model, config, status, created, environment, owner_pid, owner_host) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                (run_id, task, model, json.dumps(config), "running", time.time(), json.dumps(environment), pid, host))
         return run_id
 
     def run(self, run_id: str) -> RunRecord:
@@ -126,11 +136,21 @@ class Store:
                               "WHERE id = ?",
                               (time.time(), json.dumps(summary), run_id))
 
-    def reopen_run(self, run_id: str) -> None:
-        """A run being resumed is running again (a failed one no longer shows its old error meanwhile)."""
+    def claim_run(self, run_id: str, config: dict[str, Any]) -> None:
+        """Make this process the executor of a run being resumed with `config`: running again (a failed one no
+        longer shows its old error meanwhile). Refused while another live process of this host executes it: two
+        processes writing one run would each solve the samples the other has in flight."""
+        pid, host = this_process()
         with transaction(self.conn):
-            self.conn.execute("UPDATE eval_runs SET status = 'running', finished = NULL, error = NULL WHERE id = ?",
-                              (run_id,))
+            row = self.conn.execute("SELECT status, owner_pid, owner_host FROM eval_runs WHERE id = ?",
+                                    (run_id,)).fetchone()
+            owner = row["owner_pid"]
+            if (row["status"] == "running" and (owner, row["owner_host"]) != (pid, host)
+                    and process_state(owner, row["owner_host"]) == "alive"):
+                raise RunBusy(f"eval run '{run_id}' is being executed by process {owner}; wait for it to finish, or "
+                              f"stop it (kill {owner}) and resume again")
+            self.conn.execute("UPDATE eval_runs SET status = 'running', finished = NULL, error = NULL, config = ?, "
+                              "owner_pid = ?, owner_host = ? WHERE id = ?", (json.dumps(config), pid, host, run_id))
 
     def fail_run(self, run_id: str, error: str) -> None:
         """Mark a run that died mid-way; its finished samples stay, and `--resume` can continue it."""
@@ -156,6 +176,13 @@ class Store:
                                      "WHERE run_id = ? AND status = 'done'", (run_id,)).fetchall()
         return {(r["sample_id"], r["epoch"]) for r in rows
                 if not any(score.get("error") for score in json.loads(r["scores"]).values())}
+
+    def first_error(self, run_id: str) -> SampleRecord | None:
+        """The run's earliest failed (sample, epoch), or None: what `eval run` shows of its sample errors."""
+        with self.lock:
+            row = self.conn.execute("SELECT * FROM eval_samples WHERE run_id = ? AND status = 'error' "
+                                    "ORDER BY created, sample_id, epoch LIMIT 1", (run_id,)).fetchone()
+        return _sample_record(row) if row else None
 
     def samples(self, run_id: str) -> list[SampleRecord]:
         with self.lock:
@@ -197,9 +224,14 @@ class Store:
 
 
 def _run_record(row: sqlite3.Row) -> RunRecord:
-    return RunRecord(row["id"], row["task"], row["model"], json.loads(row["config"]), row["status"],
+    status, error = row["status"], row["error"]
+    if status == "running" and process_state(row["owner_pid"], row["owner_host"]) == "gone":
+        status = "interrupted"  # killed without a word: only the dead process says so
+        error = (f"process {row['owner_pid']} on {row['owner_host']} ended without finishing the run: killed, or "
+                 f"the machine went down; continue it with --resume {row['id']}")
+    return RunRecord(row["id"], row["task"], row["model"], json.loads(row["config"]), status,
                      row["created"], row["finished"], json.loads(row["summary"]) if row["summary"] else None,
-                     json.loads(row["environment"] or "{}"), row["error"])
+                     json.loads(row["environment"] or "{}"), error)
 
 
 def _sample_record(row: sqlite3.Row) -> SampleRecord:

@@ -1,0 +1,55 @@
+"""`lmstack eval run --timeout SECONDS`: how long one HTTP request may take (the client's 60 s applied to every
+model before, however slow). A model slower than it fails its samples with an error naming the timeout and the
+fix; the timeout is checked, recorded with the run, and kept when the run is resumed without one."""
+
+import pytest
+
+from cli_testing import run_cli
+from eval_helpers import answers, write_dataset
+from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
+from lmstack.cli import main
+from lmstack.evals.store import Store
+
+TIMED_OUT = "(no answer within the 0.2 s timeout); pass a larger --timeout SECONDS; --resume slow retries"
+
+
+@pytest.mark.timeout(180)
+def test_a_model_slower_than_the_timeout_names_it_and_a_larger_one_succeeds(tmp_path):
+    write_dataset(tmp_path / "arith.jsonl", 2)
+    task_file = tmp_path / "arith.yaml"
+    task_file.write_text("name: arith\ndataset: arith.jsonl\nsolver: [generate]\nscorer: [numeric]\n")
+    db = tmp_path / "db.sqlite"
+    with ScriptedServer({"scripts": {"slow": [{"answers": answers(2), "delay_s": 1.0}]}}) as server:
+        def eval_run(*extra):
+            return run_cli("eval", "run", task_file, "--model", server.base_url, "--model-name", "slow", "--db", db,
+                           *extra)
+
+        short = eval_run("--timeout", "0.2", "--run-id", "slow")
+        assert short.returncode == 0 and "run slow: 2 results, 2 errors" in short.stdout, short.stderr[-2000:]
+        assert TIMED_OUT in short.stderr
+        kept = eval_run("--resume", "slow")  # the run's own 0.2 s, not the default 60 s that would have waited
+        assert "run slow: 2 results, 2 errors" in kept.stdout and TIMED_OUT in kept.stderr, kept.stderr[-2000:]
+        generous = eval_run("--resume", "slow", "--timeout", "10")
+        assert generous.returncode == 0 and "run slow: 2 results, 0 errors" in generous.stdout, generous.stderr
+        assert "first error" not in generous.stderr
+    run = Store(db).run("slow")
+    assert (run.status, run.config["timeout_s"]) == ("finished", 10)
+    assert run.summary["scores"]["numeric"]["mean"]["mean"] == 1.0
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_a_timeout_that_cannot_work_is_refused_before_the_run_exists(tmp_path, capsys, value):
+    db = tmp_path / "db.sqlite"
+    assert main(["eval", "run", "toolcalls", "--model", f"http://127.0.0.1:{free_port()}/v1", "--model-name", "m",
+                 "--db", str(db), "--timeout", value]) == 2
+    assert capsys.readouterr().err == (f"lmstack eval: error: --timeout {float(value):g}: must be a number of seconds "
+                                       "> 0 (how long one HTTP request may take; default 60)\n")
+    assert Store(db).runs() == []
+
+
+def test_a_timeout_for_an_in_process_model_is_refused(tmp_path, capsys):
+    db = tmp_path / "db.sqlite"
+    assert main(["eval", "run", "toolcalls", "--model", str(tmp_path), "--db", str(db), "--timeout", "5"]) == 2
+    assert capsys.readouterr().err == (f"lmstack eval: error: --timeout 5: only a model at an http(s) URL has one; "
+                                       f"--model '{tmp_path}' runs in-process, so drop --timeout\n")
+    assert Store(db).runs() == []

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
-from web_seed import SCRIPT, seed_agent_runs, seed_eval_runs, seed_training_run
+from web_seed import SCRIPT, seed_agent_runs, seed_eval_runs, seed_interrupted_eval_run, seed_training_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
@@ -35,7 +35,8 @@ def seeded(tmp_path_factory, scripted):
     db = root / "lmstack.db"
     runs_root = root / "runs"
     return {"root": root, "db": db, "runs_root": runs_root, "training_dir": seed_training_run(runs_root),
-            "agents": seed_agent_runs(db, scripted.base_url, root / "workspace"), "evals": seed_eval_runs(db)}
+            "agents": seed_agent_runs(db, scripted.base_url, root / "workspace"), "evals": seed_eval_runs(db),
+            "interrupted_eval": seed_interrupted_eval_run(db)}
 
 
 @pytest.fixture(scope="session")

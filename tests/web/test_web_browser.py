@@ -150,6 +150,15 @@ def test_eval_run_drills_down_into_a_sample_transcript(page):
     expect(transcript).to_contain_text("match: 0")
 
 
+def test_an_eval_run_whose_process_died_shows_interrupted_and_how_to_resume(page, seeded):
+    run_id = seeded["interrupted_eval"]
+    page.goto("/#/evals")
+    expect(page.locator(f"#eval-runs tr[data-run='{run_id}'] .badge")).to_have_text("interrupted")
+    page.goto(f"/#/evals/run/{run_id}")
+    expect(page.locator(".run-error")).to_contain_text(f"ended without finishing the run: killed, or the machine "
+                                                       f"went down; continue it with --resume {run_id}")
+
+
 def test_eval_runs_compare_with_paired_test_and_flips(page, seeded, screenshot):
     expected = compare_runs(Store(seeded["db"]), "eval-a", "eval-b").scorers[0]
     page.goto("/#/evals")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 from lmstack.agent.client import ModelResponse, ToolCall, Usage
@@ -124,3 +126,15 @@ def seed_eval_runs(db: Path, n: int = 40) -> tuple[str, str]:
         store.finish_run(run_id, summarize_run(store.samples(run_id), ["mean"], {"match": True}, n_boot=200))
     store.close()
     return "eval-a", "eval-b"
+
+
+def seed_interrupted_eval_run(db: Path) -> str:
+    """A run whose process died without a word: its recorded executor is a child process that has exited."""
+    store = Store(db)
+    run_id = store.create_run("arithmetic", "model-k", {"scorers": ["match"]}, {"git_sha": "test"}, run_id="eval-killed")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    with transaction(store.conn):
+        store.conn.execute("UPDATE eval_runs SET owner_pid = ? WHERE id = ?", (int(ended.stdout), run_id))
+    store.close()
+    return run_id

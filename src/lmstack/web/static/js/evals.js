@@ -61,7 +61,8 @@ function renderRun(container, runId) {
     el("div", { class: "row" }, el("div", { class: "grow" }, el("h3", {}, "Samples"), samples),
       el("div", { class: "grow" }, el("h3", {}, "Transcript"), transcript))]);
   api(`/api/evals/runs/${q(runId)}`).then((run) => append(head, [el("h2", {}, `Eval run ${run.id} `, statusBadge(run.status)),
-    el("div", { class: "card" }, el("div", {}, `${run.task} on ${run.model}`), scoreCells(run.summary),
+    el("div", { class: "card" }, el("div", {}, `${run.task} on ${run.model}`),
+      run.error && el("p", { class: "error run-error" }, run.error), scoreCells(run.summary),
       el("details", {}, el("summary", {}, "config and environment"), el("pre", {}, fmt.json({ config: run.config, environment: run.environment }))))]))
     .catch((err) => head.append(errorBox(err)));
 

@@ -128,8 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(note, file=sys.stderr)
         raise
     print(format_scores([store.run(outcome.run_id)]))
+    cached = int(outcome.summary["usage"].get("cached_calls", 0))  # "the rest" was wrong when requests failed
     print(f"run {outcome.run_id}: {outcome.summary['results']} results, {outcome.summary['errors']} errors, "
-          f"{outcome.requests_made} model requests made (the rest from the cache)")
+          f"{outcome.requests_made} model requests made, {cached} answers from the cache")
     failed = store.first_error(outcome.run_id)
     if failed:  # the count alone does not say what to fix
         print(f"first error (sample {failed.sample_id}, epoch {failed.epoch}): {failed.error}; --resume "

@@ -1,4 +1,4 @@
-"""The process executing a run (an eval run, an agent run), recorded with the run as (pid, host name).
+"""The process executing a run, recorded with the run: (pid, host name) for an eval run, the pid for an agent run.
 
 A run killed without a word (SIGKILL, the OOM killer, a power loss) cannot mark itself failed. Its recorded
 process being gone is how `eval list`, reports and the dashboard tell it from a run still going, and how a

@@ -30,6 +30,7 @@ def run_agent(tmp_path: Path, server, script_name: str, task: str, tools: list[T
     config.workspace = str(tmp_path / "workspace")
     Path(config.workspace).mkdir(exist_ok=True)
     create_run(conn, run_id, task, to_dict(config))
-    client = OpenAIClient(server.base_url, script_name, timeout_s=10, retry=RetryPolicy(base_delay_s=0.01), stream=stream)
+    client = OpenAIClient(server.base_url, script_name, timeout_s=10,
+                          retry=RetryPolicy(max_attempts=config.max_attempts, base_delay_s=0.01), stream=stream)
     runtime = AgentRuntime(conn, run_id, config, client, ToolRegistry(tools), Path(config.workspace), MemoryStore(conn))
     return runtime.run(), conn

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent_helpers import call
+from cli_testing import one_line_error, run_cli
 from lmstack.agent.launch import open_database
 from lmstack.agent.settings import AgentConfig
 from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
@@ -25,7 +26,6 @@ SCRIPT = {"scripts": {
              {"content": "6 * 7 = 42 and 6 + 7 = 13; I saved both to results.txt."}],
     "files": [{"tool_calls": [call("write_file", {"path": "plan.md", "content": "1. buy milk"})]},
               {"content": "I saved the plan to plan.md."}],
-    "broken": [{"fail": [400], "content": "never sent"}],
 }}
 APPROVAL_TOOLS = Path(__file__).with_name("approval_tools.py")
 
@@ -97,11 +97,21 @@ def test_approve_from_the_command_line(server, tmp_path):
 
 
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
+    open_database(tmp_path / "x.db")
     missing = lmstack("resume", "nope", db=tmp_path / "x.db")
     assert missing.returncode == 2 and "no agent run with id 'nope'" in missing.stderr
     bad_tool = lmstack("run", "x", "--model", "http://127.0.0.1:9/v1", "--model-name", "m", "--tools", "teleport",
                        db=tmp_path / "x.db")
     assert bad_tool.returncode == 2 and "--tools 'teleport'" in bad_tool.stderr
+
+
+@pytest.mark.parametrize("command", [["list"], ["trace", "r1"], ["approve", "r1"], ["resume", "r1"]])
+def test_commands_on_recorded_runs_refuse_a_database_that_does_not_exist_and_create_none(tmp_path, command):
+    db = tmp_path / "typo" / "lmstack.db"
+    refused = run_cli("agent", *command, "--db", db)
+    assert one_line_error(refused, "agent") == (f"lmstack agent: error: database '{db}' does not exist; `lmstack agent "
+                                                "run` creates it: pass the --db its runs were recorded in")
+    assert not (tmp_path / "typo").exists()
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -123,7 +133,7 @@ def test_a_budget_that_cannot_work_is_refused_before_the_run_exists(tmp_path):
     refused = lmstack("run", "x", "--model", "http://127.0.0.1:9/v1", "--model-name", "m",
                       "--set", "budget.max_steps=-1", db=db)
     assert error_line(refused) == "lmstack agent: error: budget.max_steps = -1: must be > 0"
-    assert "\n" not in lmstack("list", db=db).stdout.strip()  # the header alone: no run was recorded
+    assert not db.exists()  # no run was recorded
 
 
 @pytest.mark.parametrize("setting", ["budget.max_steps=0", "budget.max_tokens=-1", "budget.max_wall_s=0",
@@ -143,15 +153,16 @@ def test_zero_dollars_and_zero_retries_are_meaningful_and_accepted():
 
 
 def test_resuming_a_run_that_is_over_says_so_and_runs_nothing(server, tmp_path):
+    # A `failed` run resumes (test_agent_failed_resume.py); every other end would only be reached again.
     db = tmp_path / "lmstack.db"
-    failed = lmstack("run", "x", "--model", server.base_url, "--model-name", "broken", "--run-id", "r4",
-                     "--workspace", str(tmp_path / "ws"), db=db)
-    assert failed.returncode == 1 and "run r4: failed" in failed.stdout
+    looped = lmstack("run", "x", "--model", server.base_url, "--model-name", "calc", "--run-id", "r4",
+                     "--workspace", str(tmp_path / "ws"), "--set", "loops.repeat_limit=1", db=db)
+    assert looped.returncode == 1 and "run r4: loop_detected" in looped.stdout
     calls_before = len(server.requests())
     resumed = lmstack("resume", "r4", db=db)
     assert resumed.returncode == 1  # the run's outcome, as `run` reported it: idempotent after a crash
-    assert "run r4 has already ended (failed): nothing to resume" in resumed.stderr
-    assert resumed.stdout == failed.stdout
+    assert "run r4 has already ended (loop_detected): nothing to resume" in resumed.stderr
+    assert resumed.stdout == looped.stdout
     assert len(server.requests()) == calls_before  # nothing ran
 
 

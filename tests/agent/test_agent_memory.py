@@ -126,7 +126,8 @@ def test_a_latest_tool_output_too_long_for_the_context_is_shortened_last():
     view = fit_context(messages, max_tokens=300)
     # Only the output that could never fit is cut: the older turns, which fit beside it once cut, all stay.
     assert view[:-1] == messages[:-1] and answered_calls_only(view) and approx_tokens(view) <= 300
-    assert view[-1]["content"] == "huge " + "z" * 195 + "... [tool output truncated: 8005 chars]"
+    # 200 characters in all: a 51-character note (for up to 4 digits cut) leaves 149 = a head of 75 and a tail of 74.
+    assert view[-1]["content"] == "huge " + "z" * 70 + "\n[tool output truncated: 7856 characters cut here]\n" + "z" * 74
 
 
 def test_summary_handles_content_given_as_a_list_of_parts():

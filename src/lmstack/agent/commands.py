@@ -24,13 +24,14 @@ def register(subparsers) -> None:
     run.add_argument("--workspace", default=None, help="directory the file tools are confined to")
     add_config_arguments(run)
     run.epilog = ("settings (--set KEY=VALUE or TOML): system_prompt, context_tokens, max_output_tokens, temperature, "
-                  "logprobs, stream, timeout_s, max_attempts, api_key_env, agent_name, user, "
+                  "logprobs, stream, timeout_s, max_attempts, max_tool_output_chars, api_key_env, agent_name, user, "
                   "budget.{max_steps, max_tokens, max_wall_s, max_dollars, price_in_per_mtok, price_out_per_mtok}, "
                   "loops.{repeat_limit, no_progress_limit}, monitors.{grounding, action_claims, uncertainty, "
                   "tool_hallucination, self_consistency} = off|flag|retry|stop, monitors.self_consistency_k")
     run.set_defaults(func=cmd_run)
 
-    resume = commands.add_parser("resume", help="continue a crashed or paused run from its last completed step")
+    resume = commands.add_parser("resume",
+                                 help="continue a crashed, paused or failed run from its last completed step")
     resume.add_argument("run_id")
     resume.set_defaults(func=cmd_resume)
 
@@ -50,8 +51,10 @@ def register(subparsers) -> None:
     trace.add_argument("--otel", default=None, metavar="FILE.json", help="write OTLP/JSON spans to FILE ('-': stdout)")
     trace.set_defaults(func=cmd_trace)
 
-    for sub in (run, resume, approve, listing, trace):
-        sub.add_argument("--db", default=None, help="database file (default: $LMSTACK_HOME/lmstack.db)")
+    run.add_argument("--db", default=None, help="database file, created if missing (default: $LMSTACK_HOME/lmstack.db)")
+    for sub in (resume, approve, listing, trace):
+        sub.add_argument("--db", default=None, help="database file `agent run` recorded the run in (default: "
+                                                    "$LMSTACK_HOME/lmstack.db)")
 
 
 def _report(record) -> int:
@@ -84,10 +87,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from lmstack.agent.launch import open_database, resume_run
+    from lmstack.agent.launch import open_existing_database, resume_run
     from lmstack.agent.store import RESUMABLE, get_run
 
-    conn = open_database(args.db)
+    conn = open_existing_database(args.db)
     record = get_run(conn, args.run_id)
     if record.status not in RESUMABLE:
         # Idempotent, as after a crash one cannot tell whether the run finished: its outcome again, saying so.
@@ -98,9 +101,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from lmstack.agent.launch import decide_approvals, open_database, resume_run
+    from lmstack.agent.launch import decide_approvals, open_existing_database, resume_run
 
-    conn = open_database(args.db)
+    conn = open_existing_database(args.db)
     keys = decide_approvals(conn, args.run_id, approve=not args.deny, call_key=args.call)
     print(f"{'denied' if args.deny else 'approved'}: {', '.join(keys)}")
     return _report(resume_run(conn, args.run_id, show_progress=True))
@@ -109,7 +112,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     import datetime
 
-    from lmstack.agent.launch import open_database
+    from lmstack.agent.launch import open_existing_database
     from lmstack.agent.store import STATUSES, list_runs
     from lmstack.errors import LmstackError
 
@@ -117,7 +120,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         raise LmstackError(f"--status {args.status!r} is not a run status; use one of {', '.join(STATUSES)}")
     if args.limit < 1:
         raise LmstackError(f"--limit {args.limit}: list at least 1 run (default 50)")
-    runs = list_runs(open_database(args.db), args.status, args.limit)
+    runs = list_runs(open_existing_database(args.db), args.status, args.limit)
     print(f"{'RUN':14} {'STATUS':18} {'STEPS':>5} {'TOKENS':>8} {'COST $':>10}  {'CREATED':19}  TASK")
     for r in runs:
         created = datetime.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M:%S")
@@ -127,12 +130,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from lmstack.agent.launch import open_database
+    from lmstack.agent.launch import open_existing_database
     from lmstack.agent.store import get_run
     from lmstack.agent.tracing import format_tree, load_tree, to_otel
     from lmstack.atomic import atomic_write_text
 
-    conn = open_database(args.db)
+    conn = open_existing_database(args.db)
     record = get_run(conn, args.run_id)
     if args.otel:
         text = json.dumps(to_otel(conn, args.run_id), indent=1)

@@ -1,7 +1,7 @@
 """Keep the conversation sent to the model within its context window.
 
-Policy, cheapest loss first: (1) shorten tool outputs, oldest first, to a head and a note of what
-was cut; (2) if still too long, replace the oldest turns (never the system prompt, the task, or the
+Policy, cheapest loss first: (1) shorten tool outputs, oldest first, to a head and a tail around a note
+of what was cut; (2) if still too long, replace the oldest turns (never the system prompt, the task, or the
 latest turn) with one extractive summary, appended to the task message (shortened as needed, or left
 out when not even a count of the dropped messages fits); (3) if even that is too long, shorten the
 latest turn's tool outputs too (first of all when the latest turn cannot fit even alone); (4) failing
@@ -20,6 +20,21 @@ from typing import Callable
 from lmstack.tokenizer import content_text
 
 KEEP_TOOL_CHARS = 200
+
+
+def cut_middle(text: str, max_chars: int) -> str:
+    """`text` if it has at most `max_chars` characters, else its head and tail around a note of how many were cut,
+    at most `max_chars` in all (so cutting it again changes nothing), or the note alone when `max_chars` is shorter.
+    The middle goes since a program's output says what it is at its start and how it ended (an error) at its end."""
+    if len(text) <= max_chars:
+        return text
+    room = max(0, max_chars - len(_cut_note(len(text))))  # what is cut is at most len(text): its note at most this long
+    tail = room // 2
+    return f"{text[:room - tail]}{_cut_note(len(text) - room)}{text[len(text) - tail:]}"
+
+
+def _cut_note(cut_chars: int) -> str:
+    return f"\n[tool output truncated: {cut_chars} characters cut here]\n"
 
 
 def approx_tokens(messages: list[dict]) -> int:
@@ -71,7 +86,7 @@ def _shorten_tool_outputs(view: list[dict], candidates: list[dict], max_tokens: 
     for message in candidates:
         content = content_text(message.get("content"))
         if message["role"] == "tool" and len(content) > KEEP_TOOL_CHARS:
-            message["content"] = f"{content[:KEEP_TOOL_CHARS]}... [tool output truncated: {len(content)} chars]"
+            message["content"] = cut_middle(content, KEEP_TOOL_CHARS)
             if count_tokens(view) <= max_tokens:
                 return True
     return False

@@ -5,6 +5,9 @@ Completed operations are replayed from the stored response, so the rebuilt conve
 the one the crashed process had. An operation that was `started` but never `completed` is run
 again -- model calls are safe to repeat; a side-effecting tool gets the same idempotency key as the
 first attempt, so a tool that records its effect under that key does not act twice.
+
+A step that failed with nothing to show (every reply empty) is set aside when the run fails: its calls move
+to keys of their own, so that resuming the run redoes the step rather than replaying it to the same end.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmstack.db import transaction
+
+SET_ASIDE = "~failed"  # the key of a call set aside for a redo ends so: step3/model0~failed1, then ~failed2, ...
 
 
 @dataclass
@@ -59,3 +64,19 @@ class Journal:
         keys = self.conn.execute("SELECT key FROM agent_journal WHERE run_id = ? ORDER BY started_at, key",
                                  (self.run_id,)).fetchall()
         return [self.get(r["key"]) for r in keys]
+
+    def set_aside_step(self, step: int) -> list[tuple[str, str]]:
+        """Move the step's calls (those not set aside before) to new keys, so a resumed run finds none and redoes
+        the step; they stay in the journal as a record of what was tried and paid for. (old key, new key) pairs."""
+        moved = []
+        with transaction(self.conn):
+            keys = [r["key"] for r in self.conn.execute("SELECT key FROM agent_journal WHERE run_id = ? AND key LIKE ?",
+                                                        (self.run_id, f"step{step}/%"))]
+            for key in keys:
+                if SET_ASIDE in key:
+                    continue
+                new_key = f"{key}{SET_ASIDE}{1 + sum(k.startswith(key + SET_ASIDE) for k in keys)}"
+                self.conn.execute("UPDATE agent_journal SET key = ? WHERE run_id = ? AND key = ?",
+                                  (new_key, self.run_id, key))
+                moved.append((key, new_key))
+        return moved

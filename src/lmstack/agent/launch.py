@@ -15,13 +15,23 @@ from lmstack.agent.settings import AgentConfig
 from lmstack.agent.store import RunRecord, create_run, get_run, open_agent_tables
 from lmstack.agent.tools import ToolRegistry
 from lmstack.config import from_dict, to_dict
-from lmstack.db import connect, lmstack_home, transaction
+from lmstack.db import connect, default_db_path, lmstack_home, transaction
 from lmstack.errors import LmstackError
 from lmstack.openai_url import ModelListingError, first_listed_model
 
 
 def open_database(path: str | Path | None = None) -> sqlite3.Connection:
     return open_agent_tables(connect(path))
+
+
+def open_existing_database(path: str | Path | None = None) -> sqlite3.Connection:
+    """The database of the runs that `list`, `trace`, `approve` and `resume` act on. A path with no database is
+    refused: opening it would create an empty one (and its folders), and a mistyped --db would list no runs."""
+    path = Path(path) if path is not None else default_db_path()
+    if not path.exists():
+        raise LmstackError(f"database '{path}' does not exist; `lmstack agent run` creates it: pass the --db "
+                           "its runs were recorded in")
+    return open_database(path)
 
 
 def build_client(config: AgentConfig) -> ModelClient:
@@ -42,14 +52,14 @@ def first_model_id(config: AgentConfig) -> str:
 
 
 def build_runtime(conn: sqlite3.Connection, run_id: str, show_progress: bool = False,
-                  client: ModelClient | None = None) -> AgentRuntime:
+                  client: ModelClient | None = None, workspace: Path | None = None) -> AgentRuntime:
+    """The agent of a recorded run, from its saved configuration; `client` and `workspace` when already made."""
     record = get_run(conn, run_id)
     config = from_dict(AgentConfig, record.config)
     memory = MemoryStore(conn)
-    workspace = make_workspace(config.workspace)
     registry = ToolRegistry(load_tools(config.tools))
-    return AgentRuntime(conn, run_id, config, client or build_client(config), registry, workspace, memory,
-                        show_progress)
+    return AgentRuntime(conn, run_id, config, client or build_client(config), registry,
+                        workspace or make_workspace(config.workspace), memory, show_progress)
 
 
 def make_workspace(path: str) -> Path:
@@ -93,9 +103,9 @@ def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: 
     # What can fail to load (a checkpoint, the workspace) fails before the run exists: no run is left behind
     # as `running` that can never run.
     client = build_client(config)
-    make_workspace(config.workspace)
+    workspace = make_workspace(config.workspace)
     create_run(conn, run_id, task, to_dict(config))
-    return build_runtime(conn, run_id, show_progress, client).run()
+    return build_runtime(conn, run_id, show_progress, client, workspace).run()
 
 
 def resume_run(conn: sqlite3.Connection, run_id: str, show_progress: bool = False) -> RunRecord:

@@ -7,7 +7,8 @@ Each step:
   4. no tool calls: the message is the final answer; otherwise check for loops, ask for approvals
      (pausing the run as `waiting` if one is missing), and run the calls concurrently (journaled);
   5. stop if no step has made progress for `loops.no_progress_limit` steps.
-`run()` is also `resume`: it replays the journal from the start and continues where it stopped.
+`run()` is also `resume`: it replays the journal from the start and continues where it stopped -- for a failed
+run, at the call the endpoint never answered, or at the start of a step whose replies were all empty (set aside).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from tqdm.auto import tqdm
 
 from lmstack.agent.budget import Spend, call_cost, over_budget
 from lmstack.agent.client import ModelCallError, ModelClient, ModelResponse
-from lmstack.agent.context import approx_tokens, fit_context
-from lmstack.agent.journal import Journal
+from lmstack.agent.context import approx_tokens, cut_middle, fit_context
+from lmstack.agent.journal import SET_ASIDE, Journal
 from lmstack.agent.memory import MemoryStore
 from lmstack.agent.monitors import MONITORS, MonitorEvent, PastCall, StepView
 from lmstack.agent.settings import AgentConfig
@@ -38,9 +39,10 @@ from lmstack.db import transaction
 class StopRun(Exception):
     """Ends the loop with a terminal (or waiting) status."""
 
-    def __init__(self, status: str, reason: str, answer: str | None = None):
+    def __init__(self, status: str, reason: str, answer: str | None = None, redo_step: int | None = None):
         super().__init__(reason)
         self.status, self.reason, self.answer = status, reason, answer
+        self.redo_step = redo_step  # a step whose calls are set aside, so that a resume makes them again
 
 
 class AgentRuntime:
@@ -66,6 +68,9 @@ class AgentRuntime:
         self.record = record
         self.session_start, self.active_before = time.monotonic(), record.active_seconds
         self.spend = Spend()
+        for entry in self.journal.entries():  # set aside, never replayed, but paid for: they count toward the budget
+            if SET_ASIDE in entry.key:
+                self._add_spend(ModelResponse.from_dict(entry.response))
         self.past_calls: list[PastCall] = []
         self.call_counts: dict[str, int] = {}
         self.seen_results: set[str] = set()
@@ -77,9 +82,10 @@ class AgentRuntime:
         try:
             self._loop(messages)
         except StopRun as stop:
-            self._finish(stop.status, stop.reason, stop.answer)
+            self._finish(stop.status, stop.reason, stop.answer, stop.redo_step)
         except ModelCallError as err:
-            self._finish("failed", str(err), None)
+            self._finish("failed", f"{err}; `lmstack agent resume {self.run_id}` continues once the endpoint is back",
+                         None)
         except BaseException as err:  # Ctrl-C, SIGTERM's handler, a bug: the run stays `running`, resumable,
             try:                       # and says why it stopped
                 update_run(self.conn, self.run_id, stop_reason=f"interrupted ({type(err).__name__}: {err}); "
@@ -128,7 +134,8 @@ class AgentRuntime:
                 if attempt == monitors.max_retries:
                     raise StopRun("failed", f"the model's reply at step {step} was empty (finish_reason "
                                   f"{response.finish_reason!r}) after {attempt + 1} tries: no answer and no tool "
-                                  "call; check the model and max_output_tokens, then start a new run")
+                                  "call; check the model and max_output_tokens (a new run takes new settings); "
+                                  f"`lmstack agent resume {self.run_id}` redoes the step", redo_step=step)
                 messages.append({"role": "user", "content": "Your last message was empty. Answer the task, or "
                                  "call one of the tools."})
                 continue
@@ -177,16 +184,21 @@ class AgentRuntime:
         response = ModelResponse.from_dict(entry.response)
         self.last_prompt_tokens = response.usage.prompt_tokens
         self.uncounted_prompt_tokens = max(0, response.usage.prompt_tokens - estimate)
-        cost = call_cost(self.client.model, self.config.budget, response.usage.prompt_tokens,
-                         response.usage.completion_tokens)
-        self.spend.prompt_tokens += response.usage.prompt_tokens
-        self.spend.completion_tokens += response.usage.completion_tokens
-        self.spend.cost_usd += cost
+        cost = self._add_spend(response)
         self.tracer.record(key, step_key, f"model {key}", "model", entry.started_at, entry.completed_at, {
             "model": response.model or self.client.model, "prompt_tokens": response.usage.prompt_tokens,
             "completion_tokens": response.usage.completion_tokens, "cost_usd": cost,
             "tool_calls": len(response.tool_calls), "finish_reason": response.finish_reason})
         return response
+
+    def _add_spend(self, response: ModelResponse) -> float:
+        """Count a call's tokens and cost toward the run's totals and budget; its cost."""
+        cost = call_cost(self.client.model, self.config.budget, response.usage.prompt_tokens,
+                         response.usage.completion_tokens)
+        self.spend.prompt_tokens += response.usage.prompt_tokens
+        self.spend.completion_tokens += response.usage.completion_tokens
+        self.spend.cost_usd += cost
+        return cost
 
     def _check_budget(self, next_prompt_tokens: int) -> None:
         self.spend.wall_s = self.active_before + time.monotonic() - self.session_start
@@ -288,13 +300,16 @@ class AgentRuntime:
         idempotency_key = f"{self.run_id}/{key}" if prepared.tool.side_effecting else None
         self.journal.start(key, "tool", {"name": prepared.tool.name, "arguments": prepared.arguments}, idempotency_key)
         context = ToolContext(self.run_id, key, idempotency_key, self.workspace, self.memory, self.scope)
-        result = self.registry.execute(prepared, context)
-        self.journal.complete(key, dataclasses.asdict(result))
-        self._trace_tool(key, step, self.journal.get(key))
-        return result
+        return self._complete_tool(key, step, self.registry.execute(prepared, context))
 
     def _journal_result(self, key: str, step: int, request: dict, result: ToolResult) -> ToolResult:
         self.journal.start(key, "tool", request)
+        return self._complete_tool(key, step, result)
+
+    def _complete_tool(self, key: str, step: int, result: ToolResult) -> ToolResult:
+        """Journal the result, its text cut to `max_tool_output_chars` first: the model sees what the journal holds,
+        and a resumed run replays the same."""
+        result = dataclasses.replace(result, content=cut_middle(result.content, self.config.max_tool_output_chars))
         self.journal.complete(key, dataclasses.asdict(result))
         self._trace_tool(key, step, self.journal.get(key))
         return result
@@ -326,11 +341,15 @@ class AgentRuntime:
             self.tracer.record(f"step{steps - 1}", "run", f"step {steps - 1}", "step", step_entries[0].started_at,
                                max(e.completed_at or e.started_at for e in step_entries), {}, replace=True)
 
-    def _finish(self, status: str, reason: str, answer: str | None) -> None:
-        self._save_progress(self.steps_started)
-        update_run(self.conn, self.run_id, status=status, stop_reason=reason, final_answer=answer)
-        self.tracer.record("run", None, f"run {self.run_id}", "run", self.record.created_at, time.time(), {
-            "status": status, "task": self.record.task[:200], "steps": self.steps_started,
-            "prompt_tokens": self.spend.prompt_tokens, "completion_tokens": self.spend.completion_tokens,
-            "cost_usd": self.spend.cost_usd}, status="ok" if status in ("completed", "waiting") else status,
-            replace=True)
+    def _finish(self, status: str, reason: str, answer: str | None, redo_step: int | None = None) -> None:
+        with transaction(self.conn):  # one write: a step is set aside if and only if the run's end is recorded
+            if redo_step is not None:
+                for old_key, new_key in self.journal.set_aside_step(redo_step):
+                    self.tracer.move(old_key, new_key)
+            self._save_progress(self.steps_started)
+            update_run(self.conn, self.run_id, status=status, stop_reason=reason, final_answer=answer)
+            self.tracer.record("run", None, f"run {self.run_id}", "run", self.record.created_at, time.time(), {
+                "status": status, "task": self.record.task[:200], "steps": self.steps_started,
+                "prompt_tokens": self.spend.prompt_tokens, "completion_tokens": self.spend.completion_tokens,
+                "cost_usd": self.spend.cost_usd}, status="ok" if status in ("completed", "waiting") else status,
+                replace=True)

@@ -58,12 +58,16 @@ class AgentConfig:
     stream: bool = False
     timeout_s: float = 60.0
     max_attempts: int = 4
+    # A tool result longer than this keeps its head and tail (the model, the journal and a resume see the same
+    # text): a tool that prints 500 MB must not put it in the database. ~25k tokens, more than most prompts hold.
+    max_tool_output_chars: int = 100_000
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     loops: LoopConfig = field(default_factory=LoopConfig)
     monitors: MonitorConfig = field(default_factory=MonitorConfig)
 
     def validate(self) -> None:
-        require_positive("", self, ("context_tokens", "max_output_tokens", "timeout_s", "max_attempts"))
+        require_positive("", self, ("context_tokens", "max_output_tokens", "timeout_s", "max_attempts",
+                                    "max_tool_output_chars"))
         require_positive("", self, ("temperature",), or_zero=True)  # 0 = greedy
         # The budget is checked here, with the other settings: budget.py, which this file imports, cannot.
         require_positive("budget.", self.budget, ("max_steps", "max_tokens", "max_wall_s"))

@@ -1,8 +1,10 @@
 """The agent layer's tables in the one lmstack database, and the run records.
 
 Run statuses: running, waiting (a tool call needs approval), completed, failed (the model endpoint
-failed for good), budget_exceeded, loop_detected, no_progress, stopped_by_monitor. Only `running`
-and `waiting` runs can be resumed.
+failed for good, or the model kept replying with nothing), budget_exceeded, loop_detected, no_progress,
+stopped_by_monitor. `running`, `waiting` and `failed` runs can be resumed: a failed run continues from its
+last completed step once the endpoint is back (the failed step is redone, the steps before it replayed from
+the journal). The other ended runs would only end the same way again.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from lmstack.db import ensure_schema, transaction
 from lmstack.errors import LmstackError
+from lmstack.run_owner import pid_alive
 
 MIGRATIONS = [
     """
@@ -45,7 +48,7 @@ MIGRATIONS = [
     "ALTER TABLE agent_runs ADD COLUMN owner_pid INTEGER;",
 ]
 
-RESUMABLE = ("running", "waiting")
+RESUMABLE = ("running", "waiting", "failed")
 STATUSES = ("running", "waiting", "completed", "failed", "budget_exceeded", "loop_detected", "no_progress",
             "stopped_by_monitor")
 
@@ -111,25 +114,18 @@ def update_run(conn: sqlite3.Connection, run_id: str, **fields: Any) -> None:
 
 
 def claim_run(conn: sqlite3.Connection, run_id: str) -> bool:
-    """Mark this process as the run's executor; refuse if another live process already is. False, claiming
-    nothing, when the run has ended (another process finished it since the caller read its status)."""
+    """Mark this process as the run's executor (status `running`, the last stop reason cleared); refuse if another
+    live process already is. False, claiming nothing, when the run can no longer be resumed (another process
+    finished it since the caller read its status). Read and write in one transaction: of two processes resuming
+    one failed or waiting run, the second finds it `running` under the first and is refused."""
     with transaction(conn):
         row = conn.execute("SELECT status, owner_pid FROM agent_runs WHERE id = ?", (run_id,)).fetchone()
         if row["status"] not in RESUMABLE:
             return False
         owner = row["owner_pid"]
-        if row["status"] == "running" and owner and owner != os.getpid() and _alive(owner):
+        if row["status"] == "running" and owner and owner != os.getpid() and pid_alive(owner):
             raise LmstackError(f"run '{run_id}' is being executed by process {owner}; wait for it or stop it first")
         conn.execute("UPDATE agent_runs SET owner_pid = ?, status = 'running', stop_reason = NULL, updated_at = ? "
                      "WHERE id = ?", (os.getpid(), time.time(), run_id))
     return True
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -63,6 +63,17 @@ class Tracer:
                               (self.run_id, event_key, span_id(self.run_id, span_key), monitor, action, message_key,
                                start, end, text, detail, time.time()))
 
+    def move(self, old_key: str, new_key: str) -> None:
+        """Re-key a call's span and its monitor events when the journal moves the call (`Journal.set_aside_step`):
+        the call made again under the old key then gets a span and events of its own."""
+        old_id, new_id, rest = span_id(self.run_id, old_key), span_id(self.run_id, new_key), len(old_key) + 1
+        with transaction(self.conn):
+            self.conn.execute("UPDATE agent_spans SET span_id = ?, name = replace(name, ?, ?) WHERE run_id = ? "
+                              "AND span_id = ?", (new_id, old_key, new_key, self.run_id, old_id))
+            self.conn.execute("UPDATE agent_events SET span_id = ?, event_key = ? || substr(event_key, ?), "
+                              "message_key = ? || substr(message_key, ?) WHERE run_id = ? AND span_id = ?",
+                              (new_id, new_key, rest, new_key, rest, self.run_id, old_id))
+
 
 def load_events(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
     rows = conn.execute("SELECT * FROM agent_events WHERE run_id = ? ORDER BY created_at, event_key", (run_id,))

@@ -10,6 +10,7 @@ crashes and re-sends a request gets the same answer (what durable-run tests need
      "usage": {"prompt_tokens": 10, "completion_tokens": 3},                       # optional
      "fail": [429, 500],   # the first attempts at this turn get these HTTP statuses
      "retry_after": 1.5,   # ... with this Retry-After header (seconds)
+     "empty": 1,           # the next attempts get an empty reply: no content, no tool calls
      "stream_cut": 1,      # the first attempts streamed stop after the first content chunk (no finish, no [DONE])
      "delay_s": 0.2,       # sleep before answering (timeouts, crash tests)
      "samples": ["a", "b"],  # contents for sampled (temperature > 0) calls, round-robin
@@ -83,7 +84,11 @@ def build_app(script: dict[str, Any]) -> FastAPI:
             content = samples[next(sample_counters[(name, turn_index)]) % len(samples)]
         if "answers" in turn:  # per-prompt answers: one script serves a whole eval dataset
             content = _keyed_answer(turn["answers"], body)
-        message = _message(turn, content, turn_index)
+        if attempt - len(failures) < turn.get("empty", 0):  # a model that said nothing
+            content = ""
+            message = _message({}, content, turn_index)
+        else:
+            message = _message(turn, content, turn_index)
         logprobs = _logprobs(turn, content) if body.get("logprobs") else None
         usage = turn.get("usage") or {
             "prompt_tokens": max(1, len(json.dumps(body.get("messages", []))) // 4),

@@ -55,6 +55,7 @@ SCRIPT = {"scripts": {
     "raising": [{"tool_calls": [call("exits", {"code": 3}), call("interrupts", {"note": "from the tool"})]},
                 {"content": "both tools failed"}],
     "hang": [{"tool_calls": [call("hang", {"seconds": 60})]}, {"content": "the tool timed out"}],
+    "slow": [{"content": "too late", "delay_s": 3}],
     # A long nap: the window in which the test interrupts the run must outlast a busy machine's polling delays.
     "nap": [{"tool_calls": [call("nap", {"seconds": 8})]}, {"content": "rested"}],
 }}
@@ -117,6 +118,18 @@ def test_an_empty_reply_is_re_asked_then_fails_the_run_instead_of_completing_bla
     (tmp_path / "again").mkdir()
     record, _ = run_agent(tmp_path / "again", server, "empty_then_answer", "hi", [calculator])
     assert record.status == "completed" and record.final_answer == "42"
+
+
+def test_a_model_slower_than_the_timeout_fails_the_run_naming_the_setting_to_raise(tmp_path, server):
+    """The stop reason said only "Request timed out.", not which setting decides how long that is."""
+    process = lmstack("run", "hi", "--model", server.base_url, "--model-name", "slow", "--run-id", "slow",
+                      "--tools", f"{FAILURE_TOOLS}:hang", "--set", "timeout_s=0.3", "--set", "max_attempts=1",
+                      db=tmp_path / "db")
+    process.communicate(timeout=50)
+    record = get_run(open_database(tmp_path / "db"), "slow")
+    assert record.status == "failed" and "Request timed out." in record.stop_reason
+    assert ("(no answer within the 0.3 s timeout: a slower model needs a new run with --set timeout_s=SECONDS)"
+            in record.stop_reason)
 
 
 def test_a_tool_raising_systemexit_or_keyboardinterrupt_is_an_error_result_not_a_crash(tmp_path, server):

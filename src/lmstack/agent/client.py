@@ -22,7 +22,12 @@ T = TypeVar("T")
 
 
 class ModelCallError(LmstackError):
-    """The model endpoint failed for good (after retries) or rejected the request."""
+    """The model endpoint failed for good (after retries) or rejected the request. `timed_out`: it failed by not
+    answering within the client's timeout, which each caller's user raises in their own way."""
+
+    def __init__(self, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class IncompleteStreamError(Exception):
@@ -185,7 +190,8 @@ class OpenAIClient:
         try:
             return with_retries(lambda: call(kwargs), _is_retryable, self.retry, retry_after=_retry_after_s)
         except (openai.APIError, IncompleteStreamError) as err:
-            raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url} failed: {err}") from None
+            raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url} failed: {err}",
+                                 timed_out=isinstance(err, openai.APITimeoutError)) from None
         except RetryAfterTooLong as err:
             raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url} failed: {err.__cause__}; "
                                  f"{err}") from None

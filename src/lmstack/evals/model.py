@@ -89,7 +89,7 @@ class CachedModel:
             try:
                 response = send()
             except ModelCallError as err:
-                if self.timeout_s is None or not timed_out(err):
+                if self.timeout_s is None or not err.timed_out:
                     raise
                 raise ModelCallError(f"{err} (no answer within the {self.timeout_s:g} s timeout); pass a larger "
                                      "--timeout SECONDS") from None
@@ -98,14 +98,6 @@ class CachedModel:
         if self.use_cache:
             self.store.cache_response(key, self.endpoint, request, response)
         return response, False
-
-
-def timed_out(err: ModelCallError) -> bool:
-    """Whether the request behind `err` timed out. The client raises its ModelCallError `from None`, to print one
-    line; the SDK's error it replaced is still its __context__."""
-    import openai
-
-    return isinstance(err.__context__, openai.APITimeoutError)
 
 
 class SampleModel:

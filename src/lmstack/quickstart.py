@@ -6,7 +6,8 @@ Stages run in order on one shared `Quickstart` record; a later layer extends the
 a stage (`STAGES.append(("sft", run_sft))`) or passing `stages=`. Each stage is idempotent: a re-run
 reuses the data and resumes training, so an interrupted demo picks up where it stopped.
 
-Measured on an idle 2-core machine: tokenizer + data 4 s, pretraining 2.1 min, SFT 5.6 min, evals 7 s.
+Measured on an idle 2-core machine: tokenizer + data 4 s, pretraining 1.6 min, SFT 4.5 min, evals 8 s.
+`--steps`, `--sft-steps` and `--until STAGE` shorten it for a quick try.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Quickstart:
     data_dir: Path
     overrides: dict[str, Any] = field(default_factory=dict)  # extra settings for the pretraining config
     corpus_limit: int | None = None  # use only the first N stdlib files (tests, quick tries)
+    sft_steps: int | None = None  # the SFT stage's steps, when not its default
     pretrain: TrainResult | None = None
     interrupted_by: str | None = None
     outputs: list[tuple[str, Path]] = field(default_factory=list)  # (what, where), printed at the end
@@ -131,10 +133,11 @@ STAGES: list[tuple[str, Stage]] = [("data", stage_data), ("pretrain", stage_pret
 
 def quickstart(run_dir: str | Path = "runs/quickstart", data_dir: str | Path | None = None,
                stages: list[tuple[str, Stage]] | None = None, corpus_limit: int | None = None,
-               **overrides: Any) -> Quickstart:
+               sft_steps: int | None = None, **overrides: Any) -> Quickstart:
     """Run the demo's stages; `overrides` are pretraining settings (e.g. max_steps=50, **{"model.n_layer": 2})."""
     run_dir = Path(run_dir)
-    qs = Quickstart(run_dir, Path(data_dir) if data_dir else default_data_dir(run_dir), overrides, corpus_limit)
+    qs = Quickstart(run_dir, Path(data_dir) if data_dir else default_data_dir(run_dir), overrides, corpus_limit,
+                    sft_steps)
     for name, stage in stages or STAGES:
         print(f"\n==== quickstart: {name}")
         start = time.perf_counter()
@@ -167,11 +170,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "fine-tune it to call tools, and evaluate it with and without tools (an HTML report).")
     quick.add_argument("--run-dir", default="runs/quickstart", help="where everything goes (default runs/quickstart)")
     quick.add_argument("--steps", type=int, default=None,
-                       help="pretraining steps (default: sized for ~2 minutes on 2 cores)")
+                       help=f"pretraining steps (default {PRETRAIN_SETTINGS['max_steps']}: ~1.5 minutes on 2 cores)")
+    quick.add_argument("--sft-steps", type=int, default=None,
+                       help="tool-use SFT steps (default 1000: ~4.5 minutes; fewer steps get fewer arguments right)")
+    quick.add_argument("--until", choices=[name for name, _ in STAGES], default=STAGES[-1][0],
+                       help="the last stage to run (default: all of them)")
     quick.set_defaults(func=run_quickstart)
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
+    from lmstack.errors import LmstackError
+
+    for flag, steps in (("--steps", args.steps), ("--sft-steps", args.sft_steps)):
+        if steps is not None and steps < 1:
+            raise LmstackError(f"{flag} {steps}: train at least 1 step (or leave {flag} out for the default)")
+    names = [name for name, _ in STAGES]
     overrides = {} if args.steps is None else {"max_steps": args.steps}
-    result = quickstart(args.run_dir, **overrides)
+    result = quickstart(args.run_dir, stages=STAGES[:names.index(args.until) + 1], sft_steps=args.sft_steps,
+                        **overrides)
     return SIGNAL_EXIT_CODES.get(result.interrupted_by, 0)

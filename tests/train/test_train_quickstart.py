@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from cli_testing import one_line_error, run_cli
 
 from lmstack.train.metrics import read_metrics
 from lmstack.quickstart import STAGES, quickstart
@@ -44,3 +45,23 @@ def test_full_quickstart_val_loss_clearly_falls(tmp_path, capsys):
     qs = quickstart(tmp_path / "quickstart", data_dir=tmp_path / "data", stages=PRETRAIN_STAGES)
     first_train_loss = read_metrics(qs.run_dir / "metrics.jsonl")[1]["loss"]
     assert val_losses(qs.run_dir)[-1] < 0.6 * first_train_loss
+
+
+def test_the_cli_shortens_the_demo_and_stops_after_the_stage_asked(tmp_path):
+    """A quick try: `--steps`, `--sft-steps` and `--until` (the demo took 7 minutes however it was called)."""
+    run_dir = tmp_path / "quick"
+    done = run_cli("quickstart", "--run-dir", run_dir, "--steps", "3", "--sft-steps", "2", "--until", "sft",
+                   timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    sft_steps = [r["step"] for r in read_metrics(run_dir / "sft/metrics.jsonl") if "loss" in r]
+    assert (steps, sft_steps) == ([1, 2, 3], [1, 2])
+    assert "==== quickstart: sft" in done.stdout and "==== quickstart: evals" not in done.stdout
+    assert (run_dir / "sft/final/model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--sft-steps"])
+def test_the_cli_refuses_zero_steps(tmp_path, flag):
+    message = one_line_error(run_cli("quickstart", "--run-dir", tmp_path / "q", flag, "0"), "quickstart")
+    assert message.endswith(f"{flag} 0: train at least 1 step (or leave {flag} out for the default)")
+    assert not (tmp_path / "q").exists()

@@ -81,6 +81,16 @@ def test_runs_nested_in_a_run_dir_are_listed_and_opened(client, seeded):
     assert client.get("/api/training/runs/posttrained/checkpoints", headers=KEY).status_code == 404
 
 
+def test_a_model_dir_under_the_runs_root_is_not_listed_as_a_run(client, seeded):
+    """The README's lm-eval recipe exports to runs/export-hf: it was listed as a run with no steps."""
+    exported = seeded["runs_root"] / "export-hf"
+    exported.mkdir()
+    (exported / "config.json").write_text('{"model_type": "llama"}')
+    names = [run["name"] for run in client.get("/api/training/runs", headers=KEY).json()["runs"]]
+    assert "export-hf" not in names and names
+    assert client.get("/api/training/runs/export-hf", headers=KEY).status_code == 404
+
+
 def test_runs_nested_at_any_depth_are_listed_and_opened_even_one_called_metrics(client, seeded):
     outer = seed_training_run(seeded["runs_root"], "deep", steps=5)
     sft = seed_training_run(outer, "sft", steps=10)

@@ -35,7 +35,8 @@ def stage_sft(qs) -> None:
         write_splits(data, TRAIN_CONVERSATIONS, TEST_CONVERSATIONS, seed=0)
     cfg = load_finetune_config(SFTConfig, str(qs.pretrain.last_checkpoint), None, [],
                                train_file=str(data / "train.jsonl"), val_file=str(data / "test.jsonl"),
-                               run_dir=str(qs.run_dir / "sft"), run_name="quickstart-sft", **SFT_SETTINGS)
+                               run_dir=str(qs.run_dir / "sft"), run_name="quickstart-sft",
+                               **{**SFT_SETTINGS, **({"max_steps": qs.sft_steps} if qs.sft_steps else {})})
     result = sft(cfg)
     qs.interrupted_by = result.train.interrupted_by
     if result.final is None:

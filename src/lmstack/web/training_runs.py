@@ -30,7 +30,9 @@ class TrainingRunNotFound(LmstackError):
 
 
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / METRICS_FILE).is_file() or (path / RUN_CONFIG).is_file())
+    """A run dir has metrics, or the log the trainer starts before its first step. Not a config.json alone: a model
+    dir has one too (an HF export or an import put under the runs root is not a run)."""
+    return path.is_dir() and ((path / METRICS_FILE).is_file() or (path / RUN_LOG).is_file())
 
 
 def is_nested_run_dir(path: Path) -> bool:

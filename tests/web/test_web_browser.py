@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from lmstack.agent.launch import open_database
+from lmstack.agent.launch import open_database, resume_run
 from lmstack.agent.store import list_runs
 from lmstack.evals.compare import compare_runs
 from lmstack.evals.store import Store
-from web_seed import CHAT_ANSWER, FLAGGED_ANSWER, XSS, train_record
+from web_seed import CHAT_ANSWER, FLAGGED_ANSWER, SCRIPT, XSS, train_record
 
 expect = pytest.importorskip("playwright.sync_api", reason="the playwright package (dev extra) is missing").expect
 NOT_RUN = "() => window.__pwned === undefined"
@@ -19,7 +19,7 @@ NOT_RUN = "() => window.__pwned === undefined"
 
 def test_chat_streams_the_answer_with_logprob_colours(page, screenshot):
     page.goto("/#/chat")
-    expect(page.locator("#model option")).to_have_count(4)  # the scripted endpoint's models, through the proxy
+    expect(page.locator("#model option")).to_have_count(len(SCRIPT["scripts"]))  # the scripted endpoint's models, through the proxy
     page.select_option("#model", "chat")
     page.check("#logprobs")
     page.fill("#chat-input", "Say hello")
@@ -35,7 +35,7 @@ def test_chat_streams_the_answer_with_logprob_colours(page, screenshot):
 
 def test_chat_shows_tool_calls_and_results_inline_as_text(page, screenshot):
     page.goto("/#/chat")
-    expect(page.locator("#model option")).to_have_count(4)
+    expect(page.locator("#model option")).to_have_count(len(SCRIPT["scripts"]))
     page.select_option("#model", "chat-tools")
     page.fill("#tools", json.dumps([{"type": "function", "function": {
         "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]))
@@ -130,6 +130,17 @@ def test_approving_a_waiting_tool_call_resumes_the_run(page, screenshot):
     expect(page.locator("#run-overview")).to_contain_text("Shipped.", timeout=20_000)
     expect(page.locator("#run-overview .badge")).to_have_text("done")
     expect(page.locator(".tool-output")).to_have_text("approved: ship it")
+
+
+def test_a_failed_run_resumed_from_the_cli_updates_its_open_page(page, seeded):
+    """The page stopped following a failed run, which `lmstack agent resume` can now continue."""
+    run_id = seeded["agents"]["failed"]
+    page.goto(f"/#/agents/{run_id}")
+    expect(page.locator("#run-overview .badge")).to_have_text("failed")
+    resumed = resume_run(open_database(seeded["db"]), run_id)
+    assert resumed.status == "completed"
+    expect(page.locator("#run-overview .badge")).to_have_text("done", timeout=20_000)
+    expect(page.locator("#run-overview")).to_contain_text("Back again.")
 
 
 def test_rejecting_a_waiting_tool_call_resumes_the_run_without_it(page):

@@ -31,6 +31,7 @@ SCRIPT = {"scripts": {
                   {"content": FLAGGED_ANSWER}],
     "agent-approval": [{"content": None, "tool_calls": [{"name": "guarded_echo", "arguments": {"text": "ship it"}}]},
                        {"content": "Shipped."}],
+    "agent-outage": [{"fail": [500], "content": "Back again."}],  # fails its first try, then answers
     "chat": [{"content": CHAT_ANSWER}],
     "chat-tools": [{"content": None, "tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]},
                    {"content": "It is 12 °C in Oslo."}],
@@ -77,7 +78,10 @@ def seed_agent_runs(db: Path, base_url: str, workspace: Path) -> dict:
                         "approval-run")
     to_reject = start_run(conn, "Ship it, unless a human says no.", agent_config(base_url, "agent-approval", workspace),
                           "reject-run")
-    assert (flagged.status, waiting.status, to_reject.status) == ("completed", "waiting", "waiting")
+    failed = start_run(conn, "Say something once the endpoint is back.",
+                       agent_config(base_url, "agent-outage", workspace), "outage-run")
+    assert (flagged.status, waiting.status, to_reject.status, failed.status) == ("completed", "waiting", "waiting",
+                                                                                  "failed")
     statuses = ["completed", "failed", "budget_exceeded", "running", "completed"]
     with transaction(conn):  # one commit for the lot: the nested writes join this transaction
         for i in range(1000):
@@ -86,7 +90,8 @@ def seed_agent_runs(db: Path, base_url: str, workspace: Path) -> dict:
         seed_long_trace(conn, "long-trace", 500)
     events = [dict(r) for r in conn.execute("SELECT * FROM agent_events WHERE run_id = 'flagged-run'")]
     conn.close()
-    return {"flagged": "flagged-run", "waiting": "approval-run", "long": "long-trace", "events": events}
+    return {"flagged": "flagged-run", "waiting": "approval-run", "long": "long-trace", "failed": "outage-run",
+            "events": events}
 
 
 def seed_long_trace(conn, run_id: str, steps: int) -> None:

@@ -3,6 +3,8 @@
 import { api, el, append, clear, errorBox, fmt, pager, statusBadge } from "./util.js";
 
 const PAGE = 50, STEP_PAGE = 20, POLL_MS = 3000, LIST_REFRESH_MS = 5000;
+// A run page follows a run while it can still change: a failed run too, which `lmstack agent resume` continues.
+const RESUMABLE = ["running", "waiting", "failed"];
 const FILTERS = ["running", "waiting", "completed", "failed", "budget_exceeded", "loop_detected", "no_progress", "stopped_by_monitor"];
 
 export function render(container, [runId]) {
@@ -104,7 +106,7 @@ function renderRun(container, runId) {
       if (lastStatus !== null && run.status !== lastStatus) { clear(trace); loaded = 0; }  // a resumed run wrote new steps
       lastStatus = run.status;
       if (!loaded) await loadSteps();
-      if (!["running", "waiting"].includes(run.status)) return;
+      if (!RESUMABLE.includes(run.status)) return;
     } catch (err) {
       header.append(errorBox(err));
       return;

@@ -1,5 +1,7 @@
 """`lmstack eval compare --fail-on-regression`: a planted regression fails the gate, seed noise does not."""
 
+import re
+
 import pytest
 
 from eval_helpers import answers, write_dataset
@@ -45,6 +47,29 @@ def test_same_model_different_seeds_passes_the_gate(runs, capsys):
     comparison = compare_runs(Store(runs), "base-s1", "base-s2")
     numeric = next(s for s in comparison.scorers if s.scorer == "numeric")
     assert numeric.flips and numeric.p_value > 0.05  # outcomes differ sample by sample, but not significantly
+
+
+def test_the_table_columns_fit_a_long_scorer_name(tmp_path, capsys):
+    """The built-in toolcalls task's `toolcall_right_tool` is longer than the scorer column was (16): its row's
+    numbers sat under the wrong headers."""
+    db = str(tmp_path / "db.sqlite")
+    script = {"scripts": {name: [{"content": "No tool needed."}] * 16 for name in ("a", "b")}}
+    with ScriptedServer(script) as server:
+        for name in ("a", "b"):
+            assert main(["eval", "run", "toolcalls", "-T", "n=2", "--model", server.base_url, "--model-name", name,
+                         "--run-id", name, "--db", db]) == 0
+    capsys.readouterr()
+    assert main(["eval", "compare", "a", "b", "--db", db]) == 0
+    header, *rows = [line for line in capsys.readouterr().out.splitlines()[2:] if not line.startswith("    ")]
+    assert [row.split()[0] for row in rows] == ["toolcall", "toolcall_parsed", "toolcall_right_tool"]
+
+    def spans(line: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(r"\S+", line)]
+
+    # scorer and test are left-aligned (same start as the header), n, A, B, B-A and p right-aligned (same end)
+    for row in rows:
+        assert [spans(row)[i][0] for i in (0, 6)] == [spans(header)[i][0] for i in (0, 6)], (header, row)
+        assert [spans(row)[i][1] for i in range(1, 6)] == [spans(header)[i][1] for i in range(1, 6)], (header, row)
 
 
 def test_report_command_writes_one_html_file(runs, tmp_path, capsys):

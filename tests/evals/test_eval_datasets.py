@@ -5,8 +5,11 @@ import json
 
 import pytest
 
+from cli_testing import one_line_error, run_cli
+from lmstack.agent.testing.scripted_server import ScriptedServer
 from lmstack.evals.dataset import DatasetError, FieldMap, from_generator, load_csv, load_hf, load_jsonl
 from lmstack.evals.loader import load_task
+from lmstack.evals.store import Store
 from lmstack.evals.task import TaskError
 
 
@@ -137,3 +140,41 @@ def test_duplicate_ids_and_taken_run_ids_are_clear_errors(tmp_path):
     store.create_run("t", "m", {}, {}, run_id="nightly")
     with pytest.raises(RunExists, match="--resume nightly"):
         store.create_run("t", "m", {}, {}, run_id="nightly")
+
+
+README_TASK = '''
+from lmstack.evals.task import Task, task
+from lmstack.evals.dataset import FieldMap, load_jsonl
+from lmstack.evals.solvers import chat
+from lmstack.evals.scorers import includes
+
+@task
+def capitals(n: int = 100):
+    rows = load_jsonl("capitals.jsonl", FieldMap(input="question", target="answer"))  # {"question": .., "answer": ..}
+    return Task(dataset=rows[:n], solver=chat(system="Answer in one word."), scorer=[includes()])
+
+@task
+def misspelt():
+    return Task(dataset=load_jsonl("capital.jsonl"), solver=chat(), scorer=[includes()])
+'''
+
+
+def test_a_python_tasks_relative_dataset_path_starts_from_the_task_files_folder(tmp_path):
+    """As a YAML task's does (and as in Inspect): `eval run evt/my_tasks.py@capitals` from another folder found no
+    'capitals.jsonl' before, since the path was taken from the working directory."""
+    folder = tmp_path / "evt"
+    folder.mkdir()
+    (folder / "my_tasks.py").write_text(README_TASK)
+    (folder / "capitals.jsonl").write_text(json.dumps({"question": "Capital of France?", "answer": "Paris"}) + "\n")
+    db = tmp_path / "db.sqlite"
+    script = {"scripts": {"good": [{"answers": {"Capital of France?": "Paris."}}]}}
+    with ScriptedServer(script) as server:  # run_cli's working directory is not `folder` (nor its parent)
+        done = run_cli("eval", "run", f"{folder / 'my_tasks.py'}@capitals", "--model", server.base_url,
+                       "--model-name", "good", "--db", db, "--run-id", "capitals")
+    assert done.returncode == 0 and "run capitals: 1 results, 0 errors" in done.stdout, done.stderr[-2000:]
+    assert Store(db).run("capitals").summary["scores"]["includes"]["mean"]["mean"] == 1.0
+    missing = run_cli("eval", "run", f"{folder / 'my_tasks.py'}@misspelt", "--model", "http://127.0.0.1:9/v1",
+                      "--model-name", "good", "--db", db)
+    assert one_line_error(missing, "eval") == (
+        f"lmstack eval: error: dataset file '{folder / 'capital.jsonl'}' does not exist (a task file's relative "
+        "paths start from its folder); check the path")

@@ -44,12 +44,12 @@ def test_scores_usage_and_cache_on_rerun(server, tmp_path):
                 name="arith")
     first = run_eval(task, model(server, store, price_per_mtok=(1.0, 2.0)), store, progress=False)
     assert first.summary["scores"]["numeric"]["mean"]["mean"] == 1.0
-    assert first.requests_made == N and first.summary["usage"]["calls"] == N
+    assert first.requests == {"answered": N} and first.summary["usage"]["calls"] == N
     usage = first.summary["usage"]
     assert usage["cost_usd"] == pytest.approx((usage["prompt_tokens"] * 1.0 + usage["completion_tokens"] * 2.0) / 1e6)
     before = len(server.requests())
     second = run_eval(task, model(server, store), store, progress=False)
-    assert second.requests_made == 0 and len(server.requests()) == before  # all answered from the cache
+    assert second.requests == {"cached": N} and len(server.requests()) == before  # all answered from the cache
     assert second.summary["scores"] == first.summary["scores"]
     assert second.summary["usage"]["cached_calls"] == N
 

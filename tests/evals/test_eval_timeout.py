@@ -27,13 +27,14 @@ def test_a_model_slower_than_the_timeout_names_it_and_a_larger_one_succeeds(tmp_
         short = eval_run("--timeout", "0.2", "--run-id", "slow")
         assert short.returncode == 0 and "run slow: 2 results, 2 errors" in short.stdout, short.stderr[-2000:]
         assert TIMED_OUT in short.stderr
-        assert "0 model requests made, 0 answers from the cache" in short.stdout  # not "the rest from the cache"
+        # every request counted: a run whose requests all failed made them ("0 requests made" before)
+        assert "model requests: 0 answered by the endpoint, 0 from the cache, 2 failed" in short.stdout
         kept = eval_run("--resume", "slow")  # the run's own 0.2 s, not the default 60 s that would have waited
         assert "run slow: 2 results, 2 errors" in kept.stdout and TIMED_OUT in kept.stderr, kept.stderr[-2000:]
         generous = eval_run("--resume", "slow", "--timeout", "10")
         assert generous.returncode == 0 and "run slow: 2 results, 0 errors" in generous.stdout, generous.stderr
         assert "first error" not in generous.stderr
-        assert "2 model requests made, 0 answers from the cache" in generous.stdout
+        assert "model requests: 2 answered by the endpoint, 0 from the cache, 0 failed" in generous.stdout
     run = Store(db).run("slow")
     assert (run.status, run.config["timeout_s"]) == ("finished", 10)
     assert run.summary["scores"]["numeric"]["mean"]["mean"] == 1.0

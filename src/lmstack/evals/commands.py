@@ -37,14 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--epochs", type=int, help="attempts per sample (for pass@k / pass^k)")
     run.add_argument("--seed", type=int, help="base seed; each sample and epoch derives its own")
     run.add_argument("--limit", type=int, help="evaluate only the first N samples")
-    run.add_argument("--max-tokens", type=int, help="generation limit per model call")
+    run.add_argument("--max-tokens", type=int, help="generation limit per model call (default: the task's, else none "
+                     "is sent and the endpoint's default applies)")
     run.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
     run.add_argument("--reducers", help="comma-separated: mean, max, pass@K, pass^K")
     run.add_argument("--max-concurrency", type=int, default=8, help="parallel requests per endpoint (default 8)")
     run.add_argument("--price", nargs=2, type=float, metavar=("IN", "OUT"),
                      help="dollars per million input / output tokens (default: the agent price table)")
     run.add_argument("--run-id", help="name of the new run (default: a timestamp)")
-    run.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run; finished samples are skipped")
+    run.add_argument("--resume", metavar="RUN_ID",
+                     help="continue an interrupted run under its own settings; finished samples are skipped")
     run.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
     run.add_argument("--report", metavar="FILE.html", help="also write the HTML report")
     run.add_argument("--db", help="SQLite database (default $LMSTACK_HOME/lmstack.db)")
@@ -128,13 +130,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(note, file=sys.stderr)
         raise
     print(format_scores([store.run(outcome.run_id)]))
-    cached = int(outcome.summary["usage"].get("cached_calls", 0))  # "the rest" was wrong when requests failed
-    print(f"run {outcome.run_id}: {outcome.summary['results']} results, {outcome.summary['errors']} errors, "
-          f"{outcome.requests_made} model requests made, {cached} answers from the cache")
+    # Every request this process sent, by what came of it (a count of answers alone said "0 requests made" of a run
+    # whose every request got a 400).
+    requests = outcome.requests
+    print(f"run {outcome.run_id}: {outcome.summary['results']} results, {outcome.summary['errors']} errors; model "
+          f"requests: {requests['answered']} answered by the endpoint, {requests['cached']} from the cache, "
+          f"{requests['failed']} failed")
     failed = store.first_error(outcome.run_id)
     if failed:  # the count alone does not say what to fix
         print(f"first error (sample {failed.sample_id}, epoch {failed.epoch}): {failed.error}; --resume "
-              f"{outcome.run_id} retries the failed samples", file=sys.stderr)
+              f"{outcome.run_id} retries the failed samples under the run's settings (a new setting needs a new run)",
+              file=sys.stderr)
     if args.report:
         print(f"report: {write_report(store, [outcome.run_id], args.report)}")
     return 0

@@ -109,14 +109,21 @@ def _compare_scorer(scorer: str, ids: list[str], values_a: dict, values_b: dict,
                             regression=significant and worse, improvement=significant and not worse, flips=flips)
 
 
+COLUMNS = ("scorer", "n", "A", "B", "B-A", "p", "test", "verdict")
+TEXT_COLUMNS = {"scorer", "test", "verdict"}  # left-aligned; numbers are right-aligned
+
+
 def format_comparison(comparison: Comparison, max_flips: int = 20) -> str:
+    cells = {s.scorer: [s.scorer, str(s.n), f"{s.mean_a:.4f}", f"{s.mean_b:.4f}", f"{s.diff:+.4f}", f"{s.p_value:.4f}",
+                        s.test, _verdict(s)] for s in comparison.scorers}
+    # Each column as wide as its longest cell: a fixed width pushed the row of a long scorer name
+    # (toolcall_right_tool) off its header.
+    widths = [max(len(row[i]) for row in [list(COLUMNS), *cells.values()]) for i in range(len(COLUMNS))]
     lines = [f"A = {comparison.run_a.id} ({comparison.run_a.task} on {comparison.run_a.model})",
              f"B = {comparison.run_b.id} ({comparison.run_b.task} on {comparison.run_b.model})",
-             f"{'scorer':<16} {'n':>5} {'A':>8} {'B':>8} {'B-A':>8} {'p':>8}  test              verdict"]
+             _table_row(COLUMNS, widths)]
     for s in comparison.scorers:
-        verdict = "REGRESSION" if s.regression else "improvement" if s.improvement else "no significant change"
-        lines.append(f"{s.scorer:<16} {s.n:>5} {s.mean_a:>8.4f} {s.mean_b:>8.4f} {s.diff:>+8.4f} {s.p_value:>8.4f}"
-                     f"  {s.test:<17} {verdict}")
+        lines.append(_table_row(cells[s.scorer], widths))
         if s.n < max(s.n_a, s.n_b):
             lines.append(f"    compared on the {s.n} samples scored in both runs (A scored {s.n_a}, B {s.n_b})")
         for flip in s.flips[:max_flips]:
@@ -124,3 +131,13 @@ def format_comparison(comparison: Comparison, max_flips: int = 20) -> str:
         if len(s.flips) > max_flips:
             lines.append(f"    ... and {len(s.flips) - max_flips} more flips")
     return "\n".join(lines)
+
+
+def _verdict(s: ScorerComparison) -> str:
+    return "REGRESSION" if s.regression else "improvement" if s.improvement else "no significant change"
+
+
+def _table_row(cells, widths: list[int]) -> str:
+    aligned = [cell.ljust(width) if column in TEXT_COLUMNS else cell.rjust(width)
+               for column, cell, width in zip(COLUMNS, cells, widths)]
+    return "  ".join(aligned).rstrip()

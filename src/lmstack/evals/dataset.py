@@ -7,9 +7,11 @@ Sample carrying an `error`, so the run reports it per sample and still finishes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,6 +22,21 @@ from lmstack.evals.sample import Sample
 
 class DatasetError(LmstackError):
     """A dataset that cannot be read at all (missing file, unknown format, missing package)."""
+
+
+# The folder of the Python task file being loaded: the dataset files its task names by a relative path are found
+# there, whatever the working directory, as a YAML task's are (and as Inspect resolves them). A context variable,
+# not os.chdir: the working directory is the whole process's.
+_task_folder: ContextVar[Path | None] = ContextVar("task_folder", default=None)
+
+
+@contextlib.contextmanager
+def datasets_relative_to(folder: Path):
+    token = _task_folder.set(folder)
+    try:
+        yield
+    finally:
+        _task_folder.reset(token)
 
 
 @dataclass
@@ -151,6 +168,11 @@ def check_unique_ids(samples: list[Sample]) -> None:
 
 def _existing(path: str | Path) -> Path:
     path = Path(path)
+    folder = _task_folder.get()
+    from_task_folder = folder is not None and not path.is_absolute()
+    if from_task_folder:
+        path = folder / path
     if not path.is_file():
-        raise DatasetError(f"dataset file '{path}' does not exist; check the path")
+        why = " (a task file's relative paths start from its folder)" if from_task_folder else ""
+        raise DatasetError(f"dataset file '{path}' does not exist{why}; check the path")
     return path

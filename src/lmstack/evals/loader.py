@@ -25,7 +25,7 @@ import yaml
 from lmstack.config import ConfigError, _coerce, _parse_cli_value, from_dict
 from lmstack.errors import LmstackError
 from lmstack.evals import builtin  # noqa: F401  (registers the built-in tasks, solvers and scorers)
-from lmstack.evals.dataset import FieldMap, load_dataset
+from lmstack.evals.dataset import FieldMap, datasets_relative_to, load_dataset
 from lmstack.evals.task import SCORERS, SOLVERS, TASKS, Task, TaskConfig, TaskError
 
 
@@ -36,7 +36,8 @@ def load_task(spec: str, task_args: dict[str, Any] | None = None) -> Task:
         return load_yaml_task(Path(path_part))
     if path_part.endswith(".py"):
         name = spec.split("@", 1)[1] if "@" in spec else None
-        return _build(_task_from_file(Path(path_part), name), task_args, spec)
+        with datasets_relative_to(Path(path_part).parent):  # on import and in the factory alike
+            return _build(_task_from_file(Path(path_part), name), task_args, spec)
     if spec not in TASKS:
         raise TaskError(f"unknown task '{spec}'; `lmstack eval list` shows the built-in tasks, or pass "
                         "a YAML file or FILE.py@TASK")

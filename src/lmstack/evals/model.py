@@ -14,6 +14,7 @@ import inspect
 import json
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,9 @@ class CachedModel:
         # Seconds an HTTP request may take (None in-process): recorded with the run, and named when one takes longer.
         self.timeout_s = getattr(getattr(client, "sdk", None), "timeout", None)
         self.takes_seed = "seed" in inspect.signature(client.complete).parameters
-        self.requests_made = 0  # calls that reached the endpoint (not answered from the cache)
+        # This process's requests by outcome, for `eval run`'s closing line: 'answered' by the endpoint, 'cached'
+        # (answered from the cache) or 'failed' (an error instead of an answer, after the client's retries).
+        self.requests: Counter[str] = Counter()
         self._count_lock = threading.Lock()
 
     @property
@@ -84,20 +87,25 @@ class CachedModel:
         if self.use_cache:
             hit = self.store.cached_response(key)
             if hit is not None:
+                self._count("cached")
                 return hit, True
         with self.slots:
             try:
                 response = send()
-            except ModelCallError as err:
-                if self.timeout_s is None or not err.timed_out:
-                    raise
-                raise ModelCallError(f"{err} (no answer within the {self.timeout_s:g} s timeout); pass a larger "
-                                     "--timeout SECONDS") from None
-        with self._count_lock:
-            self.requests_made += 1
+            except Exception as err:
+                self._count("failed")
+                if isinstance(err, ModelCallError) and err.timed_out and self.timeout_s is not None:
+                    raise ModelCallError(f"{err} (no answer within the {self.timeout_s:g} s timeout); pass a larger "
+                                         "--timeout SECONDS") from None
+                raise
+        self._count("answered")
         if self.use_cache:
             self.store.cache_response(key, self.endpoint, request, response)
         return response, False
+
+    def _count(self, outcome: str) -> None:
+        with self._count_lock:
+            self.requests[outcome] += 1
 
 
 class SampleModel:

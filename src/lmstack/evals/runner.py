@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import traceback
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -44,7 +45,7 @@ class ResumeError(LmstackError):
 class RunOutcome:
     run_id: str
     summary: dict[str, Any]
-    requests_made: int  # model calls that reached an endpoint in this process (cache misses)
+    requests: Counter[str]  # this process's model and judge requests: 'answered' by the endpoint, 'cached', 'failed'
 
 
 def sample_seed(seed: int, sample_id: str, epoch: int) -> int:
@@ -59,6 +60,23 @@ def resolve_config(task: Task, overrides: dict[str, Any]) -> TaskConfig:
     for reducer in config.reducers:
         check_reducer(reducer, config.epochs)
     return config
+
+
+def check_resume_overrides(run_id: str, kept: TaskConfig, overrides: dict[str, Any]) -> None:
+    """Refuse a setting a resumed run would ignore: its samples are all scored under the run's own settings (a
+    retried sample under another max_tokens would make the run's scores a mix), so a new setting needs a new run.
+    A setting equal to the run's own is accepted: the run's first command line, repeated with --resume, works."""
+    for name, value in overrides.items():
+        if value is not None and value != getattr(kept, name):
+            given = f"--{name.replace('_', '-')} {_shown(value)}"
+            raise ResumeError(f"--resume {run_id}: a resumed run keeps its own settings ({name}="
+                              f"{_shown(getattr(kept, name))}), so {given} would be ignored; drop it to resume, or "
+                              f"start a new run (without --resume) with {given}")
+
+
+def _shown(value: Any) -> str:
+    """A setting as it is typed on the command line (reducers: comma-separated)."""
+    return ",".join(value) if isinstance(value, list) else str(value)
 
 
 def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel | None = None,
@@ -77,7 +95,8 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
             raise ResumeError(f"run '{resume}' evaluated task '{run.task}' on '{run.model}', not '{task.name}' on "
                               f"'{model.name}'; pass the same task and --model to resume it")
         run_id = resume
-        config = TaskConfig(**run.config["task"])  # a resumed run keeps its own settings
+        config = TaskConfig(**run.config["task"])  # a resumed run keeps its own settings, and refuses others
+        check_resume_overrides(resume, config, overrides or {})
         # ... but not its timeout: a resume may give a larger one to the samples that timed out.
         store.claim_run(run_id, {**run.config, "timeout_s": model.timeout_s})
     else:
@@ -97,8 +116,7 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
             err.add_note(f"run {run_id} stopped; its finished samples are kept: continue it with --resume {run_id}")
         raise
     store.finish_run(run_id, summary)
-    requests = model.requests_made + (judge.requests_made if judge else 0)
-    return RunOutcome(run_id, summary, requests)
+    return RunOutcome(run_id, summary, model.requests + (judge.requests if judge else Counter()))
 
 
 def _evaluate_pending(task: Task, config: TaskConfig, model: CachedModel, judge: CachedModel | None, run_id: str,

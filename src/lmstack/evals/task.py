@@ -40,7 +40,10 @@ class TaskConfig:
     epochs: int = 1
     seed: int = 0
     limit: int | None = None  # evaluate only the first N samples
-    max_tokens: int = 256
+    # Unset: no max_tokens is sent and the endpoint's default applies (ours and vLLM's: what the context leaves
+    # after the prompt; in-process, the engine's default within the context), as Inspect does. A fixed default
+    # made every request to a small-context model a 400; a task that needs a cap sets its own.
+    max_tokens: int | None = None
     temperature: float = 0.0
     reducers: list[str] = field(default_factory=lambda: ["mean"])  # mean, max, pass@K, pass^K
 
@@ -49,7 +52,7 @@ class TaskConfig:
             raise TaskError(f"epochs must be >= 1, got {self.epochs}")
         if self.limit is not None and self.limit < 1:
             raise TaskError(f"limit must be >= 1, got {self.limit}")
-        if self.max_tokens < 1:
+        if self.max_tokens is not None and self.max_tokens < 1:
             raise TaskError(f"max_tokens must be >= 1 (the generation limit per model call), got {self.max_tokens}")
         if self.temperature < 0:
             raise TaskError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -70,14 +70,30 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _new_sibling(path: Path, create: Callable[[Path], None]) -> Path:
+    """A fresh `.NAME.XXXXXXXX.tmp` next to `path`, made by `create`, which must raise FileExistsError when the
+    name is taken. Not tempfile's mkstemp / mkdtemp: they make 0600 files and 0700 dirs, private to their owner,
+    while an output (a report, data shards, a model) gets what a plain open() or mkdir gives: 0666 / 0777 less
+    the umask, so others can read what the user shares."""
+    while True:
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            create(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+
+
+def _create_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)`, fsync the result, rename it onto `path`."""
     path = Path(path)
     with _reported_as(path):
         _make_parent(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp_path = Path(tmp)
+        tmp_path = _new_sibling(path, _create_file)
         try:
             write(tmp_path)
             with open(tmp_path, "rb+") as f:
@@ -103,7 +119,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     with _reported_as(path):
         _make_parent(path)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = _new_sibling(path, os.mkdir)
     try:
         yield tmp  # the body's own errors stay as they are: it may read inputs as well as write into tmp
         with _reported_as(path):

@@ -1,6 +1,8 @@
 """`lmstack prepare` as a real subprocess: output on success, one-line errors with exit code 2."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +97,34 @@ def test_prepare_names_the_setting_out_of_range(tokenizer_dir, make_corpus, tmp_
                                      "--out", tmp_path / "o", flag, value), "prepare", alone=False)
     assert says in message
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("settings, fix", [
+    (["--val-fraction", "0"], "use a --val-fraction above 0"),
+    (["--val-fraction", "0.01", "--min-val-docs", "0"], "raise --min-val-docs above 0"),
+])
+def test_prepare_warns_of_an_empty_val_split_with_the_setting_that_fills_it(tokenizer_dir, make_corpus, tmp_path,
+                                                                             settings, fix):
+    """--val-fraction 0 left val empty without a word (and `lmstack train` refuses such a dir at its start)."""
+    corpus = make_corpus(5)
+    done = lmstack("prepare", "--source", corpus, "--tokenizer", tokenizer_dir, "--out", tmp_path / "o", *settings)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.endswith("warning: the val split is empty (5 document(s) in all), and `lmstack train`, which "
+                                f"evaluates on it, refuses such a dir: {fix} and run `lmstack prepare` again\n")
+    done = lmstack("prepare", "--source", corpus, "--tokenizer", tokenizer_dir, "--out", tmp_path / "o")
+    assert "warning" not in done.stderr and json.loads((tmp_path / "o" / "meta.json").read_text())["val"]["documents"]
+
+
+def test_prepared_data_gets_the_modes_the_umask_gives(tokenizer_dir, make_corpus, tmp_path):
+    """The data dir was 0700 and its shards 0600 (tempfile's modes), whatever the umask: data meant for a team
+    was unreadable to it. Now they get what mkdir and open() give: 0777 and 0666 less the umask."""
+    previous = os.umask(0o027)  # the child inherits it; an unusual one, so that no default passes by chance
+    try:
+        done = lmstack("prepare", "--source", make_corpus(5), "--tokenizer", tokenizer_dir, "--out", tmp_path / "o")
+    finally:
+        os.umask(previous)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "o"
+    modes = {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in [out, *out.iterdir()]}
+    assert modes == {"o": "0o750", "meta.json": "0o640", "tokenizer.json": "0o640", "train_000000.bin": "0o640",
+                     "val_000000.bin": "0o640"}

@@ -70,6 +70,13 @@ def test_sample_by_default_generates_what_the_context_leaves(short_checkpoint, c
     assert "fills the model's context of 40 tokens" in capsys.readouterr().err
 
 
+def test_a_sample_the_engine_refuses_prints_no_prompt(short_checkpoint):
+    """The prompt was echoed to stdout (without a newline) before the request was refused."""
+    done = run_cli("sample", short_checkpoint, "--prompt", "def main(", "--max-tokens", "1000")
+    assert "exceeds the model's context of 40 tokens" in one_line_error(done, "sample")
+    assert done.stdout == ""
+
+
 def test_chat_replies_fit_the_context_and_a_turn_that_cannot_is_taken_back(short_checkpoint):
     engine = Engine.from_checkpoint(short_checkpoint, EngineConfig(dtype="float32"))
     hello = [{"role": "user", "content": "Hello world!"}]
@@ -95,6 +102,13 @@ def test_inspect_prints_the_report_and_writes_pngs(checkpoint, tmp_path, capsys)
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == ["attention_layer00.png", "attention_layer01.png", "token_scores.png"]
     assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in pngs)
+
+
+def test_inspect_names_an_out_dir_given_with_a_slash_once(checkpoint, tmp_path):
+    """`--out inspect/` was reported as "wrote 3 PNGs to inspect//"."""
+    done = run_cli("inspect", checkpoint, "--prompt", "a", "--out", f"{tmp_path / 'pngs'}/")
+    assert done.returncode == 0, done.stderr
+    assert f"\nwrote 3 PNGs to {tmp_path / 'pngs'}/ (attention_layerNN.png, token_scores.png)\n" in done.stdout
 
 
 def test_chat_loop_keeps_the_conversation_and_streams(checkpoint):

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_testing import one_line_error
 
 from lmstack.config import load_config
 from lmstack.errors import LmstackError
@@ -85,9 +86,13 @@ def test_a_data_dir_without_a_val_split_is_refused_before_any_step(prepared, tmp
     (tmp_path / "docs" / "only.py").write_text("def f(x):\n    return x\n" * 300)
     prepared_one = run_lmstack("prepare", "--source", str(tmp_path / "docs"), "--tokenizer", str(prepared),
                                "--out", str(tmp_path / "one"))
-    assert "warning: the val split is empty (1 document(s) in all)" in prepared_one.stderr
+    says = ("the val split is empty (1 document(s) in all), and `lmstack train`, which evaluates on it, refuses such "
+            "a dir: add documents to the corpus and run `lmstack prepare` again")
+    assert f"warning: {says}" in prepared_one.stderr
     refused = run_lmstack(*train_args(tmp_path / "one", tmp_path / "run", max_steps=50, eval_every=25), check=False)
-    assert refused.returncode == 2 and "no val shards (val_*.bin)" in refused.stderr
+    # The refusal said "create them with `lmstack prepare --out DIR`": no --tokenizer, and the same empty split again.
+    assert one_line_error(refused, "train", alone=False).endswith(f"no val shards (val_*.bin) in '{tmp_path / 'one'}': "
+                                                                  f"{says}")
     assert "step/s" not in refused.stderr and not (tmp_path / "run").exists()  # no step ran (no bar), no run dir left
 
 

@@ -36,7 +36,7 @@ def _register_prepare(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from lmstack.data.prepare import prepare
+    from lmstack.data.prepare import empty_val_split, prepare
     from lmstack.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(args.tokenizer)
@@ -46,10 +46,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     print(f"wrote {result.out_dir}/")
     for name, stats in (("train", result.train), ("val", result.val)):
         print(f"  {name:5s} {stats.tokens:>14,} tokens  {stats.documents:>9,} documents  {len(stats.shards)} shard(s)")
-    if not result.val.documents and args.val_fraction > 0:  # one document (train keeps one), or --min-val-docs 0
-        fix = "add documents" if args.min_val_docs else "raise --min-val-docs"
-        print(f"warning: the val split is empty ({result.train.documents} document(s) in all); `lmstack train` "
-              f"evaluates on it and will refuse this dir: {fix}", file=sys.stderr)
+    if not result.val.documents:
+        print(f"warning: {empty_val_split(result.train.documents, args.val_fraction, args.min_val_docs)}",
+              file=sys.stderr)
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from lmstack.data.prepare import prepared_without_val
 from lmstack.data.shards import ShardError, read_header, read_shard
 from lmstack.errors import LmstackError
 
@@ -57,13 +58,15 @@ class ShardLoader:
         self._cached_order: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
 
     def _shard_paths(self) -> list[Path]:
+        create = f"`lmstack prepare --tokenizer DIR --out {self.data_dir}`"
         if not self.data_dir.is_dir():
-            raise ShardError(f"data dir '{self.data_dir}' does not exist; create it with "
-                             f"`lmstack prepare --out {self.data_dir}`")
+            raise ShardError(f"data dir '{self.data_dir}' does not exist; create it with {create}")
         paths = sorted(self.data_dir.glob(f"{self.split}_*.bin"))
         if not paths:
-            raise ShardError(f"no {self.split} shards ({self.split}_*.bin) in '{self.data_dir}'; "
-                             f"create them with `lmstack prepare --out {self.data_dir}`")
+            # A val split prepare left empty comes back empty from the same command: say what to change.
+            why = prepared_without_val(self.data_dir) if self.split == "val" else None
+            raise ShardError(f"no {self.split} shards ({self.split}_*.bin) in '{self.data_dir}': "
+                             f"{why or f'create them with {create}'}")
         return paths
 
     # ---- window order -------------------------------------------------------------------------

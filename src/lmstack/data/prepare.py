@@ -188,6 +188,32 @@ def _write_meta(directory: Path, result: PrepareResult, tokenizer: Tokenizer, **
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def empty_val_split(documents: int, val_fraction: float, min_val_docs: int) -> str:
+    """Why a corpus of `documents` prepared with these settings has an empty val split, and what to change: for
+    prepare's own warning, and for `lmstack train`'s refusal of such a dir (re-running prepare as it was gives the
+    same split, since the split depends only on the documents' ids)."""
+    if documents < 2:  # train keeps one document (see DocumentSplitter.finish), so val needs a second
+        fix = "add documents to the corpus"
+    elif val_fraction == 0:
+        fix = "use a --val-fraction above 0"
+    else:  # with --min-val-docs 1 or more, val would have had documents
+        fix = "raise --min-val-docs above 0"
+    return (f"the val split is empty ({documents} document(s) in all), and `lmstack train`, which evaluates on it, "
+            f"refuses such a dir: {fix} and run `lmstack prepare` again")
+
+
+def prepared_without_val(data_dir: str | Path) -> str | None:
+    """`empty_val_split` for a data dir whose meta.json says `prepare` wrote no val documents; None for any other
+    dir (no meta.json, or val shards that were there and are gone)."""
+    try:
+        meta = json.loads((Path(data_dir) / META_FILE).read_text())
+        if meta["val"]["documents"]:
+            return None
+        return empty_val_split(meta["train"]["documents"], meta["val_fraction"], meta["min_val_docs"])
+    except (OSError, ValueError, KeyError, TypeError):  # not a meta.json as prepare writes it: no advice from it
+        return None
+
+
 def data_vocab_size(data_dir: str | Path) -> int | None:
     """The vocab size the shards were written with (meta.json), or None for a dir without meta.json."""
     path = Path(data_dir) / META_FILE

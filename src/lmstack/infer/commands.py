@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, max_tokens_help: str) -> None:
@@ -81,8 +82,8 @@ def run_sample(args: argparse.Namespace) -> int:
         max_tokens = max(1, min(SAMPLE_TOKENS, engine.room_for(len(prompt))))
     params = sampling_params(args, max_tokens, n=args.n)
     if args.n == 1:
+        engine.add_request(prompt, params)  # first: a request it refuses must leave no echoed prompt on stdout
         print(args.prompt, end="", flush=True)
-        engine.add_request(prompt, params)
         while engine.has_unfinished():
             for event in engine.step():
                 print(event.text, end="", flush=True)
@@ -118,7 +119,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     labels = [tokenizer.token_str(t) for t in ids]
     print_report(result, labels, tokenizer)
     paths = plot_attention(result, labels, args.out) + [plot_token_scores(result, labels, args.out)]
-    print(f"\nwrote {len(paths)} PNGs to {args.out}/ (attention_layerNN.png, token_scores.png)")
+    # Path(...) drops the slash a user may end --out with, which printed as "inspect//"
+    print(f"\nwrote {len(paths)} PNGs to {Path(args.out)}/ (attention_layerNN.png, token_scores.png)")
     return 0
 
 

@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="source_format", choices=["hf", "nanogpt"], required=True,
                    help="hf: a Hugging Face model dir or hub id; nanogpt: nanoGPT's ckpt.pt")
     p.add_argument("src", help="HF model dir or hub id; nanoGPT ckpt.pt or its out_dir")
-    p.add_argument("out_dir", help="checkpoint dir to write (an earlier model dir there is replaced atomically)")
+    p.add_argument("out_dir", help="checkpoint dir to write: new, empty, or an earlier import or export, which is "
+                                   "replaced atomically")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="weights dtype (auto: as in the source)")
     p.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
                    help="tokenizer.json to store with the model (default: the HF dir's own; nanoGPT has none)")
@@ -29,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "AutoModelForCausalLM / AutoTokenizer, vLLM and llama.cpp's convert_hf_to_gguf.py load.")
     p.add_argument("--format", dest="target_format", choices=["hf"], default="hf")
     p.add_argument("ckpt", help="lmstack checkpoint dir")
-    p.add_argument("out_dir", help="directory to write (an earlier model dir there is replaced atomically)")
+    p.add_argument("out_dir", help="directory to write: new, empty, or an earlier import or export, which is replaced "
+                                   "atomically")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="weights dtype (auto: as in the checkpoint)")
     p.set_defaults(func=run_export)
 

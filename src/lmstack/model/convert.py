@@ -14,11 +14,14 @@ import torch
 
 from lmstack.atomic import atomic_directory, check_output_dir
 from lmstack.errors import LmstackError
-from lmstack.model.checkpoint import TOKENIZER_FILE, write_model_files
+from lmstack.model.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, write_model_files
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import GPT
+from lmstack.model.hf_tokenizer import HF_TOKENIZER_FILES
 from lmstack.tokenizer import Tokenizer, TokenizerError
 
+# What an import (write_model_files) or an export writes: all that an earlier output may hold to be replaced.
+OUTPUT_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, *HF_TOKENIZER_FILES})
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -37,19 +40,42 @@ def target_dtype(requested: str, state: dict[str, torch.Tensor]) -> torch.dtype:
 
 
 def check_out_dir(out_dir: str | Path, source: str | Path) -> None:
-    """The output dir of an import or export is replaced as a whole, so what it holds is deleted: it must be
-    absent, empty, or an earlier output (a model dir, with config.json), and never the model being converted."""
+    """The output dir of an import or export is replaced as a whole, so all it holds is deleted: it must be new,
+    empty, or an earlier output (nothing but the files an import or export writes: a run dir has a config.json
+    too), and must neither hold the model being converted nor lie inside it."""
     out = Path(out_dir)
+    if out.is_symlink():  # replacing it would swap a link a run relies on (its `best`) for a copy
+        raise ConversionError(f"output '{out}' is a symbolic link; choose a new or empty directory (the output "
+                              "is replaced as a whole)")
     if out.exists() and not out.is_dir():
         raise ConversionError(f"output '{out}' is a file; pass the path of a directory to write (it is created)")
+    check_apart(out, Path(source))
     if not out.is_dir():
         check_output_dir(out)  # a file above it
         return
-    if out.resolve() == Path(source).resolve():
+    unexpected = sorted(child.name for child in out.iterdir()
+                        if child.name not in OUTPUT_FILES or child.is_symlink() or not child.is_file())
+    if unexpected:
+        shown = ", ".join(f"'{name}'" for name in unexpected[:2])
+        more = f" and {len(unexpected) - 2} more" if len(unexpected) > 2 else ""
+        raise ConversionError(f"output '{out}' holds {shown}{more}, which no import or export writes, and the output "
+                              "is replaced as a whole; choose a new or empty directory")
+
+
+def check_apart(out: Path, source: Path) -> None:
+    """Replacing `out` must not delete the source: refuse the source itself, a dir holding it, or one inside it.
+    A source not on disk (a hub id, before its download) is never in the way."""
+    if not source.exists():
+        return
+    out_path, source_path = out.resolve(), source.resolve()  # through links such as a run's `best`
+    if out_path == source_path:
         raise ConversionError(f"output '{out}' is the model being converted; pass another directory")
-    if any(out.iterdir()) and not (out / "config.json").is_file():
-        raise ConversionError(f"output '{out}' exists and is not a model dir (it has no config.json); choose a new "
-                              "output directory: it is replaced as a whole")
+    if out_path in source_path.parents:
+        raise ConversionError(f"output '{out}' holds the model being converted ('{source}'); choose a new or empty "
+                              "directory outside it")
+    if source_path in out_path.parents:
+        raise ConversionError(f"output '{out}' is inside the model being converted ('{source}'); choose a new or "
+                              "empty directory outside it")
 
 
 def check_tokenizer_file(path: str | Path, fix: str = "") -> Path:

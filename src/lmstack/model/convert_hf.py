@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from lmstack.atomic import atomic_directory
 from lmstack.config import from_dict
-from lmstack.model.checkpoint import CheckpointError, WEIGHTS_FILE, read_config, read_weights
+from lmstack.model.checkpoint import CONFIG_FILE, CheckpointError, WEIGHTS_FILE, read_config, read_weights
 from lmstack.model.config import ModelConfig
 from lmstack.model.convert import (ConversionError, check_out_dir, check_tokenizer_file, target_dtype,
                                   write_imported_checkpoint)
@@ -36,8 +36,8 @@ HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "to
 
 def import_hf(src: str, out_dir: str | Path, dtype: str = "auto", tokenizer: str | Path | None = None) -> Path:
     """A HF GPT-2 / Llama / Qwen3 directory (or hub id) -> a lmstack checkpoint dir."""
+    check_out_dir(out_dir, Path(src).expanduser())  # before a download (a hub id's snapshot is never in the way)
     source = resolve_source(src)
-    check_out_dir(out_dir, source)
     hf_config = read_hf_config(source)
     cfg = model_config_from_hf(hf_config, str(source))
     theirs = normalise_names(read_hf_weights(source), cfg)
@@ -162,6 +162,6 @@ def export_hf(ckpt: str | Path, out_dir: str | Path, dtype: str = "auto") -> Pat
     with atomic_directory(out_dir) as tmp:
         token_ids = write_tokenizer_files(tmp, tokenizer, cfg.block_size) if tokenizer else {}
         hf_config = hf_config_from_model(cfg, cast_to, token_ids)
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        save_file(theirs, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
+        save_file(theirs, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
     return Path(out_dir)

@@ -25,8 +25,8 @@ def import_nanogpt(src: str | Path, out_dir: str | Path, dtype: str = "auto",
     src = Path(src)
     if src.is_dir():
         src = src / "ckpt.pt"
-    checkpoint = read_nanogpt_checkpoint(src)
     check_out_dir(out_dir, src)
+    checkpoint = read_nanogpt_checkpoint(src)
     cfg = model_config_from_nanogpt(checkpoint["model_args"], src)
     theirs = {k.removeprefix(COMPILE_PREFIX): v for k, v in checkpoint["model"].items()}
     # nanoGPT ties lm_head to wte, and torch.save keeps both names for the one tensor.

@@ -8,7 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lmstack.model.checkpoint import TOKENIZER_FILE
 from lmstack.tokenizer import END, PAD, SPECIAL_TOKENS, Tokenizer
+
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_FILE = "special_tokens_map.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+# All that write_tokenizer_files writes (an export's output dir holds these and the model's two files).
+HF_TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE, GENERATION_CONFIG_FILE)
 
 # `Tokenizer.render` as Jinja, for `apply_chat_template` in transformers and vLLM. It must render the
 # same ids as `render` (tests/model/test_export_tokenizer.py checks it), so change the two together.
@@ -56,7 +63,7 @@ CHAT_TEMPLATE = """\
 
 def write_tokenizer_files(directory: Path, tokenizer: Tokenizer, max_length: int) -> dict[str, int | None]:
     """Write the tokenizer files into `directory`; return the bos / eos / pad ids for config.json."""
-    tokenizer.hf.save(str(directory / "tokenizer.json"))
+    tokenizer.hf.save(str(directory / TOKENIZER_FILE))
     bos = tokenizer.hf.id_to_token(tokenizer.bos_id) if tokenizer.bos_id is not None else None
     # Chat models end a turn with <|end|>; a plain (imported) tokenizer ends documents with its bos.
     eos = END if END in tokenizer.special else bos
@@ -72,11 +79,11 @@ def write_tokenizer_files(directory: Path, tokenizer: Tokenizer, max_length: int
     }
     if tokenizer.has_chat_tokens:
         tokenizer_config["chat_template"] = CHAT_TEMPLATE
-    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    (directory / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
+    (directory / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    (directory / SPECIAL_TOKENS_FILE).write_text(json.dumps(special_map, indent=2) + "\n")
     ids = {name: tokenizer.hf.token_to_id(token) if token else None for name, token in
            (("bos", bos), ("eos", eos), ("pad", pad))}
     generation = {"bos_token_id": ids["bos"], "eos_token_id": tokenizer.stop_ids or ids["eos"],
                   "pad_token_id": ids["pad"]}
-    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    (directory / GENERATION_CONFIG_FILE).write_text(json.dumps(generation, indent=2) + "\n")
     return ids

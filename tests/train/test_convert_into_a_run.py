@@ -1,0 +1,76 @@
+"""`lmstack export` and `lmstack import` aimed at a training run: the run dir has a config.json at its top, so it
+passed for an earlier output and was deleted whole, and so was a run that held the model being exported. Each is
+refused now before any work, and every byte of the run stays."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from cli_testing import one_line_error
+from train_helpers import make_data, run_lmstack, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A run dir written by the real trainer: checkpoints/, best -> checkpoints/step_000002, metrics.jsonl, ..."""
+    root = tmp_path_factory.mktemp("convert")
+    overrides = tiny_overrides(make_data(root / "data"), root / "run", max_steps=2, eval_every=0, checkpoint_every=1)
+    run_lmstack("train", *[arg for override in overrides for arg in ("--set", override)])
+    return root / "run"
+
+
+def snapshot(directory: Path) -> dict[str, bytes | str]:
+    """Every file's bytes, link's target and folder under `directory`, by relative path (links not followed)."""
+    found: dict[str, bytes | str] = {}
+    for parent, folders, files in os.walk(directory):
+        for name in folders + files:
+            path = Path(parent, name)
+            key = str(path.relative_to(directory))
+            found[key] = ("link to " + os.readlink(path) if path.is_symlink() else
+                          "folder" if path.is_dir() else path.read_bytes())
+    return found
+
+
+def refusal(command: str, *args) -> str:
+    return one_line_error(run_lmstack(command, *map(str, args), check=False), command)
+
+
+def test_a_run_dir_survives_an_export_or_import_into_it_or_its_checkpoints(run, tmp_path):
+    hf = tmp_path / "hf"
+    run_lmstack("export", "--format", "hf", str(run / "best"), str(hf))
+    before = snapshot(run)
+    assert {"best", "best.json", "config.json", "metrics.jsonl", "run.log"} <= before.keys()
+
+    unexpected = [key for key in before if "/" not in key and key != "config.json"]  # an export writes config.json
+    says = (f"output '{run}' holds 'best', 'best.json' and {len(unexpected) - 2} more, which "
+            "no import or export writes, and the output is replaced as a whole; choose a new or empty directory")
+    assert refusal("import", "--from", "hf", hf, run).endswith(says)
+    run_lmstack("import", "--from", "hf", str(hf), str(tmp_path / "imported"))
+    assert refusal("export", "--format", "hf", tmp_path / "imported", run).endswith(says)
+
+    checkpoint = run / "checkpoints" / "step_000002"
+    assert "holds 'train_state.pt', which no import or export writes" in refusal("import", "--from", "hf", hf,
+                                                                                 checkpoint)
+    assert refusal("import", "--from", "hf", hf, run / "best").endswith(
+        f"output '{run / 'best'}' is a symbolic link; choose a new or empty directory (the output is replaced as a "
+        "whole)")
+    assert snapshot(run) == before
+
+
+def test_the_model_being_converted_is_neither_inside_the_output_nor_holding_it(run, tmp_path):
+    before = snapshot(run)
+    assert refusal("export", "--format", "hf", run / "best", run).endswith(
+        f"output '{run}' holds the model being converted ('{run / 'best'}'); choose a new or empty directory "
+        "outside it")
+    inside = run / "best" / "hf"
+    assert refusal("export", "--format", "hf", run / "best", inside).endswith(
+        f"output '{inside}' is inside the model being converted ('{run / 'best'}'); choose a new or empty directory "
+        "outside it")
+    assert snapshot(run) == before
+
+    for _ in range(2):  # an earlier export is what may be replaced, and an earlier import
+        run_lmstack("export", "--format", "hf", str(run / "best"), str(tmp_path / "hf"))
+        run_lmstack("import", "--from", "hf", str(tmp_path / "hf"), str(tmp_path / "back"))
+    assert snapshot(run) == before

@@ -14,6 +14,7 @@ import hashlib
 import heapq
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from lmstack.tokenizer import Tokenizer
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_SHARD_TOKENS = 1 << 26  # 128 MiB of uint16 per shard: few files, each small enough to copy
+SHARD_NAME = "{split}_{index:06d}.bin"
+# All that a data dir prepare wrote holds, and so all that a re-run may replace (it replaces the dir whole).
+PREPARED_FILE = re.compile(rf"(train|val)_\d{{6}}\.bin|{re.escape(META_FILE)}|{re.escape(TOKENIZER_FILE)}")
 
 
 class PrepareError(LmstackError):
@@ -78,7 +82,7 @@ class ShardWriter:
         return self.stats
 
     def _write(self, tokens: np.ndarray) -> None:
-        name = f"{self.split}_{len(self.stats.shards):06d}.bin"
+        name = SHARD_NAME.format(split=self.split, index=len(self.stats.shards))
         write_shard(self.directory / name, tokens, self.vocab_size)
         self.stats.shards.append(name)
 
@@ -170,9 +174,14 @@ def _check_settings(out_dir: Path, tokenizer: Tokenizer, val_fraction: float, mi
     if tokenizer.bos_id is None:
         raise PrepareError("the tokenizer has no bos / end-of-text token to separate documents; "
                            "use a tokenizer trained by `lmstack tokenizer train`")
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / META_FILE).exists())):
-        raise PrepareError(f"output '{out_dir}' exists and is not a data dir written by `lmstack prepare`; "
-                           "choose a new --out (prepare replaces its output directory)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PrepareError(f"output '{out_dir}' is a file; choose a new --out (prepare writes a directory)")
+    foreign = sorted(p.name for p in out_dir.iterdir() if not (PREPARED_FILE.fullmatch(p.name) and p.is_file())
+                     ) if out_dir.is_dir() else []
+    if foreign:  # a data dir with the user's notes in it, or a run dir: a re-run would delete them with the dir
+        raise PrepareError(f"output '{out_dir}' holds {', '.join(repr(n) for n in foreign[:2])}"
+                           f"{f' and {len(foreign) - 2} more' if len(foreign) > 2 else ''}, which prepare does not "
+                           "write; choose a new --out (prepare replaces its output directory whole)")
 
 
 def _write_meta(directory: Path, result: PrepareResult, tokenizer: Tokenizer, **settings) -> None:

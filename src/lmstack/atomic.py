@@ -109,6 +109,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
 
 
+def refuse_to_replace(directory: Path, written: Callable[[str], bool], writer: str, error: type[Exception]) -> None:
+    """`atomic_directory` replaces a directory whole, deleting all it holds: before any work, refuse one that is a
+    link (it would become a copy, and the link's target stay as it was) or that holds anything but regular files
+    `writer` writes (`written(name)`). Nothing is touched."""
+    fix = "choose a new or empty directory (the output is replaced as a whole)"
+    if directory.is_symlink():
+        raise error(f"output '{directory}' is a symbolic link; {fix}")
+    if not directory.is_dir():
+        return
+    foreign = sorted(child.name for child in directory.iterdir()
+                     if child.is_symlink() or not child.is_file() or not written(child.name))
+    if foreign:
+        shown = ", ".join(f"'{name}'" for name in foreign[:2])
+        more = f" and {len(foreign) - 2} more" if len(foreign) > 2 else ""
+        raise error(f"output '{directory}' holds {shown}{more}, which {writer} never writes; {fix}")
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `path` in one rename.

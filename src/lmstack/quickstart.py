@@ -171,6 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quick.add_argument("--run-dir", default="runs/quickstart", help="where everything goes (default runs/quickstart)")
     quick.add_argument("--steps", type=int, default=None,
                        help=f"pretraining steps (default {PRETRAIN_SETTINGS['max_steps']}: ~1.5 minutes on 2 cores)")
+    # 1000: train/sft_stage.py's SFT_SETTINGS, not imported here so that --help does not load torch
     quick.add_argument("--sft-steps", type=int, default=None,
                        help="tool-use SFT steps (default 1000: ~4.5 minutes; fewer steps get fewer arguments right)")
     quick.add_argument("--until", choices=[name for name, _ in STAGES], default=STAGES[-1][0],
@@ -185,6 +186,8 @@ def run_quickstart(args: argparse.Namespace) -> int:
         if steps is not None and steps < 1:
             raise LmstackError(f"{flag} {steps}: train at least 1 step (or leave {flag} out for the default)")
     names = [name for name, _ in STAGES]
+    if args.sft_steps is not None and names.index(args.until) < names.index("sft"):
+        raise LmstackError(f"--sft-steps has no stage to shorten with --until {args.until}; drop one of them")
     overrides = {} if args.steps is None else {"max_steps": args.steps}
     result = quickstart(args.run_dir, stages=STAGES[:names.index(args.until) + 1], sft_steps=args.sft_steps,
                         **overrides)

@@ -140,7 +140,8 @@ def test_a_budget_that_cannot_work_is_refused_before_the_run_exists(tmp_path):
                                      "budget.max_dollars=-0.5", "budget.price_in_per_mtok=-1", "loops.repeat_limit=0",
                                      "loops.no_progress_limit=-2", "max_attempts=0", "context_tokens=0",
                                      "max_output_tokens=0", "timeout_s=-1", "monitors.max_retries=-1",
-                                     "monitors.self_consistency_k=0", "temperature=-0.5"])
+                                     "monitors.self_consistency_k=0", "temperature=-0.5",
+                                     "max_tool_output_chars=50"])  # the cut's note and next to nothing else
 def test_each_limit_below_what_a_run_needs_is_named(setting):
     key = setting.split("=")[0]
     with pytest.raises(ConfigError, match=f"^{key} = "):

@@ -92,15 +92,21 @@ def test_rerun_replaces_a_data_dir_but_never_a_foreign_one(tokenizer, make_corpu
     precious = tmp_path / "home"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(PrepareError, match="holds 'notes.txt', which prepare does not write"):
+    with pytest.raises(PrepareError, match="holds 'notes.txt', which prepare never writes"):
         prepare(str(corpus), precious, tokenizer, workers=1, show_progress=False)
     assert (precious / "notes.txt").read_text() == "keep me"
     # A data dir the user put something of their own into: a re-run replaced it whole, and deleted that.
     (out / "README.md").write_text("where this corpus came from")
     (out / "extra").mkdir()
-    with pytest.raises(PrepareError, match=r"holds 'README.md', 'extra', which prepare does not write"):
+    with pytest.raises(PrepareError, match=r"holds 'README.md', 'extra', which prepare never writes"):
         prepare(str(corpus), out, tokenizer, workers=1, show_progress=False)
     assert (out / "README.md").read_text() == "where this corpus came from"
+    # A link to a data dir was swapped for a real dir, leaving the link's target as it was and a stray `.NAME.old`.
+    link = tmp_path / "data-link"
+    link.symlink_to(precious, target_is_directory=True)
+    with pytest.raises(PrepareError, match="is a symbolic link; choose a new or empty directory"):
+        prepare(str(corpus), link, tokenizer, workers=1, show_progress=False)
+    assert link.is_symlink() and not (tmp_path / ".data-link.old").exists()
 
 
 def test_bad_inputs_leave_no_output(tokenizer, make_corpus, tmp_path):

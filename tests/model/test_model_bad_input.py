@@ -70,8 +70,8 @@ def test_export_and_import_never_replace_a_file_a_foreign_dir_or_their_source(ck
     (home / "projects").mkdir(parents=True)
     (home / "projects" / "thesis.tex").write_text("years of work")
     message = one_line_error(run_cli("export", ckpt, home), "export")
-    assert message.endswith(f"output '{home}' holds 'projects', which no import or export writes, and the output is "
-                            "replaced as a whole; choose a new or empty directory")
+    assert message.endswith(f"output '{home}' holds 'projects', which import or export never writes; choose a new "
+                            "or empty directory (the output is replaced as a whole)")
     assert (home / "projects" / "thesis.tex").read_text() == "years of work"
 
     message = one_line_error(run_cli("export", ckpt, ckpt), "export")
@@ -80,7 +80,7 @@ def test_export_and_import_never_replace_a_file_a_foreign_dir_or_their_source(ck
 
     export_hf(ckpt, tmp_path / "hf")
     message = one_line_error(run_cli("import", "--from", "hf", tmp_path / "hf", home), "import")
-    assert "which no import or export writes" in message and (home / "projects" / "thesis.tex").exists()
+    assert "which import or export never writes" in message and (home / "projects" / "thesis.tex").exists()
     message = one_line_error(run_cli("import", "--from", "hf", tmp_path / "hf", tmp_path / "hf"), "import")
     assert "is the model being converted" in message
     message = one_line_error(run_cli("import", "--from", "hf", tmp_path / "hf", notes / "ckpt"), "import")

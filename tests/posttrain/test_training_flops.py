@@ -11,8 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import build_model
 from lmstack.train.dpo import DPOObjective
+from lmstack.train.grpo import GRPOObjective, Rollouts
 from lmstack.train.lora import apply_lora
-from lmstack.train.metrics import pass_flops_per_token, scored_rows_flops
+from lmstack.train.flops import pass_flops_per_token, scored_rows_flops
 
 LINEAR_OPS = {"mm", "addmm"}
 
@@ -68,3 +69,19 @@ def test_a_dpo_step_counts_its_padded_rows_and_the_reference_forward():
     attention = attention_per_token(built, length) * (1 + 1 / 3)  # the policy's pass and the reference forward
     counted = scored_rows_flops(built, inputs, reference_pass=True) - rows * length * attention
     assert measured == pytest.approx(counted, rel=0.05)
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.05])
+def test_a_grpo_step_counts_the_reference_forward_only_with_a_kl_penalty(kl_coef):
+    built, rows, length = model("llama", lora=True), 4, 30
+    inputs = torch.randint(0, 320, (rows, length), generator=torch.Generator().manual_seed(2))
+    targets = inputs.roll(-1, dims=1)
+    targets[:, :12] = -1  # the prompt; the completion is scored
+    rewards = torch.tensor([[1.0, 0.0, 0.5, 0.0]])  # one group of four samples
+    rollouts = Rollouts(inputs, targets, rewards, [length - 12] * rows, rewards)
+    objective = GRPOObjective(reference=None, kl_coef=kl_coef)
+    measured = linear_flops(lambda: objective(built, rollouts)[0].backward())
+    attention = attention_per_token(built, length) * (1 + (1 / 3 if kl_coef else 0))
+    counted = scored_rows_flops(built, inputs, reference_pass=objective.uses_reference) - rows * length * attention
+    assert measured == pytest.approx(counted, rel=0.05)
+

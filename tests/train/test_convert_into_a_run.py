@@ -44,19 +44,25 @@ def test_a_run_dir_survives_an_export_or_import_into_it_or_its_checkpoints(run, 
     assert {"best", "best.json", "config.json", "metrics.jsonl", "run.log"} <= before.keys()
 
     unexpected = [key for key in before if "/" not in key and key != "config.json"]  # an export writes config.json
-    says = (f"output '{run}' holds 'best', 'best.json' and {len(unexpected) - 2} more, which "
-            "no import or export writes, and the output is replaced as a whole; choose a new or empty directory")
+    says = (f"output '{run}' holds 'best', 'best.json' and {len(unexpected) - 2} more, which import or export never "
+            "writes; choose a new or empty directory (the output is replaced as a whole)")
     assert refusal("import", "--from", "hf", hf, run).endswith(says)
     run_lmstack("import", "--from", "hf", str(hf), str(tmp_path / "imported"))
     assert refusal("export", "--format", "hf", tmp_path / "imported", run).endswith(says)
 
     checkpoint = run / "checkpoints" / "step_000002"
-    assert "holds 'train_state.pt', which no import or export writes" in refusal("import", "--from", "hf", hf,
-                                                                                 checkpoint)
-    assert refusal("import", "--from", "hf", hf, run / "best").endswith(
-        f"output '{run / 'best'}' is a symbolic link; choose a new or empty directory (the output is replaced as a "
-        "whole)")
+    assert "holds 'train_state.pt', which import or export never writes" in refusal("import", "--from", "hf", hf,
+                                                                                    checkpoint)
+    model_of_the_run = ("is a model of the training run '{}'; choose a new or empty directory (the output is replaced "
+                        "as a whole)").format(run)
+    assert refusal("import", "--from", "hf", hf, run / "best").endswith(f"output '{run / 'best'}' {model_of_the_run}")
     assert snapshot(run) == before
+    # A fine-tuned `final` holds only model files, as an earlier output does; a new dir in a run is fine, but once
+    # there, it is the run's.
+    run_lmstack("import", "--from", "hf", str(hf), str(run / "final"))
+    final = snapshot(run / "final")
+    assert refusal("import", "--from", "hf", hf, run / "final").endswith(f"output '{run / 'final'}' {model_of_the_run}")
+    assert snapshot(run / "final") == final
 
 
 def test_the_model_being_converted_is_neither_inside_the_output_nor_holding_it(run, tmp_path):

@@ -20,6 +20,8 @@ from lmstack.train.checkpoint import latest_checkpoint
 from lmstack.train.config import TrainConfig
 from lmstack.train.evaluate import evaluate, token_byte_lengths
 from lmstack.train.loop import train
+from lmstack.device import detect_device, peak_flops
+from lmstack.train.flops import pass_flops_per_token
 from lmstack.train.metrics import read_metrics
 from lmstack.train.val import val_batches
 from train_helpers import REPO, VOCAB, lmstack_command, make_data, run_lmstack, subprocess_env, tiny_overrides
@@ -41,8 +43,11 @@ def test_every_step_is_logged_with_throughput_and_the_run_is_described(data_dir,
     assert start["device"] == "cpu" and start["params"] == build_model(cfg.model).num_params()
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 21))
+    # MFU is the step's model FLOPs (4 rows of 32 tokens) over its time and the CPU's measured peak.
+    flops, peak = 4 * 32 * pass_flops_per_token(build_model(cfg.model), 32), peak_flops(detect_device("cpu"), None)
     for r in steps:
         assert r["tokens"] == r["step"] * 4 * 32 and r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1
+        assert r["mfu"] * r["step_s"] * peak == pytest.approx(flops, rel=1e-6)
         assert r["lr"] > 0 and r["grad_norm"] > 0 and r["memory_mb"] > 0
     vals = [r for r in records if "val_loss" in r]
     assert [r["step"] for r in vals] == [10, 20] and all(r["val_bpb"] > 0 for r in vals)

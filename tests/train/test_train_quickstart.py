@@ -65,3 +65,9 @@ def test_the_cli_refuses_zero_steps(tmp_path, flag):
     message = one_line_error(run_cli("quickstart", "--run-dir", tmp_path / "q", flag, "0"), "quickstart")
     assert message.endswith(f"{flag} 0: train at least 1 step (or leave {flag} out for the default)")
     assert not (tmp_path / "q").exists()
+
+
+def test_the_cli_refuses_sft_steps_when_it_stops_before_sft(tmp_path):
+    message = one_line_error(run_cli("quickstart", "--run-dir", tmp_path / "q", "--sft-steps", "5", "--until",
+                                     "pretrain"), "quickstart")
+    assert message.endswith("--sft-steps has no stage to shorten with --until pretrain; drop one of them")

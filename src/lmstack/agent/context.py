@@ -24,7 +24,8 @@ KEEP_TOOL_CHARS = 200
 
 def cut_middle(text: str, max_chars: int) -> str:
     """`text` if it has at most `max_chars` characters, else its head and tail around a note of how many were cut,
-    at most `max_chars` in all (so cutting it again changes nothing), or the note alone when `max_chars` is shorter.
+    at most `max_chars` in all, so cutting it again changes nothing (when `max_chars` is shorter than the note, the
+    note alone, which is longer; AgentConfig never asks for so little).
     The middle goes since a program's output says what it is at its start and how it ended (an error) at its end."""
     if len(text) <= max_chars:
         return text

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lmstack.agent.budget import BudgetConfig
+from lmstack.agent.context import KEEP_TOOL_CHARS
 from lmstack.config import ConfigError
 
 POLICIES = ("off", "flag", "retry", "stop")
@@ -66,8 +67,10 @@ class AgentConfig:
     monitors: MonitorConfig = field(default_factory=MonitorConfig)
 
     def validate(self) -> None:
-        require_positive("", self, ("context_tokens", "max_output_tokens", "timeout_s", "max_attempts",
-                                    "max_tool_output_chars"))
+        require_positive("", self, ("context_tokens", "max_output_tokens", "timeout_s", "max_attempts"))
+        if self.max_tool_output_chars < KEEP_TOOL_CHARS:  # less leaves the cut's note and next to nothing of the output
+            raise ConfigError(f"max_tool_output_chars = {self.max_tool_output_chars!r}: must be >= {KEEP_TOOL_CHARS} "
+                              "(the head and tail of a long tool output, around a note of what was cut)")
         require_positive("", self, ("temperature",), or_zero=True)  # 0 = greedy
         # The budget is checked here, with the other settings: budget.py, which this file imports, cannot.
         require_positive("budget.", self.budget, ("max_steps", "max_tokens", "max_wall_s"))

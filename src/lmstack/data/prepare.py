@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from lmstack.atomic import atomic_directory
+from lmstack.atomic import atomic_directory, refuse_to_replace
 from lmstack.data.shards import token_dtype, write_shard
 from lmstack.data.sources import SourceError, document_count, iter_documents
 from lmstack.data.tokenize_parallel import tokenize_documents
@@ -174,14 +174,10 @@ def _check_settings(out_dir: Path, tokenizer: Tokenizer, val_fraction: float, mi
     if tokenizer.bos_id is None:
         raise PrepareError("the tokenizer has no bos / end-of-text token to separate documents; "
                            "use a tokenizer trained by `lmstack tokenizer train`")
-    if out_dir.exists() and not out_dir.is_dir():
+    if out_dir.exists() and not out_dir.is_dir() and not out_dir.is_symlink():
         raise PrepareError(f"output '{out_dir}' is a file; choose a new --out (prepare writes a directory)")
-    foreign = sorted(p.name for p in out_dir.iterdir() if not (PREPARED_FILE.fullmatch(p.name) and p.is_file())
-                     ) if out_dir.is_dir() else []
-    if foreign:  # a data dir with the user's notes in it, or a run dir: a re-run would delete them with the dir
-        raise PrepareError(f"output '{out_dir}' holds {', '.join(repr(n) for n in foreign[:2])}"
-                           f"{f' and {len(foreign) - 2} more' if len(foreign) > 2 else ''}, which prepare does not "
-                           "write; choose a new --out (prepare replaces its output directory whole)")
+    # A data dir with the user's notes in it, or a run dir: a re-run would delete them with the dir.
+    refuse_to_replace(out_dir, PREPARED_FILE.fullmatch, "prepare", PrepareError)
 
 
 def _write_meta(directory: Path, result: PrepareResult, tokenizer: Tokenizer, **settings) -> None:

@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
-from lmstack.atomic import atomic_directory, check_output_dir
+from lmstack.atomic import atomic_directory, check_output_dir, refuse_to_replace
 from lmstack.errors import LmstackError
 from lmstack.model.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, write_model_files
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import GPT
 from lmstack.model.hf_tokenizer import HF_TOKENIZER_FILES
+from lmstack.run_layout import is_run_dir
 from lmstack.tokenizer import Tokenizer, TokenizerError
 
 # What an import (write_model_files) or an export writes: all that an earlier output may hold to be replaced.
@@ -42,24 +43,18 @@ def target_dtype(requested: str, state: dict[str, torch.Tensor]) -> torch.dtype:
 def check_out_dir(out_dir: str | Path, source: str | Path) -> None:
     """The output dir of an import or export is replaced as a whole, so all it holds is deleted: it must be new,
     empty, or an earlier output (nothing but the files an import or export writes: a run dir has a config.json
-    too), and must neither hold the model being converted nor lie inside it."""
+    too) that is no model of a training run, and must neither hold the model being converted nor lie inside it."""
     out = Path(out_dir)
-    if out.is_symlink():  # replacing it would swap a link a run relies on (its `best`) for a copy
-        raise ConversionError(f"output '{out}' is a symbolic link; choose a new or empty directory (the output "
-                              "is replaced as a whole)")
-    if out.exists() and not out.is_dir():
+    if out.exists() and not out.is_dir() and not out.is_symlink():
         raise ConversionError(f"output '{out}' is a file; pass the path of a directory to write (it is created)")
+    if out.is_dir() and any(out.iterdir()) and is_run_dir(out.parent.resolve()):
+        # A run's `final` holds only model files, as an earlier output does, but it is what the run trained.
+        raise ConversionError(f"output '{out}' is a model of the training run '{out.parent}'; choose a new or empty "
+                              "directory (the output is replaced as a whole)")
     check_apart(out, Path(source))
-    if not out.is_dir():
+    refuse_to_replace(out, OUTPUT_FILES.__contains__, "import or export", ConversionError)
+    if not out.exists():
         check_output_dir(out)  # a file above it
-        return
-    unexpected = sorted(child.name for child in out.iterdir()
-                        if child.name not in OUTPUT_FILES or child.is_symlink() or not child.is_file())
-    if unexpected:
-        shown = ", ".join(f"'{name}'" for name in unexpected[:2])
-        more = f" and {len(unexpected) - 2} more" if len(unexpected) > 2 else ""
-        raise ConversionError(f"output '{out}' holds {shown}{more}, which no import or export writes, and the output "
-                              "is replaced as a whole; choose a new or empty directory")
 
 
 def check_apart(out: Path, source: Path) -> None:

@@ -27,7 +27,8 @@ from lmstack.train.chat_data import ChatDataError, LoadReport, read_jsonl
 from lmstack.train.distributed import sum_across_ranks
 from lmstack.train.logprobs import token_logprobs
 from lmstack.train.lora import lora_disabled, lora_layers
-from lmstack.train.metrics import read_metrics, scored_rows_flops
+from lmstack.train.flops import scored_rows_flops
+from lmstack.train.metrics import read_metrics
 from lmstack.train.plots import plot_losses
 from lmstack.train.sft import FineTuner, FineTuneResult, MicroBatches, SFTConfig, run_finetune
 

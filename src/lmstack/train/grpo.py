@@ -25,7 +25,8 @@ from lmstack.train.chat_data import ChatDataError, LoadReport
 from lmstack.train.config import GuardConfig
 from lmstack.train.logprobs import token_logprobs
 from lmstack.train.lora import lora_disabled, lora_layers
-from lmstack.train.metrics import read_metrics, scored_rows_flops
+from lmstack.train.flops import scored_rows_flops
+from lmstack.train.metrics import read_metrics
 from lmstack.train.plots import plot_rewards
 from lmstack.train.sft import FineTuner, FineTuneResult, MicroBatches, SFTConfig, run_finetune
 from lmstack.train.toolcall_rewards import (ToolcallPrompt, load_toolcall_samples, sample_and_score, toolcall_accuracy,
@@ -114,6 +115,11 @@ class GRPOObjective:
     def __init__(self, reference: GPT | None, kl_coef: float = 0.0):
         self.reference, self.kl_coef = reference, kl_coef
 
+    @property
+    def uses_reference(self) -> bool:
+        """The KL penalty is what needs the reference's logprobs: without it, no reference forward runs."""
+        return self.kl_coef > 0
+
     @torch.no_grad()
     def reference_logprobs(self, model: torch.nn.Module, rollouts: Rollouts) -> torch.Tensor:
         if self.reference is not None:
@@ -126,7 +132,7 @@ class GRPOObjective:
     def __call__(self, model: torch.nn.Module, rollouts: Rollouts) -> tuple[torch.Tensor, dict[str, float]]:
         advantages = group_advantages(rollouts.rewards).flatten().to(rollouts.inputs.device)
         logprobs = token_logprobs(model, rollouts.inputs, rollouts.targets)
-        ref = self.reference_logprobs(model, rollouts) if self.kl_coef > 0 else None
+        ref = self.reference_logprobs(model, rollouts) if self.uses_reference else None
         loss, metrics = grpo_loss(logprobs, advantages, rollouts.targets >= 0, ref, self.kl_coef)
         rewards = rollouts.sampled_rewards
         # The loss is a mean over rows: scaled by the share of samples kept, the policy gradient is exactly that
@@ -243,7 +249,7 @@ class GRPOTrainer(FineTuner):
     def batch_flops(self, batch: Rollouts) -> float:
         # The sampling of the rollouts is in the step's time but not in its FLOPs: MFU here is the training's
         # share, lower than the device's real use.
-        return scored_rows_flops(self.model, batch.inputs, reference_pass=self.cfg.kl_coef > 0)
+        return scored_rows_flops(self.model, batch.inputs, reference_pass=self.objective.uses_reference)
 
     def run_eval(self) -> None:
         if not self.val_prompts:

@@ -32,10 +32,11 @@ from lmstack.train import checkpoint as ckpt
 from lmstack.train.batches import GlobalBatchLoader
 from lmstack.train.config import TrainConfig
 from lmstack.train.distributed import (any_rank, barrier, broadcast_object, gather_objects, mean_across_ranks,
-                                      process_group_scope)
+                                      process_group_scope, sum_across_ranks)
 from lmstack.train.evaluate import draw_samples, evaluate, token_byte_lengths
 from lmstack.train.guards import LossGuard
-from lmstack.train.metrics import MetricsLog, memory_mb, mfu, pass_flops_per_token, read_metrics
+from lmstack.train.flops import pass_flops_per_token
+from lmstack.train.metrics import MetricsLog, memory_mb, mfu, read_metrics
 from lmstack.train.optim import build_optimizers
 from lmstack.train.plots import plot_losses
 from lmstack.train.resume import check_resumable
@@ -274,6 +275,12 @@ class Trainer:
             total += loss.detach()
         return total / self.grad_accum
 
+    def flops_of_all_ranks(self) -> float:
+        """The last step's model FLOPs over every process: DPO's and GRPO's padded batches differ between ranks."""
+        if self.dist.world_size == 1:
+            return self.step_flops
+        return sum_across_ranks(torch.tensor(self.step_flops, device=self.device)).item()
+
     def batch_flops(self, batch) -> float:
         """Model FLOPs of a micro-batch's forward and backward. A trainer whose rows are not full `seq_len`
         windows, or that runs a reference model too, counts its own."""
@@ -391,7 +398,7 @@ class Trainer:
         tokens_per_s = self.tokens_per_step / dt
         record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "loss": loss,
                   "lr": self.optimizers[-1].param_groups[0]["lr"], "grad_norm": grad_norm,
-                  "tokens_per_s": tokens_per_s, "mfu": mfu(self.step_flops * self.dist.world_size, dt, self.peak_flops),  # ranks' batches alike
+                  "tokens_per_s": tokens_per_s, "mfu": mfu(self.flops_of_all_ranks(), dt, self.peak_flops),
                   "memory_mb": memory_mb(self.device), "step_s": dt, **self.step_metrics}
         if self.is_main:
             self.metrics.write(record)

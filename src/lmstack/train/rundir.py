@@ -12,9 +12,8 @@ from typing import Any, Iterator
 
 from lmstack.atomic import atomic_write_text
 from lmstack.errors import LmstackError
+from lmstack.run_layout import RUN_CONFIG, RUN_LOG
 
-RUN_LOG = "run.log"
-RUN_CONFIG = "config.json"
 
 
 class RunDirError(LmstackError):

@@ -3,7 +3,7 @@
 Writes the synthetic tool-use splits to <run dir>/toolcalls, runs `lmstack sft` from the pretraining
 checkpoint into <run dir>/sft (final model: <run dir>/sft/final), scores tool calls on held-out
 conversations, and walks one held-out question through call -> tool result -> answer.
-Budget: ~5.5 minutes on 2 idle CPU cores: 1,000 steps of 16 windows of 256 tokens, packed from 16,000
+Budget: ~4.5 minutes on 2 idle CPU cores: 1,000 steps of 16 windows of 256 tokens, packed from 16,000
 conversations. Measured on the held-out split: 250 steps (the earlier budget) got 14% of calls' arguments
 right, 1,000 steps 86%; GRPO needs that spread of right and wrong samples to learn from.
 """

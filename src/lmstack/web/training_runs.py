@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmstack.errors import LmstackError
-from lmstack.train.metrics import METRICS_FILE
-from lmstack.train.rundir import RUN_CONFIG, RUN_LOG
+from lmstack.run_layout import METRICS_FILE, RUN_CONFIG, RUN_LOG, is_run_dir
 
 # A run whose metrics changed this recently is shown as live (the trainer writes every step).
 LIVE_WINDOW_S = 30.0
@@ -27,12 +26,6 @@ SAMPLE_LINE = re.compile(r"^  sample: (.*)$")
 
 class TrainingRunNotFound(LmstackError):
     """A run name that is not a run dir under the dashboard's runs root."""
-
-
-def is_run_dir(path: Path) -> bool:
-    """A run dir has metrics, or the log the trainer starts before its first step. Not a config.json alone: a model
-    dir has one too (an HF export or an import put under the runs root is not a run)."""
-    return path.is_dir() and ((path / METRICS_FILE).is_file() or (path / RUN_LOG).is_file())
 
 
 def is_nested_run_dir(path: Path) -> bool:

@@ -1,27 +1,81 @@
-"""The process executing a run, recorded with the run: (pid, host name) for an eval run, the pid for an agent run.
+"""The process executing a run, recorded with the run (eval and agent runs alike): its pid, host name and start.
 
 A run killed without a word (SIGKILL, the OOM killer, a power loss) cannot mark itself failed. Its recorded
 process being gone is how `eval list`, reports and the dashboard tell it from a run still going, and how a
 resume refuses a run that a live process is still writing. The host name keeps a pid recorded by another
-machine sharing the database from being looked up here, where it names some other process or none.
+machine sharing the database from being looked up here, where it names some other process or none. The start
+keeps a pid reused since (after a reboot or a container restart, pids start over) from passing for the run's
+process: a live process with the pid but another start is an unrelated one, and the run's own is gone.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+UNKNOWN = "unknown"  # the start of a process where /proc does not tell it (not Linux)
 
 
-def this_process() -> tuple[int, str]:
-    return os.getpid(), socket.gethostname()
+@dataclass(frozen=True, slots=True)
+class Owner:
+    pid: int | None  # None: a run recorded before runs recorded their process, or never started
+    host: str | None
+    start: str | None  # process_start() as recorded; None before starts were recorded
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Owner":
+        return cls(row["owner_pid"], row["owner_host"], row["owner_start"])
+
+    @property
+    def verified(self) -> bool:
+        """Whether a live process with this pid is certainly this one (its start was recorded and is checked),
+        so that telling a user to `kill` it cannot hit an unrelated process that reused the pid."""
+        return self.start not in (None, UNKNOWN)
 
 
-def process_state(pid: int | None, host: str | None) -> str:
+def this_process() -> Owner:
+    return Owner(os.getpid(), socket.gethostname(), process_start(os.getpid()))
+
+
+def process_start(pid: int) -> str:
+    """'BOOT_ID:TICKS': the boot, and the clock ticks from boot to the process's start (field 22 of
+    /proc/PID/stat). The ticks tell a reused pid from its first process; the boot id tells a reboot, after which the
+    ticks start over. UNKNOWN where /proc does not say."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return UNKNOWN
+    # Field 2, the command name in parentheses, may itself hold spaces and ')': count from its last ')'.
+    return f"{boot_id}:{stat.rsplit(')', 1)[1].split()[22 - 3]}"
+
+
+def process_state(owner: Owner) -> str:
     """'alive' or 'gone' for a process of this host; 'unknown' for another host's, or for a run recorded before
-    processes were (pid None)."""
-    if pid is None or host != socket.gethostname():
+    processes were (pid None). A live pid whose start differs from the recorded one is another process: 'gone'."""
+    if owner.pid is None or owner.host != socket.gethostname():
         return "unknown"
-    return "alive" if pid_alive(pid) else "gone"
+    if not pid_alive(owner.pid):
+        return "gone"
+    if not owner.verified:  # recorded before starts were, or where /proc is missing: the pid is all there is
+        return "alive"
+    return "gone" if process_start(owner.pid) not in (owner.start, UNKNOWN) else "alive"
+
+
+def executed_elsewhere(owner: Owner) -> bool:
+    """Whether a live process other than this one executes the run recorded with `owner`: resuming it would make
+    two processes write one run, each redoing the steps or samples the other has in flight."""
+    return owner != this_process() and process_state(owner) == "alive"
+
+
+def busy_reason(owner: Owner) -> str:
+    """The end of a refused resume's message: which process has the run, and how to go on. `kill PID` only when the
+    process is verified to be the run's."""
+    kill = f" (kill {owner.pid})" if owner.verified else ""
+    return f"is being executed by process {owner.pid}; wait for it to finish, or stop it{kill} and resume again"
 
 
 def pid_alive(pid: int) -> bool:

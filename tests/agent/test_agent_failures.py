@@ -1,7 +1,9 @@
 """How a run ends when the endpoint, the model's output or a tool misbehaves (scripted server, real SQLite,
 `lmstack agent` as a real subprocess where the process itself is what is tested)."""
 
+import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from lmstack.agent.store import claim_run, create_run, get_run, update_run
 from lmstack.agent.testing.scripted_server import ScriptedServer
 from lmstack.agent.tools import tool
 from lmstack.config import to_dict
+from lmstack.run_owner import process_start
 
 FAILURE_TOOLS = Path(__file__).with_name("failure_tools.py")
 
@@ -128,7 +131,7 @@ def test_a_model_slower_than_the_timeout_fails_the_run_naming_the_setting_to_rai
     process.communicate(timeout=50)
     record = get_run(open_database(tmp_path / "db"), "slow")
     assert record.status == "failed" and "Request timed out." in record.stop_reason
-    assert ("(no answer within the 0.3 s timeout: a slower model needs a new run with --set timeout_s=SECONDS)"
+    assert ("(no answer within the 0.3 s timeout; a slower model needs a new run with --set timeout_s=SECONDS)"
             in record.stop_reason)
 
 
@@ -180,3 +183,21 @@ def test_a_run_that_ended_after_its_status_was_read_is_not_claimed_again(tmp_pat
     assert claim_run(conn, "raced") is False
     row = conn.execute("SELECT status, stop_reason, owner_pid FROM agent_runs").fetchone()
     assert (row["status"], row["stop_reason"], row["owner_pid"]) == ("completed", "final answer", None)
+
+
+def test_a_run_whose_pid_now_names_another_process_is_claimed(tmp_path):
+    """After a reboot or a container restart pids start over, and the run's recorded pid may name an unrelated live
+    process: one whose start differs from the recorded one is not the run's, and the run can be resumed."""
+    conn = open_database(tmp_path / "db")
+    create_run(conn, "reused", "hi", to_dict(AgentConfig()))
+    unrelated = subprocess.Popen(["sleep", "30"])
+    try:
+        boot_id, ticks = process_start(unrelated.pid).rsplit(":", 1)
+        conn.execute("UPDATE agent_runs SET owner_pid = ?, owner_host = ?, owner_start = ? WHERE id = 'reused'",
+                     (unrelated.pid, socket.gethostname(), f"{boot_id}:{int(ticks) + 1}"))  # started a tick later
+        assert claim_run(conn, "reused") is True
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+    row = conn.execute("SELECT status, owner_pid, owner_host, owner_start FROM agent_runs").fetchone()
+    assert tuple(row) == ("running", os.getpid(), socket.gethostname(), process_start(os.getpid()))

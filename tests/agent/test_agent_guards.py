@@ -237,6 +237,7 @@ def test_uncertainty_uses_the_endpoint_logprobs(tmp_path, server, stream):
 
 
 def test_a_run_owned_by_a_live_process_cannot_be_resumed_twice(tmp_path, server):
+    import socket
     import subprocess
 
     from lmstack.agent.launch import open_database
@@ -245,15 +246,17 @@ def test_a_run_owned_by_a_live_process_cannot_be_resumed_twice(tmp_path, server)
     from lmstack.agent.tools import ToolRegistry
     from lmstack.config import to_dict
     from lmstack.errors import LmstackError
+    from lmstack.run_owner import process_start
 
     conn = open_database(tmp_path / "db")
     config = AgentConfig(model=server.base_url, model_name="flaky")
     create_run(conn, "busy", "hi", to_dict(config))
     other = subprocess.Popen(["sleep", "30"])
     try:
-        conn.execute("UPDATE agent_runs SET owner_pid = ? WHERE id = 'busy'", (other.pid,))
+        conn.execute("UPDATE agent_runs SET owner_pid = ?, owner_host = ?, owner_start = ? WHERE id = 'busy'",
+                     (other.pid, socket.gethostname(), process_start(other.pid)))
         runtime = AgentRuntime(conn, "busy", config, OpenAIClient(server.base_url, "flaky"), ToolRegistry([]), tmp_path)
-        with pytest.raises(LmstackError, match=f"being executed by process {other.pid}"):
+        with pytest.raises(LmstackError, match=fr"being executed by process {other.pid}; .* \(kill {other.pid}\)"):
             runtime.run()
     finally:
         other.kill()

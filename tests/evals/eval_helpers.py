@@ -28,3 +28,17 @@ def answers(n: int, wrong_every: int = 0, noisy: bool = False) -> dict:
         base = wrong if wrong_every and i % wrong_every == 0 else right
         out[question(i)] = [base, base, base, wrong] if noisy else base
     return out
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    """A 1-layer model dir with its tokenizer, for an in-process --model (what it answers does not matter)."""
+    from lmstack.model.checkpoint import save_model_dir
+    from lmstack.model.config import ModelConfig
+    from lmstack.model.gpt import build_model
+    from lmstack.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train([question(i) + " " + answer(i) for i in range(50)], vocab_size=300,
+                                show_progress=False, min_frequency=1)
+    model = build_model(ModelConfig(arch="llama", vocab_size=320, block_size=64, n_layer=1, n_head=2, n_embd=32),
+                        seed=0)
+    return save_model_dir(folder / "tiny", model, tokenizer)

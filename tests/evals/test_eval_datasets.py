@@ -178,3 +178,15 @@ def test_a_python_tasks_relative_dataset_path_starts_from_the_task_files_folder(
     assert one_line_error(missing, "eval") == (
         f"lmstack eval: error: dataset file '{folder / 'capital.jsonl'}' does not exist (a task file's relative "
         "paths start from its folder); check the path")
+
+
+def test_a_yaml_tasks_missing_dataset_names_where_relative_paths_start(tmp_path):
+    """A YAML task's relative dataset path starts from its folder by the same rule as a Python task's, and its
+    refusal says so too."""
+    folder = tmp_path / "evt"
+    folder.mkdir()
+    (folder / "capitals.yaml").write_text("dataset: capital.jsonl\nscorer: [includes]\n")
+    with pytest.raises(DatasetError) as missing:
+        load_task(str(folder / "capitals.yaml"))
+    assert str(missing.value) == (f"dataset file '{folder / 'capital.jsonl'}' does not exist (a task file's relative "
+                                  "paths start from its folder); check the path")

@@ -92,7 +92,9 @@ def test_ctrl_c_marks_the_run_failed_and_resume_finishes_it(tmp_path):
         assert process.returncode == 130, stderr[-2000:]
         assert "continue it with --resume stopped" in stderr
         run = Store(db).run("stopped")
-        assert run.status == "failed" and "--resume stopped" in run.error  # not 'running' forever in `eval list`
+        # Not 'running' forever in `eval list`; nor 'interrupted', which says its process died without a word.
+        assert (run.status, run.error) == ("failed", "stopped by Ctrl-C (KeyboardInterrupt); continue it with "
+                                                     "--resume stopped")
         assert 4 <= len(Store(db).samples("stopped")) < n
 
         resumed = subprocess.run(eval_command(task_file, server.base_url, db, "--resume", "stopped"), env=env,

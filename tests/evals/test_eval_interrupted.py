@@ -1,7 +1,8 @@
 """A `lmstack eval run` killed without a word (SIGKILL, a power loss) is listed as 'interrupted' with the way to
 continue it, not as 'running' until someone resumes it; and a run that a live process is executing cannot be
-resumed by a second one."""
+resumed by a second one. A live process that merely reuses the run's pid (after a reboot, say) is not the run's."""
 
+import os
 import signal
 import socket
 import sqlite3
@@ -14,10 +15,12 @@ import pytest
 from cli_testing import one_line_error, run_cli
 from eval_helpers import answers, write_dataset
 from lmstack.agent.testing.scripted_server import ScriptedServer
+from lmstack.cli import main
 from lmstack.db import transaction
-from lmstack.evals.store import Store
+from lmstack.evals.store import RunBusy, Store
+from lmstack.run_owner import process_start
 
-N = 40
+N = 20
 
 
 def listed(db, run_id) -> list[str]:
@@ -46,13 +49,14 @@ def test_a_sigkilled_run_lists_as_interrupted_refuses_a_second_executor_and_resu
     task_file = tmp_path / "arith.yaml"
     task_file.write_text("name: arith\ndataset: arith.jsonl\nsolver: [generate]\nscorer: [numeric]\n")
     db = tmp_path / "db.sqlite"
-    # 0.5 s an answer, 2 at a time: ~10 s of run in which to list it, resume it a second time and kill it.
-    with ScriptedServer({"scripts": {"slow": [{"answers": answers(N), "delay_s": 0.5}]}}) as server:
+    # 2 s an answer, one at a time: ~40 s of run in which to list it, resume it a second time and kill it, even on a
+    # loaded machine; the resume asks for all the rest at once, so the test stays short.
+    with ScriptedServer({"scripts": {"slow": [{"answers": answers(N), "delay_s": 2.0}]}}) as server:
         run_args = ["eval", "run", task_file, "--model", server.base_url, "--model-name", "slow", "--db", db]
         process = subprocess.Popen([sys.executable, "-m", "lmstack.cli", *map(str, run_args), "--run-id", "killed",
-                                    "--max-concurrency", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    "--max-concurrency", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    text=True)
-        wait_for_samples(db, 2, process)
+        wait_for_samples(db, 1, process)
         assert listed(db, "killed")[1] == "running"  # its process is alive
 
         second = run_cli(*run_args, "--resume", "killed")
@@ -67,7 +71,7 @@ def test_a_sigkilled_run_lists_as_interrupted_refuses_a_second_executor_and_resu
         assert line.startswith("killed interrupted arith"), line
         assert line.endswith(f"(process {process.pid} on {socket.gethostname()} ended without finishing the run: "
                              "killed, or the machine went down; continue it with --resume killed)")
-        resumed = run_cli(*run_args, "--resume", "killed", "--max-concurrency", "8")
+        resumed = run_cli(*run_args, "--resume", "killed", "--max-concurrency", str(N))
         assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert listed(db, "killed")[1] == "finished"
     assert Store(db).run("killed").summary["scores"]["numeric"]["mean"]["n"] == N
@@ -84,3 +88,69 @@ def test_only_a_process_of_this_host_is_looked_up(tmp_path):
     assert store.run("here").status == "interrupted"
     # The pid was another machine's: here it names no process, or another one; that run may well be alive.
     assert (store.run("elsewhere").status, store.run("elsewhere").error) == ("running", None)
+
+
+def another_start(pid: int) -> str:
+    """A start that is not `pid`'s: the process started one clock tick later, i.e. another process."""
+    boot_id, ticks = process_start(pid).rsplit(":", 1)
+    return f"{boot_id}:{int(ticks) + 1}"
+
+
+@pytest.mark.timeout(120)
+def test_a_live_pid_with_another_start_is_not_the_runs_process_and_the_run_resumes(tmp_path):
+    """After a reboot or a container restart pids start over, and the run's recorded pid may name an unrelated live
+    process (here: this test's): the run read 'running' forever, and its resume was refused, before starts were
+    recorded."""
+    write_dataset(tmp_path / "arith.jsonl", 4)
+    task_file = tmp_path / "arith.yaml"
+    task_file.write_text("name: arith\ndataset: arith.jsonl\nsolver: [generate]\nscorer: [numeric]\n")
+    db = tmp_path / "db.sqlite"
+    with ScriptedServer({"scripts": {"good": [{"answers": answers(4)}]}}) as server:
+        run_args = ["eval", "run", str(task_file), "--model", server.base_url, "--model-name", "good", "--db", str(db)]
+        assert main([*run_args, "--run-id", "reused"]) == 0
+        store = Store(db)
+        with transaction(store.conn):  # as if killed after two samples, its pid now this test's
+            store.conn.execute("UPDATE eval_runs SET status = 'running', finished = NULL, owner_pid = ?, "
+                               "owner_host = ?, owner_start = ? WHERE id = 'reused'",
+                               (os.getpid(), socket.gethostname(), another_start(os.getpid())))
+            store.conn.execute("DELETE FROM eval_samples WHERE run_id = 'reused' AND sample_id IN ('q0', 'q1')")
+        assert listed(db, "reused")[1] == "interrupted"
+        resumed = run_cli(*run_args, "--resume", "reused")
+    assert resumed.returncode == 0 and "run reused: 4 results, 0 errors" in resumed.stdout, resumed.stderr[-2000:]
+    assert listed(db, "reused")[1] == "finished"
+
+
+def test_a_start_from_another_boot_is_another_process(tmp_path):
+    """Clock ticks start over at each boot: the same pid started at the same tick of another boot is not the run's."""
+    store = Store(tmp_path / "db.sqlite")
+    store.create_run("t", "m", {}, {}, run_id="before-reboot")  # recorded as run by this process
+    ticks = process_start(os.getpid()).rsplit(":", 1)[1]
+    with transaction(store.conn):
+        store.conn.execute("UPDATE eval_runs SET owner_start = ? WHERE id = 'before-reboot'",
+                           (f"another-boot:{ticks}",))
+    assert store.run("before-reboot").status == "interrupted"
+
+
+def test_a_refused_resume_says_kill_only_for_a_process_known_to_be_the_runs(tmp_path):
+    """A pid recorded without its start (a run from before starts were recorded) may name an unrelated process:
+    the refusal does not tell the user to kill it."""
+    store = Store(tmp_path / "db.sqlite")
+    other = subprocess.Popen(["sleep", "30"])
+    refusals = {}
+    try:
+        for run_id, start in [("checked", process_start(other.pid)), ("unchecked", None)]:
+            store.create_run("t", "m", {}, {}, run_id=run_id)
+            with transaction(store.conn):
+                store.conn.execute("UPDATE eval_runs SET owner_pid = ?, owner_start = ? WHERE id = ?",
+                                   (other.pid, start, run_id))
+            with pytest.raises(RunBusy) as busy:
+                store.claim_run(run_id, {})
+            refusals[run_id] = str(busy.value)
+    finally:
+        other.kill()
+        other.wait()
+    assert refusals == {
+        "checked": f"eval run 'checked' is being executed by process {other.pid}; wait for it to finish, or stop it "
+                   f"(kill {other.pid}) and resume again",
+        "unchecked": f"eval run 'unchecked' is being executed by process {other.pid}; wait for it to finish, or stop "
+                     "it and resume again"}

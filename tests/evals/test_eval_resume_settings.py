@@ -16,7 +16,8 @@ RUN_SETTINGS = ["--max-tokens", "16", "--temperature", "0.5", "--epochs", "2", "
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """A finished run 'r' with every setting given, and the command line that made it (without --run-id)."""
+    """A finished run 'r' with every setting given, a run 'bare' with none, and the command line that made them
+    (without the settings and --run-id)."""
     tmp = tmp_path_factory.mktemp("resume-settings")
     write_dataset(tmp / "arith.jsonl", 2)
     task_file = tmp / "arith.yaml"
@@ -25,6 +26,7 @@ def finished_run(tmp_path_factory):
     with ScriptedServer({"scripts": {"good": [{"answers": answers(2)}]}}) as server:
         command = ["eval", "run", str(task_file), "--model", server.base_url, "--model-name", "good", "--db", str(db)]
         assert main([*command, *RUN_SETTINGS, "--run-id", "r"]) == 0
+        assert main([*command, "--run-id", "bare"]) == 0
     return command, db
 
 
@@ -48,3 +50,12 @@ def test_every_other_setting_the_run_keeps_is_refused_on_resume(finished_run, ca
     assert f"--resume r: a resumed run keeps its own settings ({kept}), so {flag} {value} would be ignored" in \
         capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("flag, value, kept", [("--max-tokens", "8", "max_tokens unset: the endpoint's default"),
+                                               ("--limit", "1", "limit unset: every sample")])
+def test_a_setting_the_run_left_unset_is_named_as_such(finished_run, capsys, flag, value, kept):
+    command, _ = finished_run  # "max_tokens=None" before
+    assert main([*command, "--resume", "bare", flag, value]) == 2
+    assert f"--resume bare: a resumed run keeps its own settings ({kept}), so {flag} {value} would be ignored" in \
+        capsys.readouterr().err

@@ -22,12 +22,7 @@ T = TypeVar("T")
 
 
 class ModelCallError(LmstackError):
-    """The model endpoint failed for good (after retries) or rejected the request. `timed_out`: it failed by not
-    answering within the client's timeout, which each caller's user raises in their own way."""
-
-    def __init__(self, message: str, timed_out: bool = False):
-        super().__init__(message)
-        self.timed_out = timed_out
+    """The model endpoint failed for good (after retries) or rejected the request."""
 
 
 class IncompleteStreamError(Exception):
@@ -139,11 +134,16 @@ class OpenAIClient:
     """Any OpenAI-compatible chat endpoint. Retries timeouts, 429 and 5xx with backoff and jitter."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 60.0,
-                 retry: RetryPolicy | None = None, stream: bool = False):
+                 retry: RetryPolicy | None = None, stream: bool = False,
+                 timeout_fix: str = "raise the client's timeout_s"):
         import openai
 
         self.model = model
         self.stream = stream
+        self.timeout_s = timeout_s  # seconds one request may take (an eval run records it)
+        # How the user of the command that built this client gives a slow model more time (each command has its
+        # own flag), for the error of a request that timed out.
+        self.timeout_fix = timeout_fix
         self.retry = retry or RetryPolicy()
         # The SDK's own retries are off: ours add jitter and apply the same policy to every backend.
         self.sdk = openai.OpenAI(base_url=api_base(base_url), api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0)
@@ -190,8 +190,9 @@ class OpenAIClient:
         try:
             return with_retries(lambda: call(kwargs), _is_retryable, self.retry, retry_after=_retry_after_s)
         except (openai.APIError, IncompleteStreamError) as err:
-            raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url} failed: {err}",
-                                 timed_out=isinstance(err, openai.APITimeoutError)) from None
+            slow = (f" (no answer within the {self.timeout_s:g} s timeout; {self.timeout_fix})"
+                    if isinstance(err, openai.APITimeoutError) else "")
+            raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url} failed: {err}{slow}") from None
         except RetryAfterTooLong as err:
             raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url} failed: {err.__cause__}; "
                                  f"{err}") from None

@@ -34,10 +34,13 @@ def open_existing_database(path: str | Path | None = None) -> sqlite3.Connection
     return open_database(path)
 
 
-def build_client(config: AgentConfig) -> ModelClient:
+def build_client(config: AgentConfig,
+                 timeout_fix: str = "a slower model needs a new run with --set timeout_s=SECONDS") -> ModelClient:
+    """`timeout_fix`: how the calling command's user gives a slow model more time, named when a request times out."""
     if config.model.startswith(("http://", "https://")):
         return OpenAIClient(config.model, config.model_name or first_model_id(config), os.environ.get(config.api_key_env),
-                            config.timeout_s, RetryPolicy(max_attempts=config.max_attempts), config.stream)
+                            config.timeout_s, RetryPolicy(max_attempts=config.max_attempts), config.stream,
+                            timeout_fix)
     if Path(config.model).is_dir():
         from lmstack.agent.engine_client import EngineClient
 

@@ -84,10 +84,8 @@ class AgentRuntime:
         except StopRun as stop:
             self._finish(stop.status, stop.reason, stop.answer, stop.redo_step)
         except ModelCallError as err:
-            slow = (f" (no answer within the {self.config.timeout_s:g} s timeout: a slower model needs a new run with "
-                    "--set timeout_s=SECONDS)") if err.timed_out else ""
-            self._finish("failed", f"{err}{slow}; `lmstack agent resume {self.run_id}` continues once the endpoint "
-                         "is back", None)
+            self._finish("failed", f"{err}; `lmstack agent resume {self.run_id}` continues once the endpoint is back",
+                         None)
         except BaseException as err:  # Ctrl-C, SIGTERM's handler, a bug: the run stays `running`, resumable,
             try:                       # and says why it stopped
                 update_run(self.conn, self.run_id, stop_reason=f"interrupted ({type(err).__name__}: {err}); "

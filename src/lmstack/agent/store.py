@@ -10,7 +10,6 @@ the journal). The other ended runs would only end the same way again.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 from lmstack.db import ensure_schema, transaction
 from lmstack.errors import LmstackError
-from lmstack.run_owner import pid_alive
+from lmstack.run_owner import Owner, busy_reason, executed_elsewhere, this_process
 
 MIGRATIONS = [
     """
@@ -46,6 +45,9 @@ MIGRATIONS = [
     """,
     # The process executing a run, so a second `resume` of a live run is refused.
     "ALTER TABLE agent_runs ADD COLUMN owner_pid INTEGER;",
+    # ... on which host, since when (see lmstack.run_owner): a pid of another machine, or reused by an unrelated
+    # process since the run's died, must not keep the run from being resumed.
+    "ALTER TABLE agent_runs ADD COLUMN owner_host TEXT;\nALTER TABLE agent_runs ADD COLUMN owner_start TEXT;",
 ]
 
 RESUMABLE = ("running", "waiting", "failed")
@@ -92,8 +94,7 @@ def get_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
     row = conn.execute("SELECT * FROM agent_runs WHERE id = ?", (run_id,)).fetchone()
     if row is None:
         raise RunNotFoundError(f"no agent run with id '{run_id}'; `lmstack agent list` shows the runs")
-    data = dict(row)
-    data.pop("owner_pid")
+    data = {k: row[k] for k in row.keys() if not k.startswith("owner_")}  # the executing process: claim_run's to check
     data["config"] = json.loads(data["config"])
     return RunRecord(**data)
 
@@ -118,14 +119,17 @@ def claim_run(conn: sqlite3.Connection, run_id: str) -> bool:
     live process already is. False, claiming nothing, when the run can no longer be resumed (another process
     finished it since the caller read its status). Read and write in one transaction: of two processes resuming
     one failed or waiting run, the second finds it `running` under the first and is refused."""
+    me = this_process()
     with transaction(conn):
-        row = conn.execute("SELECT status, owner_pid FROM agent_runs WHERE id = ?", (run_id,)).fetchone()
+        row = conn.execute("SELECT status, owner_pid, owner_host, owner_start FROM agent_runs WHERE id = ?",
+                           (run_id,)).fetchone()
         if row["status"] not in RESUMABLE:
             return False
-        owner = row["owner_pid"]
-        if row["status"] == "running" and owner and owner != os.getpid() and pid_alive(owner):
-            raise LmstackError(f"run '{run_id}' is being executed by process {owner}; wait for it or stop it first")
-        conn.execute("UPDATE agent_runs SET owner_pid = ?, status = 'running', stop_reason = NULL, updated_at = ? "
-                     "WHERE id = ?", (os.getpid(), time.time(), run_id))
+        owner = Owner.from_row(row)
+        if row["status"] == "running" and executed_elsewhere(owner):
+            raise LmstackError(f"run '{run_id}' {busy_reason(owner)}")
+        conn.execute("UPDATE agent_runs SET owner_pid = ?, owner_host = ?, owner_start = ?, status = 'running', "
+                     "stop_reason = NULL, updated_at = ? WHERE id = ?",
+                     (me.pid, me.host, me.start, time.time(), run_id))
     return True
 

@@ -13,4 +13,5 @@ def make_client(spec: str, model_name: str | None = None, timeout_s: float | Non
     """Without `model_name`, a URL's first listed model is used (an error if the endpoint cannot say). `timeout_s`:
     seconds each HTTP request may take (default the agent's 60)."""
     return build_client(AgentConfig(model=spec, model_name=model_name or "",
-                                    timeout_s=timeout_s or AgentConfig.timeout_s))
+                                    timeout_s=timeout_s or AgentConfig.timeout_s),
+                        timeout_fix="pass a larger --timeout SECONDS")

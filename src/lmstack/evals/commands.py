@@ -6,12 +6,8 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lmstack.errors import LmstackError
-
-if TYPE_CHECKING:
-    from lmstack.evals.store import Store
 
 
 class EvalUsageError(LmstackError):
@@ -111,9 +107,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.price and min(args.price) < 0:
         raise EvalUsageError(f"--price {args.price[0]:g} {args.price[1]:g}: prices must be >= 0 (dollars per million "
                              "input and output tokens)")
+    check_timeout(args)
     task = load_task(args.task, parse_task_args(args.task_args))
-    store = Store(args.db)
-    timeout_s = request_timeout(args, store)
+    store = Store(args.db)  # creates the database and its folders: the checks of the arguments come first
+    timeout_s = args.timeout
+    if timeout_s is None and args.resume:  # a resumed run keeps its own: a slow model's must not resume at 60 s
+        timeout_s = store.run(args.resume).config.get("timeout_s")
     price = tuple(args.price) if args.price else None
     model = CachedModel(make_client(args.model, args.model_name, timeout_s), store, args.max_concurrency,
                         price, use_cache=not args.no_cache)
@@ -146,18 +145,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def request_timeout(args: argparse.Namespace, store: Store) -> float | None:
-    """Seconds one HTTP request may take: --timeout, checked; without it, a resumed run's own (a slow model's run
-    must not resume at the default), else None: the client's default."""
+def check_timeout(args: argparse.Namespace) -> None:
+    """Refuse a --timeout that cannot work: seconds one HTTP request may take, so above 0 and for a URL."""
     if args.timeout is None:
-        return store.run(args.resume).config.get("timeout_s") if args.resume else None
+        return
     if not 0 < args.timeout < math.inf:
         raise EvalUsageError(f"--timeout {args.timeout:g}: must be a number of seconds > 0 (how long one HTTP "
                              "request may take; default 60)")
     if not any(spec and spec.startswith(("http://", "https://")) for spec in (args.model, args.judge)):
         raise EvalUsageError(f"--timeout {args.timeout:g}: only a model at an http(s) URL has one; --model "
                              f"'{args.model}' runs in-process, so drop --timeout")
-    return args.timeout
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

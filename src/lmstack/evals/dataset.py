@@ -24,9 +24,9 @@ class DatasetError(LmstackError):
     """A dataset that cannot be read at all (missing file, unknown format, missing package)."""
 
 
-# The folder of the Python task file being loaded: the dataset files its task names by a relative path are found
-# there, whatever the working directory, as a YAML task's are (and as Inspect resolves them). A context variable,
-# not os.chdir: the working directory is the whole process's.
+# The folder of the task file (Python or YAML) being loaded: the dataset files its task names by a relative path
+# are found there, whatever the working directory, as Inspect resolves them; so are the files that -T values name.
+# A context variable, not os.chdir: the working directory is the whole process's.
 _task_folder: ContextVar[Path | None] = ContextVar("task_folder", default=None)
 
 
@@ -143,14 +143,13 @@ def from_generator(generate: Callable[[], Iterable[Any]], fields: FieldMap = Fie
     return out
 
 
-def load_dataset(spec: str, base_dir: Path | None = None, fields: FieldMap = FieldMap(), split: str = "test") -> list[Sample]:
-    """`file.jsonl`, `file.csv`, or `hf:NAME[:SUBSET]`; relative paths resolve against `base_dir`."""
+def load_dataset(spec: str, fields: FieldMap = FieldMap(), split: str = "test") -> list[Sample]:
+    """`file.jsonl`, `file.csv`, or `hf:NAME[:SUBSET]`; a relative path starts from the task file's folder
+    (`datasets_relative_to`), else from the working directory."""
     if spec.startswith("hf:"):
         name, _, subset = spec[3:].partition(":")
         return load_hf(name, split=split, subset=subset or None, fields=fields)
     path = Path(spec)
-    if base_dir is not None and not path.is_absolute():
-        path = base_dir / path
     if path.suffix == ".jsonl":
         return load_jsonl(path, fields)
     if path.suffix == ".csv":

@@ -147,7 +147,8 @@ def load_yaml_task(path: Path) -> Task:
         config = from_dict(TaskConfig, _mapping(spec, "config", path))
     except ConfigError as err:
         raise TaskError(f"task file '{path}': {err}") from None
-    dataset = load_dataset(str(spec["dataset"]), base_dir=path.parent, fields=fields, split=spec.get("split", "test"))
+    with datasets_relative_to(path.parent):
+        dataset = load_dataset(str(spec["dataset"]), fields=fields, split=spec.get("split", "test"))
     solvers = [_component(SOLVERS, "solver", item, path) for item in _as_list(spec.get("solver", ["generate"]))]
     scorers = [_component(SCORERS, "scorer", item, path) for item in _as_list(spec.get("scorer"))]
     if not scorers:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lmstack.agent.budget import BudgetConfig, call_cost
-from lmstack.agent.client import ModelCallError, ModelClient, ModelResponse
+from lmstack.agent.client import ModelClient, ModelResponse
 from lmstack.evals.completions import PromptToken, prompt_logprobs
 from lmstack.evals.sample import TaskState, Usage
 from lmstack.evals.store import Store
@@ -66,8 +66,9 @@ class CachedModel:
         price_in, price_out = price_per_mtok or (None, None)
         self.pricing = BudgetConfig(price_in_per_mtok=price_in, price_out_per_mtok=price_out)
         self.use_cache = use_cache
-        # Seconds an HTTP request may take (None in-process): recorded with the run, and named when one takes longer.
-        self.timeout_s = getattr(getattr(client, "sdk", None), "timeout", None)
+        # Seconds an HTTP request may take (an in-process client has none): recorded with the run, and named when a
+        # request takes longer.
+        self.timeout_s: float | None = getattr(client, "timeout_s", None)
         self.takes_seed = "seed" in inspect.signature(client.complete).parameters
         # This process's requests by outcome, for `eval run`'s closing line: 'answered' by the endpoint, 'cached'
         # (answered from the cache) or 'failed' (an error instead of an answer, after the client's retries).
@@ -92,11 +93,8 @@ class CachedModel:
         with self.slots:
             try:
                 response = send()
-            except Exception as err:
+            except Exception:
                 self._count("failed")
-                if isinstance(err, ModelCallError) and err.timed_out and self.timeout_s is not None:
-                    raise ModelCallError(f"{err} (no answer within the {self.timeout_s:g} s timeout); pass a larger "
-                                         "--timeout SECONDS") from None
                 raise
         self._count("answered")
         if self.use_cache:

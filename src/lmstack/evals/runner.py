@@ -69,9 +69,18 @@ def check_resume_overrides(run_id: str, kept: TaskConfig, overrides: dict[str, A
     for name, value in overrides.items():
         if value is not None and value != getattr(kept, name):
             given = f"--{name.replace('_', '-')} {_shown(value)}"
-            raise ResumeError(f"--resume {run_id}: a resumed run keeps its own settings ({name}="
-                              f"{_shown(getattr(kept, name))}), so {given} would be ignored; drop it to resume, or "
-                              f"start a new run (without --resume) with {given}")
+            raise ResumeError(f"--resume {run_id}: a resumed run keeps its own settings ({_setting(kept, name)}), "
+                              f"so {given} would be ignored; drop it to resume, or start a new run (without "
+                              f"--resume) with {given}")
+
+
+# What a setting left unset means: "max_tokens=None" told a user nothing.
+_UNSET = {"max_tokens": "the endpoint's default", "limit": "every sample"}
+
+
+def _setting(config: TaskConfig, name: str) -> str:
+    value = getattr(config, name)
+    return f"{name} unset: {_UNSET[name]}" if value is None else f"{name}={_shown(value)}"
 
 
 def _shown(value: Any) -> str:
@@ -98,10 +107,11 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
         config = TaskConfig(**run.config["task"])  # a resumed run keeps its own settings, and refuses others
         check_resume_overrides(resume, config, overrides or {})
         # ... but not its timeout: a resume may give a larger one to the samples that timed out.
-        store.claim_run(run_id, {**run.config, "timeout_s": model.timeout_s})
+        store.claim_run(run_id, {**run.config, "timeout_s": http_timeout(model, judge)})
     else:
         run_config = {"task": asdict(config), "scorers": scorer_names, "higher_is_better": higher,
-                      "endpoint": model.endpoint, "judge": judge.name if judge else None, "timeout_s": model.timeout_s}
+                      "endpoint": model.endpoint, "judge": judge.name if judge else None,
+                      "timeout_s": http_timeout(model, judge)}
         run_id = store.create_run(task.name, model.name, run_config, code_version(), run_id)
 
     try:
@@ -111,12 +121,19 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
         store.fail_run(run_id, f"{type(err).__name__}: {err}")
         raise
     except KeyboardInterrupt as err:  # Ctrl-C: finished samples are saved; the rest wait for --resume
-        store.fail_run(run_id, f"interrupted; continue it with --resume {run_id}")
+        # Not 'interrupted': that status is a run whose process died without a word (see lmstack.run_owner).
+        store.fail_run(run_id, f"stopped by Ctrl-C ({type(err).__name__}); continue it with --resume {run_id}")
         if hasattr(err, "add_note"):  # Python 3.11+; `lmstack eval run` prints it
             err.add_note(f"run {run_id} stopped; its finished samples are kept: continue it with --resume {run_id}")
         raise
     store.finish_run(run_id, summary)
     return RunOutcome(run_id, summary, model.requests + (judge.requests if judge else Counter()))
+
+
+def http_timeout(model: CachedModel, judge: CachedModel | None) -> float | None:
+    """Seconds one HTTP request may take, recorded with the run for a resume to keep: the model's, else (a model run
+    in-process) the judge's; both are built with the one --timeout. None when neither is at a URL."""
+    return next((m.timeout_s for m in (model, judge) if m is not None and m.timeout_s is not None), None)
 
 
 def _evaluate_pending(task: Task, config: TaskConfig, model: CachedModel, judge: CachedModel | None, run_id: str,

@@ -17,7 +17,7 @@ from typing import Any
 
 from lmstack.db import connect, ensure_schema, transaction
 from lmstack.errors import LmstackError
-from lmstack.run_owner import process_state, this_process
+from lmstack.run_owner import Owner, busy_reason, executed_elsewhere, process_state, this_process
 
 MIGRATIONS = [
     """
@@ -36,6 +36,8 @@ MIGRATIONS = [
     "ALTER TABLE eval_runs ADD COLUMN error TEXT;",  # why a run failed (status 'failed')
     # The process executing the run: a SIGKILLed run must not read as 'running' forever, nor be resumed twice.
     "ALTER TABLE eval_runs ADD COLUMN owner_pid INTEGER;\nALTER TABLE eval_runs ADD COLUMN owner_host TEXT;",
+    # ... and its start: a pid reused by an unrelated process (after a reboot, say) must not pass for the run's.
+    "ALTER TABLE eval_runs ADD COLUMN owner_start TEXT;",
 ]
 
 
@@ -99,15 +101,16 @@ class Store:
     def create_run(self, task: str, model: str, config: dict[str, Any], environment: dict[str, Any],
                    run_id: str | None = None) -> str:
         run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        pid, host = this_process()
+        owner = this_process()
         with transaction(self.conn):
             if self.conn.execute("SELECT 1 FROM eval_runs WHERE id = ?", (run_id,)).fetchone():
                 raise RunExists(f"eval run '{run_id}' already exists; continue it with --resume {run_id} "
                                 "or pick another --run-id")
             self.conn.execute(
-                "INSERT INTO eval_runs (id, task, model, config, status, created, environment, owner_pid, owner_host) "
-                "VALUES (?,?,?,?,?,?,?,?,?)",
-                (run_id, task, model, json.dumps(config), "running", time.time(), json.dumps(environment), pid, host))
+                "INSERT INTO eval_runs (id, task, model, config, status, created, environment, owner_pid, owner_host, "
+                "owner_start) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run_id, task, model, json.dumps(config), "running", time.time(), json.dumps(environment),
+                 owner.pid, owner.host, owner.start))
         return run_id
 
     def run(self, run_id: str) -> RunRecord:
@@ -140,17 +143,16 @@ class Store:
         """Make this process the executor of a run being resumed with `config`: running again (a failed one no
         longer shows its old error meanwhile). Refused while another live process of this host executes it: two
         processes writing one run would each solve the samples the other has in flight."""
-        pid, host = this_process()
+        me = this_process()
         with transaction(self.conn):
-            row = self.conn.execute("SELECT status, owner_pid, owner_host FROM eval_runs WHERE id = ?",
+            row = self.conn.execute("SELECT status, owner_pid, owner_host, owner_start FROM eval_runs WHERE id = ?",
                                     (run_id,)).fetchone()
-            owner = row["owner_pid"]
-            if (row["status"] == "running" and (owner, row["owner_host"]) != (pid, host)
-                    and process_state(owner, row["owner_host"]) == "alive"):
-                raise RunBusy(f"eval run '{run_id}' is being executed by process {owner}; wait for it to finish, or "
-                              f"stop it (kill {owner}) and resume again")
+            owner = Owner.from_row(row)
+            if row["status"] == "running" and executed_elsewhere(owner):
+                raise RunBusy(f"eval run '{run_id}' {busy_reason(owner)}")
             self.conn.execute("UPDATE eval_runs SET status = 'running', finished = NULL, error = NULL, config = ?, "
-                              "owner_pid = ?, owner_host = ? WHERE id = ?", (json.dumps(config), pid, host, run_id))
+                              "owner_pid = ?, owner_host = ?, owner_start = ? WHERE id = ?",
+                              (json.dumps(config), me.pid, me.host, me.start, run_id))
 
     def fail_run(self, run_id: str, error: str) -> None:
         """Mark a run that died mid-way; its finished samples stay, and `--resume` can continue it."""
@@ -225,7 +227,7 @@ class Store:
 
 def _run_record(row: sqlite3.Row) -> RunRecord:
     status, error = row["status"], row["error"]
-    if status == "running" and process_state(row["owner_pid"], row["owner_host"]) == "gone":
+    if status == "running" and process_state(Owner.from_row(row)) == "gone":
         status = "interrupted"  # killed without a word: only the dead process says so
         error = (f"process {row['owner_pid']} on {row['owner_host']} ended without finishing the run: killed, or "
                  f"the machine went down; continue it with --resume {row['id']}")

@@ -18,6 +18,14 @@ def write_dataset(path: Path, n: int) -> Path:
     return path
 
 
+def arith_task(folder: Path, n: int) -> Path:
+    """A YAML task over `n` of the questions (arith.jsonl beside it): generate, then the numeric scorer."""
+    write_dataset(folder / "arith.jsonl", n)
+    task_file = folder / "arith.yaml"
+    task_file.write_text("name: arith\ndataset: arith.jsonl\nsolver: [generate]\nscorer: [numeric]\n")
+    return task_file
+
+
 def answers(n: int, wrong_every: int = 0, noisy: bool = False) -> dict:
     """Per-question scripted answers: wrong on every `wrong_every`-th question; with `noisy`, each
     answer is a list the server picks from by the request's seed (right 3 times in 4)."""

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from cli_testing import default_sigint
-from eval_helpers import answers, question, write_dataset
+from eval_helpers import answers, arith_task, question, write_dataset
 from lmstack.agent.client import OpenAIClient, RetryPolicy
 from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
 from lmstack.cli import main
@@ -67,9 +67,7 @@ def eval_command(task_file, base_url, db, *extra):
 @pytest.mark.timeout(180)
 def test_ctrl_c_marks_the_run_failed_and_resume_finishes_it(tmp_path):
     n = 30
-    write_dataset(tmp_path / "arith.jsonl", n)
-    task_file = tmp_path / "arith.yaml"
-    task_file.write_text("name: arith\ndataset: arith.jsonl\nsolver: [generate]\nscorer: [numeric]\n")
+    task_file = arith_task(tmp_path, n)
     db = tmp_path / "db.sqlite"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # 0.5 s an answer, 2 at a time: ~7 s of run in which to interrupt it, even on a busy machine.

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from cli_testing import one_line_error, run_cli
-from eval_helpers import answers, write_dataset
+from eval_helpers import answers, arith_task
 from lmstack.agent.testing.scripted_server import ScriptedServer
 from lmstack.cli import main
 from lmstack.db import transaction
@@ -45,9 +45,7 @@ def wait_for_samples(db, count: int, process: subprocess.Popen) -> None:
 
 @pytest.mark.timeout(180)
 def test_a_sigkilled_run_lists_as_interrupted_refuses_a_second_executor_and_resumes(tmp_path):
-    write_dataset(tmp_path / "arith.jsonl", N)
-    task_file = tmp_path / "arith.yaml"
-    task_file.write_text("name: arith\ndataset: arith.jsonl\nsolver: [generate]\nscorer: [numeric]\n")
+    task_file = arith_task(tmp_path, N)
     db = tmp_path / "db.sqlite"
     # 2 s an answer, one at a time: ~40 s of run in which to list it, resume it a second time and kill it, even on a
     # loaded machine; the resume asks for all the rest at once, so the test stays short.
@@ -101,9 +99,7 @@ def test_a_live_pid_with_another_start_is_not_the_runs_process_and_the_run_resum
     """After a reboot or a container restart pids start over, and the run's recorded pid may name an unrelated live
     process (here: this test's): the run read 'running' forever, and its resume was refused, before starts were
     recorded."""
-    write_dataset(tmp_path / "arith.jsonl", 4)
-    task_file = tmp_path / "arith.yaml"
-    task_file.write_text("name: arith\ndataset: arith.jsonl\nsolver: [generate]\nscorer: [numeric]\n")
+    task_file = arith_task(tmp_path, 4)
     db = tmp_path / "db.sqlite"
     with ScriptedServer({"scripts": {"good": [{"answers": answers(4)}]}}) as server:
         run_args = ["eval", "run", str(task_file), "--model", server.base_url, "--model-name", "good", "--db", str(db)]

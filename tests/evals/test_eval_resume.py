@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from eval_helpers import answers, question, write_dataset
+from eval_helpers import answers, arith_task, question
 from lmstack.agent.testing.scripted_server import ScriptedServer
 from lmstack.evals.store import Store
 
@@ -33,9 +33,7 @@ def done_samples(db) -> set[str]:
 
 @pytest.mark.timeout(180)
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
-    write_dataset(tmp_path / "arith.jsonl", N)
-    task_file = tmp_path / "arith.yaml"
-    task_file.write_text("name: arith\ndataset: arith.jsonl\nsolver: [generate]\nscorer: [numeric]\n")
+    task_file = arith_task(tmp_path, N)
     script = {"scripts": {"slow": [{"answers": answers(N, wrong_every=4), "delay_s": 0.1}]}}
     db = tmp_path / "interrupted.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -5,7 +5,7 @@ same settings as the run's are accepted, so its first command line works with --
 import pytest
 
 from cli_testing import one_line_error, run_cli
-from eval_helpers import answers, write_dataset
+from eval_helpers import answers, arith_task
 from lmstack.agent.testing.scripted_server import ScriptedServer
 from lmstack.cli import main
 from lmstack.evals.store import Store
@@ -19,9 +19,7 @@ def finished_run(tmp_path_factory):
     """A finished run 'r' with every setting given, a run 'bare' with none, and the command line that made them
     (without the settings and --run-id)."""
     tmp = tmp_path_factory.mktemp("resume-settings")
-    write_dataset(tmp / "arith.jsonl", 2)
-    task_file = tmp / "arith.yaml"
-    task_file.write_text("name: arith\ndataset: arith.jsonl\nsolver: [generate]\nscorer: [numeric]\n")
+    task_file = arith_task(tmp, 2)
     db = tmp / "db.sqlite"
     with ScriptedServer({"scripts": {"good": [{"answers": answers(2)}]}}) as server:
         command = ["eval", "run", str(task_file), "--model", server.base_url, "--model-name", "good", "--db", str(db)]

@@ -6,7 +6,7 @@ run is resumed without one."""
 import pytest
 
 from cli_testing import run_cli
-from eval_helpers import answers, tiny_checkpoint, write_dataset
+from eval_helpers import answers, arith_task, tiny_checkpoint, write_dataset
 from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
 from lmstack.cli import main
 from lmstack.evals.store import Store
@@ -16,9 +16,7 @@ TIMED_OUT = "(no answer within the 0.2 s timeout; pass a larger --timeout SECOND
 
 @pytest.mark.timeout(180)
 def test_a_model_slower_than_the_timeout_names_it_and_a_larger_one_succeeds(tmp_path):
-    write_dataset(tmp_path / "arith.jsonl", 2)
-    task_file = tmp_path / "arith.yaml"
-    task_file.write_text("name: arith\ndataset: arith.jsonl\nsolver: [generate]\nscorer: [numeric]\n")
+    task_file = arith_task(tmp_path, 2)
     db = tmp_path / "db.sqlite"
     with ScriptedServer({"scripts": {"slow": [{"answers": answers(2), "delay_s": 1.0}]}}) as server:
         def eval_run(*extra):

@@ -36,7 +36,10 @@ TASK_FILES = {
                  "    return Task(dataset=[], solver=generate(), scorer=exact())\n", "task 't' has no samples"),
     "empty.yaml": ("dataset: empty.jsonl\nscorer: [exact]\n", "task 'empty' has no samples"),
     "regex.yaml": ("dataset: rows.jsonl\nscorer: [{regex_match: {pattern: '('}}]\n",
-                   "scorer 'regex_match': missing ), unterminated subpattern at position 0; fix its arguments"),
+                   "scorer 'regex_match': pattern '(' is not a valid regular expression (missing ), unterminated "
+                   "subpattern at position 0); fix its arguments"),
+    "few_shot.yaml": ("dataset: rows.jsonl\nsolver: [{few_shot: {examples: oops}}, generate]\nscorer: [exact]\n",
+                      "few_shot.yaml': solver 'few_shot': examples must be a list of [question, answer] pairs"),
     "kwargs.yaml": ("dataset: rows.jsonl\nscorer: [{exact: 5}]\n", "scorer 'exact': arguments must be a mapping"),
     "config.yaml": ("dataset: rows.jsonl\nscorer: [exact]\nconfig: {epochs: many}\n",
                     "config.yaml': config key 'epochs': expected an integer, got 'many'"),

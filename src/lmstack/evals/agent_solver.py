@@ -24,9 +24,11 @@ from lmstack.agent.tracing import load_events
 from lmstack.config import from_dict, to_dict
 from lmstack.db import lmstack_home
 from lmstack.errors import LmstackError
+from lmstack.evals import arguments
 from lmstack.evals.sample import TaskState
 from lmstack.evals.solvers import SolveContext
-from lmstack.evals.task import solver
+from lmstack.evals.task import ArgumentError, solver
+
 
 class AgentRunError(LmstackError):
     """The agent run behind a sample ended without an answer to score."""
@@ -39,14 +41,20 @@ DEFAULT_SYSTEM = "You are a careful assistant. Use the tools to find facts and c
 def agent(tools: list[str] | None = None, system_prompt: str = DEFAULT_SYSTEM, max_steps: int = 8,
           monitors: dict[str, Any] | None = None, memory: bool = False, max_dollars: float | None = None):
     """Run the agent on the sample's input; its final answer is the output."""
-    tool_specs = list(tools) if tools is not None else ["calculator"]
+    tool_specs = arguments.strings(tools, "tools") if tools is not None else ["calculator"]
+    max_steps = arguments.number(max_steps, "max_steps", 1, integer=True)
+    try:  # built here, not per sample: an unknown tool or monitor setting would fail every sample of the run
+        load_tools(tool_specs)
+        monitor_config = from_dict(MonitorConfig, monitors or {}, prefix="monitors.")
+    except LmstackError as err:
+        raise ArgumentError(str(err)) from None
 
     def solve(state: TaskState, ctx: SolveContext) -> TaskState:
         config = AgentConfig(model=ctx.model.model, model_name=ctx.model.model, tools=tool_specs,
                              system_prompt=system_prompt, temperature=ctx.config.temperature,
                              max_output_tokens=ctx.config.max_tokens,
                              budget=BudgetConfig(max_steps=max_steps, max_dollars=max_dollars),
-                             monitors=from_dict(MonitorConfig, monitors or {}))
+                             monitors=monitor_config)
         conn = open_database(ctx.db_path)
         try:
             run_id, exists = _agent_run_id(conn, f"eval-{ctx.run_id}-{state.sample.id}-e{state.epoch}")

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from lmstack.agent.sandbox import SandboxLimits, run_python
+from lmstack.evals import arguments
 from lmstack.evals.sample import Score, TaskState
 from lmstack.evals.task import scorer
 
@@ -23,6 +24,10 @@ def extract_code(text: str) -> str:
 def unit_tests(tests_field: str = "tests", cpu_s: int = 10, wall_s: float = 20.0):
     """The output's code, followed by the sample's tests (`metadata[tests_field]`, or the target), exits 0
     in the sandbox (no network, CPU/memory/process limits, scratch-only writes)."""
+    arguments.text(tests_field, "tests_field")
+    cpu_s = arguments.number(cpu_s, "cpu_s", 1, integer=True)
+    wall_s = arguments.number(wall_s, "wall_s", above=True)
+
     def score(state: TaskState, ctx: Any) -> Score:
         tests = state.sample.metadata.get(tests_field) or state.sample.target
         if not tests:
@@ -60,6 +65,9 @@ GRADE = re.compile(r"GRADE:\s*([CI])\b")
 def model_graded(rubric: str = "The answer is factually consistent with the reference answer.",
                  template: str = JUDGE_TEMPLATE):
     """A judge model (`--judge`) grades the output; its raw verdict is kept as the explanation."""
+    arguments.text(rubric, "rubric")
+    arguments.template(template, "template", ["question", "target", "output", "rubric"])
+
     def score(state: TaskState, ctx: Any) -> Score:
         if ctx.judge is None:
             raise ValueError("model_graded needs a judge model: pass --judge URL_OR_CHECKPOINT")
@@ -71,13 +79,15 @@ def model_graded(rubric: str = "The answer is factually consistent with the refe
             return Score(0.0, answer=None, explanation=verdict, metadata={"parsed": False})
         return Score(1.0 if grades[-1] == "C" else 0.0, answer=grades[-1], explanation=verdict,
                      metadata={"parsed": True})
+    score.needs_judge = True  # `eval run` refuses the task without --judge, before recording a run
     return score
 
 
 @scorer
 def hallucination(monitors: list[str] | None = None):
     """1.0 if an agent monitor flagged the sample (lower is better); the flagged spans are kept."""
-    wanted = set(monitors or ["grounding", "action_claims", "uncertainty", "tool_hallucination", "self_consistency"])
+    known = ["grounding", "action_claims", "uncertainty", "tool_hallucination", "self_consistency"]
+    wanted = set(arguments.strings(monitors, "monitors", known) if monitors else known)
 
     def score(state: TaskState, ctx: Any) -> Score:
         events = [e for e in state.events if e["kind"] == "monitor" and e["monitor"] in wanted]

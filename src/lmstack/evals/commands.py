@@ -132,12 +132,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Every request this process sent, by what came of it (a count of answers alone said "0 requests made" of a run
     # whose every request got a 400).
     requests = outcome.requests
-    print(f"run {outcome.run_id}: {outcome.summary['results']} results, {outcome.summary['errors']} errors; model "
-          f"requests: {requests['answered']} answered by the endpoint, {requests['cached']} from the cache, "
-          f"{requests['failed']} failed")
+    summary = outcome.summary
+    print(f"run {outcome.run_id}: {summary['results']} results, {summary['errors']} errors, "
+          f"{summary['scorer_errors']} scorer errors; model requests: {requests['answered']} answered by the endpoint, "
+          f"{requests['cached']} from the cache, {requests['failed']} failed")
     failed = store.first_error(outcome.run_id)
     if failed:  # the count alone does not say what to fix
-        print(f"first error (sample {failed.sample_id}, epoch {failed.epoch}): {failed.error}; --resume "
+        print(f"first error (sample {failed.sample_id}, epoch {failed.epoch}): {failed.failure}; --resume "
               f"{outcome.run_id} retries the failed samples under the run's settings (a new setting needs a new run)",
               file=sys.stderr)
     if args.report:

@@ -6,7 +6,7 @@ A YAML task names a dataset, solvers and scorers by their registered names with 
     dataset: capitals.jsonl          # relative to the YAML file; or hf:NAME
     fields: {input: question, target: answer}
     solver: [{system_message: {content: "Answer in one word."}}, generate]
-    scorer: [includes]
+    scorer: [includes, {numeric: {abs_tol: 0.5}, name: close}]   # `name:` reports a scorer under another name
     config: {epochs: 1, max_tokens: 16}
 """
 
@@ -26,7 +26,8 @@ from lmstack.config import ConfigError, _coerce, _parse_cli_value, from_dict
 from lmstack.errors import LmstackError
 from lmstack.evals import builtin  # noqa: F401  (registers the built-in tasks, solvers and scorers)
 from lmstack.evals.dataset import FieldMap, datasets_relative_to, load_dataset
-from lmstack.evals.task import SCORERS, SOLVERS, TASKS, Task, TaskConfig, TaskError
+from lmstack.evals.task import (SCORERS, SOLVERS, TASKS, ArgumentError, Task, TaskConfig, TaskError,
+                                duplicate_scorer_name, named)
 
 
 def load_task(spec: str, task_args: dict[str, Any] | None = None) -> Task:
@@ -53,6 +54,8 @@ def _build(factory, task_args: dict[str, Any], spec: str) -> Task:
     kwargs = {k: _task_arg(k, hints.get(k, Any), v, spec) for k, v in task_args.items()}
     try:
         return factory(**kwargs)
+    except ArgumentError as err:  # names the solver or scorer and its argument
+        raise TaskError(f"task '{spec}': {err}; fix its arguments") from None
     except LmstackError:  # already says what is wrong and how to fix it (a missing dataset file, say)
         raise
     except Exception as err:  # the user's task function: say where it failed, as the traceback would
@@ -153,6 +156,10 @@ def load_yaml_task(path: Path) -> Task:
     scorers = [_component(SCORERS, "scorer", item, path) for item in _as_list(spec.get("scorer"))]
     if not scorers:
         raise TaskError(f"task file '{path}' has no scorer; add e.g. `scorer: [exact]`")
+    duplicate = duplicate_scorer_name(scorers)
+    if duplicate:
+        raise TaskError(f"task file '{path}' has two scorers named '{duplicate}', and scores are kept by name; give "
+                        f"one its own with `name:`, e.g. {{{duplicate}: {{...}}, name: {duplicate}_2}}")
     return Task(dataset=dataset, solver=solvers, scorer=scorers, config=config,
                 name=spec.get("name", path.stem), description=spec.get("description", ""))
 
@@ -169,15 +176,25 @@ def _as_list(value: Any) -> list:
 
 
 def _component(registry: dict, kind: str, item: Any, path: Path):
+    """A solver or scorer entry: NAME, or {NAME: {arguments}}; a scorer's may add `name: LABEL` to be reported as."""
+    label = None
+    if kind == "scorer" and isinstance(item, dict) and len(item) == 2 and "name" in item:
+        item = dict(item)
+        label = item.pop("name")
     name, kwargs = (item, {}) if isinstance(item, str) else next(iter(item.items())) if isinstance(item, dict) and len(item) == 1 else (None, None)
     if name is None:
-        raise TaskError(f"task file '{path}': a {kind} is a name or {{name: {{arguments}}}}, got {item!r}")
+        also = ", optionally with `name: LABEL`" if kind == "scorer" else ""
+        raise TaskError(f"task file '{path}': a {kind} is NAME or {{NAME: {{arguments}}}}{also}, got {item!r}")
     if name not in registry:
         raise TaskError(f"task file '{path}': unknown {kind} '{name}'; known: {', '.join(sorted(registry))}")
     if not isinstance(kwargs or {}, dict):
         raise TaskError(f"task file '{path}': {kind} '{name}': arguments must be a mapping, e.g. "
                         f"{{{name}: {{key: value}}}}, got {kwargs!r}")
     try:
-        return registry[name](**(kwargs or {}))
-    except Exception as err:  # a wrong argument, a bad regex pattern: the file's to fix
+        made = registry[name](**(kwargs or {}))
+        return made if label is None else named(made, label)
+    except ArgumentError as err:  # names the solver or scorer and its argument
+        err.component = err.component or f"{kind} '{name}'"
+        raise TaskError(f"task file '{path}': {err}; fix its arguments") from None
+    except Exception as err:  # a wrong argument name, say: the file's to fix
         raise TaskError(f"task file '{path}': {kind} '{name}': {err}; fix its arguments") from None

@@ -33,7 +33,7 @@ from lmstack.evals.sample import Sample, Score, TaskState
 from lmstack.evals.solvers import SolveContext
 from lmstack.evals.store import SampleRecord, Store
 from lmstack.evals.summary import check_reducer, summarize_run
-from lmstack.evals.task import Task, TaskConfig, TaskError, scorer_name
+from lmstack.evals.task import Task, TaskConfig, TaskError, duplicate_scorer_name, scorer_name
 from lmstack.train.runinfo import code_version
 
 
@@ -96,6 +96,7 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
         raise TaskError(f"task '{task.name}' has no samples (an empty dataset file, or a filter that kept nothing); "
                         "give it at least one row")
     check_unique_ids(task.dataset)
+    check_scorers(task, judge)
     scorer_names = [scorer_name(s) for s in task.scorers]
     higher = {scorer_name(s): getattr(s, "higher_is_better", True) for s in task.scorers}
     if resume:
@@ -130,6 +131,19 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
     return RunOutcome(run_id, summary, model.requests + (judge.requests if judge else Counter()))
 
 
+def check_scorers(task: Task, judge: CachedModel | None) -> None:
+    """Refuse scorers that cannot score, before a run is recorded: two of one name (scores are kept by name, so the
+    second's would overwrite the first's), or one that needs a judge when none is given (it would fail every sample)."""
+    duplicate = duplicate_scorer_name(task.scorers)
+    if duplicate:
+        raise TaskError(f"task '{task.name}' has two scorers named '{duplicate}', and scores are kept by name; give "
+                        f"one its own with lmstack.evals.task.named({duplicate}(...), '{duplicate}_2')")
+    needing = [scorer_name(s) for s in task.scorers if getattr(s, "needs_judge", False)]
+    if needing and judge is None:
+        raise TaskError(f"task '{task.name}': scorer '{needing[0]}' needs a judge model to grade with; pass --judge "
+                        "URL_OR_CHECKPOINT")
+
+
 def http_timeout(model: CachedModel, judge: CachedModel | None) -> float | None:
     """Seconds one HTTP request may take, recorded with the run for a resume to keep: the model's, else (a model run
     in-process) the judge's; both are built with the one --timeout. None when neither is at a URL."""
@@ -152,7 +166,7 @@ def _evaluate_pending(task: Task, config: TaskConfig, model: CachedModel, judge:
         for future in as_completed(futures):
             record = future.result()
             store.save_sample(run_id, record)
-            errors += record.status == "error"
+            errors += record.failure is not None  # a failed sample, or a scorer that failed on it
             bar.update(1)
             bar.set_postfix(errors=errors, refresh=False)
     finally:

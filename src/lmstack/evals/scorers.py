@@ -13,8 +13,9 @@ from typing import Any
 
 import jsonschema
 
+from lmstack.evals import arguments
 from lmstack.evals.sample import Score, TaskState
-from lmstack.evals.task import scorer
+from lmstack.evals.task import ArgumentError, scorer
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
 
@@ -51,7 +52,11 @@ def includes(ignore_case: bool = True):
 @scorer
 def regex_match(pattern: str, group: int = 1, ignore_case: bool = True):
     """Extract with `pattern` (last match, capture `group`) and compare with the targets exactly."""
-    compiled = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+    compiled = arguments.pattern(pattern, "pattern", re.IGNORECASE if ignore_case else 0)
+    group = arguments.number(group, "group", integer=True)
+    if group > compiled.groups and compiled.groups:  # without groups the whole match is the answer
+        raise ArgumentError(f"group {group}: pattern {pattern!r} has {compiled.groups} capture group(s); "
+                            "use one of them, or 0 for the whole match")
 
     def score(state: TaskState, ctx: Any) -> Score:
         matches = list(compiled.finditer(state.output))
@@ -73,8 +78,12 @@ def parse_number(text: str) -> float | None:
 @scorer
 def numeric(abs_tol: float = 1e-6, rel_tol: float = 0.0, pattern: str | None = None):
     """The last number in the output (or the `pattern` capture) is within tolerance of the target."""
+    abs_tol, rel_tol = arguments.number(abs_tol, "abs_tol"), arguments.number(rel_tol, "rel_tol")
+    # One capture group at most: with more, findall gives tuples, not the number's text.
+    extract = NUMBER if pattern is None else arguments.pattern(pattern, "pattern", max_groups=1)
+
     def score(state: TaskState, ctx: Any) -> Score:
-        found = re.findall(pattern, state.output) if pattern else NUMBER.findall(state.output)
+        found = extract.findall(state.output)
         answer = parse_number(found[-1]) if found else None
         target = parse_number(str(state.sample.target)) if state.sample.target is not None else None
         if target is None:
@@ -104,6 +113,11 @@ def json_match(schema: dict[str, Any] | None = None, fields: list[str] | None = 
 
     The target is a dict; with `fields=None` every key of the target is compared.
     """
+    if schema is not None:
+        arguments.json_schema(schema, "schema")
+    if fields is not None:
+        arguments.strings(fields, "fields")
+
     def score(state: TaskState, ctx: Any) -> Score:
         try:
             data = extract_json(state.output)

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from lmstack.evals import arguments
 from lmstack.evals.sample import TaskState
 from lmstack.evals.task import TaskConfig, solver
 
@@ -33,6 +34,8 @@ def _ensure_messages(state: TaskState) -> None:
 @solver
 def system_message(content: str):
     """Put a system message first (replacing one the sample brought)."""
+    arguments.text(content, "content")
+
     def solve(state: TaskState, ctx: SolveContext) -> TaskState:
         _ensure_messages(state)
         rest = [m for m in state.messages if m.get("role") != "system"]
@@ -44,6 +47,8 @@ def system_message(content: str):
 @solver
 def few_shot(examples: list[tuple[str, str]]):
     """Insert (question, answer) turns before the sample's first user message."""
+    examples = arguments.pairs(examples, "examples")
+
     def solve(state: TaskState, ctx: SolveContext) -> TaskState:
         _ensure_messages(state)
         shots = [m for q, a in examples for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
@@ -56,6 +61,11 @@ def few_shot(examples: list[tuple[str, str]]):
 @solver
 def generate(max_tokens: int | None = None, temperature: float | None = None, tools: list[dict] | None = None):
     """One model call on the conversation so far; its text becomes the output."""
+    if max_tokens is not None:
+        max_tokens = arguments.number(max_tokens, "max_tokens", 1, integer=True)
+    if temperature is not None:
+        temperature = arguments.number(temperature, "temperature")
+
     def solve(state: TaskState, ctx: SolveContext) -> TaskState:
         _ensure_messages(state)
         response = ctx.model.complete(
@@ -72,7 +82,10 @@ def generate(max_tokens: int | None = None, temperature: float | None = None, to
 @solver
 def chat(system: str | None = None, examples: list[tuple[str, str]] | None = None, max_tokens: int | None = None):
     """Chat with an optional system prompt and few-shot examples, then generate."""
-    steps = ([system_message(system)] if system else []) + ([few_shot(examples)] if examples else []) + [generate(max_tokens)]
+    steps = [system_message(system)] if system else []
+    if examples is not None:  # checked whenever given: an empty string is a mistake, not "no examples"
+        steps.append(few_shot(examples))
+    steps.append(generate(max_tokens))
 
     def solve(state: TaskState, ctx: SolveContext) -> TaskState:
         for step in steps:
@@ -96,6 +109,9 @@ def multiple_choice(template: str = "{question}\nAnswer:", separator: str = " ")
     The output is the chosen choice's text; `metadata['choice_logprobs']` holds every choice's summed
     logprob and `metadata['choice_index']` / `['choice_index_norm']` the argmax, raw and per byte.
     """
+    arguments.template(template, "template", ["question"])
+    arguments.text(separator, "separator")
+
     def solve(state: TaskState, ctx: SolveContext) -> TaskState:
         choices = state.sample.choices
         if not choices:

@@ -70,6 +70,14 @@ class SampleRecord:
     def group(self) -> str:
         return self.sample.get("group") or self.sample_id
 
+    @property
+    def failure(self) -> str | None:
+        """Why this result lacks a score: the sample's error, else the first failed scorer's; None when it has all."""
+        if self.error:
+            return self.error
+        return next((f"scorer '{name}' failed: {score['error']}" for name, score in self.scores.items()
+                     if score.get("error")), None)
+
 
 @dataclass
 class RunRecord:
@@ -176,15 +184,16 @@ class Store:
         with self.lock:
             rows = self.conn.execute("SELECT sample_id, epoch, scores FROM eval_samples "
                                      "WHERE run_id = ? AND status = 'done'", (run_id,)).fetchall()
-        return {(r["sample_id"], r["epoch"]) for r in rows
-                if not any(score.get("error") for score in json.loads(r["scores"]).values())}
+        return {(r["sample_id"], r["epoch"]) for r in rows if not _scorer_failed(r["scores"])}
 
     def first_error(self, run_id: str) -> SampleRecord | None:
-        """The run's earliest failed (sample, epoch), or None: what `eval run` shows of its sample errors."""
+        """The run's earliest (sample, epoch) that failed or that a scorer failed on, or None: what `eval run` shows
+        of its errors (its `failure` says which)."""
         with self.lock:
-            row = self.conn.execute("SELECT * FROM eval_samples WHERE run_id = ? AND status = 'error' "
-                                    "ORDER BY created, sample_id, epoch LIMIT 1", (run_id,)).fetchone()
-        return _sample_record(row) if row else None
+            rows = self.conn.execute("SELECT sample_id, epoch, status, scores FROM eval_samples WHERE run_id = ? "
+                                     "ORDER BY created, sample_id, epoch", (run_id,)).fetchall()
+        failed = next((r for r in rows if r["status"] == "error" or _scorer_failed(r["scores"])), None)
+        return self.sample(run_id, failed["sample_id"], failed["epoch"]) if failed else None
 
     def samples(self, run_id: str) -> list[SampleRecord]:
         with self.lock:
@@ -234,6 +243,10 @@ def _run_record(row: sqlite3.Row) -> RunRecord:
     return RunRecord(row["id"], row["task"], row["model"], json.loads(row["config"]), status,
                      row["created"], row["finished"], json.loads(row["summary"]) if row["summary"] else None,
                      json.loads(row["environment"] or "{}"), error)
+
+
+def _scorer_failed(scores_json: str) -> bool:
+    return any(score.get("error") for score in json.loads(scores_json).values())
 
 
 def _sample_record(row: sqlite3.Row) -> SampleRecord:

@@ -89,6 +89,7 @@ def summarize_run(records: list[SampleRecord], reducers: list[str], higher_is_be
         "results": len(records),
         "errors": sum(1 for r in records if r.status == "error"),
         "scorer_errors": sum(1 for r in records for s in r.scores.values() if s.get("error")),
+        "scorer_errors_by_name": {s: sum(1 for r in records if (r.scores.get(s) or {}).get("error")) for s in scorers},
         "usage": dict(usage),
     }
 
@@ -99,7 +100,8 @@ def finite(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_scores(runs: list[Any]) -> str:
-    """The score table printed at the end of `lmstack eval run` (and by the demo)."""
+    """The score table printed at the end of `lmstack eval run` (and by the demo). A row's `err` counts the results
+    its scorer has no score for: the failed samples, and the samples on which that scorer failed."""
     lines = [f"{'run':<24} {'task':<22} {'model':<18} {'scorer':<26} {'reducer':<8} {'mean':>8} {'95% CI':>19} "
              f"{'n':>5} {'err':>4} {'tokens':>8} {'cost $':>8}"]
     for run in runs:
@@ -107,11 +109,12 @@ def format_scores(runs: list[Any]) -> str:
         usage = summary.get("usage", {})
         tokens = int(usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0))
         for scorer, by_reducer in summary["scores"].items():
+            errors = summary.get("errors", 0) + summary.get("scorer_errors_by_name", {}).get(scorer, 0)
             for reducer, s in by_reducer.items():
                 mean = "-" if s["mean"] is None else f"{s['mean']:.4f}"
                 ci = "-" if s["ci_low"] is None else f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
                 lines.append(f"{run.id[:24]:<24} {run.task[:22]:<22} {run.model[-18:]:<18} {scorer[:26]:<26} "
-                             f"{reducer:<8} {mean:>8} {ci:>19} {s['n']:>5} {summary.get('errors', 0):>4} "
+                             f"{reducer:<8} {mean:>8} {ci:>19} {s['n']:>5} {errors:>4} "
                              f"{tokens:>8} {usage.get('cost_usd', 0.0):>8.4f}")
         if not summary["scores"]:
             lines.append(f"{run.id[:24]:<24} {run.task[:22]:<22} {run.model[-18:]:<18} (no scores: "

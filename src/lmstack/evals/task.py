@@ -35,6 +35,22 @@ class TaskError(LmstackError):
     """A task that cannot be found or built (unknown name, bad YAML, wrong types)."""
 
 
+class ArgumentError(TaskError):
+    """A solver or scorer argument that cannot work (few_shot examples that are not pairs, a negative tolerance),
+    refused when its factory builds the function: every sample of a recorded run would fail on it otherwise.
+
+    The factory says what is wrong with the argument; the registering wrapper adds which solver or scorer it is.
+    """
+
+    def __init__(self, problem: str):
+        super().__init__(problem)
+        self.problem = problem
+        self.component: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.component}: {self.problem}" if self.component else self.problem
+
+
 @dataclass
 class TaskConfig:
     epochs: int = 1
@@ -87,7 +103,12 @@ def _registering(registry: dict[str, Callable], kind: str, func: Callable | None
 
         @functools.wraps(factory)
         def build(*args: Any, **kwargs: Any) -> Any:
-            made = factory(*args, **kwargs)
+            try:
+                made = factory(*args, **kwargs)
+            except ArgumentError as err:
+                if kind != "task":  # the outermost solver or scorer names it: the `chat` the user wrote, not few_shot
+                    err.component = f"{kind} '{registered}'"
+                raise
             if kind == "task":
                 if not isinstance(made, Task):
                     raise TaskError(f"@task '{registered}' must return a Task, got {type(made).__name__}")
@@ -117,3 +138,23 @@ def scorer(func: Callable | None = None, *, name: str | None = None):
 
 def scorer_name(fn: Scorer) -> str:
     return getattr(fn, "registry_name", getattr(fn, "__name__", "score"))
+
+
+def named(fn: Scorer, name: str) -> Scorer:
+    """The scorer reported (and stored, and compared) as `name`: two `json_match` scorers in one task need two names."""
+    if not isinstance(name, str) or not name.strip():
+        raise ArgumentError(f"a scorer's name must be a non-empty string, got {name!r}")
+    fn.registry_name = name
+    return fn
+
+
+def duplicate_scorer_name(scorers: list[Scorer]) -> str | None:
+    """The first name two of `scorers` share, or None. Scores are kept by scorer name, so the second scorer of a
+    name would overwrite the first's in the table and the database."""
+    seen: set[str] = set()
+    for fn in scorers:
+        name = scorer_name(fn)
+        if name in seen:
+            return name
+        seen.add(name)
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from lmstack.agent.client import OpenAIClient, RetryPolicy
@@ -34,3 +35,15 @@ def run_agent(tmp_path: Path, server, script_name: str, task: str, tools: list[T
                           retry=RetryPolicy(max_attempts=config.max_attempts, base_delay_s=0.01), stream=stream)
     runtime = AgentRuntime(conn, run_id, config, client, ToolRegistry(tools), Path(config.workspace), MemoryStore(conn))
     return runtime.run(), conn
+
+
+def journaled(db: Path, key: str) -> bool:
+    """Whether the run's journal holds `key`, read without writing (no schema set-up that would wait for the run's
+    own writes)."""
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute("SELECT 1 FROM agent_journal WHERE key = ?", (key,)).fetchone() is not None
+    except sqlite3.OperationalError:  # tables not made yet, or locked for a moment
+        return False

@@ -216,6 +216,6 @@ def test_a_model_or_workspace_that_cannot_load_is_refused_before_the_run_exists(
 def test_list_names_a_status_or_limit_that_cannot_match(tmp_path):
     """Both listed nothing and exited 0, as if there were no such runs."""
     assert error_line(lmstack("list", "--status", "done", db=tmp_path / "x.db")) == (
-        "lmstack agent: error: --status 'done' is not a run status; use one of running, waiting, completed, failed, "
+        "lmstack agent: error: --status 'done' is not a run status; use one of running, interrupted, waiting, completed, failed, "
         "budget_exceeded, loop_detected, no_progress, stopped_by_monitor")
     assert error_line(lmstack("list", "--limit", "0", db=tmp_path / "x.db")).endswith("list at least 1 run (default 50)")

@@ -4,7 +4,6 @@
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_helpers import call, run_agent
+from agent_helpers import call, journaled, run_agent
 from cli_testing import default_sigint
 from lmstack.agent.builtin_tools import calculator
 from lmstack.agent.client import ModelCallError, OpenAIClient, RetryPolicy
@@ -73,18 +72,6 @@ def server():
 def lmstack(*args: str, db: Path, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "lmstack.cli", "agent", *args, "--db", str(db)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
-
-
-def journaled(db: Path, key: str) -> bool:
-    """Whether the run's journal holds `key`, read without writing (no schema set-up that would wait for the run's
-    own writes)."""
-    if not db.exists():
-        return False
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-            return conn.execute("SELECT 1 FROM agent_journal WHERE key = ?", (key,)).fetchone() is not None
-    except sqlite3.OperationalError:  # tables not made yet, or locked for a moment
-        return False
 
 
 def test_a_stream_that_ends_before_its_finish_reason_is_retried_not_taken_as_the_answer(tmp_path, server):
@@ -154,7 +141,7 @@ def test_a_tool_hung_past_its_timeout_does_not_keep_the_process_alive(tmp_path, 
     assert record.status == "completed" and record.final_answer == "the tool timed out"
 
 
-def test_ctrl_c_mid_run_leaves_it_running_with_the_cause_and_resume_finishes_it(tmp_path, server):
+def test_ctrl_c_mid_run_leaves_it_interrupted_with_the_cause_and_resume_finishes_it(tmp_path, server):
     db = tmp_path / "db"
     process = lmstack("run", "rest", "--model", server.base_url, "--model-name", "nap", "--run-id", "nap",
                       "--tools", f"{FAILURE_TOOLS}:nap", db=db, preexec_fn=default_sigint)
@@ -165,8 +152,8 @@ def test_ctrl_c_mid_run_leaves_it_running_with_the_cause_and_resume_finishes_it(
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=30)
     assert process.returncode == 130
-    record = get_run(open_database(db), "nap")
-    assert record.status == "running" and "KeyboardInterrupt" in record.stop_reason
+    record = get_run(open_database(db), "nap")  # stored `running`; its process gone, it shows `interrupted`
+    assert record.status == "interrupted" and "KeyboardInterrupt" in record.stop_reason
     assert "lmstack agent resume nap" in record.stop_reason
     resumed = lmstack("resume", "nap", db=db)
     out, err = resumed.communicate(timeout=60)
@@ -180,9 +167,9 @@ def test_a_run_that_ended_after_its_status_was_read_is_not_claimed_again(tmp_pat
     conn = open_database(tmp_path / "db")
     create_run(conn, "raced", "hi", to_dict(AgentConfig()))
     update_run(conn, "raced", status="completed", final_answer="done elsewhere", stop_reason="final answer")
+    ended = dict(conn.execute("SELECT * FROM agent_runs").fetchone())
     assert claim_run(conn, "raced") is False
-    row = conn.execute("SELECT status, stop_reason, owner_pid FROM agent_runs").fetchone()
-    assert (row["status"], row["stop_reason"], row["owner_pid"]) == ("completed", "final answer", None)
+    assert dict(conn.execute("SELECT * FROM agent_runs").fetchone()) == ended
 
 
 def test_a_run_whose_pid_now_names_another_process_is_claimed(tmp_path):

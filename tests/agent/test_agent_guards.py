@@ -105,7 +105,7 @@ def test_no_progress_stops_the_run(tmp_path, server):
 
 
 def test_approval_pauses_the_run_until_approved(tmp_path, server):
-    from lmstack.agent.launch import decide_approvals
+    from lmstack.agent.launch import pending_approvals, record_decisions
     from lmstack.agent.runtime import AgentRuntime
     from lmstack.agent.tools import ToolRegistry
 
@@ -113,7 +113,8 @@ def test_approval_pauses_the_run_until_approved(tmp_path, server):
     record, conn = run_agent(tmp_path, server, "pay", "pay Ana", [send_payment])
     assert record.status == "waiting" and "lmstack agent approve run1" in record.stop_reason
     assert APPROVED == []
-    assert decide_approvals(conn, "run1", approve=True) == ["step0/tool0"]
+    assert pending_approvals(conn, "run1") == ["step0/tool0"]
+    record_decisions(conn, "run1", True, ["step0/tool0"])
     config = AgentConfig(model=server.base_url, model_name="pay", workspace=str(tmp_path / "workspace"))
     runtime = AgentRuntime(conn, "run1", config, OpenAIClient(server.base_url, "pay"), ToolRegistry([send_payment]),
                            tmp_path / "workspace")
@@ -122,13 +123,13 @@ def test_approval_pauses_the_run_until_approved(tmp_path, server):
 
 
 def test_a_denied_call_is_reported_to_the_model(tmp_path, server):
-    from lmstack.agent.launch import decide_approvals
+    from lmstack.agent.launch import pending_approvals, record_decisions
     from lmstack.agent.runtime import AgentRuntime
     from lmstack.agent.tools import ToolRegistry
 
     APPROVED.clear()
     _, conn = run_agent(tmp_path, server, "pay", "pay Ana", [send_payment])
-    decide_approvals(conn, "run1", approve=False)
+    record_decisions(conn, "run1", False, pending_approvals(conn, "run1"))
     config = AgentConfig(model=server.base_url, model_name="pay")
     record = AgentRuntime(conn, "run1", config, OpenAIClient(server.base_url, "pay"), ToolRegistry([send_payment]),
                           tmp_path).run()
@@ -139,11 +140,11 @@ def test_a_denied_call_is_reported_to_the_model(tmp_path, server):
 
 
 def test_a_call_decided_elsewhere_meanwhile_keeps_that_decision(tmp_path, server):
-    from lmstack.agent.launch import decide_approvals, pending_approvals, record_decisions
+    from lmstack.agent.launch import pending_approvals, record_decisions
 
     _, conn = run_agent(tmp_path, server, "pay", "pay Ana", [send_payment])
     keys = pending_approvals(conn, "run1")  # the dashboard found the call, and checks the model is reachable ...
-    decide_approvals(conn, "run1", approve=False)  # ... while `lmstack agent approve run1 --deny` decides it
+    record_decisions(conn, "run1", False, pending_approvals(conn, "run1"))  # ... while `agent approve --deny` does
     record_decisions(conn, "run1", True, keys)
     decisions = conn.execute("SELECT decision FROM agent_approvals WHERE run_id = 'run1'").fetchall()
     assert [r["decision"] for r in decisions] == ["denied"]

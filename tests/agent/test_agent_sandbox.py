@@ -67,9 +67,12 @@ def test_memory_bomb_is_contained():
     assert not result.ok and "MemoryError" in result.stderr
 
 
-def test_infinite_loop_is_killed():
+def test_infinite_loop_is_killed_and_the_report_names_the_cpu_limit():
+    # The CPU limit's SIGKILL was `unshare`'s to pass on, which it cannot: "exit code 1 ... unshare: sigprocmask
+    # unblock failed", and the model never learnt that its code had run out of CPU time.
     result = run_python("while True:\n    pass", SandboxLimits(cpu_s=1, wall_s=5))
-    assert not result.ok and result.wall_s < LIMITS.wall_s + 3
+    assert (result.killed_by, result.isolation) == ("cpu_time", "namespaces") and result.wall_s < LIMITS.wall_s + 3
+    assert result.report().startswith("[sandbox: killed: CPU time limit (1 s), ") and result.stderr == ""
 
 
 def test_wall_clock_kill_for_a_sleeping_process():

@@ -36,7 +36,7 @@ def test_endless_output_is_bounded_and_the_program_killed():
     assert result.killed_by == "output_limit"
     assert len(result.stdout) < 1200 and "output truncated" in result.stdout
     assert result.stdout.startswith("x" * 1000)
-    assert "killed (output_limit)" in result.report()
+    assert "killed: output limit (over 10 x 1000 characters printed)" in result.report()
 
 
 def test_output_under_the_cap_is_returned_whole():

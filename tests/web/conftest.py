@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
 from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
@@ -67,6 +68,13 @@ def ui_server(seeded, scripted):
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@pytest.fixture
+def api(ui_server):
+    """An HTTP client of the real `lmstack ui`, sending its API key."""
+    with httpx.Client(base_url=ui_server, timeout=30, headers={"authorization": f"Bearer {API_KEY}"}) as client:
+        yield client
 
 
 # Module scope, not session: while sync_playwright is open its event loop runs on the main thread, and every

@@ -184,6 +184,8 @@ def test_an_approval_the_dashboard_could_not_resume_is_not_decided(client, seede
     decided = client.post("/api/agents/runs/orphaned-run/approvals", json={"approve": False, "resume": False},
                           headers=KEY)
     assert decided.status_code == 200 and decided.json()["resumed"] is False
+    overview = client.get("/api/agents/runs/orphaned-run", headers=KEY).json()  # waiting for a resume, not a decision
+    assert overview["status"] == "waiting" and "`lmstack agent resume orphaned-run` continues it" in overview["stop_reason"]
 
 
 def test_trace_pages_carry_durations_tokens_and_cost(client):

@@ -32,6 +32,7 @@ SCRIPT = {"scripts": {
     "agent-approval": [{"content": None, "tool_calls": [{"name": "guarded_echo", "arguments": {"text": "ship it"}}]},
                        {"content": "Shipped."}],
     "agent-outage": [{"fail": [500], "content": "Back again."}],  # fails its first try, then answers
+    "agent-stalled": [{"delay_s": 120, "content": "Too late."}],  # a run that is still in its first call
     "chat": [{"content": CHAT_ANSWER}],
     "chat-tools": [{"content": None, "tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]},
                    {"content": "It is 12 °C in Oslo."}],

@@ -192,17 +192,42 @@ def load_tools(specs: list[str]) -> list[Tool]:
         if not attribute:
             raise ToolLookupError(f"--tools '{spec}': not a built-in ({', '.join(BUILTIN_TOOLS)}); for your own tool "
                                   f"pass module:function or path/to/file.py:function")
-        try:
-            if module_name.endswith(".py"):
-                spec_obj = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
-                module = importlib.util.module_from_spec(spec_obj)
-                spec_obj.loader.exec_module(module)
-            else:
-                module = importlib.import_module(module_name)
-        except (ImportError, FileNotFoundError, AttributeError) as err:
-            raise ToolLookupError(f"--tools '{spec}': cannot import '{module_name}': {err}") from None
-        found = getattr(module, attribute, None)
-        if not isinstance(found, Tool):
-            raise ToolLookupError(f"--tools '{spec}': '{attribute}' in '{module_name}' is not a @tool function")
-        tools.append(found)
+        module = import_tool_module(spec, module_name)
+        if not hasattr(module, attribute):
+            found = ", ".join(name for name, value in vars(module).items() if isinstance(value, Tool)) or "none"
+            raise ToolLookupError(f"--tools '{spec}': '{module_name}' has no attribute '{attribute}'; its @tool "
+                                  f"functions: {found}")
+        if not isinstance(getattr(module, attribute), Tool):
+            raise ToolLookupError(f"--tools '{spec}': '{attribute}' in '{module_name}' is not a @tool function; "
+                                  "decorate it with @tool")
+        tools.append(getattr(module, attribute))
     return tools
+
+
+def import_tool_module(spec: str, module_name: str):
+    """The module of a --tools entry (`module_name` a dotted name or a file.py path); a one-line error naming the
+    file, and the line of a syntax error, when it cannot be imported -- never the import's traceback."""
+    try:
+        if module_name.endswith(".py"):
+            spec_obj = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+            module = importlib.util.module_from_spec(spec_obj)
+            spec_obj.loader.exec_module(module)
+            return module
+        return importlib.import_module(module_name)
+    except SyntaxError as err:  # in the file itself, or in one it imports: err.filename says which
+        raise ToolLookupError(f"--tools '{spec}': '{err.filename}' line {err.lineno}: {err.msg}; fix the file") from None
+    except (ImportError, OSError) as err:
+        raise ToolLookupError(f"--tools '{spec}': cannot import '{module_name}': {err}") from None
+    except Exception as err:  # the module's own code failed as it ran
+        raise ToolLookupError(f"--tools '{spec}': importing '{module_name}' raised {type(err).__name__}: {err}; "
+                              "fix the module") from None
+
+
+def absolute_tool_paths(specs: list[str]) -> list[str]:
+    """`specs` with each file.py path made absolute against the current directory: a run's saved configuration must
+    load the same files when it is resumed or approved from another directory (or by the dashboard)."""
+    absolute = []
+    for spec in specs:
+        path, _, attribute = spec.partition(":")
+        absolute.append(f"{Path(path).resolve()}:{attribute}" if path.endswith(".py") and attribute else spec)
+    return absolute

@@ -101,19 +101,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from lmstack.agent.launch import decide_approvals, open_existing_database, resume_run
+    from lmstack.agent.launch import build_runtime, open_existing_database, pending_approvals, record_decisions
 
     conn = open_existing_database(args.db)
-    keys = decide_approvals(conn, args.run_id, approve=not args.deny, call_key=args.call)
+    keys = pending_approvals(conn, args.run_id, args.call)
+    # Rebuilt before deciding: a run that cannot resume here (a tool file that no longer loads) keeps its calls
+    # pending, rather than decided and never resumed.
+    runtime = build_runtime(conn, args.run_id, show_progress=True)
+    record_decisions(conn, args.run_id, not args.deny, keys)
     print(f"{'denied' if args.deny else 'approved'}: {', '.join(keys)}")
-    return _report(resume_run(conn, args.run_id, show_progress=True))
+    return _report(runtime.run())
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     import datetime
 
     from lmstack.agent.launch import open_existing_database
-    from lmstack.agent.store import STATUSES, list_runs
+    from lmstack.agent.store import RESUMABLE, STATUSES, list_runs
     from lmstack.errors import LmstackError
 
     if args.status is not None and args.status not in STATUSES:
@@ -126,6 +130,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         created = datetime.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M:%S")
         print(f"{r.id:14} {r.status:18} {r.steps:>5} {r.prompt_tokens + r.completion_tokens:>8} "
               f"{r.cost_usd:>10.6f}  {created}  {r.task[:60]}")
+        if r.status in RESUMABLE and r.status != "running":  # stopped, but can go on: its reason says how
+            print(f"{'':14} {r.stop_reason}")
     return 0
 
 

@@ -7,7 +7,7 @@ import sqlite3
 import uuid
 from pathlib import Path
 
-from lmstack.agent.builtin_tools import load_tools
+from lmstack.agent.builtin_tools import absolute_tool_paths, load_tools
 from lmstack.agent.client import ModelClient, OpenAIClient, RetryPolicy
 from lmstack.agent.memory import MemoryStore
 from lmstack.agent.runtime import AgentRuntime
@@ -100,7 +100,11 @@ def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: 
     load_tools(config.tools)  # a bad --tools entry fails before the run exists
     if not config.workspace:
         config.workspace = str(lmstack_home() / "workspaces" / run_id)
+    # Saved absolute: `resume`, `approve` and the dashboard may run from another directory.
     config.workspace = str(Path(config.workspace).resolve())
+    config.tools = absolute_tool_paths(config.tools)
+    if not config.model.startswith(("http://", "https://")) and Path(config.model).is_dir():
+        config.model = str(Path(config.model).resolve())
     if config.model.startswith(("http://", "https://")) and not config.model_name:
         config.model_name = first_model_id(config)
     # What can fail to load (a checkpoint, the workspace) fails before the run exists: no run is left behind
@@ -124,13 +128,6 @@ def pending_approvals(conn: sqlite3.Connection, run_id: str, call_key: str | Non
     if not keys:
         raise LmstackError(f"run '{run_id}' has no pending approval{f' for {call_key}' if call_key else ''}; "
                            f"`lmstack agent trace {run_id}` shows its state")
-    return keys
-
-
-def decide_approvals(conn: sqlite3.Connection, run_id: str, approve: bool, call_key: str | None = None) -> list[str]:
-    """Approve (or deny) the run's pending tool calls -- all, or the one with `call_key`."""
-    keys = pending_approvals(conn, run_id, call_key)
-    record_decisions(conn, run_id, approve, keys)
     return keys
 
 

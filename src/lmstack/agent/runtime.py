@@ -30,7 +30,7 @@ from lmstack.agent.journal import SET_ASIDE, Journal
 from lmstack.agent.memory import MemoryStore
 from lmstack.agent.monitors import MONITORS, MonitorEvent, PastCall, StepView
 from lmstack.agent.settings import AgentConfig
-from lmstack.agent.store import RESUMABLE, RunRecord, claim_run, get_run, update_run
+from lmstack.agent.store import RESUMABLE, RunRecord, claim_run, get_run, update_run, waiting_reason
 from lmstack.agent.tools import PreparedCall, ToolContext, ToolRegistry, ToolResult
 from lmstack.agent.tracing import Tracer
 from lmstack.db import transaction
@@ -293,8 +293,7 @@ class AgentRuntime:
                                     "retry it; continue without it or explain what you need.", False, "denied")
                 results[i] = self._journal_result(key, step, {"name": prepared.tool.name}, denied)
         if pending:
-            raise StopRun("waiting", f"approval needed for {', '.join(pending)}: run "
-                                     f"`lmstack agent approve {self.run_id}` (or --deny)")
+            raise StopRun("waiting", waiting_reason(self.run_id, pending))
 
     def _execute(self, key: str, step: int, prepared: PreparedCall) -> ToolResult:
         idempotency_key = f"{self.run_id}/{key}" if prepared.tool.side_effecting else None

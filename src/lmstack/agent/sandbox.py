@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Callable
 
 NOBODY = 65534
+# The CPU time in a killed process's rusage can read a few milliseconds under the count that hit its limit.
+CPU_CLOCK_SLACK_S = 0.1
 
 
 @dataclass
@@ -54,22 +56,34 @@ class SandboxResult:
     stdout: str
     stderr: str
     exit_code: int | None
-    killed_by: str | None  # "wall_clock" | "output_limit" | "signal N" | None
+    killed_by: str | None  # "wall_clock" | "cpu_time" | "output_limit" | "signal NAME" | None
     isolation: str  # "namespaces" | "rlimits"
     wall_s: float
+    limits: SandboxLimits
 
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and self.killed_by is None
 
     def report(self) -> str:
-        status = "ok" if self.ok else (f"killed ({self.killed_by})" if self.killed_by else f"exit code {self.exit_code}")
+        if self.ok:
+            status = "ok"
+        else:
+            status = f"killed: {self.kill_reason()}" if self.killed_by else f"exit code {self.exit_code}"
         parts = [f"[sandbox: {status}, {self.wall_s:.2f} s, isolation={self.isolation}]"]
         if self.stdout:
             parts.append(f"stdout:\n{self.stdout}")
         if self.stderr:
             parts.append(f"stderr:\n{self.stderr}")
         return "\n".join(parts)
+
+    def kill_reason(self) -> str:
+        """What killed the program, with the limit it ran into, in words the model can act on."""
+        limits = {"wall_clock": f"wall-clock limit ({self.limits.wall_s:g} s)",
+                  "cpu_time": f"CPU time limit ({self.limits.cpu_s} s)",
+                  "output_limit": f"output limit (over {OUTPUT_KILL_FACTOR} x {self.limits.max_output_chars} "
+                                  "characters printed)"}
+        return limits.get(self.killed_by, self.killed_by)
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,27 +116,31 @@ def run_python(code: str, limits: SandboxLimits | None = None, scratch_dir: str 
     scratch = Path(scratch_dir or tempfile.mkdtemp(prefix="lmstack-sandbox-")).resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     isolated = namespaces_available()
+    end_read, end_write = os.pipe()  # sandbox_boot reports on it how the code ended
     try:
         (scratch / "__main__.py").write_text(code)
         if os.geteuid() == 0:
             os.chown(scratch, NOBODY, NOBODY)
         boot = Path(__file__).with_name("sandbox_boot.py")
         setup = json.dumps({"scratch": str(scratch), "limits": limits.__dict__, "isolated": isolated,
-                            "python": sandbox_python()})
+                            "python": sandbox_python(), "end_fd": end_write})
         command = [sys.executable, "-I", str(boot), setup]
         if isolated:
             command = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--"] + command
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": str(scratch), "LANG": "C.UTF-8"}
-        return _run(command, env, scratch, limits, "namespaces" if isolated else "rlimits")
+        return _run(command, env, scratch, limits, "namespaces" if isolated else "rlimits", end_read, end_write)
     finally:
+        os.close(end_read)
+        os.close(end_write)
         if own_scratch:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run(command: list[str], env: dict, scratch: Path, limits: SandboxLimits, isolation: str) -> SandboxResult:
+def _run(command: list[str], env: dict, scratch: Path, limits: SandboxLimits, isolation: str, end_read: int,
+         end_write: int) -> SandboxResult:
     start = time.monotonic()
     process = subprocess.Popen(command, env=env, cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+                               stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(end_write,))
     cap = limits.max_output_chars
     # The parent keeps at most `cap` (+ a little) of each stream, never the whole output; a program
     # that keeps printing far past the cap is killed rather than drained forever.
@@ -138,12 +156,27 @@ def _run(command: list[str], env: dict, scratch: Path, limits: SandboxLimits, is
     _kill_group(process.pid)  # stragglers that left the group die with the PID namespace's init
     stdout.join(timeout=5)
     stderr.join(timeout=5)
+    end = _read_end(end_read)
+    exit_code = end["exit_code"] if end else process.returncode
     if killed_by is None and (stdout.flooded or stderr.flooded):
         killed_by = "output_limit"
-    if killed_by is None and process.returncode is not None and process.returncode < 0:
-        killed_by = f"signal {signal.Signals(-process.returncode).name}"
-    return SandboxResult(stdout.text(), stderr.text(), process.returncode, killed_by, isolation,
-                         time.monotonic() - start)
+    # RLIMIT_CPU kills with SIGKILL (SIGXCPU first where the hard limit is above the soft one).
+    if (killed_by is None and end and exit_code in (-signal.SIGKILL, -signal.SIGXCPU)
+            and end["cpu_s"] >= limits.cpu_s - CPU_CLOCK_SLACK_S):
+        killed_by = "cpu_time"
+    if killed_by is None and exit_code is not None and exit_code < 0:
+        killed_by = f"signal {signal.Signals(-exit_code).name}"
+    return SandboxResult(stdout.text(), stderr.text(), exit_code, killed_by, isolation, time.monotonic() - start,
+                         limits)
+
+
+def _read_end(end_read: int) -> dict | None:
+    """How the code ended, as sandbox_boot reported it; None when the boot was killed first (with the group)."""
+    os.set_blocking(end_read, False)  # the boot writes before it exits: what is there now is all there will be
+    try:
+        return json.loads(os.read(end_read, 4096))
+    except (BlockingIOError, ValueError):
+        return None
 
 
 OUTPUT_KILL_FACTOR = 10  # kill the program once a stream has printed this many times the cap

@@ -1,6 +1,10 @@
 """Runs inside the sandbox's new namespaces, as their root, before the untrusted code: make every
-mount read-only except the scratch dir, set the resource limits, drop to `nobody`, then exec the code.
-Kept to the standard library and small, since it is the part that must not fail open.
+mount read-only except the scratch dir, then fork the code, which drops to `nobody`, sets the resource
+limits and execs. Kept to the standard library and small, since it is the part that must not fail open.
+
+It stays as the code's parent to report how the code ended, with the CPU seconds it used, on a pipe of its
+own: the CPU limit kills with SIGKILL, which neither `unshare` (it cannot re-raise SIGKILL on itself, and
+exits 1 saying "sigprocmask unblock failed") nor a plain exit status tells from any other death.
 """
 
 import ctypes
@@ -8,6 +12,7 @@ import json
 import os
 import resource
 import sys
+import traceback
 
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
@@ -56,6 +61,24 @@ def drop_privileges():
     ctypes.CDLL(None).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
+def exec_code(setup, env):
+    """In the forked child: become the untrusted program. Never returns, even when a step fails."""
+    try:
+        drop_privileges()
+        limit_resources(setup["limits"])
+        os.execve(setup["python"], [setup["python"], "-I", "__main__.py"], env)
+    except BaseException:
+        traceback.print_exc()
+    os._exit(126)  # the code did not start; the parent's part must not run in the child
+
+
+def report_end(child, end_fd):
+    """Wait for the code and write {"exit_code": (negative: the signal), "cpu_s": ...} to `end_fd`."""
+    _, status, usage = os.wait4(child, 0)
+    end = {"exit_code": os.waitstatus_to_exitcode(status), "cpu_s": usage.ru_utime + usage.ru_stime}
+    os.write(end_fd, json.dumps(end).encode())
+
+
 def main():
     setup = json.loads(sys.argv[1])
     scratch = setup["scratch"]
@@ -64,9 +87,11 @@ def main():
         confine_filesystem(scratch)
         scratch = env["HOME"] = env["TMPDIR"] = SANDBOX_TMP
     os.chdir(scratch)
-    drop_privileges()
-    limit_resources(setup["limits"])
-    os.execve(setup["python"], [setup["python"], "-I", "__main__.py"], env)
+    child = os.fork()
+    if child == 0:
+        os.close(setup["end_fd"])  # the code must not write its own report
+        exec_code(setup, env)
+    report_end(child, setup["end_fd"])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ failed for good, or the model kept replying with nothing), budget_exceeded, loop
 stopped_by_monitor. `running`, `waiting` and `failed` runs can be resumed: a failed run continues from its
 last completed step once the endpoint is back (the failed step is redone, the steps before it replayed from
 the journal). The other ended runs would only end the same way again.
+
+Readers see one more status, never stored: `interrupted`, a `running` run whose recorded process is gone
+(killed without a word: SIGKILL, the OOM killer, a power loss; or stopped by Ctrl-C). Reading never writes: the
+reader may be another user's dashboard, and the process may be alive on another host (then the run shows
+`running`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 from lmstack.db import ensure_schema, transaction
 from lmstack.errors import LmstackError
-from lmstack.run_owner import Owner, busy_reason, executed_elsewhere, this_process
+from lmstack.run_owner import Owner, busy_reason, executed_elsewhere, process_state, this_process
 
 MIGRATIONS = [
     """
@@ -50,9 +55,9 @@ MIGRATIONS = [
     "ALTER TABLE agent_runs ADD COLUMN owner_host TEXT;\nALTER TABLE agent_runs ADD COLUMN owner_start TEXT;",
 ]
 
-RESUMABLE = ("running", "waiting", "failed")
-STATUSES = ("running", "waiting", "completed", "failed", "budget_exceeded", "loop_detected", "no_progress",
-            "stopped_by_monitor")
+RESUMABLE = ("running", "waiting", "failed", "interrupted")
+STATUSES = ("running", "interrupted", "waiting", "completed", "failed", "budget_exceeded", "loop_detected",
+            "no_progress", "stopped_by_monitor")
 
 
 class RunNotFoundError(LmstackError):
@@ -82,27 +87,72 @@ def open_agent_tables(conn: sqlite3.Connection) -> sqlite3.Connection:
 
 
 def create_run(conn: sqlite3.Connection, run_id: str, task: str, config: dict[str, Any]) -> None:
-    now = time.time()
+    """Record a new `running` run, with this process as its executor from the start: killed before its first step,
+    it shows as `interrupted`, not `running` forever."""
+    now, me = time.time(), this_process()
     with transaction(conn):
         if conn.execute("SELECT 1 FROM agent_runs WHERE id = ?", (run_id,)).fetchone():
             raise LmstackError(f"run id '{run_id}' already exists; use `lmstack agent resume {run_id}` or a new --run-id")
-        conn.execute("INSERT INTO agent_runs (id, task, status, config, created_at, updated_at) VALUES (?,?,?,?,?,?)",
-                     (run_id, task, "running", json.dumps(config), now, now))
+        conn.execute("INSERT INTO agent_runs (id, task, status, config, created_at, updated_at, owner_pid, owner_host, "
+                     "owner_start) VALUES (?,?,?,?,?,?,?,?,?)",
+                     (run_id, task, "running", json.dumps(config), now, now, me.pid, me.host, me.start))
 
 
 def get_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
+    """The run as readers see it (see `shown_state`)."""
     row = conn.execute("SELECT * FROM agent_runs WHERE id = ?", (run_id,)).fetchone()
     if row is None:
         raise RunNotFoundError(f"no agent run with id '{run_id}'; `lmstack agent list` shows the runs")
     data = {k: row[k] for k in row.keys() if not k.startswith("owner_")}  # the executing process: claim_run's to check
     data["config"] = json.loads(data["config"])
+    data["status"], data["stop_reason"] = shown_state(conn, row)
     return RunRecord(**data)
+
+
+def shown_state(conn: sqlite3.Connection, row: sqlite3.Row) -> tuple[str, str | None]:
+    """The status and stop reason of a run's row (its id, status, stop reason and owner columns) as of now: a
+    `running` run whose process is gone is `interrupted`; a `waiting` run's reason names the calls still pending,
+    which a decision since it paused may have changed."""
+    status, reason = row["status"], row["stop_reason"]
+    if status == "running" and process_state(Owner.from_row(row)) == "gone":
+        # A reason already recorded says what interrupted it (Ctrl-C, an unexpected error), and how to go on.
+        return "interrupted", reason or (f"process {row['owner_pid']} on {row['owner_host']} ended without finishing "
+                                         "the run: killed, or the machine went down; `lmstack agent resume "
+                                         f"{row['id']}` continues it from the last completed step")
+    if status == "waiting":
+        pending = conn.execute("SELECT tool, call_key FROM agent_approvals WHERE run_id = ? AND decision = 'pending' "
+                               "ORDER BY rowid", (row["id"],)).fetchall()
+        return status, waiting_reason(row["id"], [f"{r['tool']} ({r['call_key']})" for r in pending])
+    return status, reason
+
+
+def waiting_reason(run_id: str, pending: list[str]) -> str:
+    """Why a waiting run waits, given its pending calls ('tool (call key)'), and what goes on with it."""
+    if not pending:  # decided, but the resume that should have followed never started (or was not asked for)
+        return f"its tool calls are decided, but the run was not resumed: `lmstack agent resume {run_id}` continues it"
+    return f"approval needed for {', '.join(pending)}: run `lmstack agent approve {run_id}` (or --deny)"
+
+
+def interrupted_runs(conn: sqlite3.Connection) -> list[str]:
+    """The ids of the runs shown as `interrupted` (stored as `running`, their process gone)."""
+    rows = conn.execute("SELECT id, owner_pid, owner_host, owner_start FROM agent_runs WHERE status = 'running'")
+    return [r["id"] for r in rows if process_state(Owner.from_row(r)) == "gone"]
+
+
+def status_condition(conn: sqlite3.Connection, status: str) -> tuple[str, tuple]:
+    """An SQL condition on agent_runs, and its parameters, for the runs shown with `status`: `interrupted` ones
+    are stored as `running`, which therefore leaves them out."""
+    if status not in ("running", "interrupted"):
+        return "status = ?", (status,)
+    among = "IN" if status == "interrupted" else "NOT IN"
+    return f"status = 'running' AND id {among} (SELECT value FROM json_each(?))", (json.dumps(interrupted_runs(conn)),)
 
 
 def list_runs(conn: sqlite3.Connection, status: str | None = None, limit: int = 50) -> list[RunRecord]:
     query, params = "SELECT id FROM agent_runs", ()
     if status:
-        query, params = query + " WHERE status = ?", (status,)
+        condition, params = status_condition(conn, status)
+        query += f" WHERE {condition}"
     rows = conn.execute(query + " ORDER BY created_at DESC LIMIT ?", (*params, limit)).fetchall()
     return [get_run(conn, r["id"]) for r in rows]
 

@@ -12,22 +12,42 @@ import json
 import sqlite3
 from typing import Any
 
-from lmstack.agent.store import get_run
+from lmstack.agent.store import get_run, interrupted_runs, shown_state, status_condition
 from lmstack.agent.tracing import span_id
 
 RUN_COLUMNS = ("id, task, status, stop_reason, created_at, updated_at, active_seconds, steps, prompt_tokens, "
                "completion_tokens, cost_usd")
+OWNER_COLUMNS = "owner_pid, owner_host, owner_start"  # read to show a run whose process is gone as `interrupted`
 # The step number of a journal key such as 'step12/model0' or 'step12/tool1'.
 STEP_OF_KEY = "CAST(substr(key, 5, instr(key, '/') - 5) AS INTEGER)"
 
 
 def runs_page(conn: sqlite3.Connection, status: str | None, offset: int, limit: int) -> dict[str, Any]:
-    where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+    """Runs as `agent list` shows them (see `store.shown_state`): statuses and counts include `interrupted`."""
+    where, params = ("", ())
+    if status:
+        condition, params = status_condition(conn, status)
+        where = f"WHERE {condition}"
     total = conn.execute(f"SELECT COUNT(*) FROM agent_runs {where}", params).fetchone()[0]
-    rows = conn.execute(f"SELECT {RUN_COLUMNS} FROM agent_runs {where} ORDER BY created_at DESC, id "
+    rows = conn.execute(f"SELECT {RUN_COLUMNS}, {OWNER_COLUMNS} FROM agent_runs {where} ORDER BY created_at DESC, id "
                         f"LIMIT ? OFFSET ?", (*params, limit, offset)).fetchall()
+    runs = []
+    for row in rows:
+        run = {k: row[k] for k in row.keys() if not k.startswith("owner_")}
+        run["status"], run["stop_reason"] = shown_state(conn, row)
+        runs.append(run)
+    return {"total": total, "offset": offset, "runs": runs, "status_counts": status_counts(conn)}
+
+
+def status_counts(conn: sqlite3.Connection) -> dict[str, int]:
     counts = {r["status"]: r["n"] for r in conn.execute("SELECT status, COUNT(*) AS n FROM agent_runs GROUP BY status")}
-    return {"total": total, "offset": offset, "runs": [dict(r) for r in rows], "status_counts": counts}
+    interrupted = len(interrupted_runs(conn))
+    if interrupted:  # stored as `running`
+        counts["interrupted"] = interrupted
+        counts["running"] -= interrupted
+        if not counts["running"]:
+            del counts["running"]
+    return counts
 
 
 def run_overview(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:

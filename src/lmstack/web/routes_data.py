@@ -12,11 +12,12 @@ import threading
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from lmstack.agent.launch import (check_model_reachable, open_database, pending_approvals, record_decisions,
-                                  resume_run)
+from lmstack.agent.launch import build_runtime, check_model_reachable, open_database, pending_approvals, record_decisions
+from lmstack.agent.runtime import AgentRuntime
 from lmstack.agent.store import RunNotFoundError
 from lmstack.errors import LmstackError
 from lmstack.evals.store import RunNotFound
+from lmstack.openai_url import ModelListingError
 from lmstack.serve.errors import APIError
 from lmstack.web import agent_views, eval_views, training_runs
 from lmstack.web.sources import DataSources
@@ -95,18 +96,18 @@ def data_router(sources: DataSources) -> APIRouter:
     @router.post("/agents/runs/{run_id}/approvals", tags=["dashboard: agents"])
     def agent_approve(run_id: str, decision: ApprovalDecision):
         """Approve or reject a waiting run's tool call(s), then (by default) resume the run in the background. A 409
-        when this process cannot reach the run's model (its API key is not set here, the server is down): nothing
-        is decided, and the run waits for `lmstack agent approve` where the model can be reached."""
+        when the run cannot resume in this process (its tools or checkpoint do not load here, its API key is not set
+        here, its server is down): nothing is decided, and the run waits for `lmstack agent approve` where it can
+        resume."""
         try:
             keys = pending_approvals(sources.agent_conn(), run_id, decision.call_key)  # that error first: cheaper
-            if decision.resume:
-                _check_resumable_here(sources, run_id)
-            record_decisions(sources.agent_conn(), run_id, decision.approve, keys)
+            runtime = _runtime_to_resume(sources, run_id) if decision.resume else None
         except NOT_FOUND as err:
             raise not_found(err) from None
-        if decision.resume:
-            threading.Thread(target=_resume, args=(sources, run_id), name=f"resume-{run_id}", daemon=True).start()
-        return {"decided": keys, "approve": decision.approve, "resumed": decision.resume}
+        record_decisions(sources.agent_conn(), run_id, decision.approve, keys)
+        if runtime is not None:
+            threading.Thread(target=_resume, args=(runtime,), name=f"resume-{run_id}", daemon=True).start()
+        return {"decided": keys, "approve": decision.approve, "resumed": runtime is not None}
 
     # ---- eval runs ------------------------------------------------------------------------------
     @router.get("/evals/runs", tags=["dashboard: evals"])
@@ -152,25 +153,38 @@ def data_router(sources: DataSources) -> APIRouter:
     return router
 
 
-def _check_resumable_here(sources: DataSources, run_id: str) -> None:
-    """A 409 when this process cannot reach the run's model (see `check_model_reachable`)."""
-    try:
-        check_model_reachable(sources.agent_conn(), run_id)
-    except NOT_FOUND:
-        raise
-    except LmstackError as err:
-        raise APIError(f"the dashboard cannot resume this run, so nothing was decided: {err}. Decide with "
-                       f"`lmstack agent approve {run_id}` where the model can be reached, or start the dashboard "
-                       "with the run's key in its environment", status=409, code="model_unreachable") from None
-
-
-def _resume(sources: DataSources, run_id: str) -> None:
-    """Runs in its own thread with its own connection: a resumed run can take minutes."""
+def _runtime_to_resume(sources: DataSources, run_id: str) -> AgentRuntime:
+    """The run's agent, rebuilt in this process before anything is decided (its tools loaded, its model client made,
+    its model reached) on a connection of its own, as the resume outlives the request. A 409 naming the cause when
+    that fails: the resume would fail in the background after the calls were decided, leaving a run `waiting` on
+    nothing, with a response that said it resumed."""
     conn = open_database(sources.settings.db_path)
     try:
-        record = resume_run(conn, run_id)
-        log.info("agent run %s resumed from the dashboard: %s", run_id, record.status)
-    except Exception:  # a thread has no caller to raise to; the run's own status records model failures
-        log.exception("resuming agent run %s failed", run_id)
-    finally:
+        runtime = build_runtime(conn, run_id)
+        check_model_reachable(conn, run_id)
+    except BaseException as err:
         conn.close()
+        if isinstance(err, LmstackError) and not isinstance(err, NOT_FOUND):
+            raise _cannot_resume(run_id, err) from None
+        raise
+    return runtime
+
+
+def _cannot_resume(run_id: str, err: LmstackError) -> APIError:
+    unreachable = isinstance(err, ModelListingError)  # the run loads, but its model cannot be reached from here
+    where = ("where the model can be reached, or start the dashboard with the run's key in its environment"
+             if unreachable else "where the run's tools and model load")
+    return APIError(f"the dashboard cannot resume this run, so nothing was decided: {err}. Decide with "
+                    f"`lmstack agent approve {run_id}` {where}", status=409,
+                    code="model_unreachable" if unreachable else "cannot_resume")
+
+
+def _resume(runtime: AgentRuntime) -> None:
+    """Runs in its own thread, on the runtime's own connection: a resumed run can take minutes."""
+    try:
+        record = runtime.run()
+        log.info("agent run %s resumed from the dashboard: %s", runtime.run_id, record.status)
+    except Exception:  # a thread has no caller to raise to; the run's own status records model failures
+        log.exception("resuming agent run %s failed", runtime.run_id)
+    finally:
+        runtime.conn.close()

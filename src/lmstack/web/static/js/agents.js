@@ -3,9 +3,11 @@
 import { api, el, append, clear, errorBox, fmt, pager, statusBadge } from "./util.js";
 
 const PAGE = 50, STEP_PAGE = 20, POLL_MS = 3000, LIST_REFRESH_MS = 5000;
-// A run page follows a run while it can still change: a failed run too, which `lmstack agent resume` continues.
-const RESUMABLE = ["running", "waiting", "failed"];
-const FILTERS = ["running", "waiting", "completed", "failed", "budget_exceeded", "loop_detected", "no_progress", "stopped_by_monitor"];
+// A run page follows a run while it can still change: a failed or interrupted run too (its process gone), which
+// `lmstack agent resume` continues.
+const RESUMABLE = ["running", "waiting", "failed", "interrupted"];
+const FILTERS = ["running", "interrupted", "waiting", "completed", "failed", "budget_exceeded", "loop_detected", "no_progress",
+  "stopped_by_monitor"];
 
 export function render(container, [runId]) {
   return runId ? renderRun(container, runId) : renderList(container);

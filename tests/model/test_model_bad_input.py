@@ -112,3 +112,18 @@ def test_import_checks_the_files_it_copies_or_reads(ckpt, tmp_path):
     message = one_line_error(run_cli("import", "--from", "nanogpt", garbage, tmp_path / "out"), "import")
     assert f"'{garbage}' is not a readable nanoGPT checkpoint (" in message
     assert not (tmp_path / "out").exists()
+
+
+# What torch's weights-only unpickler raised, as a traceback, on files that are not a pickle: a memo lookup
+# (KeyError, `echo hi > ckpt.pt`), its stack (IndexError), text that is not UTF-8, a number cut short (struct.error);
+# and a pickle protocol past 2 added two lines of torch's warning.
+@pytest.mark.parametrize("content, raised", [(b"hi\n", "KeyError"), (b"K", "IndexError"), (b".", "IndexError"),
+                                             (b"X\x02\x00\x00\x00\xff\xfe.", "UnicodeDecodeError"),
+                                             (b"J\x01", "error"), (b"\x80\x04hi", "KeyError")])
+def test_a_nanogpt_file_that_is_not_a_pickle_is_one_line(tmp_path, content, raised):
+    garbage = tmp_path / "ckpt.pt"
+    garbage.write_bytes(content)
+    message = one_line_error(run_cli("import", "--from", "nanogpt", garbage, tmp_path / "out"), "import")
+    assert f"'{garbage}' is not a readable nanoGPT checkpoint ({raised}: " in message
+    assert message.endswith("); pass the ckpt.pt that nanoGPT's train.py wrote")
+    assert not (tmp_path / "out").exists()

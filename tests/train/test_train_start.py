@@ -47,6 +47,7 @@ def test_unset_vocab_size_is_the_datas_and_a_set_one_wins(prepared, tmp_path):
     assert meta_vocab == Tokenizer.load(prepared / "tokenizer.json").vocab_size != 8192
     result = run_lmstack(*train_args(prepared, tmp_path / "auto"))
     assert f'"vocab_size": {meta_vocab},' in result.stdout  # the config printed at start shows the number chosen
+    assert "tokens/step (1 micro-batch per process)" in result.stdout  # it said "1 micro-batches"
     assert trained_vocab_size(tmp_path / "auto") == meta_vocab
 
     run_lmstack(*train_args(prepared, tmp_path / "set", **{"model.vocab_size": 512}))
@@ -76,7 +77,7 @@ def test_a_start_that_fails_its_checks_leaves_no_empty_run_dir(prepared, tmp_pat
 
     (tmp_path / "mine").mkdir()  # made by the user: a failed start must leave it alone
     assert run_lmstack(*train_args(prepared, tmp_path / "mine"), "--resume", check=False).returncode == 2
-    assert (tmp_path / "mine").is_dir()
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())  # nor the lock file it took
 
 
 def test_a_data_dir_without_a_val_split_is_refused_before_any_step(prepared, tmp_path):

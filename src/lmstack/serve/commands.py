@@ -73,6 +73,14 @@ def check_can_listen(host: str, port: int) -> None:
                                    "--port N (and --host for another address)") from None
 
 
+def served_name(ckpt: str) -> str:
+    """The default model id: the checkpoint dir's name as given, so `runs/x/best` serves `best`, not the checkpoint
+    its symlink points to (`step_000200`, another id after every new best); the real dir's name only for a path with
+    no name of its own (`.`, `..`)."""
+    name = Path(ckpt).name
+    return name if name not in ("", "..") else Path(ckpt).resolve().name
+
+
 def run_serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
@@ -92,7 +100,7 @@ def run_serve(args: argparse.Namespace) -> int:
     detect_device(config.engine.device, cpu_hint="--set engine.device=cpu")
     check_can_listen(config.host, config.port)
     torch.set_num_threads(config.torch_threads or max(1, (os.cpu_count() or 2) - 1))
-    model_name = config.model_name or Path(args.ckpt).resolve().name
+    model_name = config.model_name or served_name(args.ckpt)
     dashboard = dashboard_router(DashboardSettings(local_model=True))  # the web dashboard at /
     app = create_app(lambda: Engine.from_checkpoint(args.ckpt, config.engine), config, model_name, [dashboard])
     shown = {**to_dict(config), "api_key": "***" if config.api_key else None}

@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -42,10 +43,11 @@ from lmstack.train.plots import plot_losses
 from lmstack.train.resume import check_resumable
 from lmstack.train.rng import capture_rng, restore_rng, seed_everything
 from lmstack.train.rundir import append_log, ensure_writable, removed_if_left_empty, write_run_header
+from lmstack.train.rundir_lock import RunDirLock
 from lmstack.train.runinfo import code_version, environment
 from lmstack.train.schedules import lr_multiplier, set_lr
 from lmstack.train.val import val_batches
-from lmstack.train.writers import ScalarWriters
+from lmstack.train.writers import ScalarWriters, check_writers_installed
 
 
 @dataclass
@@ -67,9 +69,21 @@ class Trainer:
         self.device = device_for_rank(self.device_info, self.dist)
         self.is_main = self.dist.is_main
         self.run_dir = cfg.resolved_run_dir
-        # A start that fails its checks (data, tokenizer, --resume, LoRA targets) leaves no empty run dir behind.
+        self.lock = RunDirLock(self.run_dir)  # held by rank 0, the one that writes, until the `with` block ends
+        # A start that fails its checks (data, tokenizer, --resume, LoRA targets, W&B) leaves no run dir behind that
+        # it made: its lock file goes, then the dirs, now empty.
         with removed_if_left_empty(self.run_dir, enabled=self.is_main):
-            self._start(resume)
+            try:
+                self._start(resume)
+            except BaseException:
+                self.lock.release()
+                raise
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.lock.release()
 
     def _start(self, resume: str) -> None:
         self._check_run_dir()
@@ -110,17 +124,26 @@ class Trainer:
         self._open_logs(resume_from)
 
     # ---- setup ---------------------------------------------------------------------------------
-    def _check_run_dir(self) -> None:
+    def _on_main(self, work: Callable[[], None]) -> None:
+        """Do `work` on rank 0 and raise its LmstackError on every rank: a rank left out would wait forever in the
+        next collective for the one that stopped."""
         error = None
         if self.is_main:
             try:
-                ensure_writable(self.run_dir)
-                ckpt.clean_interrupted_writes(self.run_dir)
+                work()
             except LmstackError as err:
                 error = str(err)
-        error = broadcast_object(error)  # every rank stops, not only rank 0
+        error = broadcast_object(error)
         if error:
             raise LmstackError(error)
+
+    def _check_run_dir(self) -> None:
+        def check() -> None:
+            check_writers_installed(self.cfg.tensorboard, self.cfg.wandb)  # before the run dir is made
+            ensure_writable(self.run_dir)
+            self.lock.acquire()  # before anything in the dir is touched, a running writer's checkpoint writes included
+            ckpt.clean_interrupted_writes(self.run_dir)
+        self._on_main(check)
 
     def _load_tokenizer(self) -> Tokenizer:
         data_dir = Path(self.cfg.data_dir)
@@ -171,6 +194,7 @@ class Trainer:
 
     def _open_logs(self, resume_from: Path | None) -> None:
         self.metrics = self.writers = None
+        self._on_main(self._open_writers)  # first: W&B without a login is refused before anything is written
         if not self.is_main:
             return
         header = {"resumed_from": str(resume_from) if resume_from else None, "step": self.step,
@@ -181,11 +205,14 @@ class Trainer:
         tqdm.write(format_config(self.cfg))
         self.metrics = MetricsLog(self.run_dir, self.step if resume_from else None)
         self.metrics.write({"event": "start", "step": self.step, **header})
-        self.writers = ScalarWriters(self.run_dir, self.cfg.tensorboard, self.cfg.wandb, self.cfg.wandb_project,
-                                     self.cfg.run_name, self.config_dict)
+        micro_batches = f"{self.grad_accum} micro-batch{'es' if self.grad_accum != 1 else ''}"
         self.say(f"run dir {self.run_dir}: {'resuming from ' + str(resume_from) if resume_from else 'new run'}; "
                  f"{self.model.num_params():,} parameters on {self.device_info.name} x{self.dist.world_size}; "
-                 f"{self.tokens_per_step:,} tokens/step ({self.grad_accum} micro-batches per process)")
+                 f"{self.tokens_per_step:,} tokens/step ({micro_batches} per process)")
+
+    def _open_writers(self) -> None:
+        self.writers = ScalarWriters(self.run_dir, self.cfg.tensorboard, self.cfg.wandb, self.cfg.wandb_project,
+                                     self.cfg.run_name, self.config_dict)
 
     def say(self, message: str) -> None:
         if self.is_main:
@@ -417,5 +444,5 @@ class Trainer:
 
 def train(cfg: TrainConfig, resume: str = "auto") -> TrainResult:
     """Train (or resume) the run described by `cfg`; `resume`: 'auto' (if a checkpoint exists) or 'require'."""
-    with process_group_scope():
-        return Trainer(cfg, resume).run()
+    with process_group_scope(), Trainer(cfg, resume) as trainer:
+        return trainer.run()

@@ -237,8 +237,7 @@ class FineTuneResult:
 
 def run_finetune(trainer_cls: type[FineTuner], cfg: SFTConfig, resume: str = "auto") -> FineTuneResult:
     """Train (or resume) with `trainer_cls`, then export the final model (rank 0) unless interrupted."""
-    with process_group_scope():
-        trainer = trainer_cls(cfg, resume)
+    with process_group_scope(), trainer_cls(cfg, resume) as trainer:  # the run dir stays locked until export is done
         result = trainer.run()
         final = None
         if result.interrupted_by is None and trainer.is_main:

@@ -33,10 +33,14 @@ def run_ui(args: argparse.Namespace) -> int:
     from lmstack.web.settings import DashboardSettings, parse_endpoint_keys, parse_endpoints
     from lmstack.web.ui_app import create_ui_app
 
-    # The default may be missing (no training runs yet); a folder the user names must exist.
+    # The defaults may be missing (no training runs yet, a fresh user's database); a folder or file the user names must
+    # exist: opening a mistyped --db would create an empty database (and its folders) and show no runs.
     if args.runs_root is not None and not Path(args.runs_root).is_dir():
         raise LmstackError(f"--runs-root '{args.runs_root}' is not a directory; pass the folder that holds your run "
                            "dirs (e.g. runs, where `lmstack train` writes them)")
+    if args.db is not None and not Path(args.db).exists():
+        raise LmstackError(f"--db '{args.db}' does not exist; pass the database your agent and eval runs were "
+                           "recorded in, or leave --db out for the default ($LMSTACK_HOME/lmstack.db)")
     endpoints = parse_endpoints(args.endpoint)
     named_root = {"runs_root": Path(args.runs_root)} if args.runs_root else {}
     settings = DashboardSettings(**named_root, db_path=Path(args.db) if args.db else None, endpoints=endpoints,

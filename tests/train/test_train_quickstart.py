@@ -47,6 +47,7 @@ def test_full_quickstart_val_loss_clearly_falls(tmp_path, capsys):
     assert val_losses(qs.run_dir)[-1] < 0.6 * first_train_loss
 
 
+@pytest.mark.slow  # tokenizer on the whole stdlib, SFT data and a tool-use score: ~25 s
 def test_the_cli_shortens_the_demo_and_stops_after_the_stage_asked(tmp_path):
     """A quick try: `--steps`, `--sft-steps` and `--until` (the demo took 7 minutes however it was called)."""
     run_dir = tmp_path / "quick"

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from cli_testing import one_line_error
 
 from lmstack.config import load_config
@@ -99,6 +100,7 @@ def torchrun(*args: str) -> list[str]:
             *args]
 
 
+@pytest.mark.slow  # 2 processes under torchrun, ~13 s; the lock itself is checked by the test above
 def test_the_workers_of_a_killed_torchrun_hold_the_run_until_they_end(tmp_path):
     data_dir, run_dir = make_data(tmp_path / "data"), tmp_path / "run"
     command = torchrun(*train_args(data_dir, run_dir, LONG))

@@ -229,7 +229,9 @@ def main() -> None:
     import uvicorn
 
     script = json.loads(Path(sys.argv[1]).read_text())
-    uvicorn.run(build_app(script), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+    # A test may leave a client hung on a long `delay_s` (one it killed mid-call): stopping, answer nobody's wait.
+    uvicorn.run(build_app(script), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning",
+                timeout_graceful_shutdown=1)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,16 @@ def process_state(owner: Owner) -> str:
     return "gone" if process_start(owner.pid) not in (owner.start, UNKNOWN) else "alive"
 
 
+def ended_unfinished(row: Mapping[str, Any], resume: str) -> str | None:
+    """For a run stored as `running` whose process is gone (SIGKILL, a power loss: it could record nothing), why it
+    stopped, ending with `resume` (how to continue it); None for any other run. The eval and agent stores show such a
+    run as `interrupted`, derived on read, writing nothing."""
+    if row["status"] != "running" or process_state(Owner.from_row(row)) != "gone":
+        return None
+    return (f"process {row['owner_pid']} on {row['owner_host']} ended without finishing the run: killed, or the "
+            f"machine went down; {resume}")
+
+
 def executed_elsewhere(owner: Owner) -> bool:
     """Whether a live process other than this one executes the run recorded with `owner`: resuming it would make
     two processes write one run, each redoing the steps or samples the other has in flight."""

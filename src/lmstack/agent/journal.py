@@ -42,11 +42,7 @@ class Journal:
 
     def get(self, key: str) -> JournalEntry | None:
         row = self.conn.execute("SELECT * FROM agent_journal WHERE run_id = ? AND key = ?", (self.run_id, key)).fetchone()
-        if row is None:
-            return None
-        return JournalEntry(row["key"], row["kind"], row["status"], json.loads(row["request"]),
-                            json.loads(row["response"]) if row["response"] is not None else None,
-                            row["idempotency_key"], row["started_at"], row["completed_at"])
+        return _entry(row) if row is not None else None
 
     def start(self, key: str, kind: str, request: Any, idempotency_key: str | None = None) -> None:
         """Record intent; committed before the operation runs. A retry after a crash keeps the first row."""
@@ -61,9 +57,11 @@ class Journal:
                               "WHERE run_id = ? AND key = ?", (json.dumps(response), time.time(), self.run_id, key))
 
     def entries(self) -> list[JournalEntry]:
-        keys = self.conn.execute("SELECT key FROM agent_journal WHERE run_id = ? ORDER BY started_at, key",
+        """Every entry, in the order they started: one query (a query per key made each step's progress save, which
+        reads them all, slower the longer the run)."""
+        rows = self.conn.execute("SELECT * FROM agent_journal WHERE run_id = ? ORDER BY started_at, key",
                                  (self.run_id,)).fetchall()
-        return [self.get(r["key"]) for r in keys]
+        return [_entry(row) for row in rows]
 
     def set_aside_step(self, step: int) -> list[tuple[str, str]]:
         """Move the step's calls (those not set aside before) to new keys, so a resumed run finds none and redoes
@@ -80,3 +78,9 @@ class Journal:
                                   (new_key, self.run_id, key))
                 moved.append((key, new_key))
         return moved
+
+
+def _entry(row) -> JournalEntry:
+    return JournalEntry(row["key"], row["kind"], row["status"], json.loads(row["request"]),
+                        json.loads(row["response"]) if row["response"] is not None else None,
+                        row["idempotency_key"], row["started_at"], row["completed_at"])

@@ -79,12 +79,11 @@ def make_workspace(path: str) -> Path:
     return workspace
 
 
-def check_model_reachable(conn: sqlite3.Connection, run_id: str) -> None:
-    """Raise (the cause and its fix) when this process cannot reach the run's model endpoint: its key is not set
-    here, or the server is down. For a process that would resume someone else's run (the dashboard): the resume
-    would fail the run for good, where the run's own shell would have resumed it. One short try: it runs while a
-    person waits."""
-    config = from_dict(AgentConfig, get_run(conn, run_id).config)
+def check_model_reachable(config: AgentConfig) -> None:
+    """Raise (the cause and its fix) when this process cannot reach the model endpoint of a run with `config`: its
+    key is not set here, or the server is down. For a process that would resume someone else's run (the dashboard):
+    the resume would fail the run for good, where the run's own shell would have resumed it. One short try: it runs
+    while a person waits."""
     if not config.model.startswith(("http://", "https://")):
         return
     try:

@@ -22,7 +22,7 @@ from typing import Any
 
 from lmstack.db import ensure_schema, transaction
 from lmstack.errors import LmstackError
-from lmstack.run_owner import Owner, busy_reason, executed_elsewhere, process_state, this_process
+from lmstack.run_owner import Owner, busy_reason, ended_unfinished, executed_elsewhere, process_state, this_process
 
 MIGRATIONS = [
     """
@@ -114,11 +114,9 @@ def shown_state(conn: sqlite3.Connection, row: sqlite3.Row) -> tuple[str, str | 
     `running` run whose process is gone is `interrupted`; a `waiting` run's reason names the calls still pending,
     which a decision since it paused may have changed."""
     status, reason = row["status"], row["stop_reason"]
-    if status == "running" and process_state(Owner.from_row(row)) == "gone":
-        # A reason already recorded says what interrupted it (Ctrl-C, an unexpected error), and how to go on.
-        return "interrupted", reason or (f"process {row['owner_pid']} on {row['owner_host']} ended without finishing "
-                                         "the run: killed, or the machine went down; `lmstack agent resume "
-                                         f"{row['id']}` continues it from the last completed step")
+    ended = ended_unfinished(row, f"`lmstack agent resume {row['id']}` continues it from the last completed step")
+    if ended:  # a reason already recorded says what interrupted it (Ctrl-C, an unexpected error), and how to go on
+        return "interrupted", reason or ended
     if status == "waiting":
         pending = conn.execute("SELECT tool, call_key FROM agent_approvals WHERE run_id = ? AND decision = 'pending' "
                                "ORDER BY rowid", (row["id"],)).fetchall()
@@ -139,19 +137,19 @@ def interrupted_runs(conn: sqlite3.Connection) -> list[str]:
     return [r["id"] for r in rows if process_state(Owner.from_row(r)) == "gone"]
 
 
-def status_condition(conn: sqlite3.Connection, status: str) -> tuple[str, tuple]:
+def status_condition(status: str, interrupted: list[str]) -> tuple[str, tuple]:
     """An SQL condition on agent_runs, and its parameters, for the runs shown with `status`: `interrupted` ones
-    are stored as `running`, which therefore leaves them out."""
+    (the ids `interrupted_runs` gives) are stored as `running`, which therefore leaves them out."""
     if status not in ("running", "interrupted"):
         return "status = ?", (status,)
     among = "IN" if status == "interrupted" else "NOT IN"
-    return f"status = 'running' AND id {among} (SELECT value FROM json_each(?))", (json.dumps(interrupted_runs(conn)),)
+    return f"status = 'running' AND id {among} (SELECT value FROM json_each(?))", (json.dumps(interrupted),)
 
 
 def list_runs(conn: sqlite3.Connection, status: str | None = None, limit: int = 50) -> list[RunRecord]:
     query, params = "SELECT id FROM agent_runs", ()
     if status:
-        condition, params = status_condition(conn, status)
+        condition, params = status_condition(status, interrupted_runs(conn))
         query += f" WHERE {condition}"
     rows = conn.execute(query + " ORDER BY created_at DESC LIMIT ?", (*params, limit)).fetchall()
     return [get_run(conn, r["id"]) for r in rows]

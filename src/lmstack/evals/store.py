@@ -17,7 +17,7 @@ from typing import Any
 
 from lmstack.db import connect, ensure_schema, transaction
 from lmstack.errors import LmstackError
-from lmstack.run_owner import Owner, busy_reason, executed_elsewhere, process_state, this_process
+from lmstack.run_owner import Owner, busy_reason, ended_unfinished, executed_elsewhere, this_process
 
 MIGRATIONS = [
     """
@@ -236,10 +236,9 @@ class Store:
 
 def _run_record(row: sqlite3.Row) -> RunRecord:
     status, error = row["status"], row["error"]
-    if status == "running" and process_state(Owner.from_row(row)) == "gone":
-        status = "interrupted"  # killed without a word: only the dead process says so
-        error = (f"process {row['owner_pid']} on {row['owner_host']} ended without finishing the run: killed, or "
-                 f"the machine went down; continue it with --resume {row['id']}")
+    ended = ended_unfinished(row, f"continue it with --resume {row['id']}")
+    if ended:  # killed without a word: only the dead process says so
+        status, error = "interrupted", ended
     return RunRecord(row["id"], row["task"], row["model"], json.loads(row["config"]), status,
                      row["created"], row["finished"], json.loads(row["summary"]) if row["summary"] else None,
                      json.loads(row["environment"] or "{}"), error)

@@ -303,9 +303,10 @@ class Trainer:
         return total / self.grad_accum
 
     def flops_of_all_ranks(self) -> float:
-        """The last step's model FLOPs over every process: DPO's and GRPO's padded batches differ between ranks."""
-        if self.dist.world_size == 1:
-            return self.step_flops
+        """The last step's model FLOPs over every process. Full windows are alike on every rank; DPO's and GRPO's
+        padded batches (their own batch_flops) differ, and only they pay for a collective each step."""
+        if self.dist.world_size == 1 or type(self).batch_flops is Trainer.batch_flops:
+            return self.step_flops * self.dist.world_size
         return sum_across_ranks(torch.tensor(self.step_flops, device=self.device)).item()
 
     def batch_flops(self, batch) -> float:

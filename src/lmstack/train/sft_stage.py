@@ -33,10 +33,12 @@ def stage_sft(qs) -> None:
     data = qs.run_dir / "toolcalls"
     if not (data / "test.jsonl").is_file():
         write_splits(data, TRAIN_CONVERSATIONS, TEST_CONVERSATIONS, seed=0)
+    settings = dict(SFT_SETTINGS)
+    if qs.sft_steps:  # quickstart --sft-steps
+        settings["max_steps"] = qs.sft_steps
     cfg = load_finetune_config(SFTConfig, str(qs.pretrain.last_checkpoint), None, [],
                                train_file=str(data / "train.jsonl"), val_file=str(data / "test.jsonl"),
-                               run_dir=str(qs.run_dir / "sft"), run_name="quickstart-sft",
-                               **{**SFT_SETTINGS, **({"max_steps": qs.sft_steps} if qs.sft_steps else {})})
+                               run_dir=str(qs.run_dir / "sft"), run_name="quickstart-sft", **settings)
     result = sft(cfg)
     qs.interrupted_by = result.train.interrupted_by
     if result.final is None:

@@ -25,8 +25,9 @@ STEP_OF_KEY = "CAST(substr(key, 5, instr(key, '/') - 5) AS INTEGER)"
 def runs_page(conn: sqlite3.Connection, status: str | None, offset: int, limit: int) -> dict[str, Any]:
     """Runs as `agent list` shows them (see `store.shown_state`): statuses and counts include `interrupted`."""
     where, params = ("", ())
+    interrupted = interrupted_runs(conn)  # once: each is a look at a process
     if status:
-        condition, params = status_condition(conn, status)
+        condition, params = status_condition(status, interrupted)
         where = f"WHERE {condition}"
     total = conn.execute(f"SELECT COUNT(*) FROM agent_runs {where}", params).fetchone()[0]
     rows = conn.execute(f"SELECT {RUN_COLUMNS}, {OWNER_COLUMNS} FROM agent_runs {where} ORDER BY created_at DESC, id "
@@ -36,15 +37,14 @@ def runs_page(conn: sqlite3.Connection, status: str | None, offset: int, limit: 
         run = {k: row[k] for k in row.keys() if not k.startswith("owner_")}
         run["status"], run["stop_reason"] = shown_state(conn, row)
         runs.append(run)
-    return {"total": total, "offset": offset, "runs": runs, "status_counts": status_counts(conn)}
+    return {"total": total, "offset": offset, "runs": runs, "status_counts": status_counts(conn, interrupted)}
 
 
-def status_counts(conn: sqlite3.Connection) -> dict[str, int]:
+def status_counts(conn: sqlite3.Connection, interrupted: list[str]) -> dict[str, int]:
     counts = {r["status"]: r["n"] for r in conn.execute("SELECT status, COUNT(*) AS n FROM agent_runs GROUP BY status")}
-    interrupted = len(interrupted_runs(conn))
     if interrupted:  # stored as `running`
-        counts["interrupted"] = interrupted
-        counts["running"] -= interrupted
+        counts["interrupted"] = len(interrupted)
+        counts["running"] -= len(interrupted)
         if not counts["running"]:
             del counts["running"]
     return counts

@@ -161,7 +161,7 @@ def _runtime_to_resume(sources: DataSources, run_id: str) -> AgentRuntime:
     conn = open_database(sources.settings.db_path)
     try:
         runtime = build_runtime(conn, run_id)
-        check_model_reachable(conn, run_id)
+        check_model_reachable(runtime.config)  # the config the rebuild already read
     except BaseException as err:
         conn.close()
         if isinstance(err, LmstackError) and not isinstance(err, NOT_FOUND):

@@ -57,8 +57,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {list(allowed)}")
         return value
     if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v] if value else []
+        if isinstance(value, str):  # a,b or [a, b] (YAML's and Inspect's -T form)
+            inner = value.strip()
+            inner = inner[1:-1] if inner.startswith("[") and inner.endswith("]") else inner
+            value = [v.strip() for v in inner.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         (item_type, *_) = get_args(annotation) or (Any,)

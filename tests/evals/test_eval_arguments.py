@@ -44,6 +44,8 @@ BAD_ARGUMENTS = {
                "scorer 'json_match': fields must be a list of strings, got 'city'"),
     "judge_template": ("scorer: [{model_graded: {template: 'Grade {answer}'}}]",
                        "scorer 'model_graded': template 'Grade {answer}' cannot be filled (KeyError: 'answer')"),
+    "judge_max_tokens": ("scorer: [{model_graded: {max_tokens: 0}}]",
+                         "scorer 'model_graded': max_tokens must be an integer >= 1, got 0"),
     "monitors": ("scorer: [{hallucination: {monitors: grounding}}]",
                  f"scorer 'hallucination': monitors must be a list of names from {MONITORS}, got 'grounding'"),
     "cpu_s": ("scorer: [{unit_tests: {cpu_s: 0}}]", "scorer 'unit_tests': cpu_s must be an integer >= 1, got 0"),

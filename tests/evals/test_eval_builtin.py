@@ -16,6 +16,7 @@ from lmstack.evals.model import CachedModel
 from lmstack.evals.runner import run_eval
 from lmstack.evals.sample import Sample, TaskState
 from lmstack.evals.store import Store
+from lmstack.evals.task import TaskError
 
 
 def test_hallucination_detection_matches_the_agent_layers_own_precision_recall(tmp_path):
@@ -30,6 +31,14 @@ def test_hallucination_detection_matches_the_agent_layers_own_precision_recall(t
         assert scores[f"{monitor}_precision"]["mean"]["mean"] == pytest.approx(reference[monitor].precision)
         assert scores[f"{monitor}_recall"]["mean"]["mean"] == pytest.approx(reference[monitor].recall)
         assert scores[f"{monitor}_recall"]["mean"]["n"] == reference[monitor].true_positives + reference[monitor].false_negatives
+
+
+def test_hallucination_detection_takes_a_list_of_known_monitors_each_once():
+    task = load_task("hallucination_detection", {"monitors": "[uncertainty, self_consistency, uncertainty]"})
+    assert [s.registry_name for s in task.scorers] == ["uncertainty_precision", "uncertainty_recall",
+                                                      "self_consistency_precision", "self_consistency_recall"]
+    with pytest.raises(TaskError, match="monitors: unknown 'groundng'; use names from \\['grounding'"):
+        load_task("hallucination_detection", {"monitors": "groundng"})
 
 
 def agent_script(expression, final):

@@ -49,8 +49,14 @@ def test_model_graded_keeps_the_judges_raw_verdict(tmp_path):
             judge = CachedModel(OpenAIClient(server.base_url, judge_name), store)
             outcome = run_eval(task, solver_model, store, judge=judge, progress=False)
             verdicts[judge_name] = store.samples(outcome.run_id)[0].scores["model_graded"]
-        judge_prompt = [r for r in server.requests() if r["model"] == "judge_yes"][0]["messages"][0]["content"]
+        limited = Task(dataset=task.dataset, solver=generate(), scorer=model_graded(max_tokens=64), name="graded")
+        run_eval(limited, solver_model, store, judge=CachedModel(OpenAIClient(server.base_url, "judge_no"), store),
+                 progress=False)
+        judge_requests = [r for r in server.requests() if r["model"].startswith("judge")]
+    judge_prompt = judge_requests[0]["messages"][0]["content"]
     assert "Paris is the capital." in judge_prompt and "Names the right city." in judge_prompt
+    # no length limit unless the scorer sets one: a fixed 512 cut a reasoning judge off before its GRADE line
+    assert [r.get("max_tokens") for r in judge_requests] == [None, None, None, 64]
     assert verdicts["judge_yes"]["value"] == 1.0 and verdicts["judge_yes"]["explanation"].endswith("GRADE: C")
     assert verdicts["judge_no"]["value"] == 0.0 and verdicts["judge_no"]["explanation"] == "Wrong city.\nGRADE: I"
     assert verdicts["judge_rambles"]["value"] == 0.0 and verdicts["judge_rambles"]["metadata"] == {"parsed": False}

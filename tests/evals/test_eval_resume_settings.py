@@ -57,3 +57,47 @@ def test_a_setting_the_run_left_unset_is_named_as_such(finished_run, capsys, fla
     assert main([*command, "--resume", "bare", flag, value]) == 2
     assert f"--resume bare: a resumed run keeps its own settings ({kept}), so {flag} {value} would be ignored" in \
         capsys.readouterr().err
+
+
+PYTHON_TASK = """
+from lmstack.evals.dataset import load_jsonl
+from lmstack.evals.scorers import numeric
+from lmstack.evals.solvers import generate
+from lmstack.evals.task import Task, task
+
+
+@task
+def arith(n: int = 2):
+    return Task(dataset=load_jsonl("arith.jsonl")[:n], solver=generate(), scorer=numeric())
+"""
+
+
+def test_other_task_arguments_or_another_judge_on_resume_are_refused(tmp_path, capsys):
+    """The samples left would be built or graded differently from those the run has: its scores would be a mix."""
+    arith_task(tmp_path, 2)  # the dataset
+    (tmp_path / "tasks.py").write_text(PYTHON_TASK)
+    db = tmp_path / "db.sqlite"
+    with ScriptedServer({"scripts": {"good": [{"answers": answers(2)}]}}) as server:
+        command = ["eval", "run", f"{tmp_path / 'tasks.py'}@arith", "--model", server.base_url, "--model-name", "good",
+                   "--db", str(db)]
+        assert main([*command, "-T", "n=2", "--run-id", "t"]) == 0
+        capsys.readouterr()
+        for other, recorded, given in [(["-T", "n=1"], "-T n=2", "-T n=1"), ([], "-T n=2", "no -T arguments")]:
+            assert main([*command, *other, "--resume", "t"]) == 2
+            assert (f"--resume t: the run was built with {recorded}, not {given}; pass the run's own -T arguments to "
+                    "resume it, or start a new run (without --resume)") in capsys.readouterr().err
+        assert main([*command, "-T", "n=2", "--resume", "t", "--judge", server.base_url, "--judge-name", "good"]) == 2
+        assert ("--resume t: the run was graded with no --judge, not judge model 'good'; pass the run's own --judge"
+                in capsys.readouterr().err)
+        assert main([*command, "-T", "n=2", "--resume", "t"]) == 0  # the run's own arguments
+    assert Store(db).run("t").status == "finished"
+
+
+def test_a_yaml_task_refuses_task_arguments_it_would_ignore(tmp_path):
+    task_file = arith_task(tmp_path, 2)
+    done = run_cli("eval", "run", str(task_file), "--model", "http://127.0.0.1:9/v1", "-T", "limit=1",
+                   "--db", str(tmp_path / "db.sqlite"))
+    assert one_line_error(done, "eval") == (
+        f"lmstack eval: error: task file '{task_file}' is YAML, which takes no -T arguments (got limit); set the "
+        "values in the file, or write a Python task whose function takes them")
+    assert not (tmp_path / "db.sqlite").exists()

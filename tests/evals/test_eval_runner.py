@@ -1,6 +1,7 @@
 """The runner against the scripted OpenAI-compatible server (a real uvicorn subprocess)."""
 
 import json
+import re
 import sqlite3
 
 import pytest
@@ -119,6 +120,9 @@ def test_bad_input_is_reported_per_sample_and_the_run_finishes(server, tmp_path)
 
     html = render_report(store, [outcome.run_id, down.run_id])
     assert "scorer bug on q2" in html and "no &#x27;input&#x27; field" in html and "Connection error" in html
+    rows = {scorer: re.search(rf"<td>{scorer}</td><td>mean</td>.*?<td class='err'>([^<]*)</td>", html).group(1)
+            for scorer in ("explodes_on_q2", "numeric")}  # the first run's rows: a scorer's failures are its own
+    assert rows == {"explodes_on_q2": "1 samples, 1 scores", "numeric": "1 samples, 0 scores"}
 
 
 def test_report_escapes_model_output(server, tmp_path):

@@ -63,17 +63,22 @@ GRADE = re.compile(r"GRADE:\s*([CI])\b")
 
 @scorer
 def model_graded(rubric: str = "The answer is factually consistent with the reference answer.",
-                 template: str = JUDGE_TEMPLATE):
-    """A judge model (`--judge`) grades the output; its raw verdict is kept as the explanation."""
+                 template: str = JUDGE_TEMPLATE, max_tokens: int | None = None):
+    """A judge model (`--judge`) grades the output; its raw verdict is kept as the explanation. Like a
+    solver's generation, the judge's reply has no length limit unless `max_tokens` sets one (the endpoint's
+    default applies): a fixed limit cut off reasoning before its GRADE line."""
     arguments.text(rubric, "rubric")
     arguments.template(template, "template", ["question", "target", "output", "rubric"])
+    if max_tokens is not None:
+        max_tokens = arguments.number(max_tokens, "max_tokens", 1, integer=True)
 
     def score(state: TaskState, ctx: Any) -> Score:
         if ctx.judge is None:
             raise ValueError("model_graded needs a judge model: pass --judge URL_OR_CHECKPOINT")
         prompt = template.format(question=state.sample.input_text(), target=", ".join(state.sample.targets),
                                  output=state.output, rubric=rubric)
-        verdict = ctx.judge.complete([{"role": "user", "content": prompt}], temperature=0.0, max_tokens=512).text
+        verdict = ctx.judge.complete([{"role": "user", "content": prompt}], temperature=0.0,
+                                     max_tokens=max_tokens).text
         grades = GRADE.findall(verdict)
         if not grades:
             return Score(0.0, answer=None, explanation=verdict, metadata={"parsed": False})

@@ -34,6 +34,10 @@ def load_task(spec: str, task_args: dict[str, Any] | None = None) -> Task:
     task_args = task_args or {}
     path_part = spec.split("@", 1)[0]
     if path_part.endswith((".yaml", ".yml")):
+        if task_args:  # they would be ignored: a YAML task has no function to take them
+            raise TaskError(f"task file '{path_part}' is YAML, which takes no -T arguments (got "
+                            f"{', '.join(task_args)}); set the values in the file, or write a Python task whose "
+                            "function takes them")
         return load_yaml_task(Path(path_part))
     if path_part.endswith(".py"):
         name = spec.split("@", 1)[1] if "@" in spec else None
@@ -53,7 +57,7 @@ def _build(factory, task_args: dict[str, Any], spec: str) -> Task:
     hints = _annotations(factory) if task_args else {}
     kwargs = {k: _task_arg(k, hints.get(k, Any), v, spec) for k, v in task_args.items()}
     try:
-        return factory(**kwargs)
+        task = factory(**kwargs)
     except ArgumentError as err:  # names the solver or scorer and its argument
         raise TaskError(f"task '{spec}': {err}; fix its arguments") from None
     except LmstackError:  # already says what is wrong and how to fix it (a missing dataset file, say)
@@ -61,6 +65,8 @@ def _build(factory, task_args: dict[str, Any], spec: str) -> Task:
     except Exception as err:  # the user's task function: say where it failed, as the traceback would
         raise TaskError(f"task '{spec}' failed while building it: {type(err).__name__}: {err} "
                         f"({_where(err)}); fix the task function") from err
+    task.args = dict(task_args)
+    return task
 
 
 def _where(err: BaseException) -> str:

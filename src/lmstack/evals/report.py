@@ -55,12 +55,14 @@ def _score_table(runs: list[RunRecord]) -> str:
         tokens = int(usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0))
         for scorer, by_reducer in summary["scores"].items():
             arrow = "" if summary.get("higher_is_better", {}).get(scorer, True) else " (lower is better)"
+            # A failed sample has no score from any scorer; a scorer's own failures are its row's alone.
+            scorer_errors = summary.get("scorer_errors_by_name", {}).get(scorer, 0)
             for reducer, s in by_reducer.items():
                 rows.append(f"<tr><td>{escape(run.id)}</td><td>{escape(run.task)}</td><td>{escape(run.model)}</td>"
                             f"<td>{escape(scorer)}{arrow}</td><td>{escape(reducer)}</td><td>{_fmt(s['mean'])}</td>"
                             f"<td>[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]</td><td>{_fmt(s['stderr'])}</td>"
                             f"<td>{s['n']}</td><td class='err'>{summary.get('errors', 0)} samples, "
-                            f"{summary.get('scorer_errors', 0)} scores</td><td>{tokens}</td>"
+                            f"{scorer_errors} scores</td><td>{tokens}</td>"
                             f"<td>{usage.get('cost_usd', 0.0):.4f}</td></tr>")
         if not summary["scores"]:
             rows.append(f"<tr><td>{escape(run.id)}</td><td>{escape(run.task)}</td><td>{escape(run.model)}</td>"

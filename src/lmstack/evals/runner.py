@@ -74,6 +74,27 @@ def check_resume_overrides(run_id: str, kept: TaskConfig, overrides: dict[str, A
                               f"--resume) with {given}")
 
 
+def check_resume_inputs(run_id: str, recorded: dict[str, Any], task: Task, judge: CachedModel | None) -> None:
+    """Refuse other task arguments or another judge than the run's: the samples left would be built or graded
+    differently from those it has, and the run's scores would be a mix. (Runs recorded before task arguments were
+    kept have no record of them; those are not checked.)"""
+    if "task_args" in recorded and recorded["task_args"] != task.args:
+        raise ResumeError(f"--resume {run_id}: the run was built with {_task_args(recorded['task_args'])}, not "
+                          f"{_task_args(task.args)}; pass the run's own -T arguments to resume it, or start a new "
+                          "run (without --resume)")
+    given = judge.name if judge else None
+    if recorded.get("judge") != given:
+        def judged(name: str | None) -> str:
+            return f"judge model '{name}'" if name else "no --judge"
+        raise ResumeError(f"--resume {run_id}: the run was graded with {judged(recorded.get('judge'))}, not "
+                          f"{judged(given)}; pass the run's own --judge to resume it, or start a new run (without "
+                          "--resume)")
+
+
+def _task_args(args: dict[str, str]) -> str:
+    return " ".join(f"-T {key}={value}" for key, value in args.items()) or "no -T arguments"
+
+
 # What a setting left unset means: "max_tokens=None" told a user nothing.
 _UNSET = {"max_tokens": "the endpoint's default", "limit": "every sample"}
 
@@ -107,11 +128,12 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
         run_id = resume
         config = TaskConfig(**run.config["task"])  # a resumed run keeps its own settings, and refuses others
         check_resume_overrides(resume, config, overrides or {})
+        check_resume_inputs(resume, run.config, task, judge)
         # ... but not its timeout: a resume may give a larger one to the samples that timed out.
         store.claim_run(run_id, {**run.config, "timeout_s": http_timeout(model, judge)})
     else:
         run_config = {"task": asdict(config), "scorers": scorer_names, "higher_is_better": higher,
-                      "endpoint": model.endpoint, "judge": judge.name if judge else None,
+                      "endpoint": model.endpoint, "judge": judge.name if judge else None, "task_args": task.args,
                       "timeout_s": http_timeout(model, judge)}
         run_id = store.create_run(task.name, model.name, run_config, code_version(), run_id)
 

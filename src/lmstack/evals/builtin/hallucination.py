@@ -14,6 +14,7 @@ from typing import Any
 
 from lmstack.agent.monitor_data import generate_steps
 from lmstack.agent.monitors import MONITORS
+from lmstack.evals import arguments
 from lmstack.evals.sample import Sample, Score, TaskState
 from lmstack.evals.task import Task, scorer, solver, task
 
@@ -53,7 +54,9 @@ def monitor_detection(monitor: str, metric: str = "recall"):
 def hallucination_detection(seed: int = 1, monitors: list[str] | None = None):
     """Precision and recall of the agent's hallucination monitors on labelled steps."""
     steps = {step.id: step for step in generate_steps(seed)}
-    names = monitors or ["grounding", "action_claims", "tool_hallucination"]
+    # A monitor named twice is measured once: its scorers would share a name, which a run refuses.
+    names = list(dict.fromkeys(arguments.strings(monitors, "monitors", list(MONITORS)) if monitors else
+                               ["grounding", "action_claims", "tool_hallucination"]))
     dataset = [Sample(id=s.id, input=s.content, target=s.labels, metadata={"kind": s.kind}) for s in steps.values()]
     scorers = [monitor_detection(m, metric) for m in names for metric in ("precision", "recall")]
     return Task(dataset=dataset, solver=run_monitors(steps), scorer=scorers)

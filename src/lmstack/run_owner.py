@@ -83,7 +83,10 @@ def executed_elsewhere(owner: Owner) -> bool:
 
 def busy_reason(owner: Owner) -> str:
     """The end of a refused resume's message: which process has the run, and how to go on. `kill PID` only when the
-    process is verified to be the run's."""
+    process is verified to be the run's, and of this host (a run dir on a shared file system may be another's)."""
+    if owner.host is not None and owner.host != socket.gethostname():
+        return (f"is being executed by process {owner.pid} on host '{owner.host}'; wait for it to finish, or stop it "
+                "there and resume again")
     kill = f" (kill {owner.pid})" if owner.verified else ""
     return f"is being executed by process {owner.pid}; wait for it to finish, or stop it{kill} and resume again"
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import random
+from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
 from model_testing import random_tokens
 
+from lmstack.errors import LmstackError
 from lmstack.model.checkpoint import load_model_dir
 from lmstack.model.convert import ConversionError
 from lmstack.model.convert_nanogpt import import_nanogpt
@@ -107,3 +110,31 @@ def test_nanogpt_tokenizer_is_attached_when_given(tmp_path, tiny_tokenizer):
     import_nanogpt(tmp_path / "ckpt.pt", tmp_path / "ours", tokenizer=tmp_path / "tokenizer.json")
     _, tokenizer, _ = load_model_dir(tmp_path / "ours")
     assert tokenizer.encode("quick brown fox") == tiny_tokenizer.encode("quick brown fox")
+
+
+def test_a_damaged_nanogpt_file_is_imported_or_refused_never_a_traceback(tmp_path):
+    """Bytes flipped anywhere in a real nanoGPT file: torch raised a ValueError (a damaged `.storage_alignment`
+    record) that was a traceback. Every damaged copy now imports (damage inside a tensor's bytes reads as other
+    numbers) or is refused with a ConversionError; none leaves a half-written output."""
+    write_ckpt(tmp_path / "ckpt.pt", nanogpt_state(True), compiled=False, bias=True)
+    intact = (tmp_path / "ckpt.pt").read_bytes()
+    alignment = bytearray(intact)  # the record's text "64" (after its name and its zip header's padding)
+    alignment[intact.index(b"64", intact.index(b".storage_alignment"))] ^= 0xFF
+    (tmp_path / "damaged.pt").write_bytes(alignment)
+    with pytest.raises(ConversionError, match="is not a readable nanoGPT checkpoint \\(ValueError: invalid literal"):
+        import_nanogpt(tmp_path / "damaged.pt", tmp_path / "out")
+    rng = random.Random(0)
+    outcomes = Counter()
+    for trial in range(60):
+        damaged = bytearray(intact)
+        for _ in range(rng.choice([1, 4, 16])):
+            damaged[rng.randrange(len(damaged))] ^= 0xFF
+        (tmp_path / "damaged.pt").write_bytes(damaged)
+        out = tmp_path / f"out{trial}"
+        try:
+            import_nanogpt(tmp_path / "damaged.pt", out)
+            outcomes["imported"] += 1
+        except LmstackError:
+            assert not out.exists()
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and outcomes["imported"] > 0

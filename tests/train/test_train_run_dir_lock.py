@@ -6,6 +6,9 @@ whose launcher was SIGKILLed train on, and hold the run, until they end."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -17,10 +20,13 @@ import pytest
 from cli_testing import one_line_error
 
 from lmstack.config import load_config
+from lmstack.errors import LmstackError
+from lmstack.run_owner import Owner
 from lmstack.train.checkpoint import latest_checkpoint
 from lmstack.train.config import TrainConfig
 from lmstack.train.loop import train
 from lmstack.train.metrics import read_metrics
+from lmstack.train.rundir_lock import LOCK_FILE, RunDirLock
 from train_helpers import REPO, lmstack_command, make_data, run_lmstack, subprocess_env, tiny_overrides
 
 LONG = 100_000  # steps: a run that trains until the test ends it
@@ -120,3 +126,17 @@ def test_the_workers_of_a_killed_torchrun_hold_the_run_until_they_end(tmp_path):
                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert starts(run_dir)[-1]["resumed_from"] == str(resume_from)
+
+
+def test_a_holder_on_another_host_is_named_with_its_host_and_no_kill(tmp_path):
+    """A run dir on a file system that hosts share: the pid alone named a process that is not on this machine."""
+    holder = Owner(4242, "other-host", "boot:123")
+    lock_file = tmp_path / LOCK_FILE
+    lock_file.write_text(json.dumps(dataclasses.asdict(holder)))
+    with open(lock_file) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the other host's trainer holds it
+        with pytest.raises(LmstackError) as refused:
+            RunDirLock(tmp_path).acquire()
+    assert str(refused.value) == (f"run dir '{tmp_path}' is being executed by process 4242 on host 'other-host'; "
+                                  "wait for it to finish, or stop it there and resume again")
+

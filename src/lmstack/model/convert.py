@@ -6,7 +6,9 @@ config fields in `hf_layout.py`) and `convert_nanogpt.py` (nanoGPT `ckpt.pt` imp
 
 from __future__ import annotations
 
+import pickle
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class ConversionError(LmstackError):
     """A model that cannot be converted; the message names the file or setting and what would work."""
+
+
+# What torch.load raises on a damaged file or one that is no torch file at all: a zip archive it cannot read
+# (RuntimeError), a damaged record in one (ValueError: `.storage_alignment` that is not a number), and what its
+# weights-only unpickler raises on bytes that are not a pickle: its own UnpicklingError and EOFError, a lookup in its
+# memo or stack (KeyError, IndexError), text that is not UTF-8 (UnicodeDecodeError, a ValueError), a number cut
+# short (struct.error).
+TORCH_LOAD_ERRORS = (RuntimeError, ValueError, pickle.UnpicklingError, EOFError, LookupError, struct.error)
+
+
+def torch_load_reason(err: BaseException) -> str:
+    """torch.load's error in a few words: its type (which tells a bare "105" for a KeyError) and its first sentence
+    (torch's own text runs over many lines)."""
+    return ": ".join([type(err).__name__, *str(err).splitlines()[:1]]).split(". ")[0]
 
 
 def target_dtype(requested: str, state: dict[str, torch.Tensor]) -> torch.dtype:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ from lmstack.atomic import atomic_directory
 from lmstack.config import from_dict
 from lmstack.model.checkpoint import CONFIG_FILE, CheckpointError, WEIGHTS_FILE, read_config, read_weights
 from lmstack.model.config import ModelConfig
-from lmstack.model.convert import (ConversionError, check_out_dir, check_tokenizer_file, target_dtype,
-                                  write_imported_checkpoint)
+from lmstack.model.convert import (TORCH_LOAD_ERRORS, ConversionError, check_out_dir, check_tokenizer_file,
+                                  target_dtype, torch_load_reason, write_imported_checkpoint)
 from lmstack.model.hf_layout import (hf_config_from_model, hf_tensor_maps, model_config_from_hf, rename_to_ours,
                                      rename_to_theirs, zero_gpt2_biases)
 from lmstack.model.hf_tokenizer import write_tokenizer_files
@@ -129,10 +128,9 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 def read_torch_weights(path: Path) -> dict[str, torch.Tensor]:
     try:  # weights_only: a checkpoint from the internet must not run code when unpickled
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
-        raise ConversionError(f"'{path}' cannot be read ({reason}): it is truncated or not a PyTorch weights file; "
-                              "download it again") from None
+    except TORCH_LOAD_ERRORS as err:
+        raise ConversionError(f"'{path}' cannot be read ({torch_load_reason(err)}): it is truncated or not a PyTorch "
+                              "weights file; download it again") from None
 
 
 def normalise_names(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:

@@ -8,22 +8,17 @@ A nanoGPT checkpoint holds no tokenizer (nanoGPT uses tiktoken's GPT-2 encoding)
 
 from __future__ import annotations
 
-import pickle
-import struct
 import warnings
 from pathlib import Path
 
 import torch
 
 from lmstack.model.config import ModelConfig
-from lmstack.model.convert import ConversionError, check_out_dir, check_tokenizer_file, write_imported_checkpoint
+from lmstack.model.convert import (TORCH_LOAD_ERRORS, ConversionError, check_out_dir, check_tokenizer_file,
+                                  torch_load_reason, write_imported_checkpoint)
 from lmstack.model.hf_layout import gpt2_tensor_maps, rename_to_ours
 
 COMPILE_PREFIX = "_orig_mod."
-# What torch's weights-only unpickler raises on bytes that are not a pickle (a text file, random bytes): besides its
-# own UnpicklingError and EOFError, a lookup in its memo or stack (KeyError, IndexError), text that is not UTF-8
-# (UnicodeDecodeError), a number cut short (struct.error).
-UNPICKLER_ERRORS = (pickle.UnpicklingError, EOFError, LookupError, UnicodeDecodeError, struct.error)
 
 
 def import_nanogpt(src: str | Path, out_dir: str | Path, dtype: str = "auto",
@@ -52,10 +47,9 @@ def read_nanogpt_checkpoint(path: Path) -> dict:
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             # weights_only: unpickling a downloaded file must not be able to run code
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, *UNPICKLER_ERRORS) as err:  # RuntimeError: a zip archive torch cannot read
-        # The type tells a bare "105" (a KeyError) what it is; torch's own text runs over many lines.
-        reason = ": ".join([type(err).__name__, *str(err).splitlines()[:1]]).split(". ")[0]
-        raise ConversionError(f"'{path}' is not a readable nanoGPT checkpoint ({reason}); pass the ckpt.pt that "
+    except TORCH_LOAD_ERRORS as err:
+        raise ConversionError(f"'{path}' is not a readable nanoGPT checkpoint ({torch_load_reason(err)}); pass the "
+                              "ckpt.pt that "
                               "nanoGPT's train.py wrote") from None
     if not isinstance(checkpoint, dict) or not {"model", "model_args"} <= checkpoint.keys():
         raise ConversionError(f"'{path}' lacks nanoGPT's 'model' and 'model_args' entries; it was not "

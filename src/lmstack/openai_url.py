@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import os
+from typing import Any
 from urllib.parse import urlparse
 
 from lmstack.errors import LmstackError
@@ -38,12 +39,18 @@ class ModelListingError(LmstackError):
         self.cause = cause
 
 
-def first_listed_model(url: str, api_key_env: str, timeout_s: float, prefix: str = "", key_fix: str = "",
-                       max_retries: int = 2, api_key: str | None = None, model_flag: str = "--model-name") -> str:
-    """The first model id GET /v1/models lists at `url`; a ModelListingError (one line after `prefix`: the cause
-    and its fix) when it cannot be listed. The key sent is `api_key` when given (a command's --api-key), else
-    $api_key_env. Each command names its own flags: `key_fix` another way to give the key than the variable,
-    `model_flag` the one that names the model instead of listing it."""
+def first_listed_model(*args: Any, **kwargs: Any) -> str:
+    """The first model id GET /v1/models lists (see first_listed)."""
+    return first_listed(*args, **kwargs).id
+
+
+def first_listed(url: str, api_key_env: str, timeout_s: float, prefix: str = "", key_fix: str = "",
+                 max_retries: int = 2, api_key: str | None = None, model_flag: str = "--model-name") -> Any:
+    """The first model GET /v1/models lists at `url`: its `id`, and what else the server says of it (ours and vLLM's
+    `max_model_len`, as an attribute). A ModelListingError (one line after `prefix`: the cause and its fix) when it
+    cannot be listed. The key sent is `api_key` when given (a command's --api-key), else $api_key_env. Each command
+    names its own flags: `key_fix` another way to give the key than the variable, `model_flag` the one that names
+    the model instead of listing it."""
     import openai
 
     sdk = openai.OpenAI(base_url=api_base(url), api_key=api_key or os.environ.get(api_key_env) or "not-needed",
@@ -55,7 +62,7 @@ def first_listed_model(url: str, api_key_env: str, timeout_s: float, prefix: str
         raise ModelListingError(prefix + why, getattr(err, "status_code", None), cause) from None
     if not models:
         raise ModelListingError(f"{prefix}the endpoint lists no models; pass {model_flag}", None, ListingCause.NO_MODEL)
-    return models[0].id
+    return models[0]
 
 
 def listing_failure(err: Exception, api_key_env: str, key_fix: str = "", key_given: bool = False,

@@ -94,4 +94,10 @@ def test_lm_eval_adapter_prints_the_local_completions_command(capsys):
     command = capsys.readouterr().out.strip()
     assert command.startswith("lm_eval --model local-completions --tasks hellaswag,arc_easy --model_args model=final,")
     assert "base_url=http://127.0.0.1:8000/v1/completions" in command and "tokenizer=runs/export" in command
-    assert command.endswith("--limit 5")
+    assert command.endswith("--limit 5") and "max_length=" not in command  # with --model-name nothing is listed
+    assert main(["eval", "lm-eval", "http://127.0.0.1:8000/v1", "--tasks", "hellaswag", "--model-name", "final",
+                 "--max-length", "256", "--timeout", "30", "--dry-run"]) == 0
+    assert ",max_length=256,timeout=30," in capsys.readouterr().out
+    assert main(["eval", "lm-eval", "http://127.0.0.1:8000/v1", "--tasks", "hellaswag", "--model-name", "final",
+                 "--timeout", "0", "--dry-run"]) == 2
+    assert capsys.readouterr().err == "lmstack eval: error: --timeout 0: must be at least 1\n"

@@ -12,7 +12,9 @@ max_retries=3,tokenized_requests=False,tokenizer_backend=huggingface,tokenizer=E
 
 `model=` must be a name the server serves (ours serves the checkpoint dir's name, here `final`).
 `lmstack eval lm-eval URL --tasks ...` builds and runs that command (`--dry-run` only prints it), with
-the first model the server lists at GET /v1/models unless `--model-name` is given.
+the first model the server lists at GET /v1/models unless `--model-name` is given, and that model's context
+(`max_model_len`, which ours and vLLM list) as lm-eval's `max_length`: lm-eval assumes 2048 and would send longer
+prompts than a smaller model takes, each refused (HTTP 400); it cuts them to `max_length` from the left instead.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import shutil
 import subprocess
 
 from lmstack.errors import LmstackError
-from lmstack.openai_url import ListingCause, ModelListingError, api_base, first_listed_model
+from lmstack.openai_url import ListingCause, ModelListingError, api_base, first_listed
 
 
 class LmEvalError(LmstackError):
@@ -30,11 +32,15 @@ class LmEvalError(LmstackError):
 
 
 def lm_eval_command(base_url: str, model: str, tasks: list[str], tokenizer: str | None = None,
-                    limit: int | None = None, num_concurrent: int = 8, output_path: str | None = None) -> list[str]:
+                    limit: int | None = None, num_concurrent: int = 8, output_path: str | None = None,
+                    max_length: int | None = None, timeout_s: int | None = None) -> list[str]:
+    """lm-eval's command line; `max_length` and `timeout_s` (seconds per request) are lm-eval's own when None."""
     if not tasks:
         raise LmEvalError("no lm-eval task given; pass e.g. --tasks hellaswag,arc_easy")
     model_args = [f"model={model}", f"base_url={_api_root(base_url)}/completions", f"num_concurrent={num_concurrent}",
                   "max_retries=3", "tokenized_requests=False"]
+    model_args += [f"max_length={max_length}"] if max_length is not None else []
+    model_args += [f"timeout={timeout_s}"] if timeout_s is not None else []
     model_args += (["tokenizer_backend=huggingface", f"tokenizer={tokenizer}"] if tokenizer
                    else ["tokenizer_backend=None"])  # generation tasks only: loglikelihood needs a tokenizer
     command = ["lm_eval", "--model", "local-completions", "--tasks", ",".join(tasks), "--model_args", ",".join(model_args)]
@@ -45,13 +51,14 @@ def lm_eval_command(base_url: str, model: str, tasks: list[str], tokenizer: str 
     return command
 
 
-def served_model_name(base_url: str) -> str:
-    """The first model id the server lists, found the way `lmstack agent run` finds it (its key from
-    $OPENAI_API_KEY, which lm-eval's local-completions also sends). A malformed URL fails with its own message:
-    naming the model would not help there."""
+def served_model(base_url: str) -> tuple[str, int | None]:
+    """The first model the server lists, found the way `lmstack agent run` finds it (its key from $OPENAI_API_KEY,
+    which lm-eval's local-completions also sends): its id, and its context when the server lists one. A malformed
+    URL fails with its own message: naming the model would not help there."""
     api_root = _api_root(base_url)
     try:
-        return first_listed_model(api_root, "OPENAI_API_KEY", timeout_s=30)
+        listed = first_listed(api_root, "OPENAI_API_KEY", timeout_s=30)
+        return listed.id, getattr(listed, "max_model_len", None)
     except ModelListingError as err:
         raise LmEvalError(f"cannot find the model name at {base_url}: {err}"
                           + ("" if err.cause is ListingCause.NO_MODEL else "; or pass --model-name")) from None

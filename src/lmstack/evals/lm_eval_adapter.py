@@ -14,7 +14,8 @@ max_retries=3,tokenized_requests=False,tokenizer_backend=huggingface,tokenizer=E
 `lmstack eval lm-eval URL --tasks ...` builds and runs that command (`--dry-run` only prints it), with
 the first model the server lists at GET /v1/models unless `--model-name` is given, and that model's context
 (`max_model_len`, which ours and vLLM list) as lm-eval's `max_length`: lm-eval assumes 2048 and would send longer
-prompts than a smaller model takes, each refused (HTTP 400); it cuts them to `max_length` from the left instead.
+loglikelihood prompts than a smaller model takes, each refused (HTTP 400); it cuts them to `max_length` from the
+left instead.
 """
 
 from __future__ import annotations

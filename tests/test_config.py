@@ -59,7 +59,7 @@ def test_numbers_parse_from_strings_and_the_command_line():
     assert (run.steps, run.optim.lr, run.compile, run.seed, run.name) == (1000, 2e-5, True, 3, "plain words")
 
 
-@pytest.mark.parametrize("raw", ["a,b", "[a, b]", " a , b ", "[a,b]"])
+@pytest.mark.parametrize("raw", ["a,b", "[a, b]", " a , b ", "[a,b]", '["a", "b"]', "['a','b']"])
 def test_a_list_parses_from_a_string_with_or_without_brackets(raw):
     # `-T monitors=[grounding, action_claims]` (Inspect's form) read as ['[grounding', 'action_claims]'] before
     assert from_dict(Run, {"tags": raw}).tags == ["a", "b"]

@@ -35,6 +35,10 @@ def _field_types(cls: type) -> dict[str, Any]:
     return get_type_hints(cls)
 
 
+def _unquoted(item: str) -> str:
+    return item[1:-1] if len(item) >= 2 and item[0] == item[-1] and item[0] in "'\"" else item
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check (and for strings from the command line, parse) `value` against `annotation`."""
     origin = get_origin(annotation)
@@ -57,10 +61,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {list(allowed)}")
         return value
     if origin in (list, tuple):
-        if isinstance(value, str):  # a,b or [a, b] (YAML's and Inspect's -T form)
+        if isinstance(value, str):  # a,b or [a, b] or ["a", 'b'] (YAML's and Inspect's -T forms)
             inner = value.strip()
             inner = inner[1:-1] if inner.startswith("[") and inner.endswith("]") else inner
-            value = [v.strip() for v in inner.split(",") if v.strip()]
+            value = [_unquoted(v.strip()) for v in inner.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         (item_type, *_) = get_args(annotation) or (Any,)

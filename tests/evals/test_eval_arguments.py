@@ -92,3 +92,17 @@ def test_yaml_reads_1e_6_as_text_and_the_tolerance_still_works(tmp_path):
     state = TaskState(Sample(id="s", input="q", target="3"), epoch=0, seed=0)
     state.output = "It is 3.0000001."
     assert task.scorers[0](state, None).value == 1.0
+
+
+@pytest.mark.parametrize("body, says", [
+    ("field: {input: question}\nscorer: [exact]",  # a typo of `fields`: ignored, every sample failed
+     "unknown key 'field'; a task file takes name, description, dataset, split, fields, solver, scorer, config"),
+    ("scorer: [exact]\nconfig: {epochs: 0}", "epochs must be >= 1, got 0"),
+    ("scorer: [exact]\nconfig: {max_tokens: 0}", "max_tokens must be >= 1 (the generation limit per model call), got 0"),
+])
+def test_a_task_files_unknown_key_or_bad_config_is_refused_naming_the_file(tmp_path, body, says):
+    path = write_task(tmp_path, body)
+    with pytest.raises(TaskError) as refused:
+        load_task(str(path))
+    assert str(refused.value) == f"task file '{path}': {says}"
+

@@ -39,6 +39,8 @@ def test_hallucination_detection_takes_a_list_of_known_monitors_each_once():
                                                       "self_consistency_precision", "self_consistency_recall"]
     with pytest.raises(TaskError, match="monitors: unknown 'groundng'; use names from \\['grounding'"):
         load_task("hallucination_detection", {"monitors": "groundng"})
+    with pytest.raises(TaskError, match="monitors must name at least one of \\['grounding'"):
+        load_task("hallucination_detection", {"monitors": "[]"})  # measured the default monitors before
 
 
 def agent_script(expression, final):

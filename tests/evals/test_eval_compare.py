@@ -38,8 +38,24 @@ def test_planted_regression_fails_the_gate(runs, capsys):
     comparison = compare_runs(Store(runs), "base-s1", "worse-s1")
     numeric = next(s for s in comparison.scorers if s.scorer == "numeric")
     assert numeric.test == "mcnemar" and numeric.p_value < 0.001 and numeric.diff < -0.2
+    flipped = [int(line.split()[1][1:-1]) for line in out.out.splitlines() if line.startswith("    flip q")]
+    assert flipped[:20] == sorted(flipped[:20])  # per scorer, by number: q2 before q10 (q10 came first as text)
     # the reverse direction is an improvement, which never fails the gate
     assert main(["eval", "compare", "worse-s1", "base-s1", "--fail-on-regression", "--db", runs]) == 0
+
+
+def test_an_unfinished_candidate_fails_the_gate(runs, tmp_path, capsys):
+    """A crashed candidate passed the gate on the few samples it had scored."""
+    store = Store(runs)
+    store.fail_run("base-s2", "stopped by Ctrl-C (KeyboardInterrupt); continue it with --resume base-s2")
+    try:
+        assert main(["eval", "compare", "base-s1", "base-s2", "--db", runs]) == 0
+        assert "B = base-s2 (arith on base): failed" in capsys.readouterr().out
+        assert main(["eval", "compare", "base-s1", "base-s2", "--fail-on-regression", "--db", runs]) == 1
+        assert capsys.readouterr().err == ("run base-s2 has not finished (failed): a gate compares finished runs; "
+                                           "continue it with `lmstack eval run ... --resume base-s2`\n")
+    finally:
+        store.finish_run("base-s2", store.run("base-s2").summary)
 
 
 def test_same_model_different_seeds_passes_the_gate(runs, capsys):

@@ -15,9 +15,11 @@ from lmstack.evals.model import CachedModel
 from lmstack.evals.report import render_report
 from lmstack.evals.runner import run_eval
 from lmstack.evals.sample import Sample
+from lmstack.evals.code_scorers import hallucination
 from lmstack.evals.scorers import numeric
 from lmstack.evals.solvers import chat, generate
 from lmstack.evals.store import Store
+from lmstack.evals.summary import format_scores
 from lmstack.evals.task import Task, TaskConfig, scorer
 
 N = 12
@@ -170,3 +172,16 @@ def test_a_run_that_dies_is_recorded_failed_and_resumes(tmp_path, monkeypatch, c
     run = store.run("dies")
     assert (run.status, run.error) == ("finished", None) and resumed.summary["scores"]["numeric"]["mean"]["n"] == 4
     assert set(seen_while_resuming) == {("running", None)}  # not the old failure while it runs again
+
+
+def test_the_score_table_marks_lower_is_better_and_keeps_long_names_whole(server, tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    task = Task(dataset=[Sample(id="q0", input=question(0), target=answer(0))], solver=generate(),
+                scorer=[hallucination(), numeric()], name="a_task_name_longer_than_the_old_columns")
+    outcome = run_eval(task, model(server, store), store, progress=False)
+    header, *rows = format_scores([store.run(outcome.run_id)]).splitlines()
+    flagged = next(row for row in rows if "hallucination" in row)
+    assert "hallucination (lower is better)" in flagged and "a_task_name_longer_than_the_old_columns" in flagged
+    # every column starts (text) or ends (numbers) where its header does
+    assert flagged.index("hallucination") == header.index("scorer")
+    assert flagged.index(" 1 ") == header.index(" n ")  # n = 1, under its header

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmstack.agent.builtin_tools import absolute_tool_paths, load_tools
@@ -18,6 +19,7 @@ from lmstack.config import from_dict, to_dict
 from lmstack.db import connect, default_db_path, lmstack_home, transaction
 from lmstack.errors import LmstackError
 from lmstack.openai_url import ModelListingError, first_listed_model
+from lmstack.run_ids import check_run_id
 
 
 def open_database(path: str | Path | None = None) -> sqlite3.Connection:
@@ -34,24 +36,34 @@ def open_existing_database(path: str | Path | None = None) -> sqlite3.Connection
     return open_database(path)
 
 
-def build_client(config: AgentConfig,
-                 timeout_fix: str = "a slower model needs a new run with --set timeout_s=SECONDS") -> ModelClient:
-    """`timeout_fix`: how the calling command's user gives a slow model more time, named when a request times out."""
+@dataclass(frozen=True)
+class ClientFlags:
+    """The calling command's own words for its errors: the flag that gives the model, the one that names it at a URL,
+    another way to give the key than $api_key_env (none: only the variable), and how to give a slow model more
+    time. The defaults are `lmstack agent run`'s; `eval run` has its own, and another set for its --judge."""
+    model: str = "--model"
+    model_name: str = "--model-name"
+    key_fix: str = "or read it from another variable with --set api_key_env=NAME"
+    timeout_fix: str = "a slower model needs a new run with --set timeout_s=SECONDS"
+
+
+def build_client(config: AgentConfig, flags: ClientFlags = ClientFlags()) -> ModelClient:
     if config.model.startswith(("http://", "https://")):
-        return OpenAIClient(config.model, config.model_name or first_model_id(config), os.environ.get(config.api_key_env),
-                            config.timeout_s, RetryPolicy(max_attempts=config.max_attempts), config.stream,
-                            timeout_fix)
+        return OpenAIClient(config.model, config.model_name or first_model_id(config, flags),
+                            os.environ.get(config.api_key_env), config.timeout_s,
+                            RetryPolicy(max_attempts=config.max_attempts), config.stream, flags.timeout_fix)
     if Path(config.model).is_dir():
         from lmstack.agent.engine_client import EngineClient
 
         return EngineClient.from_checkpoint(config.model)
-    raise LmstackError(f"--model '{config.model}': expected an http(s):// base URL of an OpenAI-compatible endpoint "
-                       f"(e.g. http://127.0.0.1:8000/v1) or a checkpoint directory")
+    raise LmstackError(f"{flags.model} '{config.model}': expected an http(s):// base URL of an OpenAI-compatible "
+                       f"endpoint (e.g. http://127.0.0.1:8000/v1) or a checkpoint directory")
 
 
-def first_model_id(config: AgentConfig) -> str:
-    return first_listed_model(config.model, config.api_key_env, config.timeout_s, prefix=f"--model {config.model}: ",
-                              key_fix="or read it from another variable with --set api_key_env=NAME")
+def first_model_id(config: AgentConfig, flags: ClientFlags = ClientFlags()) -> str:
+    return first_listed_model(config.model, config.api_key_env, config.timeout_s,
+                              prefix=f"{flags.model} {config.model}: ", key_fix=flags.key_fix,
+                              model_flag=flags.model_name)
 
 
 def build_runtime(conn: sqlite3.Connection, run_id: str, show_progress: bool = False,
@@ -95,7 +107,7 @@ def check_model_reachable(config: AgentConfig) -> None:
 
 def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: str | None = None,
               show_progress: bool = False) -> RunRecord:
-    run_id = run_id or uuid.uuid4().hex[:12]
+    run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex[:12]
     load_tools(config.tools)  # a bad --tools entry fails before the run exists
     if not config.workspace:
         config.workspace = str(lmstack_home() / "workspaces" / run_id)

@@ -99,7 +99,7 @@ def parse_task_args(items: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lmstack.evals.clients import make_client
+    from lmstack.evals.clients import JUDGE_FLAGS, make_client
     from lmstack.evals.loader import load_task
     from lmstack.evals.model import CachedModel
     from lmstack.evals.report import write_report
@@ -114,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise EvalUsageError(f"--price {args.price[0]:g} {args.price[1]:g}: prices must be >= 0 (dollars per million "
                              "input and output tokens)")
     check_timeout(args)
+    check_flags_used(args)
     task = load_task(args.task, parse_task_args(args.task_args))
     store = Store(args.db)  # creates the database and its folders: the checks of the arguments come first
     timeout_s = args.timeout
@@ -122,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     price = tuple(args.price) if args.price else None
     model = CachedModel(make_client(args.model, args.model_name, timeout_s), store, args.max_concurrency,
                         price, use_cache=not args.no_cache)
-    judge = (CachedModel(make_client(args.judge, args.judge_name, timeout_s), store, args.max_concurrency)
+    judge = (CachedModel(make_client(args.judge, args.judge_name, timeout_s, JUDGE_FLAGS), store, args.max_concurrency)
              if args.judge else None)
     overrides = {"epochs": args.epochs, "seed": args.seed, "limit": args.limit, "max_tokens": args.max_tokens,
                  "temperature": args.temperature,
@@ -152,6 +153,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_flags_used(args: argparse.Namespace) -> None:
+    """Refuse a flag that would be ignored: the user meant it to do something."""
+    if args.run_id and args.resume:
+        raise EvalUsageError(f"--run-id names a new run and --resume continues run '{args.resume}': pass one of them")
+    if args.judge_name and not args.judge:
+        raise EvalUsageError("--judge-name is the judge's model name at its --judge URL: pass --judge URL too")
+    for flag, name, spec in (("--model-name", args.model_name, args.model), ("--judge-name", args.judge_name,
+                                                                             args.judge)):
+        if name and spec and not spec.startswith(("http://", "https://")):
+            raise EvalUsageError(f"{flag} is the model name to request from a URL; '{spec}' is a checkpoint, known by "
+                                 f"its folder's name: drop {flag}")
+
+
 def check_timeout(args: argparse.Namespace) -> None:
     """Refuse a --timeout that cannot work: seconds one HTTP request may take, so above 0 and for a URL."""
     if args.timeout is None:
@@ -172,6 +186,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise EvalUsageError(f"--alpha {args.alpha:g}: the significance level must be between 0 and 1 (default 0.05)")
     comparison = compare_runs(Store(args.db), args.run_a, args.run_b, alpha=args.alpha)
     print(format_comparison(comparison))
+    unfinished = [run for run in (comparison.run_a, comparison.run_b) if run.status != "finished"]
+    if args.fail_on_regression and unfinished:  # a crashed candidate must not pass a CI gate on the samples it did
+        run = unfinished[0]
+        print(f"run {run.id} has not finished ({run.status}): a gate compares finished runs; continue it with "
+              f"`lmstack eval run ... --resume {run.id}`", file=sys.stderr)
+        return 1
     if args.fail_on_regression and comparison.regressions:
         names = ", ".join(s.scorer for s in comparison.regressions)
         print(f"significant regression (alpha={args.alpha}) on: {names}", file=sys.stderr)

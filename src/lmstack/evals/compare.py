@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from lmstack.errors import LmstackError
 from lmstack.evals import stats
 from lmstack.evals.store import RunRecord, SampleRecord, Store
 from lmstack.evals.summary import per_sample
+from lmstack.evals.table import column_widths, table_row
 
 
 class CompareError(LmstackError):
@@ -102,11 +104,17 @@ def _compare_scorer(scorer: str, ids: list[str], values_a: dict, values_b: dict,
     diff = mean_b - mean_a
     worse = diff < 0 if higher else diff > 0
     significant = p_value < alpha and diff != 0
-    flips = [{"sample_id": i, "a": va, "b": vb} for i, va, vb in zip(ids, xa, xb) if va != vb]
+    flips = sorted(({"sample_id": i, "a": va, "b": vb} for i, va, vb in zip(ids, xa, xb) if va != vb),
+                   key=lambda flip: natural_key(flip["sample_id"]))  # q2 before q10
     low, high = (None, None) if low is None or math.isnan(low) else (low, high)  # one pair has no interval
     return ScorerComparison(scorer, name, len(ids), len(values_a), len(values_b), mean_a, mean_b, diff, p_value,
                             low, high, higher,
                             regression=significant and worse, improvement=significant and not worse, flips=flips)
+
+
+def natural_key(text: str) -> list:
+    """Digits compared as numbers: 'q2' < 'q10'."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
 
 COLUMNS = ("scorer", "n", "A", "B", "B-A", "p", "test", "verdict")
@@ -116,14 +124,12 @@ TEXT_COLUMNS = {"scorer", "test", "verdict"}  # left-aligned; numbers are right-
 def format_comparison(comparison: Comparison, max_flips: int = 20) -> str:
     cells = {s.scorer: [s.scorer, str(s.n), f"{s.mean_a:.4f}", f"{s.mean_b:.4f}", f"{s.diff:+.4f}", f"{s.p_value:.4f}",
                         s.test, _verdict(s)] for s in comparison.scorers}
-    # Each column as wide as its longest cell: a fixed width pushed the row of a long scorer name
-    # (toolcall_right_tool) off its header.
-    widths = [max(len(row[i]) for row in [list(COLUMNS), *cells.values()]) for i in range(len(COLUMNS))]
-    lines = [f"A = {comparison.run_a.id} ({comparison.run_a.task} on {comparison.run_a.model})",
-             f"B = {comparison.run_b.id} ({comparison.run_b.task} on {comparison.run_b.model})",
-             _table_row(COLUMNS, widths)]
+    widths = column_widths(COLUMNS, list(cells.values()))
+    lines = [f"{label} = {run.id} ({run.task} on {run.model})" + ("" if run.status == "finished" else f": {run.status}")
+             for label, run in (("A", comparison.run_a), ("B", comparison.run_b))]
+    lines.append(table_row(COLUMNS, list(COLUMNS), widths, TEXT_COLUMNS))
     for s in comparison.scorers:
-        lines.append(_table_row(cells[s.scorer], widths))
+        lines.append(table_row(COLUMNS, cells[s.scorer], widths, TEXT_COLUMNS))
         if s.n < max(s.n_a, s.n_b):
             lines.append(f"    compared on the {s.n} samples scored in both runs (A scored {s.n_a}, B {s.n_b})")
         for flip in s.flips[:max_flips]:
@@ -135,9 +141,3 @@ def format_comparison(comparison: Comparison, max_flips: int = 20) -> str:
 
 def _verdict(s: ScorerComparison) -> str:
     return "REGRESSION" if s.regression else "improvement" if s.improvement else "no significant change"
-
-
-def _table_row(cells, widths: list[int]) -> str:
-    aligned = [cell.ljust(width) if column in TEXT_COLUMNS else cell.rjust(width)
-               for column, cell, width in zip(COLUMNS, cells, widths)]
-    return "  ".join(aligned).rstrip()

@@ -65,8 +65,18 @@ def _build(factory, task_args: dict[str, Any], spec: str) -> Task:
     except Exception as err:  # the user's task function: say where it failed, as the traceback would
         raise TaskError(f"task '{spec}' failed while building it: {type(err).__name__}: {err} "
                         f"({_where(err)}); fix the task function") from err
-    task.args = dict(task_args)
+    task.args = {key: _as_typed(value) for key, value in kwargs.items()}
     return task
+
+
+def _as_typed(value: Any) -> str:
+    """A parsed -T value written as it can be typed again, one form per value (`tools=no` and `tools=false` are one
+    setting, so a resume given either is the run's own): booleans true/false, lists comma-separated."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_as_typed(item) for item in value)
+    return str(value)
 
 
 def _where(err: BaseException) -> str:
@@ -142,6 +152,9 @@ def yaml_problem(err: Exception) -> str:
     return (str(err).splitlines() or [type(err).__name__])[0]
 
 
+YAML_KEYS = ("name", "description", "dataset", "split", "fields", "solver", "scorer", "config")
+
+
 def load_yaml_task(path: Path) -> Task:
     if not path.is_file():
         raise TaskError(f"task file '{path}' does not exist")
@@ -150,11 +163,16 @@ def load_yaml_task(path: Path) -> Task:
     except yaml.YAMLError as err:
         raise TaskError(f"task file '{path}' is not valid YAML ({yaml_problem(err)}); fix the file") from None
     if not isinstance(spec, dict) or "dataset" not in spec:
-        raise TaskError(f"task file '{path}' needs at least 'dataset', 'solver' and 'scorer' keys")
+        raise TaskError(f"task file '{path}' needs at least 'dataset' and 'scorer' keys (and 'solver', default "
+                        "[generate])")
+    unknown = [key for key in spec if key not in YAML_KEYS]
+    if unknown:  # a typo ('field:') would be ignored, and every sample fail for what it was meant to say
+        raise TaskError(f"task file '{path}': unknown key '{unknown[0]}'; a task file takes {', '.join(YAML_KEYS)}")
     try:
         fields = from_dict(FieldMap, _mapping(spec, "fields", path))
         config = from_dict(TaskConfig, _mapping(spec, "config", path))
-    except ConfigError as err:
+        config.validate()
+    except (ConfigError, TaskError) as err:
         raise TaskError(f"task file '{path}': {err}") from None
     with datasets_relative_to(path.parent):
         dataset = load_dataset(str(spec["dataset"]), fields=fields, split=spec.get("split", "test"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shlex
 import traceback
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -74,25 +75,41 @@ def check_resume_overrides(run_id: str, kept: TaskConfig, overrides: dict[str, A
                               f"--resume) with {given}")
 
 
-def check_resume_inputs(run_id: str, recorded: dict[str, Any], task: Task, judge: CachedModel | None) -> None:
-    """Refuse other task arguments or another judge than the run's: the samples left would be built or graded
-    differently from those it has, and the run's scores would be a mix. (Runs recorded before task arguments were
-    kept have no record of them; those are not checked.)"""
+def check_resume_inputs(run_id: str, recorded: dict[str, Any], task: Task, model: CachedModel,
+                        judge: CachedModel | None) -> None:
+    """Refuse to resume with another model, other task arguments, other scorers or another judge than the run's: the
+    samples left would be answered, built or graded differently from those it has, and its scores be a mix. (What a
+    run recorded before these were kept lacks is not checked.)"""
+    fix = "or start a new run (without --resume)"
+    if recorded.get("endpoint") not in (None, model.endpoint):
+        raise ResumeError(f"--resume {run_id}: the run's model is {_endpoint(recorded['endpoint'])}, not "
+                          f"{_endpoint(model.endpoint)}; pass the run's own --model to resume it, {fix}")
     if "task_args" in recorded and recorded["task_args"] != task.args:
         raise ResumeError(f"--resume {run_id}: the run was built with {_task_args(recorded['task_args'])}, not "
-                          f"{_task_args(task.args)}; pass the run's own -T arguments to resume it, or start a new "
-                          "run (without --resume)")
+                          f"{_task_args(task.args)}; pass the run's own -T arguments to resume it, {fix}")
+    scorers = [scorer_name(s) for s in task.scorers]
+    if recorded.get("scorers", scorers) != scorers:
+        raise ResumeError(f"--resume {run_id}: the run is scored by {', '.join(recorded['scorers'])}, and the task "
+                          f"now by {', '.join(scorers)}; resume it with the task's scorers as they were, {fix}")
     given = judge.name if judge else None
     if recorded.get("judge") != given:
         def judged(name: str | None) -> str:
             return f"judge model '{name}'" if name else "no --judge"
         raise ResumeError(f"--resume {run_id}: the run was graded with {judged(recorded.get('judge'))}, not "
-                          f"{judged(given)}; pass the run's own --judge to resume it, or start a new run (without "
-                          "--resume)")
+                          f"{judged(given)}; pass the run's own --judge to resume it, {fix}")
+
+
+def _endpoint(endpoint: str) -> str:
+    """An endpoint id (model.endpoint_id) as a user knows it: a URL, or a checkpoint's path (with its weights file
+    as it was: retraining into the dir makes it another model)."""
+    if endpoint.startswith(("http://", "https://")):
+        return endpoint
+    path = endpoint.split(":", 1)[-1].rsplit("@", 1)[0]
+    return f"checkpoint '{path}' (its weights as they were then)"
 
 
 def _task_args(args: dict[str, str]) -> str:
-    return " ".join(f"-T {key}={value}" for key, value in args.items()) or "no -T arguments"
+    return " ".join(f"-T {shlex.quote(f'{key}={value}')}" for key, value in args.items()) or "no -T arguments"
 
 
 # What a setting left unset means: "max_tokens=None" told a user nothing.
@@ -128,7 +145,7 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
         run_id = resume
         config = TaskConfig(**run.config["task"])  # a resumed run keeps its own settings, and refuses others
         check_resume_overrides(resume, config, overrides or {})
-        check_resume_inputs(resume, run.config, task, judge)
+        check_resume_inputs(resume, run.config, task, model, judge)
         # ... but not its timeout: a resume may give a larger one to the samples that timed out.
         store.claim_run(run_id, {**run.config, "timeout_s": http_timeout(model, judge)})
     else:

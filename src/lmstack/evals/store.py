@@ -17,6 +17,7 @@ from typing import Any
 
 from lmstack.db import connect, ensure_schema, transaction
 from lmstack.errors import LmstackError
+from lmstack.run_ids import check_run_id
 from lmstack.run_owner import Owner, busy_reason, ended_unfinished, executed_elsewhere, this_process
 
 MIGRATIONS = [
@@ -108,7 +109,7 @@ class Store:
     # ---- runs -----------------------------------------------------------------------------------
     def create_run(self, task: str, model: str, config: dict[str, Any], environment: dict[str, Any],
                    run_id: str | None = None) -> str:
-        run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        run_id = check_run_id(run_id) if run_id is not None else time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         owner = this_process()
         with transaction(self.conn):
             if self.conn.execute("SELECT 1 FROM eval_runs WHERE id = ?", (run_id,)).fetchone():

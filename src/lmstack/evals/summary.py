@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from lmstack.errors import LmstackError
+from lmstack.evals.table import column_widths, table_row
 from lmstack.evals import stats
 from lmstack.evals.store import SampleRecord
 
@@ -99,24 +100,29 @@ def finite(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
+SCORE_COLUMNS = ("run", "task", "model", "scorer", "reducer", "mean", "95% CI", "n", "err", "tokens", "cost $")
+
+
 def format_scores(runs: list[Any]) -> str:
     """The score table printed at the end of `lmstack eval run` (and by the demo). A row's `err` counts the results
     its scorer has no score for: the failed samples, and the samples on which that scorer failed."""
-    lines = [f"{'run':<24} {'task':<22} {'model':<18} {'scorer':<26} {'reducer':<8} {'mean':>8} {'95% CI':>19} "
-             f"{'n':>5} {'err':>4} {'tokens':>8} {'cost $':>8}"]
+    rows, notes = [], []
     for run in runs:
         summary = run.summary or {"scores": {}, "usage": {}}
         usage = summary.get("usage", {})
-        tokens = int(usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0))
+        tokens = str(int(usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)))
+        cost = f"{usage.get('cost_usd', 0.0):.4f}"
         for scorer, by_reducer in summary["scores"].items():
             errors = summary.get("errors", 0) + summary.get("scorer_errors_by_name", {}).get(scorer, 0)
+            lower = not summary.get("higher_is_better", {}).get(scorer, True)
             for reducer, s in by_reducer.items():
                 mean = "-" if s["mean"] is None else f"{s['mean']:.4f}"
                 ci = "-" if s["ci_low"] is None else f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
-                lines.append(f"{run.id[:24]:<24} {run.task[:22]:<22} {run.model[-18:]:<18} {scorer[:26]:<26} "
-                             f"{reducer:<8} {mean:>8} {ci:>19} {s['n']:>5} {errors:>4} "
-                             f"{tokens:>8} {usage.get('cost_usd', 0.0):>8.4f}")
+                rows.append([run.id, run.task, run.model, scorer + (" (lower is better)" if lower else ""), reducer,
+                             mean, ci, str(s["n"]), str(errors), tokens, cost])
         if not summary["scores"]:
-            lines.append(f"{run.id[:24]:<24} {run.task[:22]:<22} {run.model[-18:]:<18} (no scores: "
-                         f"{summary.get('errors', 0)} sample errors)")
-    return "\n".join(lines)
+            notes.append(f"{run.id} {run.task} {run.model} (no scores: {summary.get('errors', 0)} sample errors)")
+    widths = column_widths(SCORE_COLUMNS, rows)
+    text = {"run", "task", "model", "scorer", "reducer"}
+    return "\n".join([table_row(SCORE_COLUMNS, list(SCORE_COLUMNS), widths, text),
+                      *(table_row(SCORE_COLUMNS, row, widths, text) for row in rows), *notes])

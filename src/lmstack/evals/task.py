@@ -82,7 +82,8 @@ class Task:
     config: TaskConfig = field(default_factory=TaskConfig)
     name: str = "task"
     description: str = ""
-    # The `-T KEY=VALUE` arguments it was built with, as typed: recorded with a run, so a resume with others is refused.
+    # The `-T KEY=VALUE` arguments it was built with, parsed and written in one form (loader._as_typed): recorded
+    # with a run, so a resume with others is refused.
     args: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -16,7 +16,7 @@ from lmstack.agent.monitor_data import generate_steps
 from lmstack.agent.monitors import MONITORS
 from lmstack.evals import arguments
 from lmstack.evals.sample import Sample, Score, TaskState
-from lmstack.evals.task import Task, scorer, solver, task
+from lmstack.evals.task import ArgumentError, Task, scorer, solver, task
 
 
 @solver
@@ -55,8 +55,10 @@ def hallucination_detection(seed: int = 1, monitors: list[str] | None = None):
     """Precision and recall of the agent's hallucination monitors on labelled steps."""
     steps = {step.id: step for step in generate_steps(seed)}
     # A monitor named twice is measured once: its scorers would share a name, which a run refuses.
-    names = list(dict.fromkeys(arguments.strings(monitors, "monitors", list(MONITORS)) if monitors else
+    names = list(dict.fromkeys(arguments.strings(monitors, "monitors", list(MONITORS)) if monitors is not None else
                                ["grounding", "action_claims", "tool_hallucination"]))
+    if not names:  # an empty list measured the default monitors, as if none had been given
+        raise ArgumentError(f"monitors must name at least one of {list(MONITORS)}")
     dataset = [Sample(id=s.id, input=s.content, target=s.labels, metadata={"kind": s.kind}) for s in steps.values()]
     scorers = [monitor_detection(m, metric) for m in names for metric in ("precision", "recall")]
     return Task(dataset=dataset, solver=run_monitors(steps), scorer=scorers)

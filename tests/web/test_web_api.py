@@ -76,6 +76,10 @@ def test_runs_nested_in_a_run_dir_are_listed_and_opened(client, seeded):
     # The page sends the name URL-encoded, slash included.
     detail = client.get("/api/training/runs/posttrained%2Fsft", headers=KEY).json()
     assert detail["name"] == "posttrained/sft" and [s["step"] for s in detail["samples"]] == [20, 40]
+    # its checkpoints, not its folders (the nested sft run and the checkpoints folder were listed)
+    (outer / "checkpoints" / "step_000010").mkdir()
+    assert client.get("/api/training/runs/posttrained", headers=KEY).json()["checkpoints"] == ["step_000005",
+                                                                                             "step_000010"]
     metrics = client.get("/api/training/metrics/posttrained%2Fsft", headers=KEY).json()
     assert [r["step"] for r in metrics["records"] if "loss" in r] == list(range(1, 41))
     assert client.get("/api/training/runs/posttrained/checkpoints", headers=KEY).status_code == 404
@@ -151,7 +155,9 @@ def test_a_bad_database_address_or_port_is_refused_before_the_dashboard_starts(t
         for args, says in ((["--db", str(notes)], f"cannot open database '{notes}': file is not a database"),
                            (["--port", "-1"], "--port -1: a port is in [0, 65535] (default 8080)"),
                            (["--host", "999.1.1.1"], "--host 999.1.1.1: not an address of this machine"),
-                           (["--port", str(busy)], f"cannot listen on 127.0.0.1:{busy} (Address already in use)")):
+                           (["--port", str(busy)], f"cannot listen on 127.0.0.1:{busy} (Address already in use)"),
+                           (["--endpoint", "a=http://127.0.0.1:1/v1", "--endpoint", "a=http://127.0.0.1:2/v1"],
+                            "--endpoint 'a=http://127.0.0.1:2/v1': the name 'a' is given twice")):
             run = subprocess.run([sys.executable, "-m", "lmstack.cli", "ui", *args], capture_output=True, text=True,
                                  timeout=60)
             assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
@@ -166,6 +172,9 @@ def test_run_list_pages_and_counts_match_the_agent_store(client, seeded):
     assert page["total"] == len(completed) == page["status_counts"]["completed"]
     assert [r["id"] for r in page["runs"]] == [r.id for r in completed[100:125]]
     conn.close()
+    typo = client.get("/api/agents/runs?status=complete", headers=KEY)  # listed no runs, as if there were none
+    assert typo.status_code == 400 and typo.json()["error"]["message"].startswith(
+        "status 'complete' is not a run status; use one of running, interrupted, waiting, completed")
 
 
 def test_an_approval_the_dashboard_could_not_resume_is_not_decided(client, seeded, tmp_path):

@@ -12,7 +12,6 @@ import errno
 import json
 import os
 import pickle
-import re
 import shutil
 import time
 from pathlib import Path
@@ -24,20 +23,16 @@ from lmstack.atomic import atomic_directory, atomic_write_text, fsync_dir, recov
 from lmstack.errors import LmstackError
 from lmstack.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, check_model_dir, write_model_files
 from lmstack.model.gpt import GPT
+from lmstack.run_layout import checkpoints_root, step_dirs
 from lmstack.tokenizer import Tokenizer
 
 TRAIN_STATE_FILE = "train_state.pt"
 BEST_LINK = "best"
 BEST_INFO = "best.json"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 class CheckpointSaveError(LmstackError):
     """A checkpoint could not be written (e.g. the disk is full); the previous one is intact."""
-
-
-def checkpoints_root(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -46,15 +41,8 @@ def step_dir(run_dir: Path, step: int) -> Path:
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints, oldest first."""
-    root = checkpoints_root(run_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = _STEP_DIR.match(path.name)
-        if match and all((path / f).is_file() for f in (CONFIG_FILE, WEIGHTS_FILE, TRAIN_STATE_FILE)):
-            found.append((int(match.group(1)), path))
-    return sorted(found)
+    return [(step, path) for step, path in step_dirs(run_dir)
+            if all((path / f).is_file() for f in (CONFIG_FILE, WEIGHTS_FILE, TRAIN_STATE_FILE))]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from lmstack.agent.launch import build_runtime, check_model_reachable, open_database, pending_approvals, record_decisions
 from lmstack.agent.runtime import AgentRuntime
-from lmstack.agent.store import RunNotFoundError
+from lmstack.agent.store import STATUSES, RunNotFoundError
 from lmstack.errors import LmstackError
 from lmstack.evals.store import RunNotFound
 from lmstack.openai_url import ModelListingError
@@ -73,6 +73,9 @@ def data_router(sources: DataSources) -> APIRouter:
     def agent_run_list(status: str | None = Query(None, description="only runs with this status"),
                        offset: int = OFFSET, limit: int = PAGE):
         """A page of agent runs, newest first, with the total and the count per status."""
+        if status is not None and status not in STATUSES:  # a typo listed no runs, as if there were none
+            raise APIError(f"status '{status}' is not a run status; use one of {', '.join(STATUSES)}", status=400,
+                           param="status")
         return agent_views.runs_page(sources.agent_conn(), status, offset, limit)
 
     @router.get("/agents/runs/{run_id}", tags=["dashboard: agents"])

@@ -36,6 +36,9 @@ def parse_endpoints(specs: list[str]) -> dict[str, str]:
                                   f"e.g. --endpoint vllm=http://127.0.0.1:8001/v1")
         if not sep or not name.strip():
             raise wrong
+        if name.strip() in endpoints:  # the second silently replaced the first
+            raise EndpointSpecError(f"--endpoint '{spec}': the name '{name.strip()}' is given twice; give each "
+                                    "endpoint its own name")
         try:
             endpoints[name.strip()] = api_base(url)
         except OpenAIURLError:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmstack.errors import LmstackError
-from lmstack.run_layout import METRICS_FILE, RUN_CONFIG, RUN_LOG, is_run_dir
+from lmstack.run_layout import METRICS_FILE, RUN_CONFIG, RUN_LOG, is_run_dir, step_dirs
 
 # A run whose metrics changed this recently is shown as live (the trainer writes every step).
 LIVE_WINDOW_S = 30.0
@@ -92,7 +92,7 @@ def run_detail(root: Path, name: str) -> dict[str, Any]:
     config_file = path / RUN_CONFIG
     config = json.loads(config_file.read_text()) if config_file.is_file() else None
     return {**run_summary(path, name), "path": str(path), "config": config, "samples": read_samples(path / RUN_LOG),
-            "checkpoints": sorted(p.name for p in path.iterdir() if p.is_dir())}
+            "checkpoints": [p.name for _, p in step_dirs(path)]}  # not every folder: `best`, a nested `sft` run
 
 
 def read_samples(run_log: Path) -> list[dict[str, Any]]:

@@ -65,6 +65,13 @@ def test_a_list_parses_from_a_string_with_or_without_brackets(raw):
     assert from_dict(Run, {"tags": raw}).tags == ["a", "b"]
 
 
+@pytest.mark.parametrize("raw", ["none", "None", "null"])
+def test_an_optional_setting_is_unset_by_none_on_the_command_line(raw):
+    assert load_config(Run, None, ["seed=3", f"seed={raw}"]).seed is None  # TOML has no null
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(Run, None, [f"steps={raw}"])  # not optional
+
+
 @pytest.mark.parametrize("data, key", [
     ({"stepz": 1}, "stepz"),
     ({"optim": {"learning_rate": 1.0}}, "optim.learning_rate"),

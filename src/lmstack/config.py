@@ -44,7 +44,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
         options = get_args(annotation)
-        if value is None and type(None) in options:
+        # TOML has no null: `--set seed=none` (or -T n=none) is how a command line unsets an optional setting
+        if type(None) in options and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
             return None
         errors = []
         for option in options:

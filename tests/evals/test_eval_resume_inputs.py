@@ -82,3 +82,11 @@ def test_a_judge_that_cannot_be_reached_or_built_is_named_as_the_judge(tmp_path,
     assert main([*command, "--judge", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.startswith(f"lmstack eval: error: --judge '{tmp_path / 'nowhere'}': expected an "
                                               "http(s):// base URL")
+
+
+@pytest.mark.parametrize("item, says", [("split", "-T 'split': expected KEY=VALUE, e.g. -T split=test"),
+                                        ("=3", "-T '=3': expected KEY=VALUE with a key, e.g. -T split=test")])
+def test_a_task_argument_without_a_key_is_refused(tmp_path, capsys, item, says):
+    assert main(["eval", "run", "hallucination_detection", "--model", "http://127.0.0.1:9/v1", "-T", item,
+                 "--db", str(tmp_path / "db")]) == 2
+    assert capsys.readouterr().err == f"lmstack eval: error: {says}\n"

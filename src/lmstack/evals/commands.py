@@ -94,6 +94,8 @@ def parse_task_args(items: list[str]) -> dict[str, str]:
         if "=" not in item:
             raise EvalUsageError(f"-T '{item}': expected KEY=VALUE, e.g. -T split=test")
         key, raw = item.split("=", 1)
+        if not key.strip():
+            raise EvalUsageError(f"-T '{item}': expected KEY=VALUE with a key, e.g. -T split=test")
         out[key.strip()] = raw
     return out
 

@@ -7,6 +7,8 @@ crash at any instant leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,11 +41,22 @@ def model_state(model: GPT) -> dict[str, torch.Tensor]:
     return state
 
 
+def save_weights(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' save_file, with the mode a plain open() gives (0666 less the umask), as every other file of an
+    output has: save_file makes its file 0600, so a model meant for a team (or a serving account) was its owner's
+    alone."""
+    with open(path, "wb"):
+        pass
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, mode)
+
+
 def write_model_files(directory: Path, model: GPT, tokenizer: Tokenizer | None, config: dict[str, Any]) -> None:
     """Write the files of a checkpoint into an existing (temporary) directory."""
     full_config = {"model": asdict(model.cfg), **{k: v for k, v in config.items() if k != "model"}}
     (directory / CONFIG_FILE).write_text(json.dumps(full_config, indent=2))
-    save_file(model_state(model), str(directory / WEIGHTS_FILE), metadata={"format": "pt", "lmstack": "1"})
+    save_weights(model_state(model), directory / WEIGHTS_FILE, metadata={"format": "pt", "lmstack": "1"})
     if tokenizer is not None:
         tokenizer.hf.save(str(directory / TOKENIZER_FILE))
 

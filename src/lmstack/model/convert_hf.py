@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from lmstack.atomic import atomic_directory
 from lmstack.config import from_dict
-from lmstack.model.checkpoint import CONFIG_FILE, CheckpointError, WEIGHTS_FILE, read_config, read_weights
+from lmstack.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config, read_weights, save_weights
 from lmstack.model.config import ModelConfig
 from lmstack.model.convert import (TORCH_LOAD_ERRORS, ConversionError, check_out_dir, check_tokenizer_file,
                                   target_dtype, torch_load_reason, write_imported_checkpoint)
@@ -161,5 +160,5 @@ def export_hf(ckpt: str | Path, out_dir: str | Path, dtype: str = "auto") -> Pat
         token_ids = write_tokenizer_files(tmp, tokenizer, cfg.block_size) if tokenizer else {}
         hf_config = hf_config_from_model(cfg, cast_to, token_ids)
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
-        save_file(theirs, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_weights(theirs, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
     return Path(out_dir)

@@ -65,6 +65,13 @@ def test_a_list_parses_from_a_string_with_or_without_brackets(raw):
     assert from_dict(Run, {"tags": raw}).tags == ["a", "b"]
 
 
+@pytest.mark.parametrize("raw", ["123", "1e3", "true", "inf"])
+def test_a_text_setting_keeps_a_value_that_reads_as_a_number(raw):
+    # `--set run_name=123` was "expected a string, got 123"; 1e3 would have become "1000.0"
+    assert load_config(Run, None, [f"name={raw}"]).name == raw
+    assert load_config(Run, None, [f'name="{raw}"']).name == raw  # quoted, as TOML writes it
+
+
 @pytest.mark.parametrize("raw", ["none", "None", "null"])
 def test_an_optional_setting_is_unset_by_none_on_the_command_line(raw):
     assert load_config(Run, None, ["seed=3", f"seed={raw}"]).seed is None  # TOML has no null

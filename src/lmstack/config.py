@@ -158,13 +158,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type) -> di
                 )
             hint = _field_types(node_cls)[part]
             if depth == len(parts) - 1:
-                node[part] = _parse_cli_value(raw)
+                value = _parse_cli_value(raw)
+                # A name that reads as a number (run_name=123, 1e3) or a boolean is still the name it was typed as
+                node[part] = raw.strip() if _is_text(hint) and not isinstance(value, str) else value
             else:
                 if not dataclasses.is_dataclass(hint):
                     raise ConfigError(f"--set {key}: '{part}' is not a table of settings")
                 node = node.setdefault(part, {})
                 node_cls = hint
     return data
+
+
+def _is_text(annotation: Any) -> bool:
+    """A `str` setting, optional or not."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return {a for a in get_args(annotation) if a is not type(None)} == {str}
+    return annotation is str
 
 
 def _parse_cli_value(raw: str) -> Any:

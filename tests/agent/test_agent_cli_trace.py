@@ -1,7 +1,9 @@
 """The CLI end to end (real subprocesses): run, list, trace (tree and OpenTelemetry JSON), approve, resume."""
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -112,6 +114,35 @@ def test_commands_on_recorded_runs_refuse_a_database_that_does_not_exist_and_cre
     assert one_line_error(refused, "agent") == (f"lmstack agent: error: database '{db}' does not exist; `lmstack agent "
                                                 "run` creates it: pass the --db its runs were recorded in")
     assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("command", [["list"], ["trace", "r1"], ["approve", "r1"], ["resume", "r1"]])
+def test_commands_on_recorded_runs_refuse_another_apps_database_and_leave_it_unchanged(tmp_path, command):
+    """Regression: `agent list --db other.db` added the agent tables and schema_versions to another app's file."""
+    db = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(db)) as other:
+        other.execute("CREATE TABLE notes (body TEXT)")
+        other.commit()
+    before = db.read_bytes()
+    refused = run_cli("agent", *command, "--db", db)
+    assert one_line_error(refused, "agent") == (f"lmstack agent: error: database '{db}' holds no agent runs (no "
+                                                "agent_runs table; left unchanged): pass the --db `lmstack agent run` "
+                                                "recorded its runs in")
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+def test_a_dollar_budget_on_a_model_without_a_price_is_said_to_have_no_effect(server, tmp_path):
+    """Regression: --set budget.max_dollars on our own server (every call $0) was silently never reached."""
+    def run(*settings: str) -> subprocess.CompletedProcess:
+        return lmstack("run", "What is 6 * 7?", "--model", server.base_url, "--model-name", "calc", *settings,
+                       db=tmp_path / "lmstack.db")
+
+    unpriced, priced = run("--set", "budget.max_dollars=0.5"), run(
+        "--set", "budget.max_dollars=0.5", "--set", "budget.price_in_per_mtok=1", "--set", "budget.price_out_per_mtok=1")
+    assert unpriced.returncode == 0 and priced.returncode == 0, unpriced.stderr + priced.stderr
+    assert ("warning: budget.max_dollars=0.5 has no effect: model 'calc' has no price, so its calls cost $0; set "
+            "budget.price_in_per_mtok and budget.price_out_per_mtok (dollars per million tokens)") in unpriced.stderr
+    assert "warning" not in priced.stderr
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:

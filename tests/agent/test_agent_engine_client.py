@@ -102,3 +102,34 @@ def test_the_view_sent_to_a_small_model_fits_its_context_with_the_tool_schemas(t
     assert view[1]["role"] == "user" and view[1]["content"].startswith(messages[1]["content"])  # (+ the summary)
     response = client.complete(view, tools, max_tokens=config.max_output_tokens)  # raised on overflow before
     assert response.usage.prompt_tokens == client.count_tokens(view, tools)
+
+
+def test_the_latest_tool_call_and_its_result_stay_when_they_leave_the_reply_less_than_a_quarter(tmp_path):
+    """Regression (the demo model in-process looped to loop_detected): a quarter of the context was kept for the
+    reply, and the task, the schemas, the call and its result did not fit beside it, so the next prompt held only the
+    task. Now the latest turn may leave the reply down to an eighth of the context."""
+    from pathlib import Path
+
+    from lmstack.agent.builtin_tools import calculator
+    from lmstack.agent.launch import open_database
+    from lmstack.agent.runtime import AgentRuntime
+    from lmstack.agent.settings import AgentConfig
+    from lmstack.agent.store import create_run
+    from lmstack.agent.tools import ToolRegistry
+    from lmstack.config import to_dict
+
+    registry = ToolRegistry([calculator])
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 17% of 2,340?"},
+                {"role": "assistant", "content": "", "tool_calls": [{"id": "c0", "type": "function", "function": {
+                    "name": "calculator", "arguments": '{"expression": "17 * 2340 / 100"}'}}]},
+                {"role": "tool", "tool_call_id": "c0", "content": "397.8"}]
+    prompt = tiny_client().count_tokens(messages, registry.schemas())
+    context = prompt * 8 // 7 + 2  # the whole prompt leaves the reply an eighth of the context, not a quarter
+    assert context - context // 4 < prompt <= context - context // 8
+    client = tiny_client(block_size=context)
+    config = AgentConfig(model="in-process")
+    conn = open_database(tmp_path / "db")
+    create_run(conn, "room", messages[1]["content"], to_dict(config))
+    view, tools = AgentRuntime(conn, "room", config, client, registry, Path(tmp_path)).context_view(messages)
+    assert view == messages
+    assert client.complete(view, tools).usage.prompt_tokens == prompt

@@ -150,11 +150,13 @@ def test_ctrl_c_mid_run_leaves_it_interrupted_with_the_cause_and_resume_finishes
         time.sleep(0.1)
     assert process.poll() is None, "the run ended before the test could interrupt it"
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=30)
+    _, err = process.communicate(timeout=30)
     assert process.returncode == 130
+    # It printed only "lmstack agent: interrupted", and recorded "interrupted (KeyboardInterrupt: ); ...".
+    reason = "stopped by Ctrl-C; continue it with `lmstack agent resume nap`"
+    assert err.strip().splitlines()[-1] == f"run nap: {reason}"
     record = get_run(open_database(db), "nap")  # stored `running`; its process gone, it shows `interrupted`
-    assert record.status == "interrupted" and "KeyboardInterrupt" in record.stop_reason
-    assert "lmstack agent resume nap" in record.stop_reason
+    assert (record.status, record.stop_reason) == ("interrupted", reason)
     resumed = lmstack("resume", "nap", db=db)
     out, err = resumed.communicate(timeout=60)
     assert resumed.returncode == 0, err

@@ -15,11 +15,12 @@ import torch
 
 from agent_helpers import run_agent
 from lmstack.agent.builtin_tools import calculator
-from lmstack.agent.client import ModelCallError, OpenAIClient
+from lmstack.agent.context import approx_tokens
+from lmstack.agent.client import ContextLengthError, ModelCallError, OpenAIClient
 from lmstack.agent.launch import open_database
 from lmstack.agent.runtime import AgentRuntime
 from lmstack.agent.settings import AgentConfig
-from lmstack.agent.store import create_run
+from lmstack.agent.store import create_run, update_run
 from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
 from lmstack.agent.tools import ToolRegistry
 from lmstack.config import to_dict
@@ -146,6 +147,28 @@ def test_the_conversation_is_fitted_to_the_context_the_server_reports(tmp_path, 
     client.complete(view, tools, max_tokens=config.max_output_tokens)  # fitted, it is answered
 
 
+def test_a_prompt_our_server_refuses_as_too_long_is_fitted_again_with_its_count(tmp_path, own_server, checkpoint):
+    """Regression: our server's 400 for a prompt that does not fit with max_tokens ended the run `failed`, and a
+    resume sent the same request again. The count in its message is the one our tokenizer gives."""
+    messages = conversation()[:2] + tool_turn("call_0", "42 " * 60)
+    counted = Tokenizer.load(checkpoint / "tokenizer.json").render(
+        messages, [calculator.schema()], add_generation_prompt=True).ids
+    client = OpenAIClient(own_server.base_url, "tiny-tools")
+    with pytest.raises(ContextLengthError) as refused:
+        client.complete(messages, [calculator.schema()], max_tokens=CONTEXT - len(counted) + 1)
+    assert (refused.value.prompt_tokens, refused.value.context_tokens) == (len(counted), CONTEXT)
+    # A run whose first estimate is too low (the schemas and the template count more than ~4 characters a token):
+    # its max_output_tokens does not fit beside the prompt as the server counts it, yet the run completes.
+    first = conversation()[:2]
+    prompt = len(Tokenizer.load(checkpoint / "tokenizer.json").render(first, [calculator.schema()],
+                                                                        add_generation_prompt=True).ids)
+    estimate = approx_tokens(first) + len(json.dumps([calculator.schema()])) // 4
+    assert estimate < prompt
+    config = AgentConfig(max_output_tokens=CONTEXT - (estimate + prompt) // 2)
+    record, _ = run_agent(tmp_path, own_server, "tiny-tools", TASK, [calculator], config)
+    assert record.status == "completed" and record.final_answer == ANSWER, record.stop_reason
+
+
 def test_a_refused_api_key_is_reported_with_where_the_agent_reads_it(checkpoint, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "SERVER_KEY")}
 
@@ -157,8 +180,20 @@ def test_a_refused_api_key_is_reported_with_where_the_agent_reads_it(checkpoint,
     with serve(checkpoint, LMSTACK_API_KEY="sesame") as url:
         no_key, wrong_key = agent_run(), agent_run(OPENAI_API_KEY="wrong")
         right_key = agent_run("--set", "api_key_env=SERVER_KEY", SERVER_KEY="sesame")  # the fix the message names
+        # A run started with the key in $SERVER_KEY, resumed where it is not set: it said only "Error code: 401" and
+        # "continues once the endpoint is back".
+        conn = open_database(tmp_path / "lmstack.db")
+        create_run(conn, "later", TASK, to_dict(AgentConfig(model=url, model_name="tiny-tools",
+                                                             api_key_env="SERVER_KEY", workspace=str(tmp_path / "ws"))))
+        update_run(conn, "later", status="failed")  # as after a server outage: its process is not this one
+        resumed = subprocess.run([sys.executable, "-m", "lmstack.cli", "agent", "resume", "later", "--db",
+                                  str(tmp_path / "lmstack.db")], capture_output=True, text=True, timeout=120, env=env)
     for result, sent in ((no_key, "no key ($OPENAI_API_KEY is not set)"), (wrong_key, "the key in $OPENAI_API_KEY")):
         assert result.returncode == 2, result.stderr
         error = result.stderr.strip().splitlines()[-1]
         assert "refused the API key (HTTP 401" in error and sent in error and "--set api_key_env=NAME" in error
     assert right_key.returncode == 0 and "completed (2 steps" in right_key.stdout, right_key.stderr
+    assert resumed.returncode == 1 and resumed.stdout.splitlines()[-1] == (
+        f"model 'tiny-tools' at {url}/: the server refused the API key (HTTP 401; sent no key ($SERVER_KEY is not "
+        "set)): set $SERVER_KEY to the server's key; `lmstack agent resume later` continues once $SERVER_KEY holds "
+        "the server's key")

@@ -70,3 +70,13 @@ def over_budget(spend: Spend, budget: BudgetConfig, model: str, next_prompt_toke
             return (f"dollars: ${spend.cost_usd:.6f} spent, the next prompt would cost ${next_cost:.6f}, "
                     f"max_dollars={budget.max_dollars:g}")
     return None
+
+
+def unpriced_dollar_budget(model: str, budget: BudgetConfig) -> str | None:
+    """Why `budget.max_dollars` cannot stop a run on `model`, or None: every call of a model without a price (our own
+    server, other local endpoints, a model the table above lacks) costs $0. (max_dollars=0 means "free models only",
+    which such a model is.)"""
+    if not budget.max_dollars or any(prices(model, budget)):
+        return None
+    return (f"budget.max_dollars={budget.max_dollars:g} has no effect: model '{model}' has no price, so its calls "
+            "cost $0; set budget.price_in_per_mtok and budget.price_out_per_mtok (dollars per million tokens)")

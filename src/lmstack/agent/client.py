@@ -11,18 +11,44 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, TypeVar
 
 from lmstack.errors import LmstackError
-from lmstack.openai_url import api_base
+from lmstack.openai_url import api_base, listing_failure
 
 T = TypeVar("T")
 
 
 class ModelCallError(LmstackError):
-    """The model endpoint failed for good (after retries) or rejected the request."""
+    """The model endpoint failed for good (after retries) or rejected the request. `resume_when`: what must hold
+    before the same call can succeed (a resumed run makes it again)."""
+
+    def __init__(self, message: str, resume_when: str = "once the endpoint is back"):
+        super().__init__(message)
+        self.resume_when = resume_when
+
+
+class ContextLengthError(ModelCallError):
+    """The endpoint refused the prompt as too long for its context (with the reply's max_tokens). Not final: the
+    caller fits the conversation again, with the prompt's length as the server counted it (`prompt_tokens`) and its
+    context (`context_tokens`) where the message says them (our server, vLLM, OpenAI), and sends it again."""
+
+    def __init__(self, message: str, prompt_tokens: int | None, context_tokens: int | None):
+        super().__init__(message, "with the prompt fitted again (failing the same way, a new run with "
+                                  "--set context_tokens=N under the model's context fits it)")
+        self.prompt_tokens, self.context_tokens = prompt_tokens, context_tokens
+
+
+# How servers word a prompt too long for the context, and where they say the numbers (the code is OpenAI's and
+# ours; llama.cpp says only "exceeds the available context size").
+CONTEXT_ERROR = re.compile(r"context[_ ]length|context window|context size|maximum context|does not fit the context",
+                           re.IGNORECASE)
+PROMPT_COUNT = re.compile(r"(?:the prompt of|your request has|your messages resulted in|\() *(\d+) "
+                          r"(?:input |prompt )?(?:tokens|in the messages)", re.IGNORECASE)
+CONTEXT_COUNT = re.compile(r"(?:the context of|maximum context length is) *(\d+) tokens", re.IGNORECASE)
 
 
 class IncompleteStreamError(Exception):
@@ -135,10 +161,11 @@ class OpenAIClient:
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 60.0,
                  retry: RetryPolicy | None = None, stream: bool = False,
-                 timeout_fix: str = "raise the client's timeout_s"):
+                 timeout_fix: str = "raise the client's timeout_s", api_key_env: str | None = None):
         import openai
 
         self.model = model
+        self.api_key_env = api_key_env  # where the key came from, named when the server refuses it
         self.stream = stream
         self.timeout_s = timeout_s  # seconds one request may take (an eval run records it)
         # How the user of the command that built this client gives a slow model more time (each command has its
@@ -189,6 +216,19 @@ class OpenAIClient:
         call = self._streamed if self.stream else self._whole
         try:
             return with_retries(lambda: call(kwargs), _is_retryable, self.retry, retry_after=_retry_after_s)
+        except openai.BadRequestError as err:
+            failed = f"model '{self.model}' at {self.sdk.base_url} failed: {err}"
+            if err.code == "context_length_exceeded" or CONTEXT_ERROR.search(str(err.message)):
+                prompt, context = PROMPT_COUNT.search(err.message), CONTEXT_COUNT.search(err.message)
+                raise ContextLengthError(failed, prompt and int(prompt[1]), context and int(context[1])) from None
+            raise ModelCallError(failed) from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+            if self.api_key_env is None:
+                raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url} failed: {err}") from None
+            # The words of the start-up check (GET /v1/models), for a key that changed since: a resumed run.
+            raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url}: "
+                                 f"{listing_failure(err, self.api_key_env)[1]}",
+                                 f"once ${self.api_key_env} holds the server's key") from None
         except (openai.APIError, IncompleteStreamError) as err:
             slow = (f" (no answer within the {self.timeout_s:g} s timeout; {self.timeout_fix})"
                     if isinstance(err, openai.APITimeoutError) else "")

@@ -67,6 +67,19 @@ def _report(record) -> int:
     return 0 if record.status in ("completed", "waiting") else 1
 
 
+def _run_and_report(run) -> int:
+    """`run()`'s record reported, or, stopped by Ctrl-C, the run and how to continue it (exit code 130, as the CLI's
+    own Ctrl-C): the run's id may be one `agent run` made up, printed nowhere else."""
+    from lmstack.agent.runtime import RunInterrupted
+
+    try:
+        record = run()
+    except RunInterrupted as stop:
+        print(f"run {stop.run_id}: {stop.reason}", file=sys.stderr)
+        return 130
+    return _report(record)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from lmstack.agent.launch import open_database, start_run
     from lmstack.agent.settings import AgentConfig
@@ -83,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     conn = open_database(args.db)
     name = f" ({config.model_name})" if config.model_name else ""  # else the first model the endpoint lists
     print(f"run {args.run_id or '(new)'}: {config.model}{name}, tools: {', '.join(config.tools)}", file=sys.stderr)
-    return _report(start_run(conn, args.task, config, args.run_id, show_progress=True))
+    return _run_and_report(lambda: start_run(conn, args.task, config, args.run_id, show_progress=True))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -97,7 +110,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"run {args.run_id} has already ended ({record.status}): nothing to resume; `lmstack agent run` "
               "starts a new one", file=sys.stderr)
         return _report(record)
-    return _report(resume_run(conn, args.run_id, show_progress=True))
+    return _run_and_report(lambda: resume_run(conn, args.run_id, show_progress=True))
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -110,7 +123,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     runtime = build_runtime(conn, args.run_id, show_progress=True)
     record_decisions(conn, args.run_id, not args.deny, keys)
     print(f"{'denied' if args.deny else 'approved'}: {', '.join(keys)}")
-    return _report(runtime.run())
+    return _run_and_report(runtime.run)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

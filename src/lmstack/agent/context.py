@@ -3,9 +3,11 @@
 Policy, cheapest loss first: (1) shorten tool outputs, oldest first, to a head and a tail around a note
 of what was cut; (2) if still too long, replace the oldest turns (never the system prompt, the task, or the
 latest turn) with one extractive summary, appended to the task message (shortened as needed, or left
-out when not even a count of the dropped messages fits); (3) if even that is too long, shorten the
-latest turn's tool outputs too (first of all when the latest turn cannot fit even alone); (4) failing
-that, summarise the latest turn as well. A turn is a message with the tool results that answer it:
+out when not even a count of the dropped messages fits); (3) if even that is too long, let the latest turn
+take part of the room kept for the reply (`stretch_tokens`: the model's next move depends on the call it just
+made and its result, which a smaller reply room still leaves it); (4) then shorten the latest turn's tool outputs
+too (first of all when the latest turn cannot fit even alone); (5) failing that, summarise the latest turn as
+well. A turn is a message with the tool results that answer it:
 it is kept or dropped whole, since a tool result without the call it answers is refused by OpenAI's
 API. The stored conversation is never changed; this builds the view sent on each call,
 deterministically, so a replayed run sends the same requests.
@@ -45,7 +47,9 @@ def approx_tokens(messages: list[dict]) -> int:
 
 
 def fit_context(messages: list[dict], max_tokens: int,
-                count_tokens: Callable[[list[dict]], int] = approx_tokens) -> list[dict]:
+                count_tokens: Callable[[list[dict]], int] = approx_tokens, stretch_tokens: int = 0) -> list[dict]:
+    """The view of `messages` to send: at most `max_tokens` when the older history can give way, else up to
+    `max_tokens + stretch_tokens` to keep the latest turn whole (the caller's reply room shrinks by as much)."""
     view = [dict(m) for m in messages]
     if count_tokens(view) <= max_tokens:
         return view
@@ -55,19 +59,25 @@ def fit_context(messages: list[dict], max_tokens: int,
     if _shorten_tool_outputs(view, older, max_tokens, count_tokens):
         return view
     latest = turns[-1] if turns else []
+    most = max_tokens + max(0, stretch_tokens)
     # A latest turn that cannot fit even alone (a huge tool output) must lose its long outputs anyway: cut them
     # now, before dropping older turns that may then fit.
-    if count_tokens(head + latest) > max_tokens and _shorten_tool_outputs(view, latest, max_tokens, count_tokens):
+    if count_tokens(head + latest) > most and _shorten_tool_outputs(view, latest, max_tokens, count_tokens):
         return view
     view, fits = _summarise_oldest(head, turns, max_tokens, count_tokens)
     if fits or not turns:
         return view
+    if most > max_tokens:  # the latest turn, whole, beside what is left of the older ones, in the stretched room
+        view, fits = (_with_summary(head, older, latest, most, count_tokens) if older
+                      else (head + latest, count_tokens(head + latest) <= most))
+        if fits:
+            return view
     # The latest turn overflows beside the summary: its long outputs are better shortened than refused by the server.
-    if _shorten_tool_outputs(view, view[len(view) - len(latest):], max_tokens, count_tokens):
+    if _shorten_tool_outputs(view, view[len(view) - len(latest):], most, count_tokens):
         return view
     # Last resort (a small model whose tool schemas fill most of its context): the latest turn goes into the summary
     # too, its calls and results as lines of text, which every API accepts and which is as short as it gets.
-    return _with_summary(head, [m for turn in turns for m in turn], [], max_tokens, count_tokens)[0]
+    return _with_summary(head, [m for turn in turns for m in turn], [], most, count_tokens)[0]
 
 
 def _turns(body: list[dict]) -> list[list[dict]]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmstack.agent.budget import unpriced_dollar_budget
 from lmstack.agent.builtin_tools import absolute_tool_paths, load_tools
 from lmstack.agent.client import ModelClient, OpenAIClient, RetryPolicy
 from lmstack.agent.memory import MemoryStore
@@ -33,7 +36,21 @@ def open_existing_database(path: str | Path | None = None) -> sqlite3.Connection
     if not path.exists():
         raise LmstackError(f"database '{path}' does not exist; `lmstack agent run` creates it: pass the --db "
                            "its runs were recorded in")
+    # Opening it for agent tables would add them (and schema_versions) to any SQLite file, another app's too.
+    if not has_agent_runs_table(path):
+        raise LmstackError(f"database '{path}' holds no agent runs (no agent_runs table; left unchanged): pass the "
+                           "--db `lmstack agent run` recorded its runs in")
     return open_database(path)
+
+
+def has_agent_runs_table(path: Path) -> bool:
+    """Whether the file is an SQLite database with the agent tables, read through a read-only connection."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'agent_runs'"
+                                ).fetchone() is not None
+    except sqlite3.DatabaseError:  # not a database at all (a text file), or unreadable
+        return False
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,8 @@ def build_client(config: AgentConfig, flags: ClientFlags = ClientFlags()) -> Mod
     if config.model.startswith(("http://", "https://")):
         return OpenAIClient(config.model, config.model_name or first_model_id(config, flags),
                             os.environ.get(config.api_key_env), config.timeout_s,
-                            RetryPolicy(max_attempts=config.max_attempts), config.stream, flags.timeout_fix)
+                            RetryPolicy(max_attempts=config.max_attempts), config.stream, flags.timeout_fix,
+                            config.api_key_env)
     if Path(config.model).is_dir():
         from lmstack.agent.engine_client import EngineClient
 
@@ -122,6 +140,9 @@ def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: 
     # as `running` that can never run.
     client = build_client(config)
     workspace = make_workspace(config.workspace)
+    unpriced = unpriced_dollar_budget(client.model, config.budget)
+    if unpriced:  # the run goes on: the other budgets still hold
+        print(f"warning: {unpriced}", file=sys.stderr)
     create_run(conn, run_id, task, to_dict(config))
     return build_runtime(conn, run_id, show_progress, client, workspace).run()
 

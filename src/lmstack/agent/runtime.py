@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from lmstack.agent.budget import Spend, call_cost, over_budget
-from lmstack.agent.client import ModelCallError, ModelClient, ModelResponse
+from lmstack.agent.client import ContextLengthError, ModelCallError, ModelClient, ModelResponse
 from lmstack.agent.context import approx_tokens, cut_middle, fit_context
 from lmstack.agent.journal import SET_ASIDE, Journal
 from lmstack.agent.memory import MemoryStore
@@ -45,6 +45,20 @@ class StopRun(Exception):
         self.redo_step = redo_step  # a step whose calls are set aside, so that a resume makes them again
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run: still a KeyboardInterrupt to any caller, carrying the run and how to continue it (the
+    command prints it; the process may have made the run's id up itself)."""
+
+    def __init__(self, run_id: str, reason: str):
+        super().__init__(reason)
+        self.run_id, self.reason = run_id, reason
+
+
+# How often one model call is fitted again after the endpoint refused its prompt as too long: once with the
+# server's own count is enough; the others are for servers that give no count (each assumes 25% more).
+MAX_REFITS = 3
+
+
 class AgentRuntime:
     def __init__(self, conn: sqlite3.Connection, run_id: str, config: AgentConfig, client: ModelClient,
                  registry: ToolRegistry, workspace: Path, memory: MemoryStore | None = None,
@@ -59,6 +73,7 @@ class AgentRuntime:
         # the tool schemas and the chat template's tokens (over 100 tokens on a small model). None until a first
         # call is counted; until then the schemas are estimated like the messages.
         self.uncounted_prompt_tokens: int | None = None
+        self.context_from_error: int | None = None  # the context a refusal named (an endpoint that lists none)
 
     # ---- the loop ---------------------------------------------------------------------------------
     def run(self) -> RunRecord:
@@ -84,14 +99,17 @@ class AgentRuntime:
         except StopRun as stop:
             self._finish(stop.status, stop.reason, stop.answer, stop.redo_step)
         except ModelCallError as err:
-            self._finish("failed", f"{err}; `lmstack agent resume {self.run_id}` continues once the endpoint is back",
-                         None)
+            self._finish("failed", f"{err}; `lmstack agent resume {self.run_id}` continues {err.resume_when}", None)
         except BaseException as err:  # Ctrl-C, SIGTERM's handler, a bug: the run stays `running`, resumable,
-            try:                       # and says why it stopped
-                update_run(self.conn, self.run_id, stop_reason=f"interrupted ({type(err).__name__}: {err}); "
-                           f"`lmstack agent resume {self.run_id}` continues from the last completed step")
+            resume = f"`lmstack agent resume {self.run_id}`"  # and says why it stopped
+            reason = (f"stopped by Ctrl-C; continue it with {resume}" if isinstance(err, KeyboardInterrupt) else
+                      f"interrupted ({type(err).__name__}: {err}); {resume} continues from the last completed step")
+            try:
+                update_run(self.conn, self.run_id, stop_reason=reason)
             except sqlite3.Error:
                 pass  # the database itself failed: the error being raised says so
+            if isinstance(err, KeyboardInterrupt):
+                raise RunInterrupted(self.run_id, reason) from None
             raise
         finally:
             self.progress.close()
@@ -150,40 +168,82 @@ class AgentRuntime:
     # ---- model calls ------------------------------------------------------------------------------
     def context_view(self, messages: list[dict]) -> tuple[list[dict], list[dict] | None]:
         """The conversation as sent to the model, fitted to its context, and the tool schemas sent with it."""
-        # Clients that know their tokenizer (the engine client) count exactly, tool schemas included: on a small
-        # model they can be half of the context. The HTTP client knows the context when the server reports it.
-        context = min(self.config.context_tokens, getattr(self.client, "context_tokens", self.config.context_tokens))
-        reserve = self.config.max_output_tokens or context // 4
+        context, reserve, least = self._reply_room()
         tools = self.registry.schemas() or None
+        count = self._prompt_counter(tools)
+        # When the older history cannot give way, the latest turn (the call just made and its result) may take the
+        # reply room down to `least`: on a small model the schemas and the task leave no room for both.
+        return fit_context(messages, max(1, context - reserve), count, reserve - least), tools
+
+    def _reply_room(self) -> tuple[int, int, int]:
+        """The context, the room kept for the reply, and the least room the latest turn may leave it.
+        Without max_output_tokens the reply gets a quarter of the context (context - prompt is the most it may
+        use); at least an eighth, enough for a tool call or a short answer, and proportional, so that a model with
+        a long context is not left a few tokens to answer in."""
+        context = min(self.config.context_tokens, getattr(self.client, "context_tokens", self.config.context_tokens))
+        if self.context_from_error is not None:
+            context = min(context, self.context_from_error)
+        reserve = self.config.max_output_tokens or context // 4
+        return context, reserve, max(1, min(reserve, context // 8))
+
+    def _prompt_counter(self, tools: list[dict] | None):
+        """Prompt length of a view: exact where the client knows its tokenizer (the engine client), tool schemas
+        included (on a small model they can be half of the context); else the ~4-characters-a-token estimate of the
+        messages, corrected by the endpoint's own count of the last prompt (so only the messages added since are
+        estimated alone); before any count, the schemas are estimated like the messages."""
         exact_count = getattr(self.client, "count_tokens", None)
-        # Else the estimate of the messages, corrected by the endpoint's own count of the last prompt (so only the
-        # messages added since then are estimated alone); before any count, the schemas are estimated alike.
+        if exact_count:
+            return lambda view: exact_count(view, tools)
         uncounted = self.uncounted_prompt_tokens
         if uncounted is None:
             uncounted = len(json.dumps(tools)) // 4 if tools else 0
+        return lambda view: approx_tokens(view) + uncounted
 
-        def count(view: list[dict]) -> int:
-            return exact_count(view, tools) if exact_count else approx_tokens(view) + uncounted
+    def _max_tokens(self, view: list[dict], tools: list[dict] | None) -> int | None:
+        """The reply's max_tokens: max_output_tokens, or less where the latest turn took part of its room (None:
+        the endpoint's default, the rest of the context)."""
+        if self.config.max_output_tokens is None:
+            return None
+        context = self._reply_room()[0]
+        return max(1, min(self.config.max_output_tokens, context - self._prompt_counter(tools)(view)))
 
-        return fit_context(messages, max(1, context - reserve), count), tools
+    def _learn_prompt_length(self, err: ContextLengthError, view: list[dict], tools: list[dict] | None) -> None:
+        """After the endpoint refused `view` as too long: what it says of its count and context, so that the next
+        fit is right. Chosen over counting every prompt through a tokenize endpoint (vLLM's /tokenize, which
+        OpenAI's API and ours lack) or a local copy of the model's tokenizer (which an HTTP endpoint does not give):
+        each error is one extra request, and on our server, vLLM and OpenAI the message gives the exact count."""
+        if err.context_tokens is not None:
+            self.context_from_error = err.context_tokens
+        estimate = self._prompt_counter(tools)(view)
+        counted = err.prompt_tokens if err.prompt_tokens is not None else estimate + max(1, estimate // 4)
+        self.uncounted_prompt_tokens = max(0, counted - approx_tokens(view))
 
     def _model_call(self, key: str, step_key: str, messages: list[dict], temperature: float | None = None
                     ) -> ModelResponse:
-        view, tools = self.context_view(messages)
-        estimate = approx_tokens(view)
         temperature = self.config.temperature if temperature is None else temperature
         entry = self.journal.get(key)
-        if entry is None or entry.status != "completed":
+        for refit in range(MAX_REFITS + 1):
+            view, tools = self.context_view(messages)
+            if entry is not None and entry.status == "completed":
+                break
+            max_tokens = self._max_tokens(view, tools)
             # A prompt only grows, so the last call's count is a floor for the next one's.
-            self._check_budget(max(estimate, self.last_prompt_tokens))
+            self._check_budget(max(approx_tokens(view), self.last_prompt_tokens))
             self.journal.start(key, "model", {"messages": view, "temperature": temperature})
-            response = self.client.complete(view, tools, temperature=temperature,
-                                            max_tokens=self.config.max_output_tokens, logprobs=self.config.logprobs)
+            try:
+                response = self.client.complete(view, tools, temperature=temperature, max_tokens=max_tokens,
+                                                logprobs=self.config.logprobs)
+            except ContextLengthError as err:
+                if refit == MAX_REFITS:
+                    raise
+                self._learn_prompt_length(err, view, tools)
+                continue
             self.journal.complete(key, response.to_dict())
             entry = self.journal.get(key)
+            break
         response = ModelResponse.from_dict(entry.response)
         self.last_prompt_tokens = response.usage.prompt_tokens
-        self.uncounted_prompt_tokens = max(0, response.usage.prompt_tokens - estimate)
+        self.uncounted_prompt_tokens = max(0, response.usage.prompt_tokens - approx_tokens(view))
         cost = self._add_spend(response)
         self.tracer.record(key, step_key, f"model {key}", "model", entry.started_at, entry.completed_at, {
             "model": response.model or self.client.model, "prompt_tokens": response.usage.prompt_tokens,

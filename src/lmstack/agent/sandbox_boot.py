@@ -18,6 +18,7 @@ MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
 NOBODY = 65534
 SANDBOX_TMP = "/tmp"
+CPU_HARD_EXTRA_S = 1  # the hard CPU limit is this much over the soft one (sandbox.py relies on it)
 
 
 def mount(libc, source, target, flags):
@@ -45,11 +46,15 @@ def confine_filesystem(scratch):
 
 def limit_resources(limits):
     mib = 1024 * 1024
-    for which, value in [(resource.RLIMIT_CPU, limits["cpu_s"]), (resource.RLIMIT_AS, limits["memory_mb"] * mib),
+    for which, value in [(resource.RLIMIT_AS, limits["memory_mb"] * mib),
                          (resource.RLIMIT_NPROC, limits["max_processes"]),
                          (resource.RLIMIT_FSIZE, limits["max_file_mb"] * mib),
                          (resource.RLIMIT_NOFILE, limits["max_open_files"]), (resource.RLIMIT_CORE, 0)]:
         resource.setrlimit(which, (value, value))
+    # At the soft CPU limit the kernel sends SIGXCPU, which ends a program that does not catch it and says by its
+    # signal alone that the CPU limit did it; one that catches it (to print what it has) gets SIGKILL a second of
+    # CPU later, at the hard limit, and then reads a full second over the soft one, whatever the rusage rounding.
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + CPU_HARD_EXTRA_S))
 
 
 def drop_privileges():

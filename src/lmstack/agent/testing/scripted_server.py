@@ -17,6 +17,10 @@ crashes and re-sends a request gets the same answer (what durable-run tests need
      "answers": {"last user message": "content" or ["picked", "by", "request seed"], "*": "fallback"}}
 
 Without "logprobs" the content is split into words and spaces, each with logprob -0.05.
+`"contexts": {"NAME": tokens}` next to "scripts" gives that script's model a context, as our server has one: listed as
+`max_model_len` in GET /v1/models, a prompt counted at ~3 characters a token (messages and tool schemas: denser than a
+client's 4-character estimate, as a small model's tokenizer is) and refused, with our server's 400, when it does not
+fit with max_tokens (default 1); the count is also the reply's usage.prompt_tokens.
 `GET /_requests` returns every request received; streaming (SSE) and non-streaming both work.
 Run: `python -m lmstack.agent.testing.scripted_server SCRIPT.json PORT`, or use `ScriptedServer`.
 """
@@ -47,6 +51,7 @@ DEFAULT_LOGPROB = -0.05
 def build_app(script: dict[str, Any]) -> FastAPI:
     app = FastAPI()
     scripts: dict[str, list[dict]] = script["scripts"]
+    contexts: dict[str, int] = script.get("contexts", {})
     attempts: dict[tuple[str, int], int] = defaultdict(int)
     sample_counters: dict[tuple[str, int], itertools.count] = defaultdict(itertools.count)
     received: list[dict] = []
@@ -57,7 +62,9 @@ def build_app(script: dict[str, Any]) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "script"} for name in scripts]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "script",
+                                            **({"max_model_len": contexts[name]} if name in contexts else {})}
+                                           for name in scripts]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -66,6 +73,12 @@ def build_app(script: dict[str, Any]) -> FastAPI:
         name = body.get("model") if body.get("model") in scripts else next(iter(scripts))
         turn_index = sum(1 for m in body.get("messages", []) if m.get("role") == "assistant")
         turns = scripts[name]
+        prompt_tokens = max(1, len(json.dumps([body.get("messages", []), body.get("tools")])) // 3)
+        if name in contexts and prompt_tokens + (body.get("max_tokens") or 1) > contexts[name]:
+            message = (f"the prompt of {prompt_tokens} tokens + max_tokens={body.get('max_tokens') or 1} does not fit "
+                       f"the context of {contexts[name]} tokens (max_model_len in GET /v1/models)")
+            return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": "max_tokens",
+                                           "code": "context_length_exceeded"}}, status_code=400)
         if turn_index >= len(turns):
             return JSONResponse({"error": {"message": f"script '{name}' has no turn {turn_index}"}}, status_code=400)
         turn = turns[turn_index]
@@ -91,7 +104,8 @@ def build_app(script: dict[str, Any]) -> FastAPI:
             message = _message(turn, content, turn_index)
         logprobs = _logprobs(turn, content) if body.get("logprobs") else None
         usage = turn.get("usage") or {
-            "prompt_tokens": max(1, len(json.dumps(body.get("messages", []))) // 4),
+            "prompt_tokens": prompt_tokens if name in contexts
+            else max(1, len(json.dumps(body.get("messages", []))) // 4),
             "completion_tokens": max(1, len(_tokens(content or "")) + 8 * len(message.get("tool_calls", []))),
         }
         usage = {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}

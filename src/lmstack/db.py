@@ -31,6 +31,26 @@ def default_db_path() -> Path:
     return lmstack_home() / "lmstack.db"
 
 
+def existing_database(path: str | Path | None, fix: str) -> Path:
+    """The database a reading command (a list, a trace, the dashboard) opens, checked without writing to it: one that
+    does not exist is refused, as opening it would create an empty one (and its folders) and a mistyped --db list no
+    runs; so is a file lmstack did not make (another app's SQLite file, to which opening it added lmstack's tables and
+    WAL mode), told by its `schema_versions` table. `fix`: what the refusal tells the user to pass."""
+    path = Path(path) if path is not None else default_db_path()
+    if not path.exists():
+        raise DatabaseError(f"database '{path}' does not exist; {fix}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            ours = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_versions'"
+                                ).fetchone()
+    except sqlite3.Error as err:
+        raise DatabaseError(f"cannot open database '{path}': {err}; {fix}") from None
+    if not ours:
+        raise DatabaseError(f"database '{path}' is not lmstack's (it has no schema_versions table; left unchanged); "
+                            f"{fix}")
+    return path
+
+
 class LockedConnection(sqlite3.Connection):
     """A connection that carries the lock its threads take turns on (see `transaction`)."""
 

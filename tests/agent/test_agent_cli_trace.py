@@ -125,9 +125,9 @@ def test_commands_on_recorded_runs_refuse_another_apps_database_and_leave_it_unc
         other.commit()
     before = db.read_bytes()
     refused = run_cli("agent", *command, "--db", db)
-    assert one_line_error(refused, "agent") == (f"lmstack agent: error: database '{db}' holds no agent runs (no "
-                                                "agent_runs table; left unchanged): pass the --db `lmstack agent run` "
-                                                "recorded its runs in")
+    assert one_line_error(refused, "agent") == (f"lmstack agent: error: database '{db}' is not lmstack's (it has no "
+                                                "schema_versions table; left unchanged); `lmstack agent run` creates "
+                                                "it: pass the --db its runs were recorded in")
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
 
 

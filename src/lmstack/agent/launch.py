@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import sys
@@ -19,7 +18,7 @@ from lmstack.agent.settings import AgentConfig
 from lmstack.agent.store import RunRecord, create_run, get_run, open_agent_tables
 from lmstack.agent.tools import ToolRegistry
 from lmstack.config import from_dict, to_dict
-from lmstack.db import connect, default_db_path, lmstack_home, transaction
+from lmstack.db import connect, existing_database, lmstack_home, transaction
 from lmstack.errors import LmstackError
 from lmstack.openai_url import ModelListingError, first_listed_model
 from lmstack.run_ids import check_run_id
@@ -30,27 +29,10 @@ def open_database(path: str | Path | None = None) -> sqlite3.Connection:
 
 
 def open_existing_database(path: str | Path | None = None) -> sqlite3.Connection:
-    """The database of the runs that `list`, `trace`, `approve` and `resume` act on. A path with no database is
-    refused: opening it would create an empty one (and its folders), and a mistyped --db would list no runs."""
-    path = Path(path) if path is not None else default_db_path()
-    if not path.exists():
-        raise LmstackError(f"database '{path}' does not exist; `lmstack agent run` creates it: pass the --db "
-                           "its runs were recorded in")
-    # Opening it for agent tables would add them (and schema_versions) to any SQLite file, another app's too.
-    if not has_agent_runs_table(path):
-        raise LmstackError(f"database '{path}' holds no agent runs (no agent_runs table; left unchanged): pass the "
-                           "--db `lmstack agent run` recorded its runs in")
-    return open_database(path)
-
-
-def has_agent_runs_table(path: Path) -> bool:
-    """Whether the file is an SQLite database with the agent tables, read through a read-only connection."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'agent_runs'"
-                                ).fetchone() is not None
-    except sqlite3.DatabaseError:  # not a database at all (a text file), or unreadable
-        return False
+    """The database of the runs that `list`, `trace`, `approve` and `resume` act on: an existing one lmstack made
+    (db.existing_database); an eval run's database gets the agent tables."""
+    return open_database(existing_database(path, "`lmstack agent run` creates it: pass the --db its runs were "
+                                                 "recorded in"))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+from lmstack.db import default_db_path, existing_database
 from lmstack.errors import LmstackError
 
 
@@ -155,6 +156,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def existing_store(db: str | None):
+    """The store of the runs a reading command shows: an existing lmstack database, untouched otherwise."""
+    from lmstack.evals.store import Store
+
+    return Store(existing_database(db, "`lmstack eval run` creates it: pass the --db its runs were recorded in"))
+
+
 def check_flags_used(args: argparse.Namespace) -> None:
     """Refuse a flag that would be ignored: the user meant it to do something."""
     if args.run_id and args.resume:
@@ -182,11 +190,10 @@ def check_timeout(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from lmstack.evals.compare import compare_runs, format_comparison
-    from lmstack.evals.store import Store
 
     if not 0 < args.alpha < 1:
         raise EvalUsageError(f"--alpha {args.alpha:g}: the significance level must be between 0 and 1 (default 0.05)")
-    comparison = compare_runs(Store(args.db), args.run_a, args.run_b, alpha=args.alpha)
+    comparison = compare_runs(existing_store(args.db), args.run_a, args.run_b, alpha=args.alpha)
     print(format_comparison(comparison))
     unfinished = [run for run in (comparison.run_a, comparison.run_b) if run.status != "finished"]
     if args.fail_on_regression and unfinished:  # a crashed candidate must not pass a CI gate on the samples it did
@@ -203,9 +210,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from lmstack.evals.report import write_report
-    from lmstack.evals.store import Store
 
-    path = write_report(Store(args.db), args.runs, Path(args.output))
+    path = write_report(existing_store(args.db), args.runs, Path(args.output))
     print(f"report: {path.resolve()}")
     return 0
 
@@ -226,13 +232,13 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from lmstack.evals.loader import TASKS
-    from lmstack.evals.store import Store
 
     print("tasks:")
     for name, factory in sorted(TASKS.items()):
         doc = (factory.__doc__ or "").strip().splitlines()
         print(f"  {name:<24} {doc[0] if doc else ''}")
-    runs = Store(args.db).runs()
+    # A fresh machine has no database yet: the tasks are listed all the same, and none is created.
+    runs = [] if args.db is None and not default_db_path().exists() else existing_store(args.db).runs()
     print("runs:" if runs else "runs: none yet")
     for run in runs:
         print(f"  {run.id:<28} {run.status:<11} {run.task:<22} {run.model}" + (f"  ({run.error})" if run.error else ""))

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_ui(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from lmstack.db import connect
+    from lmstack.db import existing_database
     from lmstack.errors import LmstackError
     from lmstack.serve.commands import check_can_listen
     from lmstack.web.settings import DashboardSettings, parse_endpoint_keys, parse_endpoints
@@ -38,17 +38,15 @@ def run_ui(args: argparse.Namespace) -> int:
     if args.runs_root is not None and not Path(args.runs_root).is_dir():
         raise LmstackError(f"--runs-root '{args.runs_root}' is not a directory; pass the folder that holds your run "
                            "dirs (e.g. runs, where `lmstack train` writes them)")
-    if args.db is not None and not Path(args.db).exists():
-        raise LmstackError(f"--db '{args.db}' does not exist; pass the database your agent and eval runs were "
-                           "recorded in, or leave --db out for the default ($LMSTACK_HOME/lmstack.db)")
+    if args.db is not None:
+        existing_database(args.db, "pass the --db your agent and eval runs were recorded in, or leave --db out for "
+                                   "the default ($LMSTACK_HOME/lmstack.db)")
     endpoints = parse_endpoints(args.endpoint)
     named_root = {"runs_root": Path(args.runs_root)} if args.runs_root else {}
     settings = DashboardSettings(**named_root, db_path=Path(args.db) if args.db else None, endpoints=endpoints,
                                  endpoint_keys=parse_endpoint_keys(args.endpoint_key, endpoints))
     api_key = args.api_key or os.environ.get("LMSTACK_API_KEY") or None
-    # The pages open the database and the server binds its port only later; a bad --db or port is found now.
-    if args.db is not None:
-        connect(args.db).close()
+    # The server binds its port only later; a bad port is found now.
     if not 0 <= args.port < 65536:
         raise LmstackError(f"--port {args.port}: a port is in [0, 65535] (default 8080)")
     check_can_listen(args.host, args.port)

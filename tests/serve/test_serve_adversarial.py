@@ -41,6 +41,19 @@ BAD_CHAT = {
                                          "outside the vocab"),
     "conversation longer than the context, no max_tokens": (dict(messages=[
         {"role": "user", "content": "cat " * CONTEXT}]), "messages", "shorten the prompt"),
+    "tool result answering no earlier call (was accepted)": (dict(messages=[
+        *USER, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_9", "content": "42"}]), "messages.2.tool_call_id",
+        "those so far: ['call_1']"),
+    "tool result with no assistant tool call before it (was accepted)": (dict(messages=[
+        *USER, {"role": "tool", "tool_call_id": "call_1", "content": "42"}]), "messages.1.tool_call_id",
+        "no earlier assistant message has tool_calls"),
+    "tool call arguments that are not JSON (was accepted)": (dict(messages=[
+        *USER, {"role": "assistant", "content": None, "tool_calls": [
+            {**CALL, "function": {"name": "f", "arguments": "{city: Paris"}}]}]),
+        "messages.1.tool_calls.0.function.arguments", "not valid JSON"),
+    "min_tokens under response_format (was ignored)": (
+        dict(response_format={"type": "json_object"}, extra_body={"min_tokens": 2}), "min_tokens", "response_format"),
 }
 
 BAD_COMPLETIONS = {
@@ -49,6 +62,9 @@ BAD_COMPLETIONS = {
     "prompt of floats": (dict(prompt=[1.5, 2.5]), "prompt", "list of token ids"),
     "score a prompt that fills the context": (dict(prompt=[5] * CONTEXT, max_tokens=0, echo=True, logprobs=0),
                                               "prompt", "shorten the prompt"),
+    "a batch's token id outside the vocab (was param 'prompt')": (dict(prompt=[[1, 2], [99999]]), "prompt.1",
+                                                                  "outside the vocab"),
+    "text and token ids in one batch": (dict(prompt=["def", [99999]]), "prompt", "all text or all token ids"),
 }
 
 

@@ -151,7 +151,7 @@ def test_echo_text_offsets_index_the_returned_text(client, tokenizer, offline_en
     stream = client.completions.create(model=MODEL, prompt=NON_ASCII, max_tokens=6, temperature=0, echo=True,
                                        logprobs=1, stream=True)
     streamed = [o for c in stream if c.choices and c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset]
-    assert streamed == choice.logprobs.text_offset[len(ids) - len(shown):]
+    assert streamed == choice.logprobs.text_offset  # the echo's chunk lists the prompt's tokens with their offsets
 
 
 def test_echo_text_offsets_of_a_token_id_prompt(client, tokenizer):
@@ -160,3 +160,28 @@ def test_echo_text_offsets_of_a_token_id_prompt(client, tokenizer):
     choice = reply.choices[0]
     assert choice.text == tokenizer.decode(ids)  # a token-id prompt echoes its decoding, bos included
     check_offsets(tokenizer, ids, choice.logprobs, choice.text)
+
+
+@pytest.mark.parametrize("max_tokens", [0, 4])  # 0: the prompt scored alone, as lm-eval's loglikelihood asks
+def test_streamed_echo_lists_what_the_whole_reply_lists(client, tokenizer, max_tokens):
+    # A text prompt (offsets from its encoding), and a batch of token-id ones (offsets from decoding them)
+    ids = [tokenizer.bos_id] + tokenizer.encode("the cat sat")
+    for prompt in (NON_ASCII, [ids, ids[:3]]):
+        ask = dict(model=MODEL, prompt=prompt, max_tokens=max_tokens, temperature=0, echo=True, logprobs=1, n=2)
+        whole = client.completions.create(**ask).choices
+        fields = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+        streamed = {c.index: {"text": "", **{f: [] for f in fields}} for c in whole}
+        for chunk in client.completions.create(**ask, stream=True):
+            for choice in chunk.choices:
+                streamed[choice.index]["text"] += choice.text
+                for f in fields:  # the echoed prompt's chunk used to come without logprobs
+                    streamed[choice.index][f] += getattr(choice.logprobs, f) if choice.logprobs else []
+        for choice in whole:
+            got, listed = streamed[choice.index], choice.logprobs
+            assert listed.token_logprobs[0] is None  # the prompt's first token: the prompt is listed
+            assert got["text"] == choice.text and got["tokens"] == listed.tokens
+            assert got["text_offset"] == listed.text_offset
+            assert got["token_logprobs"] == pytest.approx(listed.token_logprobs, abs=1e-5)
+            assert [t and list(t) for t in got["top_logprobs"]] == [t and list(t) for t in listed.top_logprobs]
+            assert [v for t in got["top_logprobs"] if t for v in t.values()] == pytest.approx(
+                [v for t in listed.top_logprobs if t for v in t.values()], abs=1e-5)

@@ -21,6 +21,9 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
 - A request that can never fit (prompt + max_tokens beyond the model's context or the KV pool) is
   refused by `add_request` with a `SamplingError`; requests that merely do not fit *now* wait, and
   running ones are preempted and recomputed when the pool runs dry.
+- A setting of the wrong type, or a prompt that is neither text nor integer token ids, is refused by `add_request`
+  with a `SamplingError`. A step that raises anyway aborts the requests it ran (their blocks freed) and re-raises,
+  so the engine serves the next request; `generate` leaves none of its requests behind when it raises.
 - Logprobs are those of the model's distribution (log_softmax of the raw logits), before
   temperature, penalties and filtering, as in vLLM.
 - `SamplingParams.constraint` (a factory of per-sequence token masks) is the hook structured output uses.
@@ -92,6 +95,11 @@ class EngineConfig:
 
     def validate(self) -> None:
         check_method(self.quantization)
+        if self.dtype != "auto":  # a name it does not know: refused now, not once the model has started loading
+            inference_dtype(None, self.dtype)  # the device matters for "auto" only
+        if not self.kv_memory_mb > 0:
+            raise SamplingError(f"engine kv_memory_mb must be > 0 (the KV pool's budget in MiB), "
+                                f"got {self.kv_memory_mb}")
         # Zero would schedule nothing, and the engine would step forever without an error.
         for name in ("block_size", "max_num_seqs", "max_batched_tokens", "num_blocks"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -266,10 +274,13 @@ class Engine:
             bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []
             ids = bos + self.tokenizer.encode(prompt)
         else:
-            try:  # operator.index takes ints of any kind (numpy's, a 0-d tensor's) but no float, which int() would cut
-                ids = [operator.index(t) for t in prompt]
+            try:  # bytes iterate as ints, but they are text the caller forgot to decode
+                if isinstance(prompt, (bytes, bytearray)):
+                    raise TypeError
+                ids = [_token_id(t) for t in prompt]
             except TypeError:
-                raise SamplingError(f"a prompt is a text or a list of integer token ids, got {_preview(prompt)}") from None
+                raise SamplingError(f"a prompt is a text or a list of integer token ids, got {_preview(prompt)}; "
+                                    "decode bytes to a str, convert other values to int") from None
         if not ids:
             raise SamplingError("the prompt is empty; pass at least one token")
         bad = [t for t in ids if not 0 <= t < self.model.cfg.vocab_size]
@@ -335,6 +346,22 @@ class Engine:
         chunks = self.scheduler.schedule()
         if not chunks:
             return events
+        try:
+            return events + self._run(chunks)
+        except BaseException:
+            # The step's sequences are half-advanced (their tokens counted as computed, none sampled), and every
+            # later step would fail on them: abort them, so that the engine serves the next request; then raise.
+            self._abort_now({chunk.seq.request_id for chunk in chunks})
+            raise
+
+    def _abort_now(self, request_ids) -> None:
+        """Abort these requests now, not at the next step (their abort events are dropped): from the stepping thread,
+        after a failure."""
+        for request_id in request_ids:
+            self.abort(request_id)
+        self._apply_inbox()
+
+    def _run(self, chunks: list[ScheduledChunk]) -> list[TokenEvent]:
         logits, sample_rows, prompt_rows = self._forward(chunks)
         for chunk in chunks:
             chunk.seq.num_computed_tokens = chunk.start + chunk.length
@@ -342,10 +369,10 @@ class Engine:
         for chunk, rows in prompt_rows:
             self._record_prompt_logprobs(chunk, logits[rows])
         sampling = [chunk for chunk in chunks if chunk.samples]
-        if sampling:
-            every_row = len(sample_rows) == logits.size(0)  # then sample_rows == 0 .. B-1: skip the gather
-            events += self._sample_and_emit(sampling, logits if every_row else logits[sample_rows])
-        return events
+        if not sampling:
+            return []
+        every_row = len(sample_rows) == logits.size(0)  # then sample_rows == 0 .. B-1: skip the gather
+        return self._sample_and_emit(sampling, logits if every_row else logits[sample_rows])
 
     def _forward(self, chunks: list[ScheduledChunk]):
         """One forward over all chunks, flattened into a single row -> (logits, sampling rows, prompt-logprob rows)."""
@@ -487,13 +514,18 @@ class Engine:
         if len(params_list) != len(prompts):
             raise SamplingError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts; "
                                 "pass one, or one per prompt")
-        ids = [self.add_request(p, sp) for p, sp in zip(prompts, params_list)]
-        seqs = {rid: self.requests[rid] for rid in ids}
-        wanted = set(ids)
-        total = sum(len(s) for s in seqs.values())
-        with tqdm(total=total, desc="generate", unit="seq", disable=not show_progress) as bar:
-            while any(s.status is not Status.FINISHED for rid in wanted for s in seqs[rid]):
-                bar.update(sum(1 for e in self.step() if e.finished and e.request_id in wanted))
+        ids: list[str] = []
+        try:
+            for prompt, sp in zip(prompts, params_list):
+                ids.append(self.add_request(prompt, sp))
+            seqs = {rid: self.requests[rid] for rid in ids}
+            total = sum(len(s) for s in seqs.values())
+            with tqdm(total=total, desc="generate", unit="seq", disable=not show_progress) as bar:
+                while any(s.status is not Status.FINISHED for rid in ids for s in seqs[rid]):
+                    bar.update(sum(1 for e in self.step() if e.finished and e.request_id in seqs))
+        except BaseException:  # a refused prompt, a failed step, Ctrl-C: leave none of this call's requests behind
+            self._abort_now(ids)
+            raise
         return [self._output(rid, seqs[rid]) for rid in ids]
 
     @staticmethod
@@ -503,6 +535,14 @@ class Engine:
             request_id, first.prompt_ids, first.prompt_logprobs if first.params.prompt_logprobs is not None else None,
             [CompletionOutput(s.index, s.text, list(s.output_ids),
                               s.logprobs if s.params.logprobs is not None else None, s.finish_reason) for s in seqs])
+
+
+def _token_id(value) -> int:
+    """operator.index takes ints of any kind (numpy's, a 0-d tensor's) but no float, which int() would cut; a bool is
+    an int to Python (and a bool tensor's element to torch) but no token id."""
+    if isinstance(value, bool) or getattr(value, "dtype", None) is torch.bool:
+        raise TypeError
+    return operator.index(value)
 
 
 def _preview(value: object) -> str:

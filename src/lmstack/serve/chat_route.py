@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -53,7 +54,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
 def check_messages(messages: list[ChatMessage]) -> None:
     """What OpenAI requires of a message beyond its field types: content, except on an assistant turn that
-    calls tools, and on a tool result the id of the call it answers."""
+    calls tools; on a tool result the id of an earlier assistant tool call it answers; tool call arguments in JSON."""
+    call_ids: list[str] = []  # of the assistant tool calls so far: what a tool message may answer
     for i, message in enumerate(messages):
         if message.role == "tool" and not message.tool_call_id:
             raise APIError(f"messages.{i}: a message with role 'tool' needs tool_call_id, the id of the assistant's "
@@ -62,6 +64,28 @@ def check_messages(messages: list[ChatMessage]) -> None:
             what = "content or tool_calls" if message.role == "assistant" else "content"
             raise APIError(f"messages.{i}: a message with role '{message.role}' needs {what}",
                            param=f"messages.{i}.content")
+        if message.role == "tool" and message.tool_call_id not in call_ids:
+            earlier = f"those so far: {call_ids[-5:]}" if call_ids else "no earlier assistant message has tool_calls"
+            raise APIError(f"messages.{i}.tool_call_id '{message.tool_call_id}' answers no tool call of an earlier "
+                           f"assistant message ({earlier}); send the assistant message with that call before it",
+                           param=f"messages.{i}.tool_call_id")
+        if message.role == "assistant":
+            for j, call in enumerate(message.tool_calls or []):
+                check_arguments(call.function.arguments, f"messages.{i}.tool_calls.{j}.function.arguments")
+                call_ids += [call.id] if call.id else []
+
+
+def check_arguments(arguments: str | dict, param: str) -> None:
+    """A call's arguments are a JSON object, or its text (an empty one: no arguments, as the chat template reads it)."""
+    if isinstance(arguments, dict) or not arguments.strip():
+        return
+    try:
+        parsed = json.loads(arguments)
+    except json.JSONDecodeError as err:
+        raise APIError(f"{param} is not valid JSON ({err.msg} at character {err.pos}); send the arguments as a JSON "
+                       "object in a string", param=param) from None
+    if not isinstance(parsed, dict):
+        raise APIError(f"{param} must be a JSON object of named arguments, got {type(parsed).__name__}", param=param)
 
 
 def plan_chat(state: ServerState, body: ChatCompletionRequest) -> ChatPlan:

@@ -26,16 +26,16 @@ async def completions(body: CompletionRequest, request: Request):
     check_unsupported(body)
     prompts = split_prompts(body.prompt)
     # Token offsets only where an echo's logprobs list them
-    encodings = [encode_prompt(state, p, with_offsets=body.echo and body.logprobs is not None) for p in prompts]
+    encodings = [encode_prompt(state, p, prompt_param(prompts, i), with_offsets=body.echo and body.logprobs is not None)
+                 for i, p in enumerate(prompts)]
     encoded = [ids for ids, _ in encodings]
     # max_tokens=0 scores the prompt alone (echo + logprobs); the engine always samples one token, which is dropped.
     score_only = body.max_tokens == 0
     # Every prompt is checked before any is submitted: a refused prompt must not leave the others running.
     runs = []
     for p, ids in enumerate(encoded):
-        prompt_param = "prompt" if len(encoded) == 1 else f"prompt.{p}"
         max_tokens = resolve_max_tokens(1 if score_only else body.max_tokens, len(ids), state.context, "max_tokens",
-                                        prompt_param)
+                                        prompt_param(prompts, p))
         runs.append((ids, sampling_params(body, max_tokens, logprobs=body.logprobs, prompt_logprobs=body.logprobs
                                           if body.echo and body.logprobs is not None else None)))
     handles = []
@@ -48,7 +48,7 @@ async def completions(body: CompletionRequest, request: Request):
         raise
     response_id, created = new_id("cmpl"), now()
     if body.stream:
-        chunks = stream_chunks(state, body, prompts, encoded, handles, score_only, response_id, created)
+        chunks = stream_chunks(state, body, prompts, encodings, handles, score_only, response_id, created)
         return sse_response(chunks, on_close=lambda: [state.engine.abort(h) for h in handles])
     try:
         results = await asyncio.gather(*(collect(state.engine, h, request) for h in handles))
@@ -61,8 +61,7 @@ async def completions(body: CompletionRequest, request: Request):
         echoed = prompt_text(state, prompt) if body.echo else ""
         prompt_rows, prompt_offsets = [], []
         if body.echo and body.logprobs is not None:
-            prompt_rows = scored_prompt(ids, result.prompt_logprobs or [])
-            prompt_offsets = text_offsets if text_offsets is not None else decoded_offsets(state, ids, len(echoed))
+            prompt_rows, prompt_offsets = echo_logprobs(state, ids, text_offsets, echoed, result.prompt_logprobs)
         for index in sorted(result.sequences):
             seq = result.sequences[index]
             records = [] if score_only else seq.logprobs
@@ -101,7 +100,12 @@ def split_prompts(prompt: str | list) -> list[str | list[int]]:
     return prompts
 
 
-def encode_prompt(state: ServerState, prompt: str | list[int],
+def prompt_param(prompts: list, p: int) -> str:
+    """The field an error about prompt p names: `prompt`, or `prompt.1` in a batch."""
+    return "prompt" if len(prompts) == 1 else f"prompt.{p}"
+
+
+def encode_prompt(state: ServerState, prompt: str | list[int], param: str,
                   with_offsets: bool = False) -> tuple[list[int], list[int] | None]:
     """(ids, text offsets). Text gets bos and our tokenizer, as the engine does, and with_offsets each token's start
     in the text from its encoding (the bos, which the echoed text does not show, at 0). Token ids are used as given;
@@ -114,8 +118,8 @@ def encode_prompt(state: ServerState, prompt: str | list[int],
         return bos + ids, [0] * len(bos) + starts
     bad = [t for t in prompt if not 0 <= t < state.vocab_size]
     if bad:
-        raise APIError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {state.vocab_size})",
-                       param="prompt")
+        raise APIError(f"{param}: token ids {bad[:5]} are outside the vocabulary [0, {state.vocab_size})",
+                       param=param)
     return list(prompt), None
 
 
@@ -131,6 +135,14 @@ def scored_prompt(prompt_ids: list[int], prompt_records: list) -> list[tuple[int
         scored = prompt_records[i] if i < len(prompt_records) else None
         rows.append((token_id, scored.logprob if scored else None, scored.top if scored else None))
     return rows
+
+
+def echo_logprobs(state: ServerState, ids: list[int], text_offsets: list[int] | None, echoed: str,
+                  prompt_records: list | None) -> tuple[list, list[int]]:
+    """An echoed prompt's logprob rows and each token's offset in the echoed text (from its encoding, or, for a
+    token-id prompt, by decoding it)."""
+    offsets = text_offsets if text_offsets is not None else decoded_offsets(state, ids, len(echoed))
+    return scored_prompt(ids, prompt_records or []), offsets
 
 
 def decoded_offsets(state: ServerState, ids: list[int], text_length: int) -> list[int]:
@@ -156,7 +168,7 @@ def logprobs_block(state: ServerState, rows: list, text_offsets: list[int]) -> d
     return out
 
 
-async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, encoded, handles, score_only: bool,
+async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, encodings, handles, score_only: bool,
                         response_id: str, created: int) -> AsyncIterator[dict[str, Any]]:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -178,11 +190,14 @@ async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, en
     tasks = [asyncio.ensure_future(pump(p, h)) for p, h in enumerate(handles)]
     results = [RequestResult({}) for _ in handles]
     echoed = [prompt_text(state, prompt) if body.echo else "" for prompt in prompts]
+    # With logprobs, a sequence's echo waits for its first event, which brings the prompt's logprobs; without, it goes
+    # out at once.
+    echo_pending = {(p, i) for p in range(len(prompts)) for i in range(body.n)} if body.echo else set()
     try:
-        if body.echo:
-            for p, text in enumerate(echoed):
-                for index in range(body.n):
-                    yield chunk(p * body.n + index, text)
+        if body.logprobs is None:
+            for p, index in sorted(echo_pending):
+                yield chunk(p * body.n + index, echoed[p])
+            echo_pending.clear()
         remaining = len(handles)
         while remaining:
             p, event = await queue.get()
@@ -193,6 +208,11 @@ async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, en
                 raise event
             reported = record(results[p], event)  # None without logprobs: the engine then reports none
             index = p * body.n + event.index
+            if (p, event.index) in echo_pending:
+                echo_pending.discard((p, event.index))
+                ids, text_offsets = encodings[p]
+                rows, offsets = echo_logprobs(state, ids, text_offsets, echoed[p], event.prompt_logprobs)
+                yield chunk(index, echoed[p], logprobs_block(state, rows, offsets))
             if not score_only and (event.text or reported):
                 block = None
                 if reported:  # record() noted where the token's text starts in the generated text; the echo precedes
@@ -205,7 +225,7 @@ async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, en
         for task in tasks:
             task.cancel()
     if include_usage:
-        prompt_tokens = sum(len(ids) for ids in encoded)
+        prompt_tokens = sum(len(ids) for ids, _ in encodings)
         completion_tokens = 0 if score_only else sum(s.completion_tokens for r in results for s in r.sequences.values())
         yield {"id": response_id, "object": "text_completion", "created": created, "model": state.model_name,
                "choices": [], "usage": usage(prompt_tokens, completion_tokens)}

@@ -21,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from lmstack.infer.engine import TokenEvent
-from lmstack.infer.params import SamplingParams
+from lmstack.infer.params import LOGIT_BIAS_RANGE, SamplingParams
 from lmstack.serve.async_engine import AsyncEngine, RequestHandle
 from lmstack.serve.errors import APIError, api_error_from, error_body
 from lmstack.serve.schemas import SamplingFields
@@ -97,7 +97,7 @@ def sampling_params(body: SamplingFields, max_tokens: int, *, logprobs: int | No
     bias: dict[int, float] = {}
     for key, value in (body.logit_bias or {}).items():
         try:
-            bias[int(key)] = max(-100.0, min(100.0, float(value)))
+            bias[int(key)] = max(LOGIT_BIAS_RANGE[0], min(LOGIT_BIAS_RANGE[1], float(value)))  # as vLLM
         except ValueError:
             raise APIError(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias") from None
     bias.update({token: float("-inf") for token in banned_ids})

@@ -127,7 +127,8 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: Annotated[str | list[str] | list[int] | list[list[int]], one_of(
-        "a string, a list of strings, a list of token ids, or a list of token-id lists")]
+        "a string, a list of strings, a list of token ids, or a list of token-id lists (the prompts of one request "
+        "are all text or all token ids)")]
     echo: bool = False
     suffix: str | None = None  # refused unless empty: the model only continues text (as vLLM)
     best_of: int | None = None  # refused unless equal to n: every sample is returned

@@ -12,6 +12,7 @@ from model_testing import tiny_config
 from lmstack.model.checkpoint import CheckpointError, check_model_dir, load_model_dir, save_model_dir
 from lmstack.model.convert_hf import export_hf
 from lmstack.model.gpt import build_model
+from lmstack.model.info import checkpoint_summary
 
 
 @pytest.fixture
@@ -126,4 +127,44 @@ def test_a_nanogpt_file_that_is_not_a_pickle_is_one_line(tmp_path, content, rais
     message = one_line_error(run_cli("import", "--from", "nanogpt", garbage, tmp_path / "out"), "import")
     assert f"'{garbage}' is not a readable nanoGPT checkpoint ({raised}: " in message
     assert message.endswith("); pass the ckpt.pt that nanoGPT's train.py wrote")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change", ["vocab_size", "n_layer", "n_embd", "lora"])
+def test_export_and_info_refuse_weights_that_do_not_fit_their_config(ckpt, tmp_path, change):
+    """What `sample` refuses: export wrote an HF dir transformers could not load (vocab_size), or failed with
+    KeyError / split_with_sizes tracebacks (n_layer, n_embd), or wrote the base weights of a LoRA run's unmerged
+    checkpoint without its adapters; info printed the config's shape as if it were the weights'."""
+    if change == "lora":
+        from lmstack.train.lora import apply_lora
+        model = load_model_dir(ckpt)[0]
+        apply_lora(model, rank=2)
+        save_model_dir(ckpt, model, None, {"lora_rank": 2})  # as a LoRA run writes its step checkpoints
+        says = f"'{ckpt}' is a checkpoint of a LoRA fine-tuning run, with its adapters unmerged; load the run's final/"
+    else:
+        config = json.loads((ckpt / "config.json").read_text())
+        config["model"][change] += 1 if change == "n_layer" else 64
+        (ckpt / "config.json").write_text(json.dumps(config))
+        says = f"'{ckpt}/model.safetensors' does not match its config.json: "
+    for command in (lambda: export_hf(ckpt, tmp_path / "hf"), lambda: checkpoint_summary(ckpt)):
+        with pytest.raises(CheckpointError) as refused:
+            command()
+        assert says in str(refused.value) and "\n" not in str(refused.value)
+    if change == "lora":  # and from the command line: one line
+        assert says in one_line_error(run_cli("export", ckpt, tmp_path / "hf"), "export")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_import_refuses_a_tokenizer_larger_than_the_models_vocab(tmp_path, tiny_tokenizer):
+    """A 4096-token tokenizer on a 512-token model was imported, and failed only later, in `sample`."""
+    small = tiny_tokenizer.vocab_size - 100
+    export_hf(save_model_dir(tmp_path / "ckpt", build_model(tiny_config("llama", vocab_size=small)), None),
+              tmp_path / "hf")
+    tokenizer = tmp_path / "tokenizer.json"
+    tiny_tokenizer.save(tokenizer)
+    message = one_line_error(run_cli("import", "--from", "hf", tmp_path / "hf", tmp_path / "out", "--tokenizer",
+                                     tokenizer), "import")
+    assert message.endswith(f"the tokenizer '{tokenizer}' has {tiny_tokenizer.vocab_size} tokens but the model "
+                            f"{tmp_path / 'hf'} has vocab_size={small}; pass the tokenizer the model was trained "
+                            "with (--tokenizer FILE)")
     assert not (tmp_path / "out").exists()

@@ -74,20 +74,24 @@ def _register_tokenizer(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from lmstack.atomic import check_output_dir
+    from lmstack.atomic import check_output_dir, refuse_to_replace
+    from lmstack.data.prepare import TOKENIZER_FILE
     from lmstack.data.sources import check_limit, document_count, iter_documents
-    from lmstack.tokenizer import Tokenizer
+    from lmstack.tokenizer import Tokenizer, TokenizerError
 
     check_limit(args.limit)
     out = Path(args.out)
     check_output_dir(out)  # before the training, which takes a while; created only by the save
+    # Only a dir of its own (tokenizer.json alone) may have its tokenizer.json replaced: in a model or data dir the
+    # new tokenizer would no longer match the weights or shards beside it.
+    refuse_to_replace(out, TOKENIZER_FILE.__eq__, "tokenizer train", TokenizerError)
     total = document_count(args.source)
     if args.limit is not None:
         total = min(total, args.limit) if total is not None else args.limit
     texts = (doc.text for doc in iter_documents(args.source, args.text_field, args.split, args.limit))
     tokenizer = Tokenizer.train(texts, args.vocab_size, total=total, min_frequency=args.min_frequency)
-    tokenizer.save(out / "tokenizer.json")
-    print(f"wrote {out / 'tokenizer.json'} (vocab size {tokenizer.vocab_size})")
+    tokenizer.save(out / TOKENIZER_FILE)
+    print(f"wrote {out / TOKENIZER_FILE} (vocab size {tokenizer.vocab_size})")
     if tokenizer.vocab_size < args.vocab_size:
         print(f"note: the corpus had too few distinct pairs for {args.vocab_size} tokens; "
               f"the vocab stopped at {tokenizer.vocab_size} (use a bigger corpus or --min-frequency 1)")

@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lmstack.atomic import atomic_write_text
+from lmstack.atomic import atomic_write_text, refuse_to_replace
 from lmstack.errors import LmstackError
 
 # Kept short: every conversation carries these in its system turn, and the demo model's context is small.
@@ -51,6 +51,7 @@ UNIT_WORDS = {"km": "kilometers", "m": "meters", "cm": "centimeters", "kg": "kil
               "h": "hours", "min": "minutes", "s": "seconds", "mi": "miles", "lb": "pounds",
               "c": "degrees Celsius", "f": "degrees Fahrenheit", "ft": "feet"}
 BUSY_ERROR = "error: the tool is busy, try again"
+SPLIT_FILES = ("train.jsonl", "test.jsonl")  # all `write_splits` writes
 
 
 class ToolCallError(LmstackError):
@@ -255,6 +256,8 @@ def write_splits(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0) 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ToolCallError(f"output '{out_dir}' is a file; pass a directory for train.jsonl and test.jsonl")
+    # Files of these names in another tool's output (or beside files of yours) are not ours to overwrite.
+    refuse_to_replace(out_dir, SPLIT_FILES.__contains__, "data toolcalls", ToolCallError)
     paths = {}
     for split, n in (("train", n_train), ("test", n_test)):
         lines = (json.dumps(s, ensure_ascii=False) for s in generate(n, seed, split))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, Optional
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Optional
 
 from lmstack.config import ConfigError
 
@@ -39,6 +39,13 @@ class ModelConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        require_finite(self, "model.")
+        # Out of these ranges the model still builds, then fails in nn.Dropout or computes inf/nan at the first step.
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.rope_theta <= 0 or self.norm_eps <= 0:
+            raise ConfigError(f"model.rope_theta and model.norm_eps must be > 0, got {self.rope_theta} and "
+                              f"{self.norm_eps}")
 
     @property
     def head_dim(self) -> int:
@@ -63,6 +70,15 @@ class ModelConfig:
     @property
     def has_bias(self) -> bool:
         return self.arch == "gpt2" if self.bias is None else self.bias
+
+
+def require_finite(config: Any, prefix: str = "") -> None:
+    """Refuse a float setting of a config dataclass that is nan or inf (`--set lr=inf`): a comparison with nan is
+    always false, so range checks let it through, and a run would skip every step or print nan."""
+    for field in fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{field.name} must be a finite number, got {value}")
 
 
 def config_from_depth(depth: int, arch: str = "llama", vocab_size: Optional[int] = None, block_size: int = 512,

@@ -102,6 +102,16 @@ def check_tokenizer_file(path: str | Path, fix: str = "") -> Path:
     return path
 
 
+def check_tokenizer_fits(tokenizer_file: Path, cfg: ModelConfig, source: Any) -> None:
+    """A tokenizer with more tokens than the model has embeddings makes ids the model cannot read: `sample` would
+    fail on the first one, long after the import said it was done."""
+    tokens = Tokenizer.load(tokenizer_file).vocab_size
+    if tokens > cfg.vocab_size:
+        raise ConversionError(f"the tokenizer '{tokenizer_file}' has {tokens} tokens but the model {source} has "
+                              f"vocab_size={cfg.vocab_size}; pass the tokenizer the model was trained with "
+                              "(--tokenizer FILE)")
+
+
 def write_imported_checkpoint(out_dir: str | Path, cfg: ModelConfig, state: dict[str, torch.Tensor],
                               tokenizer_file: Path | None, imported_from: dict[str, Any],
                               dtype: str = "auto") -> Path:
@@ -110,6 +120,8 @@ def write_imported_checkpoint(out_dir: str | Path, cfg: ModelConfig, state: dict
     The model is built on the meta device and the tensors are assigned into it, not copied: importing
     a model needs one copy of its weights in memory, not two. The tokenizer file is copied byte for byte.
     """
+    if tokenizer_file is not None:
+        check_tokenizer_fits(tokenizer_file, cfg, imported_from.get("path"))
     cast_to = target_dtype(dtype, state)
     state = {name: t.to(cast_to) if t.is_floating_point() else t for name, t in state.items()}
     with torch.device("meta"):

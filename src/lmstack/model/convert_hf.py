@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lmstack.atomic import atomic_directory
-from lmstack.config import from_dict
-from lmstack.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config, read_weights, save_weights
+from lmstack.model.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, check_model_dir, model_config_of, read_weights,
+                                      save_weights)
 from lmstack.model.config import ModelConfig
 from lmstack.model.convert import (TORCH_LOAD_ERRORS, ConversionError, check_out_dir, check_tokenizer_file,
                                   target_dtype, torch_load_reason, write_imported_checkpoint)
@@ -143,13 +143,10 @@ def normalise_names(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
 def export_hf(ckpt: str | Path, out_dir: str | Path, dtype: str = "auto") -> Path:
     """A lmstack checkpoint dir -> a HF model dir (config.json, model.safetensors, tokenizer files)."""
     ckpt = Path(ckpt)
-    config = read_config(ckpt)
+    # What `sample` refuses, export refuses too: weights that do not fit config.json (the HF dir would not load, or
+    # the rename would fail), and a LoRA run's unmerged checkpoint (its base weights alone are not what it trained).
+    cfg = model_config_of(ckpt, check_model_dir(ckpt))
     check_out_dir(out_dir, ckpt)
-    if not isinstance(config.get("model"), dict):
-        raise CheckpointError(f"'{ckpt}/config.json' has no \"model\" table; pass a lmstack checkpoint dir")
-    cfg = from_dict(ModelConfig, config["model"], prefix="model.")
-    if not (ckpt / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"'{ckpt}' has no {WEIGHTS_FILE}; the checkpoint is incomplete")
     ours = read_weights(ckpt / WEIGHTS_FILE)
     cast_to = target_dtype(dtype, ours)
     theirs = rename_to_theirs({k: v.to(cast_to) for k, v in ours.items()}, hf_tensor_maps(cfg))

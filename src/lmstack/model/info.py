@@ -9,10 +9,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lmstack.config import from_dict
-from lmstack.model.checkpoint import (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, CheckpointError, damaged_weights,
-                                      read_config)
-from lmstack.model.config import ModelConfig
+from lmstack.model.checkpoint import TOKENIZER_FILE, WEIGHTS_FILE, check_model_dir, damaged_weights, model_config_of
 from lmstack.model.gpt import GPT
 from lmstack.tokenizer import Tokenizer
 
@@ -21,10 +18,9 @@ SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F
 
 def checkpoint_summary(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    config = read_config(path)
-    if not isinstance(config.get("model"), dict):
-        raise CheckpointError(f"'{path / CONFIG_FILE}' has no \"model\" table; pass a lmstack checkpoint dir")
-    cfg = from_dict(ModelConfig, config["model"], prefix="model.")
+    # The shape printed is the config's: it must be the weights' too (the check `sample` makes, from the header).
+    config = check_model_dir(path)
+    cfg = model_config_of(path, config)
     with torch.device("meta"):  # counts parameters without allocating them
         model = GPT(cfg)
     summary: dict[str, Any] = {

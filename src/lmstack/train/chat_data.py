@@ -30,6 +30,11 @@ class ChatDataError(LmstackError):
     """A chat dataset that cannot be used at all (missing file, nothing usable in it)."""
 
 
+CHAT_LINES = "one {\"messages\": [...]} object per line (e.g. from `lmstack data toolcalls`)"
+FIRST_TURN_TOO_LONG = "first assistant turn longer than the context"
+TOO_LONG = (FIRST_TURN_TOO_LONG, "longer than the context")  # the skips a longer seq_len would have kept
+
+
 @dataclass
 class LoadReport:
     """What loading skipped and why; `warnings` name the line of each skipped record."""
@@ -40,6 +45,18 @@ class LoadReport:
     def skip(self, reason: str, where: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         self.warnings.append(f"{where}: skipped ({reason})")
+
+    def drop(self, reason: str, where: str) -> None:
+        """Skip a record `read_jsonl` kept, that a later step (rendering, the length check) cannot use."""
+        self.kept -= 1
+        self.skip(reason, where)
+
+    def fix(self, needs: str) -> str:
+        """What to change when nothing was usable: a longer context when length was all that stood in the way,
+        else the lines themselves (`needs`: what a line must hold)."""
+        if self.skipped and all(reason in TOO_LONG for reason in self.skipped):
+            return "raise the context with --set seq_len=N (at most the model's block_size), or shorten them"
+        return f"each line needs {needs}"
 
     def summary(self) -> str:
         if not self.skipped:
@@ -80,12 +97,14 @@ def conversation_problem(record: Any) -> str | None:
     return None
 
 
-def read_jsonl(path: str | Path, report: LoadReport, check=conversation_problem) -> Iterator[dict[str, Any]]:
-    """Yield the usable records of a JSONL file; bad lines are skipped and counted in `report`."""
+def read_jsonl(path: str | Path, report: LoadReport, check=conversation_problem,
+               lines: str = CHAT_LINES) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (where: file and line number, record) for the usable records of a JSONL file; bad lines are skipped
+    and counted in `report`. `lines` says what the file should hold, for the error when there is no such file."""
     path = Path(path)
     if not path.is_file():
-        raise ChatDataError(f"chat data '{path}' does not exist; pass a JSONL file with one "
-                            "{\"messages\": [...]} object per line (e.g. from `lmstack data toolcalls`)")
+        problem = "is a directory" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise ChatDataError(f"data file '{path}' {problem}; pass a JSONL file with {lines}")
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -101,7 +120,7 @@ def read_jsonl(path: str | Path, report: LoadReport, check=conversation_problem)
                 report.skip(problem, where)
                 continue
             report.kept += 1
-            yield record
+            yield where, record
 
 
 @dataclass
@@ -131,15 +150,15 @@ def render_examples(tokenizer: Tokenizer, records: Iterator[dict[str, Any]], max
                     report: LoadReport) -> list[Example]:
     """Render records to examples of at most `max_tokens` ids (window length + 1 for the shifted target)."""
     examples = []
-    for i, record in enumerate(records):
+    for where, record in records:
         try:
             rendered = tokenizer.render(record["messages"], record.get("tools"))
         except TokenizerError as err:
-            report.skip("cannot render", f"record {i} ({err})")
+            report.drop("cannot render", f"{where} ({err})")
             continue
         cut = truncate(rendered.ids, rendered.loss_mask, rendered.spans, max_tokens)
         if cut is None or not any(cut[1][1:]):
-            report.skip("first assistant turn longer than the context", f"record {i}")
+            report.drop(FIRST_TURN_TOO_LONG, where)
             continue
         examples.append(Example(*cut))
     return examples
@@ -153,8 +172,8 @@ def load_chat_examples(path: str | Path, tokenizer: Tokenizer, seq_len: int, qui
         for warning in report.warning_lines():
             print(f"warning: {warning}", file=sys.stderr)
     if not examples:
-        raise ChatDataError(f"'{path}' has no usable conversations ({report.summary()}); each line needs "
-                            "a 'messages' list with at least one assistant turn")
+        raise ChatDataError(f"'{path}' has no usable conversations ({report.summary()}); "
+                            + report.fix("a 'messages' list with at least one assistant turn"))
     return examples, report
 
 

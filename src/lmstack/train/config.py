@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from lmstack.config import ConfigError
-from lmstack.model.config import ModelConfig
+from lmstack.model.config import ModelConfig, require_finite
 
 
 @dataclass
@@ -26,6 +26,7 @@ class GuardConfig:
     max_bad_steps: int = 20  # this many bad steps in a row stop the run: the problem is not one batch
 
     def validate(self) -> None:
+        require_finite(self, "guard.")
         if self.spike_factor < 0:
             raise ConfigError(f"guard.spike_factor must be >= 0 (0 disables), got {self.spike_factor}")
         if self.window < 1 or self.min_history < 1 or self.max_bad_steps < 1:
@@ -84,6 +85,9 @@ class TrainConfig:
     debug_checkpoint_delay: float = 0.0  # test hook: seconds to pause inside a checkpoint write
 
     def validate(self) -> None:
+        require_finite(self)  # every float, a subclass's too (dpo's beta, grpo's kl_coef)
+        if self.seed < 0:  # numpy's and the loader's generators take no negative seed
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         for name in ("batch_size", "seq_len", "max_steps", "eval_batches", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -100,6 +104,10 @@ class TrainConfig:
     @property
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.run_name
+
+    def other_run_dir_option(self) -> str:
+        """How the user names another run dir, for messages: the option they chose theirs with."""
+        return "--set run_dir=PATH" if self.run_dir else "--set run_name=NAME"
 
     @property
     def tokenizer_path(self) -> Path:

@@ -32,6 +32,8 @@ from lmstack.train.metrics import read_metrics
 from lmstack.train.plots import plot_losses
 from lmstack.train.sft import FineTuner, FineTuneResult, MicroBatches, SFTConfig, run_finetune
 
+PREFERENCE_LINES = 'one {"prompt": ..., "chosen": ..., "rejected": ...} object per line'
+
 
 def preference_problem(record: Any) -> str | None:
     if not isinstance(record, dict):
@@ -73,20 +75,21 @@ class PreferencePair:
 def load_preferences(path: str | Path, tokenizer: Tokenizer, seq_len: int) -> tuple[list[PreferencePair], LoadReport]:
     report = LoadReport()
     pairs = []
-    for i, record in enumerate(read_jsonl(path, report, check=preference_problem)):
+    for where, record in read_jsonl(path, report, check=preference_problem, lines=PREFERENCE_LINES):
         try:
             chosen = render_response(tokenizer, record["prompt"], record["chosen"], record.get("tools"))
             rejected = render_response(tokenizer, record["prompt"], record["rejected"], record.get("tools"))
         except TokenizerError as err:
-            report.skip("cannot render", f"record {i} ({err})")
+            report.drop("cannot render", f"{where} ({err})")
             continue
         if max(len(chosen[0]), len(rejected[0])) > seq_len + 1:
-            report.skip("longer than the context", f"record {i}")  # cutting a reply would change what is preferred
+            report.drop("longer than the context", where)  # cutting a reply would change what is preferred
             continue
         pairs.append(PreferencePair(chosen, rejected))
     if not pairs:
-        raise ChatDataError(f"'{path}' has no usable preference pairs ({report.summary()}); each line needs "
-                            "'prompt', 'chosen' and 'rejected', with a 'chosen' that differs from its 'rejected'")
+        raise ChatDataError(f"'{path}' has no usable preference pairs ({report.summary()}); "
+                            + report.fix("'prompt', 'chosen' and 'rejected', with a 'chosen' that differs from its "
+                                         "'rejected'"))
     return pairs, report
 
 

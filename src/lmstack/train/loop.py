@@ -24,7 +24,7 @@ from lmstack.config import format_config, to_dict
 from lmstack.device import (autocast_context, autocast_dtype, detect_device, device_for_rank, init_distributed,
                             peak_flops)
 from lmstack.errors import LmstackError
-from lmstack.data.loader import ShardLoader
+from lmstack.data.loader import LoaderError, ShardLoader
 from lmstack.data.prepare import data_vocab_size
 from lmstack.model.checkpoint import load_model_dir
 from lmstack.model.gpt import build_model
@@ -42,7 +42,8 @@ from lmstack.train.optim import build_optimizers
 from lmstack.train.plots import plot_losses
 from lmstack.train.resume import check_resumable
 from lmstack.train.rng import capture_rng, restore_rng, seed_everything
-from lmstack.train.rundir import append_log, ensure_writable, removed_if_left_empty, write_run_header
+from lmstack.train.rundir import (append_log, ensure_writable, refuse_foreign_dir, removed_if_left_empty,
+                                 write_run_header)
 from lmstack.train.rundir_lock import RunDirLock
 from lmstack.train.runinfo import code_version, environment
 from lmstack.train.schedules import lr_multiplier, set_lr
@@ -93,7 +94,7 @@ class Trainer:
         self.cfg = cfg = self._with_vocab_size(saved_config)
         self.config_dict = to_dict(cfg)
         if saved_config is not None:
-            check_resumable(resume_from, saved_config, self.config_dict)
+            check_resumable(resume_from, saved_config, self.config_dict, cfg.other_run_dir_option())
         self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * self.grad_accum * self.dist.world_size
         self.open_val_split()  # before the model build, so that a bad split is refused at once
@@ -140,7 +141,8 @@ class Trainer:
     def _check_run_dir(self) -> None:
         def check() -> None:
             check_writers_installed(self.cfg.tensorboard, self.cfg.wandb)  # before the run dir is made
-            ensure_writable(self.run_dir)
+            refuse_foreign_dir(self.run_dir, self.cfg.other_run_dir_option())
+            ensure_writable(self.run_dir, self.cfg.other_run_dir_option())
             self.lock.acquire()  # before anything in the dir is touched, a running writer's checkpoint writes included
             ckpt.clean_interrupted_writes(self.run_dir)
         self._on_main(check)
@@ -271,7 +273,10 @@ class Trainer:
             raise LmstackError(f"'{path}' was saved by {state['world_size']} process(es), this run has "
                                f"{self.dist.world_size}; resume with the same number of processes")
         if restore_loader:
-            self.loader.load_state_dict(state["loader"][self.dist.rank])
+            try:
+                self.loader.load_state_dict(state["loader"][self.dist.rank])
+            except LoaderError as err:  # the loader's text names neither the run nor the data it was given
+                raise LmstackError(f"'{path}' cannot be resumed on data_dir '{self.cfg.data_dir}': {err}") from None
         else:  # a rollback: the weights go back, the data stays past the offending batch
             self.model.load_state_dict(self.build_model(path).state_dict())
         for optimizer, saved in zip(self.optimizers, state["optimizers"]):
@@ -388,6 +393,9 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg = self.cfg
+        if self.step >= cfg.max_steps:  # a resumed run that is already there: say so, rather than nothing
+            self.say(f"the run is at step {self.step}, and max_steps is {cfg.max_steps}: nothing to train; raise "
+                     "max_steps (--set max_steps=N, or --steps N) to train on")
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not self.is_main,
                    dynamic_ncols=True)

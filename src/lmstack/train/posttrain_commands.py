@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "grpo", help="reinforcement learning with verifiable rewards (GRPO) on the synthetic tool-use task",
         description="GRPO: groups of samples per prompt from the engine, rewards from the tool-use checker, "
                     "group-normalised advantages, optional KL to the reference; writes <run dir>/final.")
-    _common(grpo, data_help="synthetic tool-use JSONL (from `lmstack data toolcalls`)")
+    _common(grpo, data_help="synthetic tool-use JSONL (from `lmstack data toolcalls`)",
+            val_help="held-out file of the same format, scored greedily at each eval (default: none, and a warning)")
     grpo.add_argument("--group-size", type=int, help="samples per prompt (default 8)")
     grpo.add_argument("--kl-coef", type=float, help="KL penalty to the reference (default 0.02; 0 = none)")
     grpo.set_defaults(func=run_grpo)
@@ -47,10 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     toolcalls.set_defaults(func=run_toolcalls)
 
 
-def _common(parser: argparse.ArgumentParser, data_help: str) -> None:
+def _common(parser: argparse.ArgumentParser, data_help: str,
+            val_help: str = "held-out file of the same format (default: a slice of --data)") -> None:
     parser.add_argument("--init-from", required=True, metavar="DIR", help="checkpoint dir to start from")
     parser.add_argument("--data", metavar="FILE", help=data_help)
-    parser.add_argument("--val-data", metavar="FILE", help="held-out file of the same format (default: a slice of --data)")
+    parser.add_argument("--val-data", metavar="FILE", help=val_help)
     parser.add_argument("--run-dir", metavar="DIR", help="where checkpoints, metrics and final/ go (default runs/<name>)")
     parser.add_argument("--steps", type=int, help="optimizer steps")
     parser.add_argument("--lora-rank", type=int, metavar="N",

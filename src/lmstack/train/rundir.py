@@ -1,4 +1,4 @@
-"""The run dir: checked writable before any work, removed again if the start fails and leaves it empty, and
+"""The run dir: checked to be new, empty or a run (never another tool's folder) and writable before any work, removed again if the start fails and leaves it empty, and
 `run.log` with what produced the run at its top."""
 
 from __future__ import annotations
@@ -12,21 +12,39 @@ from typing import Any, Iterator
 
 from lmstack.atomic import atomic_write_text
 from lmstack.errors import LmstackError
-from lmstack.run_layout import RUN_CONFIG, RUN_LOG
+from lmstack.run_layout import RUN_CONFIG, RUN_LOG, is_run_dir
+from lmstack.train.rundir_lock import LOCK_FILE
 
+WRITE_PROBE = ".write_probe."
 
 
 class RunDirError(LmstackError):
     """The run dir cannot be created or written; the message names it and the fix."""
 
 
-def ensure_writable(run_dir: Path) -> None:
+def refuse_foreign_dir(run_dir: Path, other: str) -> None:
+    """A run writes config.json, checkpoints/ and more into its dir: an existing folder that holds anything and is
+    no run dir (an HF export, the checkpoint being fine-tuned, a folder of yours) would have its files overwritten
+    and mixed with the run's. New and empty dirs, and runs to resume, pass; so does a dir holding only what a
+    start killed before its first log line leaves (its lock file, a write probe). `other` names the option to use."""
+    if not run_dir.is_dir() or is_run_dir(run_dir):
+        return
+    held = sorted(child.name for child in run_dir.iterdir()
+                  if child.name != LOCK_FILE and not child.name.startswith(WRITE_PROBE))
+    if held:
+        shown = ", ".join(f"'{name}'" for name in held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise RunDirError(f"run dir '{run_dir}' already holds {shown} and is not a training run dir (no "
+                          f"metrics.jsonl or run.log), so the run would overwrite what is there; choose a new or "
+                          f"empty dir with {other}")
+
+
+def ensure_writable(run_dir: Path, other: str) -> None:
     """Create `run_dir` and prove it writable with a real write (a permission check is not enough:
     root passes every permission check, yet a read-only mount or a full disk still refuses)."""
-    fix = "choose another with --set run_dir=PATH (or --set run_name=NAME; --run-dir DIR where the command has it)"
+    fix = f"choose another with {other}"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write_probe.{uuid.uuid4().hex}"
+        probe = run_dir / f"{WRITE_PROBE}{uuid.uuid4().hex}"
         with open(probe, "wb") as f:
             f.write(b"ok")
             os.fsync(f.fileno())

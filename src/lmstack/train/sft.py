@@ -67,9 +67,22 @@ class SFTConfig(TrainConfig):
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ConfigError(f"lora_alpha must be > 0, got {self.lora_alpha}; leave it out for 2 * rank "
                               "(--lora-alpha N)")
+        # Without a rank there are no adapters, so these would be ignored and the run a full fine-tune.
+        lora_only = [flag for flag, unset in (("--lora-alpha", self.lora_alpha is None),
+                                              ("--lora-dropout", self.lora_dropout == 0),
+                                              ("--lora-targets", self.lora_targets == list(DEFAULT_TARGETS)))
+                     if not unset]
+        if lora_only and not self.lora_rank:
+            raise ConfigError(f"{', '.join(lora_only)} set LoRA adapters, but no --lora-rank N asks for them; add "
+                              "--lora-rank N (e.g. 8) for LoRA, or drop them to fine-tune all weights")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         super().validate()
+
+    def other_run_dir_option(self) -> str:
+        return "--run-dir DIR"  # every post-training command has it
 
 
 def load_finetune_config(cls: type, init_from: str, config_file: str | None, overrides: list[str],
@@ -77,7 +90,7 @@ def load_finetune_config(cls: type, init_from: str, config_file: str | None, ove
     """Defaults <- the checkpoint's model and tokenizer <- `settings` (CLI flags) <- TOML <- --set."""
     saved = read_config(init_from)
     model = from_dict(ModelConfig, saved["model"], prefix="model.")
-    base = {"init_from": str(init_from), "model": saved["model"],
+    base = {"init_from": str(Path(init_from)), "model": saved["model"],
             "tokenizer": str(Path(init_from) / "tokenizer.json"), "seq_len": min(512, model.block_size),
             **{k: v for k, v in settings.items() if v is not None}}
     cfg = load_config(cls, config_file, overrides, base=base)

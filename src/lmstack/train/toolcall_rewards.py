@@ -107,7 +107,8 @@ def sampled_rewards(model: GPT, tokenizer: Tokenizer, prompts: list[ToolcallProm
 def load_toolcall_samples(path: str | Path) -> tuple[list[dict[str, Any]], LoadReport]:
     """The usable samples of a `lmstack data toolcalls` file, and the report of the lines skipped."""
     report = LoadReport()
-    samples = list(read_jsonl(path, report, check=_toolcall_problem))
+    lines = "a synthetic tool-use sample per line (from `lmstack data toolcalls`)"
+    samples = [record for _, record in read_jsonl(path, report, check=_toolcall_problem, lines=lines)]
     if not samples:
         raise ChatDataError(f"'{path}' has no synthetic tool-use samples ({report.summary()}); "
                             "write some with `lmstack data toolcalls --out DIR`")

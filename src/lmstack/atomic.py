@@ -109,11 +109,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
 
 
-def refuse_to_replace(directory: Path, written: Callable[[str], bool], writer: str, error: type[Exception]) -> None:
-    """`atomic_directory` replaces a directory whole, deleting all it holds: before any work, refuse one that is a
-    link (it would become a copy, and the link's target stay as it was) or that holds anything but regular files
-    `writer` writes (`written(name)`). Nothing is touched."""
-    fix = "choose a new or empty directory (the output is replaced as a whole)"
+def refuse_to_replace(directory: Path, written: Callable[[str], bool], writer: str, error: type[Exception],
+                      replaces: str = "the output is replaced as a whole") -> None:
+    """`atomic_directory` replaces a directory whole, deleting all it holds (and other writers replace each of their
+    files): before any work, refuse one that is a link (it would become a copy, and the link's target stay as it
+    was) or that holds anything but regular files `writer` writes (`written(name)`). Nothing is touched. `replaces`:
+    what the writer does to what it finds, for the message."""
+    fix = f"choose a new or empty directory ({replaces})"
     if directory.is_symlink():
         raise error(f"output '{directory}' is a symbolic link; {fix}")
     if not directory.is_dir():

@@ -39,11 +39,6 @@ class ModelListingError(LmstackError):
         self.cause = cause
 
 
-def first_listed_model(*args: Any, **kwargs: Any) -> str:
-    """The first model id GET /v1/models lists (see first_listed)."""
-    return first_listed(*args, **kwargs).id
-
-
 def first_listed(url: str, api_key_env: str, timeout_s: float, prefix: str = "", key_fix: str = "",
                  max_retries: int = 2, api_key: str | None = None, model_flag: str = "--model-name") -> Any:
     """The first model GET /v1/models lists at `url`: its `id`, and what else the server says of it (ours and vLLM's

@@ -32,4 +32,3 @@ def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     if not root.is_dir():
         return []
     return sorted((int(match.group(1)), path) for path in root.iterdir() if (match := STEP_DIR.match(path.name)))
-

@@ -13,6 +13,7 @@ import pytest
 
 from agent_helpers import call
 from cli_testing import one_line_error, run_cli
+from lmstack.agent.budget import BudgetConfig, unpriced_dollar_budget
 from lmstack.agent.launch import open_database
 from lmstack.agent.settings import AgentConfig
 from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
@@ -143,6 +144,9 @@ def test_a_dollar_budget_on_a_model_without_a_price_is_said_to_have_no_effect(se
     assert ("warning: budget.max_dollars=0.5 has no effect: model 'calc' has no price, so its calls cost $0; set "
             "budget.price_in_per_mtok and budget.price_out_per_mtok (dollars per million tokens)") in unpriced.stderr
     assert "warning" not in priced.stderr
+    # prices of 0 set on purpose say the model is free: nothing to warn about
+    free = BudgetConfig(max_dollars=0.5, price_in_per_mtok=0.0, price_out_per_mtok=0.0)
+    assert unpriced_dollar_budget("calc", free) is None
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cli_testing import one_line_error, run_cli
 
-FIX = "choose a new or empty directory (the output is replaced as a whole)"
+FIX = "choose a new or empty directory"
 
 
 def contents(directory: Path) -> dict[str, bytes]:
@@ -26,7 +26,7 @@ def test_tokenizer_train_refuses_a_model_dir_and_replaces_its_own(make_corpus, t
     args = ("tokenizer", "train", "--source", corpus, "--vocab-size", "270", "--min-frequency", "1", "--out")
     message = one_line_error(run_cli(*args, model), "tokenizer")
     assert message.endswith(f"output '{model}' holds 'config.json', 'model.safetensors', which tokenizer train never "
-                            f"writes; {FIX}")
+                            f"writes; {FIX} (its tokenizer.json is replaced)")
     assert contents(model) == before
     (model / "config.json").unlink()
     (model / "model.safetensors").unlink()
@@ -52,5 +52,6 @@ def test_data_toolcalls_refuses_a_dir_with_other_files(tmp_path):
     (data / "meta.json").write_text("{}")
     (data / "train.jsonl").write_text("mine\n")
     message = one_line_error(run_cli("data", "toolcalls", "--out", data, "--train", "2", "--test", "2"), "data")
-    assert message.endswith(f"output '{data}' holds 'meta.json', which data toolcalls never writes; {FIX}")
+    assert message.endswith(f"output '{data}' holds 'meta.json', which data toolcalls never writes; {FIX} (its train.jsonl "
+                            "and test.jsonl are replaced)")
     assert contents(data) == {"meta.json": b"{}", "train.jsonl": b"mine\n"}

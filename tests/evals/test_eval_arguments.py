@@ -105,4 +105,3 @@ def test_a_task_files_unknown_key_or_bad_config_is_refused_naming_the_file(tmp_p
     with pytest.raises(TaskError) as refused:
         load_task(str(path))
     assert str(refused.value) == f"task file '{path}': {says}"
-

@@ -22,13 +22,14 @@ class BrokenConstraint:
 
 
 BROKEN = SamplingParams(max_tokens=6, temperature=0, constraint=BrokenConstraint)
+MASK_MISMATCH = "must match the existing size"  # torch's words for the mask one column short
 
 
 def test_a_step_that_raises_aborts_its_requests_and_the_next_generate_works():
     model = tiny_model("llama")
     engine = Engine(model, None, EngineConfig(block_size=4, num_blocks=64))
     initial = engine.num_free_blocks
-    with pytest.raises(RuntimeError):  # the good prompt shares the failing step, so it fails too
+    with pytest.raises(RuntimeError, match=MASK_MISMATCH):  # the good prompt shares the failing step: it fails too
         engine.generate([[1, 2, 3], list(range(5, 25))], [GREEDY, BROKEN])
     # Before the fix the step had counted the prompts as computed without sampling: every later step failed.
     assert engine.num_free_blocks == initial and not engine.has_unfinished()
@@ -42,7 +43,7 @@ def test_a_request_waiting_outside_the_failed_step_still_runs():
     engine = Engine(model, None, EngineConfig(block_size=4, num_blocks=64, max_num_seqs=1))  # one request per step
     broken = engine.add_request([9, 8, 7], BROKEN)
     waiting = engine.add_request([1, 2, 3], GREEDY)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=MASK_MISMATCH):
         engine.step()
     events = []
     while engine.has_unfinished():

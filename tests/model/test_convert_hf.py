@@ -20,9 +20,8 @@ TOLERANCE = 1e-4
 
 
 def hf_gpt2(**overrides):
-    config = transformers.GPT2Config(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4,
-                                     bos_token_id=0, eos_token_id=0, **overrides)
-    return transformers.GPT2LMHeadModel(config)
+    settings = dict(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**settings, **overrides}))
 
 
 def hf_llama(**overrides):
@@ -96,7 +95,7 @@ def test_import_keeps_dtype_unless_asked(tmp_path):
 
 
 def test_import_keeps_the_source_tokenizer_file(tmp_path, tiny_tokenizer):
-    hf_gpt2().save_pretrained(tmp_path / "hf")
+    hf_gpt2(vocab_size=tiny_tokenizer.vocab_size).save_pretrained(tmp_path / "hf")  # a tokenizer must fit the vocab
     tiny_tokenizer.save(tmp_path / "hf" / "tokenizer.json")
     import_hf(str(tmp_path / "hf"), tmp_path / "ours")
     assert (tmp_path / "ours" / "tokenizer.json").read_bytes() == (tmp_path / "hf" / "tokenizer.json").read_bytes()

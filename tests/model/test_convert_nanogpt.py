@@ -16,7 +16,7 @@ from lmstack.model.checkpoint import load_model_dir
 from lmstack.model.convert import ConversionError
 from lmstack.model.convert_nanogpt import import_nanogpt
 
-ARGS = dict(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=96, dropout=0.0)
+ARGS = dict(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=400, dropout=0.0)  # the tiny tokenizer fits
 
 
 def nanogpt_state(bias: bool, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -52,6 +52,9 @@ BAD_CHAT = {
         *USER, {"role": "assistant", "content": None, "tool_calls": [
             {**CALL, "function": {"name": "f", "arguments": "{city: Paris"}}]}]),
         "messages.1.tool_calls.0.function.arguments", "not valid JSON"),
+    "tool call without an id (its result read as answering nothing)": (dict(messages=[
+        *USER, {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
+            "name": "f", "arguments": "{}"}}]}]), "messages.1.tool_calls.0.id", "needs an id"),
     "min_tokens under response_format (was ignored)": (
         dict(response_format={"type": "json_object"}, extra_body={"min_tokens": 2}), "min_tokens", "response_format"),
 }

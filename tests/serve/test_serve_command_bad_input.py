@@ -55,7 +55,7 @@ def test_serve_refuses_a_checkpoint_that_would_fail_to_load(good, tmp_path, dama
     ("max_queue=0", "max_queue must be >= 1 (requests waiting before new ones get 429), got 0"),
     ("max_body_bytes=10", "max_body_bytes must be >= 1024, got 10"),
     # these two used to pass the start-up checks, and the server then listened with a model that never loaded
-    ("engine.dtype=float99", "dtype 'float99' is not one of auto, float32, bfloat16, float16"),
+    ("engine.dtype=float99", "engine dtype: dtype 'float99' is not one of auto, float32, bfloat16, float16"),
     ("engine.kv_memory_mb=-1", "engine kv_memory_mb must be > 0 (the KV pool's budget in MiB), got -1.0"),
 ])
 def test_serve_refuses_settings_that_cannot_work_before_it_listens(good, setting, says):

@@ -10,6 +10,7 @@ from cli_testing import one_line_error, run_cli
 
 from lmstack.config import ConfigError, load_config
 from lmstack.train.config import TrainConfig
+from lmstack.train.rundir import RunDirError, refuse_foreign_dir
 
 
 def test_a_folder_that_is_no_run_dir_is_refused_and_left_as_it_was(tmp_path):
@@ -26,6 +27,18 @@ def test_a_folder_that_is_no_run_dir_is_refused_and_left_as_it_was(tmp_path):
                             "and is not a training run dir (no metrics.jsonl or run.log), so the run would overwrite "
                             "what is there; choose a new or empty dir with --set run_dir=PATH")
     assert {p.name: p.read_text() for p in export.iterdir()} == files
+
+
+def test_the_runs_own_data_inside_its_dir_is_not_foreign(tmp_path):
+    """The quickstart prepares runs/quickstart/data (without LMSTACK_HOME) and then trains in runs/quickstart: the
+    first version of this check refused `make demo`'s own first run."""
+    run_dir, data = tmp_path / "quickstart", tmp_path / "quickstart" / "data"
+    data.mkdir(parents=True)
+    (data / "tokenizer.json").write_text("{}")
+    refuse_foreign_dir(run_dir, "--set run_dir=PATH", (data, data / "tokenizer.json"))  # nothing else: fine
+    (run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="already holds 'notes.txt' and is not a training run dir"):
+        refuse_foreign_dir(run_dir, "--set run_dir=PATH", (data, data / "tokenizer.json"))
 
 
 def test_a_negative_seed_is_refused_before_the_run_dir_is_made(tmp_path):

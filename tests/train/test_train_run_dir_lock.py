@@ -139,4 +139,3 @@ def test_a_holder_on_another_host_is_named_with_its_host_and_no_kill(tmp_path):
             RunDirLock(tmp_path).acquire()
     assert str(refused.value) == (f"run dir '{tmp_path}' is being executed by process 4242 on host 'other-host'; "
                                   "wait for it to finish, or stop it there and resume again")
-

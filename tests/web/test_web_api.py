@@ -76,10 +76,11 @@ def test_runs_nested_in_a_run_dir_are_listed_and_opened(client, seeded):
     # The page sends the name URL-encoded, slash included.
     detail = client.get("/api/training/runs/posttrained%2Fsft", headers=KEY).json()
     assert detail["name"] == "posttrained/sft" and [s["step"] for s in detail["samples"]] == [20, 40]
-    # its checkpoints, not its folders (the nested sft run and the checkpoints folder were listed)
+    # its models, not its folders (the nested sft run and the checkpoints folder were listed)
     (outer / "checkpoints" / "step_000010").mkdir()
-    assert client.get("/api/training/runs/posttrained", headers=KEY).json()["checkpoints"] == ["step_000005",
-                                                                                             "step_000010"]
+    (outer / "best").symlink_to("checkpoints/step_000005")
+    assert client.get("/api/training/runs/posttrained", headers=KEY).json()["checkpoints"] == [
+        "step_000005", "step_000010", "best"]
     metrics = client.get("/api/training/metrics/posttrained%2Fsft", headers=KEY).json()
     assert [r["step"] for r in metrics["records"] if "loss" in r] == list(range(1, 41))
     assert client.get("/api/training/runs/posttrained/checkpoints", headers=KEY).status_code == 404

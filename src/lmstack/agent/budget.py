@@ -76,7 +76,9 @@ def unpriced_dollar_budget(model: str, budget: BudgetConfig) -> str | None:
     """Why `budget.max_dollars` cannot stop a run on `model`, or None: every call of a model without a price (our own
     server, other local endpoints, a model the table above lacks) costs $0. (max_dollars=0 means "free models only",
     which such a model is.)"""
-    if not budget.max_dollars or any(prices(model, budget)):
+    priced = (model in PRICES_PER_MTOK or budget.price_in_per_mtok is not None
+              or budget.price_out_per_mtok is not None)  # prices of 0 set on purpose say the model is free
+    if not budget.max_dollars or priced:
         return None
     return (f"budget.max_dollars={budget.max_dollars:g} has no effect: model '{model}' has no price, so its calls "
             "cost $0; set budget.price_in_per_mtok and budget.price_out_per_mtok (dollars per million tokens)")

@@ -20,7 +20,7 @@ from lmstack.agent.tools import ToolRegistry
 from lmstack.config import from_dict, to_dict
 from lmstack.db import connect, existing_database, lmstack_home, transaction
 from lmstack.errors import LmstackError
-from lmstack.openai_url import ModelListingError, first_listed_model
+from lmstack.openai_url import ModelListingError, first_listed
 from lmstack.run_ids import check_run_id
 
 
@@ -61,9 +61,8 @@ def build_client(config: AgentConfig, flags: ClientFlags = ClientFlags()) -> Mod
 
 
 def first_model_id(config: AgentConfig, flags: ClientFlags = ClientFlags()) -> str:
-    return first_listed_model(config.model, config.api_key_env, config.timeout_s,
-                              prefix=f"{flags.model} {config.model}: ", key_fix=flags.key_fix,
-                              model_flag=flags.model_name)
+    return first_listed(config.model, config.api_key_env, config.timeout_s, prefix=f"{flags.model} {config.model}: ",
+                        key_fix=flags.key_fix, model_flag=flags.model_name).id
 
 
 def build_runtime(conn: sqlite3.Connection, run_id: str, show_progress: bool = False,
@@ -99,7 +98,7 @@ def check_model_reachable(config: AgentConfig) -> None:
     if not config.model.startswith(("http://", "https://")):
         return
     try:
-        first_listed_model(config.model, config.api_key_env, timeout_s=10, max_retries=0)
+        first_listed(config.model, config.api_key_env, timeout_s=10, max_retries=0)
     except ModelListingError as err:
         if not (err.status == 404 and config.model_name):  # no listing there, but the server answered: fine
             raise

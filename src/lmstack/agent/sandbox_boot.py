@@ -18,7 +18,7 @@ MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
 NOBODY = 65534
 SANDBOX_TMP = "/tmp"
-CPU_HARD_EXTRA_S = 1  # the hard CPU limit is this much over the soft one (sandbox.py relies on it)
+CPU_HARD_EXTRA_S = 1  # the hard CPU limit is this much over the soft one
 
 
 def mount(libc, source, target, flags):

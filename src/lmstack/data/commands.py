@@ -84,7 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
     check_output_dir(out)  # before the training, which takes a while; created only by the save
     # Only a dir of its own (tokenizer.json alone) may have its tokenizer.json replaced: in a model or data dir the
     # new tokenizer would no longer match the weights or shards beside it.
-    refuse_to_replace(out, TOKENIZER_FILE.__eq__, "tokenizer train", TokenizerError)
+    refuse_to_replace(out, TOKENIZER_FILE.__eq__, "tokenizer train", TokenizerError,
+                      "its tokenizer.json is replaced")
     total = document_count(args.source)
     if args.limit is not None:
         total = min(total, args.limit) if total is not None else args.limit

@@ -257,7 +257,8 @@ def write_splits(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0) 
     if out_dir.exists() and not out_dir.is_dir():
         raise ToolCallError(f"output '{out_dir}' is a file; pass a directory for train.jsonl and test.jsonl")
     # Files of these names in another tool's output (or beside files of yours) are not ours to overwrite.
-    refuse_to_replace(out_dir, SPLIT_FILES.__contains__, "data toolcalls", ToolCallError)
+    refuse_to_replace(out_dir, SPLIT_FILES.__contains__, "data toolcalls", ToolCallError,
+                      "its train.jsonl and test.jsonl are replaced")
     paths = {}
     for split, n in (("train", n_train), ("test", n_test)):
         lines = (json.dumps(s, ensure_ascii=False) for s in generate(n, seed, split))

@@ -14,9 +14,9 @@ from dataclasses import asdict
 from typing import Any
 
 from lmstack.errors import LmstackError
-from lmstack.evals.table import column_widths, table_row
 from lmstack.evals import stats
 from lmstack.evals.store import SampleRecord
+from lmstack.evals.table import column_widths, table_row
 
 REDUCER = re.compile(r"^(mean|max|pass@(\d+)|pass\^(\d+))$")
 
@@ -106,7 +106,7 @@ SCORE_COLUMNS = ("run", "task", "model", "scorer", "reducer", "mean", "95% CI", 
 def format_scores(runs: list[Any]) -> str:
     """The score table printed at the end of `lmstack eval run` (and by the demo). A row's `err` counts the results
     its scorer has no score for: the failed samples, and the samples on which that scorer failed."""
-    rows, notes = [], []
+    lines: list[list[str] | str] = []  # a row of cells, or a run's one-line note, in run order
     for run in runs:
         summary = run.summary or {"scores": {}, "usage": {}}
         usage = summary.get("usage", {})
@@ -118,11 +118,12 @@ def format_scores(runs: list[Any]) -> str:
             for reducer, s in by_reducer.items():
                 mean = "-" if s["mean"] is None else f"{s['mean']:.4f}"
                 ci = "-" if s["ci_low"] is None else f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
-                rows.append([run.id, run.task, run.model, scorer + (" (lower is better)" if lower else ""), reducer,
-                             mean, ci, str(s["n"]), str(errors), tokens, cost])
+                lines.append([run.id, run.task, run.model, scorer + (" (lower is better)" if lower else ""),
+                              reducer, mean, ci, str(s["n"]), str(errors), tokens, cost])
         if not summary["scores"]:
-            notes.append(f"{run.id} {run.task} {run.model} (no scores: {summary.get('errors', 0)} sample errors)")
-    widths = column_widths(SCORE_COLUMNS, rows)
+            lines.append(f"{run.id} {run.task} {run.model} (no scores: {summary.get('errors', 0)} sample errors)")
+    widths = column_widths(SCORE_COLUMNS, [line for line in lines if isinstance(line, list)])
     text = {"run", "task", "model", "scorer", "reducer"}
     return "\n".join([table_row(SCORE_COLUMNS, list(SCORE_COLUMNS), widths, text),
-                      *(table_row(SCORE_COLUMNS, row, widths, text) for row in rows), *notes])
+                      *(table_row(SCORE_COLUMNS, line, widths, text) if isinstance(line, list) else line
+                        for line in lines)])

@@ -60,7 +60,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lmstack.device import available_memory_bytes, detect_device, inference_dtype
+from lmstack.device import DeviceError, available_memory_bytes, detect_device, inference_dtype
 from lmstack.infer.block_manager import BlockManager
 from lmstack.infer.compiled_decode import COMPILED_GRAPHS, CompiledDecoder
 from lmstack.infer.cuda_graphs import CudaGraphDecoder
@@ -96,7 +96,10 @@ class EngineConfig:
     def validate(self) -> None:
         check_method(self.quantization)
         if self.dtype != "auto":  # a name it does not know: refused now, not once the model has started loading
-            inference_dtype(None, self.dtype)  # the device matters for "auto" only
+            try:
+                inference_dtype(None, self.dtype)  # the device matters for "auto" only
+            except DeviceError as err:
+                raise SamplingError(f"engine dtype: {err}") from None
         if not self.kv_memory_mb > 0:
             raise SamplingError(f"engine kv_memory_mb must be > 0 (the KV pool's budget in MiB), "
                                 f"got {self.kv_memory_mb}")

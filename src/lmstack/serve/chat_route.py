@@ -71,8 +71,11 @@ def check_messages(messages: list[ChatMessage]) -> None:
                            param=f"messages.{i}.tool_call_id")
         if message.role == "assistant":
             for j, call in enumerate(message.tool_calls or []):
+                if not call.id:  # else the tool message answering it would read as answering nothing
+                    raise APIError(f"messages.{i}.tool_calls.{j}: a tool call needs an id, which the tool message "
+                                   "answering it names as tool_call_id", param=f"messages.{i}.tool_calls.{j}.id")
                 check_arguments(call.function.arguments, f"messages.{i}.tool_calls.{j}.function.arguments")
-                call_ids += [call.id] if call.id else []
+                call_ids.append(call.id)
 
 
 def check_arguments(arguments: str | dict, param: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import openai
 
 from lmstack.errors import LmstackError
-from lmstack.openai_url import ModelListingError, api_base, first_listed_model
+from lmstack.openai_url import ModelListingError, api_base, first_listed
 
 
 class RemoteChatError(LmstackError):
@@ -45,7 +45,7 @@ def _first_model(url: str, api_key: str | None) -> str:
     """The model to chat with when --model is not given, found as every lmstack client finds it (one try: a person
     waits for the prompt)."""
     try:
-        return first_listed_model(url, "OPENAI_API_KEY", timeout_s=30, max_retries=0, api_key=api_key,
-                                  key_fix="or pass it with --api-key", model_flag="--model")
+        return first_listed(url, "OPENAI_API_KEY", timeout_s=30, max_retries=0, api_key=api_key,
+                            key_fix="or pass it with --api-key", model_flag="--model").id
     except ModelListingError as err:
         raise RemoteChatError(f"could not list models at {url}: {err}") from None

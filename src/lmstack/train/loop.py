@@ -141,7 +141,8 @@ class Trainer:
     def _check_run_dir(self) -> None:
         def check() -> None:
             check_writers_installed(self.cfg.tensorboard, self.cfg.wandb)  # before the run dir is made
-            refuse_foreign_dir(self.run_dir, self.cfg.other_run_dir_option())
+            refuse_foreign_dir(self.run_dir, self.cfg.other_run_dir_option(),
+                               (Path(self.cfg.data_dir), self.cfg.tokenizer_path))
             ensure_writable(self.run_dir, self.cfg.other_run_dir_option())
             self.lock.acquire()  # before anything in the dir is touched, a running writer's checkpoint writes included
             ckpt.clean_interrupted_writes(self.run_dir)
@@ -394,8 +395,7 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg = self.cfg
         if self.step >= cfg.max_steps:  # a resumed run that is already there: say so, rather than nothing
-            self.say(f"the run is at step {self.step}, and max_steps is {cfg.max_steps}: nothing to train; raise "
-                     "max_steps (--set max_steps=N, or --steps N) to train on")
+            self.say(f"the run is at step {self.step}, and max_steps is {cfg.max_steps}: nothing more to train")
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", disable=not self.is_main,
                    dynamic_ncols=True)

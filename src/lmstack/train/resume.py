@@ -42,4 +42,3 @@ def _same(key: str, saved: Any, now: Any) -> bool:
     if key in PATH_KEYS and isinstance(saved, str) and isinstance(now, str):
         return Path(saved).resolve() == Path(now).resolve()
     return saved == now
-

@@ -1,5 +1,5 @@
-"""The run dir: checked to be new, empty or a run (never another tool's folder) and writable before any work, removed again if the start fails and leaves it empty, and
-`run.log` with what produced the run at its top."""
+"""The run dir: checked to be new, empty or a run (never another tool's folder) and writable before any work,
+removed again if the start fails and leaves it empty, and `run.log` with what produced the run at its top."""
 
 from __future__ import annotations
 
@@ -22,15 +22,18 @@ class RunDirError(LmstackError):
     """The run dir cannot be created or written; the message names it and the fix."""
 
 
-def refuse_foreign_dir(run_dir: Path, other: str) -> None:
+def refuse_foreign_dir(run_dir: Path, other: str, inputs: tuple[Path, ...] = ()) -> None:
     """A run writes config.json, checkpoints/ and more into its dir: an existing folder that holds anything and is
     no run dir (an HF export, the checkpoint being fine-tuned, a folder of yours) would have its files overwritten
     and mixed with the run's. New and empty dirs, and runs to resume, pass; so does a dir holding only what a
-    start killed before its first log line leaves (its lock file, a write probe). `other` names the option to use."""
+    start killed before its first log line leaves (its lock file, a write probe), and the run's own `inputs` (the
+    quickstart prepares its data in runs/quickstart/data before it trains there). `other` names the option to use."""
     if not run_dir.is_dir() or is_run_dir(run_dir):
         return
+    mine = [path.resolve() for path in inputs]
     held = sorted(child.name for child in run_dir.iterdir()
-                  if child.name != LOCK_FILE and not child.name.startswith(WRITE_PROBE))
+                  if child.name != LOCK_FILE and not child.name.startswith(WRITE_PROBE)
+                  and not any(path == child.resolve() or child.resolve() in path.parents for path in mine))
     if held:
         shown = ", ".join(f"'{name}'" for name in held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
         raise RunDirError(f"run dir '{run_dir}' already holds {shown} and is not a training run dir (no "

@@ -90,9 +90,12 @@ def load_finetune_config(cls: type, init_from: str, config_file: str | None, ove
     """Defaults <- the checkpoint's model and tokenizer <- `settings` (CLI flags) <- TOML <- --set."""
     saved = read_config(init_from)
     model = from_dict(ModelConfig, saved["model"], prefix="model.")
-    base = {"init_from": str(Path(init_from)), "model": saved["model"],
+    # Saved absolute, as the agent saves its paths: a resume from another directory names the same files.
+    base = {"init_from": str(Path(init_from).resolve()), "model": saved["model"],
             "tokenizer": str(Path(init_from) / "tokenizer.json"), "seq_len": min(512, model.block_size),
             **{k: v for k, v in settings.items() if v is not None}}
+    if base.get("train_file"):
+        base["train_file"] = str(Path(base["train_file"]).resolve())
     cfg = load_config(cls, config_file, overrides, base=base)
     if cfg.model != model:
         raise ConfigError("model.* settings cannot change in fine-tuning: the shape comes from init_from "

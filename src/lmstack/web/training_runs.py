@@ -92,7 +92,14 @@ def run_detail(root: Path, name: str) -> dict[str, Any]:
     config_file = path / RUN_CONFIG
     config = json.loads(config_file.read_text()) if config_file.is_file() else None
     return {**run_summary(path, name), "path": str(path), "config": config, "samples": read_samples(path / RUN_LOG),
-            "checkpoints": [p.name for _, p in step_dirs(path)]}  # not every folder: `best`, a nested `sft` run
+            "checkpoints": model_dirs(path)}
+
+
+def model_dirs(run_dir: Path) -> list[str]:
+    """The run's models: its step checkpoints, then `best` and a post-training's merged `final` (not every folder:
+    a nested run, say)."""
+    named = [name for name in ("best", "final") if (run_dir / name / RUN_CONFIG).is_file()]
+    return [p.name for _, p in step_dirs(run_dir)] + named
 
 
 def read_samples(run_log: Path) -> list[dict[str, Any]]:

@@ -39,12 +39,15 @@ def server():
         yield s
 
 
-def lmstack(*args, db: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmstack.cli", "agent", *args, "--db", str(db)],
-                          capture_output=True, text=True, timeout=60)
+@pytest.fixture
+def lmstack(cli):
+    """`lmstack agent ARGS --db DB`, in this process (see the `cli` fixture)."""
+    def run(*args, db: Path) -> subprocess.CompletedProcess:
+        return cli("agent", *args, "--db", db)
+    return run
 
 
-def test_run_list_and_trace(server, tmp_path):
+def test_run_list_and_trace(lmstack, server, tmp_path):
     db = tmp_path / "lmstack.db"
     run = lmstack("run", "What are 6*7 and 6+7?", "--model", server.base_url, "--model-name", "calc",
                   "--tools", "calculator", "--run-id", "r1", "--workspace", str(tmp_path / "ws"), db=db)
@@ -78,7 +81,7 @@ def test_run_list_and_trace(server, tmp_path):
     assert [e["name"] for e in events] == ["monitor.action_claims"]
 
 
-def test_file_tool_claim_is_not_flagged_when_the_file_was_written(server, tmp_path):
+def test_file_tool_claim_is_not_flagged_when_the_file_was_written(lmstack, server, tmp_path):
     db = tmp_path / "lmstack.db"
     run = lmstack("run", "Write a plan.", "--model", server.base_url, "--model-name", "files", "--tools", "files",
                   "--run-id", "r2", "--workspace", str(tmp_path / "ws"), db=db)
@@ -87,7 +90,7 @@ def test_file_tool_claim_is_not_flagged_when_the_file_was_written(server, tmp_pa
     assert "! " not in lmstack("trace", "r2", db=db).stdout
 
 
-def test_approve_from_the_command_line(server, tmp_path):
+def test_approve_from_the_command_line(lmstack, server, tmp_path):
     db = tmp_path / "lmstack.db"
     run = lmstack("run", "Write a plan.", "--model", server.base_url, "--model-name", "files",
                   "--tools", f"{APPROVAL_TOOLS}:write_file", "--run-id", "r3", "--workspace", str(tmp_path / "ws"), db=db)
@@ -99,7 +102,7 @@ def test_approve_from_the_command_line(server, tmp_path):
     assert (tmp_path / "ws" / "plan.md").read_text() == "1. buy milk"
 
 
-def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
+def test_user_errors_are_one_line_with_exit_code_2(lmstack, tmp_path):
     open_database(tmp_path / "x.db")
     missing = lmstack("resume", "nope", db=tmp_path / "x.db")
     assert missing.returncode == 2 and "no agent run with id 'nope'" in missing.stderr
@@ -132,7 +135,7 @@ def test_commands_on_recorded_runs_refuse_another_apps_database_and_leave_it_unc
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
 
 
-def test_a_dollar_budget_on_a_model_without_a_price_is_said_to_have_no_effect(server, tmp_path):
+def test_a_dollar_budget_on_a_model_without_a_price_is_said_to_have_no_effect(lmstack, server, tmp_path):
     """Regression: --set budget.max_dollars on our own server (every call $0) was silently never reached."""
     def run(*settings: str) -> subprocess.CompletedProcess:
         return lmstack("run", "What is 6 * 7?", "--model", server.base_url, "--model-name", "calc", *settings,
@@ -155,7 +158,7 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
-def test_a_failed_model_listing_says_what_to_fix(server, tmp_path):
+def test_a_failed_model_listing_says_what_to_fix(lmstack, server, tmp_path):
     nothing_there = lmstack("run", "x", "--model", f"http://127.0.0.1:{free_port()}/v1", db=tmp_path / "x.db")
     assert "is the server running at that URL?" in error_line(nothing_there)
     no_such_path = lmstack("run", "x", "--model", server.base_url.replace("/v1", "/nope"), db=tmp_path / "x.db")
@@ -163,7 +166,7 @@ def test_a_failed_model_listing_says_what_to_fix(server, tmp_path):
     # A refused API key: tests/agent/test_agent_own_server.py, against our server with a key.
 
 
-def test_a_budget_that_cannot_work_is_refused_before_the_run_exists(tmp_path):
+def test_a_budget_that_cannot_work_is_refused_before_the_run_exists(lmstack, tmp_path):
     db = tmp_path / "x.db"
     refused = lmstack("run", "x", "--model", "http://127.0.0.1:9/v1", "--model-name", "m",
                       "--set", "budget.max_steps=-1", db=db)
@@ -188,7 +191,7 @@ def test_zero_dollars_and_zero_retries_are_meaningful_and_accepted():
     assert config.budget.max_dollars == 0 and config.monitors.max_retries == 0
 
 
-def test_resuming_a_run_that_is_over_says_so_and_runs_nothing(server, tmp_path):
+def test_resuming_a_run_that_is_over_says_so_and_runs_nothing(lmstack, server, tmp_path):
     # A `failed` run resumes (test_agent_failed_resume.py); every other end would only be reached again.
     db = tmp_path / "lmstack.db"
     looped = lmstack("run", "x", "--model", server.base_url, "--model-name", "calc", "--run-id", "r4",
@@ -227,7 +230,7 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     assert process.stderr.read() == ""
 
 
-def test_a_model_or_workspace_that_cannot_load_is_refused_before_the_run_exists(tmp_path):
+def test_a_model_or_workspace_that_cannot_load_is_refused_before_the_run_exists(lmstack, tmp_path):
     """The run was recorded first, then the checkpoint loaded: a damaged one (a traceback) or one without a
     tokenizer (an AttributeError at the first call) left a run that stays `running` forever. A --workspace that
     is a file was a FileExistsError traceback."""
@@ -248,7 +251,7 @@ def test_a_model_or_workspace_that_cannot_load_is_refused_before_the_run_exists(
     assert "\n" not in lmstack("list", db=db).stdout.strip()  # the header alone: no run was recorded
 
 
-def test_list_names_a_status_or_limit_that_cannot_match(tmp_path):
+def test_list_names_a_status_or_limit_that_cannot_match(lmstack, tmp_path):
     """Both listed nothing and exited 0, as if there were no such runs."""
     assert error_line(lmstack("list", "--status", "done", db=tmp_path / "x.db")) == (
         "lmstack agent: error: --status 'done' is not a run status; use one of running, interrupted, waiting, completed, failed, "

@@ -1,20 +1,17 @@
-"""`lmstack prepare` as a real subprocess: output on success, one-line errors with exit code 2."""
+"""`lmstack prepare` and `tokenizer train` as users run them: output on success, one-line errors with exit code 2."""
 
 import json
 import os
 import stat
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from cli_testing import one_line_error
 
-LMSTACK = str(Path(sys.executable).with_name("lmstack"))
 
-
-def lmstack(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([LMSTACK, *map(str, args)], capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def lmstack(cli):
+    """The `lmstack` command, in this process (see the `cli` fixture)."""
+    return cli
 
 
 @pytest.fixture
@@ -23,7 +20,7 @@ def tokenizer_dir(tokenizer, tmp_path):
     return tmp_path
 
 
-def test_prepare_writes_shards_and_reports_counts(tokenizer_dir, make_corpus, tmp_path):
+def test_prepare_writes_shards_and_reports_counts(lmstack, tokenizer_dir, make_corpus, tmp_path):
     out = tmp_path / "data"
     done = lmstack("prepare", "--source", make_corpus(40), "--tokenizer", tokenizer_dir, "--out", out,
                    "--val-fraction", "0.1", "--workers", "2")
@@ -35,7 +32,7 @@ def test_prepare_writes_shards_and_reports_counts(tokenizer_dir, make_corpus, tm
     assert "40/40" in done.stderr and "doc/s" in done.stderr  # the progress bar, with its rate
 
 
-def test_empty_corpus(tokenizer_dir, tmp_path):
+def test_empty_corpus(lmstack, tokenizer_dir, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     message = one_line_error(lmstack("prepare", "--source", empty, "--tokenizer", tokenizer_dir, "--out", tmp_path / "o"), "prepare", alone=False)
@@ -43,7 +40,7 @@ def test_empty_corpus(tokenizer_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_unreadable_file(tokenizer_dir, make_corpus, tmp_path):
+def test_unreadable_file(lmstack, tokenizer_dir, make_corpus, tmp_path):
     corpus = make_corpus(3)
     (corpus / "bad.txt").write_bytes(b"\xff\xfe not utf-8")
     message = one_line_error(lmstack("prepare", "--source", corpus, "--tokenizer", tokenizer_dir, "--out", tmp_path / "o",
@@ -51,13 +48,13 @@ def test_unreadable_file(tokenizer_dir, make_corpus, tmp_path):
     assert "bad.txt': it is not UTF-8 text" in message
 
 
-def test_missing_tokenizer(make_corpus, tmp_path):
+def test_missing_tokenizer(lmstack, make_corpus, tmp_path):
     message = one_line_error(lmstack("prepare", "--source", make_corpus(3), "--tokenizer", tmp_path / "nope",
                                      "--out", tmp_path / "o"), "prepare", alone=False)
     assert "no tokenizer at" in message and "lmstack tokenizer train" in message
 
 
-def test_tokenizer_train_refuses_an_out_that_is_or_is_under_a_file_before_training(make_corpus, tmp_path):
+def test_tokenizer_train_refuses_an_out_that_is_or_is_under_a_file_before_training(lmstack, make_corpus, tmp_path):
     """A file where --out should be was a FileExistsError traceback (after the whole training); one under it said
     only "Not a directory". Both are refused up front now, naming the file, and the file is left as it was."""
     corpus = make_corpus(20)
@@ -77,7 +74,7 @@ def test_tokenizer_train_refuses_an_out_that_is_or_is_under_a_file_before_traini
     ("--limit", "-1", "--limit -1 would read no documents; use a positive number or leave it out"),
     ("--min-frequency", "-1", "min_frequency=-1 is negative; use 0 or more (--min-frequency, default 2)"),
 ])
-def test_tokenizer_train_refuses_negative_counts(make_corpus, tmp_path, flag, value, says):
+def test_tokenizer_train_refuses_negative_counts(lmstack, make_corpus, tmp_path, flag, value, says):
     """Both were tracebacks from the tokenizers library (a negative length, an unsigned overflow)."""
     message = one_line_error(lmstack("tokenizer", "train", "--source", make_corpus(5), "--vocab-size", "300",
                                       "--out", tmp_path / "tok", flag, value), "tokenizer", alone=False)
@@ -91,7 +88,7 @@ def test_tokenizer_train_refuses_negative_counts(make_corpus, tmp_path, flag, va
     ("--shard-tokens", "0", "--shard-tokens 0: a shard holds at least 1 token"),
     ("--min-val-docs", "-1", "--min-val-docs -1 is negative; use 0 or more (default 2)"),
 ])
-def test_prepare_names_the_setting_out_of_range(tokenizer_dir, make_corpus, tmp_path, flag, value, says):
+def test_prepare_names_the_setting_out_of_range(lmstack, tokenizer_dir, make_corpus, tmp_path, flag, value, says):
     """--workers below 1 ran anyway (0 as all cores, -2 as one); the other two shared one message naming neither flag."""
     message = one_line_error(lmstack("prepare", "--source", make_corpus(3), "--tokenizer", tokenizer_dir,
                                      "--out", tmp_path / "o", flag, value), "prepare", alone=False)
@@ -103,7 +100,7 @@ def test_prepare_names_the_setting_out_of_range(tokenizer_dir, make_corpus, tmp_
     (["--val-fraction", "0"], "use a --val-fraction above 0"),
     (["--val-fraction", "0.01", "--min-val-docs", "0"], "raise --min-val-docs above 0"),
 ])
-def test_prepare_warns_of_an_empty_val_split_with_the_setting_that_fills_it(tokenizer_dir, make_corpus, tmp_path,
+def test_prepare_warns_of_an_empty_val_split_with_the_setting_that_fills_it(lmstack, tokenizer_dir, make_corpus, tmp_path,
                                                                              settings, fix):
     """--val-fraction 0 left val empty without a word (and `lmstack train` refuses such a dir at its start)."""
     corpus = make_corpus(5)
@@ -115,10 +112,10 @@ def test_prepare_warns_of_an_empty_val_split_with_the_setting_that_fills_it(toke
     assert "warning" not in done.stderr and json.loads((tmp_path / "o" / "meta.json").read_text())["val"]["documents"]
 
 
-def test_prepared_data_gets_the_modes_the_umask_gives(tokenizer_dir, make_corpus, tmp_path):
+def test_prepared_data_gets_the_modes_the_umask_gives(lmstack, tokenizer_dir, make_corpus, tmp_path):
     """The data dir was 0700 and its shards 0600 (tempfile's modes), whatever the umask: data meant for a team
     was unreadable to it. Now they get what mkdir and open() give: 0777 and 0666 less the umask."""
-    previous = os.umask(0o027)  # the child inherits it; an unusual one, so that no default passes by chance
+    previous = os.umask(0o027)  # an unusual one, so that no default passes by chance
     try:
         done = lmstack("prepare", "--source", make_corpus(5), "--tokenizer", tokenizer_dir, "--out", tmp_path / "o")
     finally:

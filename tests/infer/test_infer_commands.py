@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from cli_testing import one_line_error, run_cli
+from cli_testing import one_line_error
 from infer_helpers import tiny_model
 
 from lmstack.cli import main
@@ -70,9 +70,9 @@ def test_sample_by_default_generates_what_the_context_leaves(short_checkpoint, c
     assert "fills the model's context of 40 tokens" in capsys.readouterr().err
 
 
-def test_a_sample_the_engine_refuses_prints_no_prompt(short_checkpoint):
+def test_a_sample_the_engine_refuses_prints_no_prompt(cli, short_checkpoint):
     """The prompt was echoed to stdout (without a newline) before the request was refused."""
-    done = run_cli("sample", short_checkpoint, "--prompt", "def main(", "--max-tokens", "1000")
+    done = cli("sample", short_checkpoint, "--prompt", "def main(", "--max-tokens", "1000")
     assert "exceeds the model's context of 40 tokens" in one_line_error(done, "sample")
     assert done.stdout == ""
 
@@ -104,9 +104,9 @@ def test_inspect_prints_the_report_and_writes_pngs(checkpoint, tmp_path, capsys)
     assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in pngs)
 
 
-def test_inspect_names_an_out_dir_given_with_a_slash_once(checkpoint, tmp_path):
+def test_inspect_names_an_out_dir_given_with_a_slash_once(cli, checkpoint, tmp_path):
     """`--out inspect/` was reported as "wrote 3 PNGs to inspect//"."""
-    done = run_cli("inspect", checkpoint, "--prompt", "a", "--out", f"{tmp_path / 'pngs'}/")
+    done = cli("inspect", checkpoint, "--prompt", "a", "--out", f"{tmp_path / 'pngs'}/")
     assert done.returncode == 0, done.stderr
     assert f"\nwrote 3 PNGs to {tmp_path / 'pngs'}/ (attention_layerNN.png, token_scores.png)\n" in done.stdout
 
@@ -143,7 +143,7 @@ def test_the_help_lists_every_engine_setting():
     assert ENGINE_SETTINGS.split(", ") == [f.name for f in dataclasses.fields(EngineConfig)]
 
 
-def test_sample_and_inspect_name_a_truncated_weights_file(checkpoint, tmp_path):
+def test_sample_and_inspect_name_a_truncated_weights_file(cli, checkpoint, tmp_path):
     """safetensors' own error was a traceback from both."""
     damaged = tmp_path / "damaged"
     damaged.mkdir()
@@ -151,41 +151,41 @@ def test_sample_and_inspect_name_a_truncated_weights_file(checkpoint, tmp_path):
         (damaged / name).write_bytes((checkpoint / name).read_bytes())
     (damaged / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes()[:100])
     for args in (["sample", damaged], ["inspect", damaged, "--prompt", "a", "--out", tmp_path / "pngs"]):
-        message = one_line_error(run_cli(*args), args[0])
+        message = one_line_error(cli(*args), args[0])
         assert f"'{damaged}/model.safetensors' cannot be read (" in message and "truncated" in message
     assert not (tmp_path / "pngs").exists()
 
 
-def test_inspect_checks_out_and_top_before_the_work(checkpoint, tmp_path):
+def test_inspect_checks_out_and_top_before_the_work(cli, checkpoint, tmp_path):
     """--out naming a file was a FileExistsError traceback after the whole inspection, one under a file said only
     "Not a directory", and --top -1 was torch's "selected index k out of range"."""
     notes = tmp_path / "notes.txt"
     notes.write_text("keep me")
-    message = one_line_error(run_cli("inspect", checkpoint, "--prompt", "a", "--out", notes), "inspect")
+    message = one_line_error(cli("inspect", checkpoint, "--prompt", "a", "--out", notes), "inspect")
     assert message.endswith(f"cannot write '{notes}': it is a file, not a directory; choose a writable location")
-    message = one_line_error(run_cli("inspect", checkpoint, "--prompt", "a", "--out", notes / "pngs"), "inspect")
+    message = one_line_error(cli("inspect", checkpoint, "--prompt", "a", "--out", notes / "pngs"), "inspect")
     assert f"'{notes}' is a file, not a directory" in message
     assert notes.read_text() == "keep me"
     for top in ("0", "-1"):
-        message = one_line_error(run_cli("inspect", checkpoint, "--prompt", "a", "--top", top,
+        message = one_line_error(cli("inspect", checkpoint, "--prompt", "a", "--top", top,
                                          "--out", tmp_path / "pngs"), "inspect")
         assert message.endswith(f"--top {top}: show at least 1 token per layer (default 5)")
     assert not (tmp_path / "pngs").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_each_command_names_its_own_way_to_choose_the_cpu(checkpoint, tmp_path):
+def test_each_command_names_its_own_way_to_choose_the_cpu(cli, checkpoint, tmp_path):
     """The hint said `--set device=cpu` everywhere; inspect takes --device, sample --set device."""
     for args, hint in ((["inspect", checkpoint, "--prompt", "a", "--device", "cuda", "--out", tmp_path / "p"],
                         "use --device cpu"),
                        (["sample", checkpoint, "--set", "device=cuda"], "use --set device=cpu")):
-        assert one_line_error(run_cli(*args), args[0]).endswith(f"no CUDA/ROCm GPU is visible; {hint}")
+        assert one_line_error(cli(*args), args[0]).endswith(f"no CUDA/ROCm GPU is visible; {hint}")
 
 
-def test_sample_and_chat_without_a_tokenizer_name_the_checkpoint(tmp_path, tokenizer):
+def test_sample_and_chat_without_a_tokenizer_name_the_checkpoint(cli, tmp_path, tokenizer):
     """sample said "pass token ids" (which the CLI cannot), chat named no dir."""
     bare = save_model_dir(tmp_path / "bare", tiny_model("llama", vocab_size=tokenizer.vocab_size), None)
     for command in ("sample", "chat"):
-        message = one_line_error(run_cli(command, bare), command)
+        message = one_line_error(cli(command, bare), command)
         assert message.endswith(f"'{bare}' has no tokenizer.json, which this command needs to read and write text; "
                                 "copy the tokenizer.json the model was trained with into it")

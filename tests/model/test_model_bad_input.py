@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from cli_testing import one_line_error, run_cli
+from cli_testing import one_line_error
 from model_testing import tiny_config
 
 from lmstack.model.checkpoint import CheckpointError, check_model_dir, load_model_dir, save_model_dir
@@ -22,7 +22,7 @@ def ckpt(tmp_path, tiny_tokenizer):
 
 
 @pytest.mark.parametrize("keep", ["100 bytes", "half"])
-def test_a_truncated_weights_file_is_named_in_one_line(ckpt, tmp_path, keep):
+def test_a_truncated_weights_file_is_named_in_one_line(cli, ckpt, tmp_path, keep):
     """safetensors' SafetensorError was a traceback from every command that reads the weights."""
     weights = ckpt / "model.safetensors"
     size = os.path.getsize(weights)
@@ -30,7 +30,7 @@ def test_a_truncated_weights_file_is_named_in_one_line(ckpt, tmp_path, keep):
     says = f"'{weights}' cannot be read ("
     fix = "it is truncated or not a safetensors file; copy it again or write the checkpoint again"
     for args in (["info", ckpt], ["export", ckpt, tmp_path / "hf"]):
-        message = one_line_error(run_cli(*args), args[0])
+        message = one_line_error(cli(*args), args[0])
         assert says in message and message.endswith(fix)
     assert not (tmp_path / "hf").exists()
     for check in (load_model_dir, check_model_dir):
@@ -52,65 +52,65 @@ def test_weights_of_another_shape_are_named_not_a_traceback(ckpt):
         check_model_dir(ckpt)
 
 
-def test_a_file_where_a_checkpoint_dir_should_be_is_called_a_file(tmp_path):
+def test_a_file_where_a_checkpoint_dir_should_be_is_called_a_file(cli, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
-    message = one_line_error(run_cli("info", tmp_path / "notes.txt"), "info")
+    message = one_line_error(cli("info", tmp_path / "notes.txt"), "info")
     assert f"checkpoint dir '{tmp_path}/notes.txt' is a file, not a directory" in message
 
 
-def test_export_and_import_never_replace_a_file_a_foreign_dir_or_their_source(ckpt, tmp_path):
+def test_export_and_import_never_replace_a_file_a_foreign_dir_or_their_source(cli, ckpt, tmp_path):
     """The output dir is replaced as a whole: a file there, a dir of other things, or the source itself was
     deleted without a word. Now each is refused before any work and left as it was."""
     notes = tmp_path / "notes.txt"
     notes.write_text("keep me")
-    message = one_line_error(run_cli("export", ckpt, notes), "export")
+    message = one_line_error(cli("export", ckpt, notes), "export")
     assert message.endswith(f"output '{notes}' is a file; pass the path of a directory to write (it is created)")
     assert notes.read_text() == "keep me"
 
     home = tmp_path / "home"
     (home / "projects").mkdir(parents=True)
     (home / "projects" / "thesis.tex").write_text("years of work")
-    message = one_line_error(run_cli("export", ckpt, home), "export")
+    message = one_line_error(cli("export", ckpt, home), "export")
     assert message.endswith(f"output '{home}' holds 'projects', which import or export never writes; choose a new "
                             "or empty directory (the output is replaced as a whole)")
     assert (home / "projects" / "thesis.tex").read_text() == "years of work"
 
-    message = one_line_error(run_cli("export", ckpt, ckpt), "export")
+    message = one_line_error(cli("export", ckpt, ckpt), "export")
     assert f"output '{ckpt}' is the model being converted; pass another directory" in message
     load_model_dir(ckpt)  # still our checkpoint
 
     export_hf(ckpt, tmp_path / "hf")
-    message = one_line_error(run_cli("import", "--from", "hf", tmp_path / "hf", home), "import")
+    message = one_line_error(cli("import", "--from", "hf", tmp_path / "hf", home), "import")
     assert "which import or export never writes" in message and (home / "projects" / "thesis.tex").exists()
-    message = one_line_error(run_cli("import", "--from", "hf", tmp_path / "hf", tmp_path / "hf"), "import")
+    message = one_line_error(cli("import", "--from", "hf", tmp_path / "hf", tmp_path / "hf"), "import")
     assert "is the model being converted" in message
-    message = one_line_error(run_cli("import", "--from", "hf", tmp_path / "hf", notes / "ckpt"), "import")
+    message = one_line_error(cli("import", "--from", "hf", tmp_path / "hf", notes / "ckpt"), "import")
     assert f"cannot write '{notes}/ckpt': '{notes}' is a file, not a directory" in message
 
     # an earlier output of the same command is what may be replaced
     for _ in range(2):
-        assert run_cli("export", ckpt, tmp_path / "again").returncode == 0
-        assert run_cli("import", "--from", "hf", tmp_path / "hf", tmp_path / "back").returncode == 0
+        assert cli("export", ckpt, tmp_path / "again").returncode == 0
+        assert cli("import", "--from", "hf", tmp_path / "hf", tmp_path / "back").returncode == 0
 
 
-def test_import_checks_the_files_it_copies_or_reads(ckpt, tmp_path):
+def test_import_checks_the_files_it_copies_or_reads(cli, ckpt, tmp_path):
     """A broken tokenizer.json was copied into the new checkpoint without a word; a damaged pytorch_model.bin and
     a nanoGPT file that is not one were tracebacks or many lines of torch's text."""
     hf = export_hf(ckpt, tmp_path / "hf")
     (hf / "tokenizer.json").write_text('{"version": ')
-    message = one_line_error(run_cli("import", "--from", "hf", hf, tmp_path / "out"), "import")
+    message = one_line_error(cli("import", "--from", "hf", hf, tmp_path / "out"), "import")
     assert f"'{hf}/tokenizer.json' is not a valid tokenizer.json" in message
     assert message.endswith("pass a valid one with --tokenizer FILE")
     assert not (tmp_path / "out").exists()
 
     (hf / "tokenizer.json").unlink()
     (hf / "model.safetensors").rename(hf / "pytorch_model.bin")
-    message = one_line_error(run_cli("import", "--from", "hf", hf, tmp_path / "out"), "import")
+    message = one_line_error(cli("import", "--from", "hf", hf, tmp_path / "out"), "import")
     assert f"'{hf}/pytorch_model.bin' cannot be read (" in message and message.endswith("download it again")
 
     garbage = tmp_path / "ckpt.pt"
     garbage.write_bytes(b"not a pickle at all")
-    message = one_line_error(run_cli("import", "--from", "nanogpt", garbage, tmp_path / "out"), "import")
+    message = one_line_error(cli("import", "--from", "nanogpt", garbage, tmp_path / "out"), "import")
     assert f"'{garbage}' is not a readable nanoGPT checkpoint (" in message
     assert not (tmp_path / "out").exists()
 
@@ -121,17 +121,17 @@ def test_import_checks_the_files_it_copies_or_reads(ckpt, tmp_path):
 @pytest.mark.parametrize("content, raised", [(b"hi\n", "KeyError"), (b"K", "IndexError"), (b".", "IndexError"),
                                              (b"X\x02\x00\x00\x00\xff\xfe.", "UnicodeDecodeError"),
                                              (b"J\x01", "error"), (b"\x80\x04hi", "KeyError")])
-def test_a_nanogpt_file_that_is_not_a_pickle_is_one_line(tmp_path, content, raised):
+def test_a_nanogpt_file_that_is_not_a_pickle_is_one_line(cli, tmp_path, content, raised):
     garbage = tmp_path / "ckpt.pt"
     garbage.write_bytes(content)
-    message = one_line_error(run_cli("import", "--from", "nanogpt", garbage, tmp_path / "out"), "import")
+    message = one_line_error(cli("import", "--from", "nanogpt", garbage, tmp_path / "out"), "import")
     assert f"'{garbage}' is not a readable nanoGPT checkpoint ({raised}: " in message
     assert message.endswith("); pass the ckpt.pt that nanoGPT's train.py wrote")
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("change", ["vocab_size", "n_layer", "n_embd", "lora"])
-def test_export_and_info_refuse_weights_that_do_not_fit_their_config(ckpt, tmp_path, change):
+def test_export_and_info_refuse_weights_that_do_not_fit_their_config(cli, ckpt, tmp_path, change):
     """What `sample` refuses: export wrote an HF dir transformers could not load (vocab_size), or failed with
     KeyError / split_with_sizes tracebacks (n_layer, n_embd), or wrote the base weights of a LoRA run's unmerged
     checkpoint without its adapters; info printed the config's shape as if it were the weights'."""
@@ -151,18 +151,18 @@ def test_export_and_info_refuse_weights_that_do_not_fit_their_config(ckpt, tmp_p
             command()
         assert says in str(refused.value) and "\n" not in str(refused.value)
     if change == "lora":  # and from the command line: one line
-        assert says in one_line_error(run_cli("export", ckpt, tmp_path / "hf"), "export")
+        assert says in one_line_error(cli("export", ckpt, tmp_path / "hf"), "export")
     assert not (tmp_path / "hf").exists()
 
 
-def test_import_refuses_a_tokenizer_larger_than_the_models_vocab(tmp_path, tiny_tokenizer):
+def test_import_refuses_a_tokenizer_larger_than_the_models_vocab(cli, tmp_path, tiny_tokenizer):
     """A 4096-token tokenizer on a 512-token model was imported, and failed only later, in `sample`."""
     small = tiny_tokenizer.vocab_size - 100
     export_hf(save_model_dir(tmp_path / "ckpt", build_model(tiny_config("llama", vocab_size=small)), None),
               tmp_path / "hf")
     tokenizer = tmp_path / "tokenizer.json"
     tiny_tokenizer.save(tokenizer)
-    message = one_line_error(run_cli("import", "--from", "hf", tmp_path / "hf", tmp_path / "out", "--tokenizer",
+    message = one_line_error(cli("import", "--from", "hf", tmp_path / "hf", tmp_path / "out", "--tokenizer",
                                      tokenizer), "import")
     assert message.endswith(f"the tokenizer '{tokenizer}' has {tiny_tokenizer.vocab_size} tokens but the model "
                             f"{tmp_path / 'hf'} has vocab_size={small}; pass the tokenizer the model was trained "

@@ -29,37 +29,37 @@ def sft_args(workdir, run_dir, init_from="base", data="tc/train.jsonl", *extra) 
             "--set", "sample_count=0", *extra]
 
 
-def test_the_model_being_fine_tuned_is_no_run_dir(workdir):
+def test_the_model_being_fine_tuned_is_no_run_dir(cli, workdir):
     """`--init-from X --run-dir X` rewrote X's config.json and nested checkpoints/ in it."""
     before = {p.name: p.read_bytes() for p in (workdir / "base").iterdir()}
-    message = one_line_error(run_cli(*sft_args(workdir, "base")), "sft")
+    message = one_line_error(cli(*sft_args(workdir, "base")), "sft")
     assert message.endswith("and is not a training run dir (no metrics.jsonl or run.log), so the run would "
                             "overwrite what is there; choose a new or empty dir with --run-dir DIR")
     assert {p.name: p.read_bytes() for p in (workdir / "base").iterdir()} == before
 
 
-def test_a_resume_from_another_model_or_data_is_refused_naming_it(workdir):
+def test_a_resume_from_another_model_or_data_is_refused_naming_it(cli, workdir):
     """It resumed the old run and recorded the new --init-from in config.json."""
-    assert run_cli(*sft_args(workdir, "run")).returncode == 0
+    assert cli(*sft_args(workdir, "run")).returncode == 0
     shutil.copytree(workdir / "base", workdir / "other")
     before = (workdir / "run/config.json").read_bytes()
     for init_from, data, detail in (("other", "tc/train.jsonl", f"init_from: saved '{workdir / 'base'}', now "
                                                                 f"'{workdir / 'other'}'"),
                                     ("base", "tc/test.jsonl", f"train_file: saved '{workdir / 'tc/train.jsonl'}', "
                                                               f"now '{workdir / 'tc/test.jsonl'}'")):
-        message = one_line_error(run_cli(*sft_args(workdir, "run", init_from, data)), "sft", alone=False)
+        message = one_line_error(cli(*sft_args(workdir, "run", init_from, data)), "sft", alone=False)
         assert f"has a checkpoint from a different config ({detail}); it cannot be resumed" in message
         assert "Use another --run-dir DIR for a new run" in message  # it said --set run_name=NAME
     assert (workdir / "run/config.json").read_bytes() == before
     # the same files, given relative to the working directory, are the run's own
-    relative = run_cli("sft", "--init-from", os.path.relpath(workdir / "base"), "--data",
+    relative = cli("sft", "--init-from", os.path.relpath(workdir / "base"), "--data",
                        os.path.relpath(workdir / "tc/train.jsonl"), *sft_args(workdir, "run")[5:])
     assert relative.returncode == 0, relative.stderr[-2000:]
 
 
-def test_lora_settings_without_a_rank_are_refused(workdir):
+def test_lora_settings_without_a_rank_are_refused(cli, workdir):
     """They were ignored: the run was a full fine-tune."""
-    done = run_cli(*sft_args(workdir, "run", "base", "tc/train.jsonl", "--lora-alpha", "16", "--lora-targets", "qkv"))
+    done = cli(*sft_args(workdir, "run", "base", "tc/train.jsonl", "--lora-alpha", "16", "--lora-targets", "qkv"))
     assert one_line_error(done, "sft").endswith(
         "--lora-alpha, --lora-targets set LoRA adapters, but no --lora-rank N asks for them; add --lora-rank N "
         "(e.g. 8) for LoRA, or drop them to fine-tune all weights")
@@ -103,6 +103,6 @@ def test_data_files_that_cannot_be_read_say_what_they_are_and_what_to_pass(workd
 
 
 def test_grpo_help_says_val_data_has_no_default_slice():
-    help_text = " ".join(run_cli("grpo", "--help").stdout.split())
+    help_text = " ".join(run_cli("grpo", "--help").stdout.split())  # --help exits: a process of its own
     assert "--val-data FILE held-out file of the same format, scored greedily at each eval (default: none" in help_text
     assert "a slice of --data" not in help_text

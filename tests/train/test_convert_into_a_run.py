@@ -33,50 +33,57 @@ def snapshot(directory: Path) -> dict[str, bytes | str]:
     return found
 
 
-def refusal(command: str, *args) -> str:
-    return one_line_error(run_lmstack(command, *map(str, args), check=False), command)
+def refusal(cli, command: str, *args) -> str:
+    return one_line_error(cli(command, *args), command)
 
 
-def test_a_run_dir_survives_an_export_or_import_into_it_or_its_checkpoints(run, tmp_path):
+def converted(cli, *args) -> None:
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_run_dir_survives_an_export_or_import_into_it_or_its_checkpoints(cli, run, tmp_path):
     hf = tmp_path / "hf"
-    run_lmstack("export", "--format", "hf", str(run / "best"), str(hf))
+    converted(cli, "export", "--format", "hf", str(run / "best"), str(hf))
     before = snapshot(run)
     assert {"best", "best.json", "config.json", "metrics.jsonl", "run.log"} <= before.keys()
 
     unexpected = [key for key in before if "/" not in key and key != "config.json"]  # an export writes config.json
     says = (f"output '{run}' holds 'best', 'best.json' and {len(unexpected) - 2} more, which import or export never "
             "writes; choose a new or empty directory (the output is replaced as a whole)")
-    assert refusal("import", "--from", "hf", hf, run).endswith(says)
-    run_lmstack("import", "--from", "hf", str(hf), str(tmp_path / "imported"))
-    assert refusal("export", "--format", "hf", tmp_path / "imported", run).endswith(says)
+    assert refusal(cli, "import", "--from", "hf", hf, run).endswith(says)
+    converted(cli, "import", "--from", "hf", str(hf), str(tmp_path / "imported"))
+    assert refusal(cli, "export", "--format", "hf", tmp_path / "imported", run).endswith(says)
 
     checkpoint = run / "checkpoints" / "step_000002"
-    assert "holds 'train_state.pt', which import or export never writes" in refusal("import", "--from", "hf", hf,
-                                                                                    checkpoint)
+    refused = refusal(cli, "import", "--from", "hf", hf, checkpoint)
+    assert "holds 'train_state.pt', which import or export never writes" in refused
     model_of_the_run = ("is a model of the training run '{}'; choose a new or empty directory (the output is replaced "
                         "as a whole)").format(run)
-    assert refusal("import", "--from", "hf", hf, run / "best").endswith(f"output '{run / 'best'}' {model_of_the_run}")
+    assert refusal(cli, "import", "--from", "hf", hf, run / "best").endswith(
+        f"output '{run / 'best'}' {model_of_the_run}")
     assert snapshot(run) == before
     # A fine-tuned `final` holds only model files, as an earlier output does; a new dir in a run is fine, but once
     # there, it is the run's.
-    run_lmstack("import", "--from", "hf", str(hf), str(run / "final"))
+    converted(cli, "import", "--from", "hf", str(hf), str(run / "final"))
     final = snapshot(run / "final")
-    assert refusal("import", "--from", "hf", hf, run / "final").endswith(f"output '{run / 'final'}' {model_of_the_run}")
+    assert refusal(cli, "import", "--from", "hf", hf, run / "final").endswith(
+        f"output '{run / 'final'}' {model_of_the_run}")
     assert snapshot(run / "final") == final
 
 
-def test_the_model_being_converted_is_neither_inside_the_output_nor_holding_it(run, tmp_path):
+def test_the_model_being_converted_is_neither_inside_the_output_nor_holding_it(cli, run, tmp_path):
     before = snapshot(run)
-    assert refusal("export", "--format", "hf", run / "best", run).endswith(
+    assert refusal(cli, "export", "--format", "hf", run / "best", run).endswith(
         f"output '{run}' holds the model being converted ('{run / 'best'}'); choose a new or empty directory "
         "outside it")
     inside = run / "best" / "hf"
-    assert refusal("export", "--format", "hf", run / "best", inside).endswith(
+    assert refusal(cli, "export", "--format", "hf", run / "best", inside).endswith(
         f"output '{inside}' is inside the model being converted ('{run / 'best'}'); choose a new or empty directory "
         "outside it")
     assert snapshot(run) == before
 
     for _ in range(2):  # an earlier export is what may be replaced, and an earlier import
-        run_lmstack("export", "--format", "hf", str(run / "best"), str(tmp_path / "hf"))
-        run_lmstack("import", "--from", "hf", str(tmp_path / "hf"), str(tmp_path / "back"))
+        converted(cli, "export", "--format", "hf", str(run / "best"), str(tmp_path / "hf"))
+        converted(cli, "import", "--from", "hf", str(tmp_path / "hf"), str(tmp_path / "back"))
     assert snapshot(run) == before

@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 
 import pytest
-from cli_testing import one_line_error, run_cli
+from cli_testing import one_line_error
 
 from lmstack.config import ConfigError, load_config
 from lmstack.train.config import TrainConfig
 from lmstack.train.rundir import RunDirError, refuse_foreign_dir
 
 
-def test_a_folder_that_is_no_run_dir_is_refused_and_left_as_it_was(tmp_path):
+def test_a_folder_that_is_no_run_dir_is_refused_and_left_as_it_was(cli, tmp_path):
     """`--set run_dir=` an HF export wrote the run's config.json over the model's and nested checkpoints/ in it."""
     export = tmp_path / "hf"
     export.mkdir()
@@ -21,7 +21,7 @@ def test_a_folder_that_is_no_run_dir_is_refused_and_left_as_it_was(tmp_path):
              "tokenizer.json": "{}"}
     for name, text in files.items():
         (export / name).write_text(text)
-    message = one_line_error(run_cli("train", "--set", f"run_dir={export}", "--set", f"data_dir={tmp_path}/none"),
+    message = one_line_error(cli("train", "--set", f"run_dir={export}", "--set", f"data_dir={tmp_path}/none"),
                              "train")
     assert message.endswith(f"run dir '{export}' already holds 'config.json', 'model.safetensors', 'tokenizer.json' "
                             "and is not a training run dir (no metrics.jsonl or run.log), so the run would overwrite "
@@ -41,9 +41,9 @@ def test_the_runs_own_data_inside_its_dir_is_not_foreign(tmp_path):
         refuse_foreign_dir(run_dir, "--set run_dir=PATH", (data, data / "tokenizer.json"))
 
 
-def test_a_negative_seed_is_refused_before_the_run_dir_is_made(tmp_path):
+def test_a_negative_seed_is_refused_before_the_run_dir_is_made(cli, tmp_path):
     """It was the loader's ValueError, after config.json, metrics.jsonl and run.log had been written."""
-    message = one_line_error(run_cli("train", "--set", f"run_dir={tmp_path / 'run'}", "--set", "seed=-1"), "train")
+    message = one_line_error(cli("train", "--set", f"run_dir={tmp_path / 'run'}", "--set", "seed=-1"), "train")
     assert message.endswith("seed must be >= 0, got -1")
     assert not (tmp_path / "run").exists()
 

@@ -10,12 +10,15 @@ right, 1,000 steps 86%; GRPO needs that spread of right and wrong samples to lea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from lmstack.data.toolcalls import generate, run_tool, write_splits
 from lmstack.infer.simple import generate as generate_ids
 from lmstack.model.checkpoint import load_model_dir
+from lmstack.run_layout import RUN_CONFIG
+from lmstack.train.rundir_lock import RunDirLock
 from lmstack.train.toolcall_rewards import toolcall_accuracy, toolcall_prompts
 from lmstack.train.sft import SFTConfig, load_finetune_config, sft
 
@@ -36,6 +39,10 @@ def stage_sft(qs) -> None:
     settings = dict(SFT_SETTINGS)
     if qs.sft_steps:  # quickstart --sft-steps
         settings["max_steps"] = qs.sft_steps
+    aside = set_aside_if_from_another_start(qs.run_dir / "sft", qs.pretrain.last_checkpoint)
+    if aside is not None:
+        print(f"the SFT run in {qs.run_dir / 'sft'} fine-tuned an earlier pretraining checkpoint: kept as {aside}; "
+              "fine-tuning the latest one")
     cfg = load_finetune_config(SFTConfig, str(qs.pretrain.last_checkpoint), None, [],
                                train_file=str(data / "train.jsonl"), val_file=str(data / "test.jsonl"),
                                run_dir=str(qs.run_dir / "sft"), run_name="quickstart-sft", **settings)
@@ -45,6 +52,28 @@ def stage_sft(qs) -> None:
         return
     qs.outputs += [("tool-use data", data), (SFT_MODEL, result.final), ("SFT loss curve", qs.run_dir / "sft/loss.png")]
     show_tool_use(result.final)
+
+
+def set_aside_if_from_another_start(sft_dir: Path, init_from: Path) -> Path | None:
+    """A quickstart re-run with more --steps has a later last checkpoint, and SFT refuses to resume a run from another
+    start (it would be recorded as what it is not). The demo's SFT run is the demo's own, so it is not in the way:
+    it is kept, renamed beside the new one (sft-from-step_000050), and the new one starts. Returns where it went."""
+    config_file = sft_dir / RUN_CONFIG
+    if not config_file.is_file():
+        return None
+    started_from = json.loads(config_file.read_text()).get("init_from")
+    if not started_from or Path(started_from).resolve() == Path(init_from).resolve():
+        return None
+    aside = sft_dir.with_name(f"{sft_dir.name}-from-{Path(started_from).name}")
+    lock = RunDirLock(sft_dir)
+    lock.acquire()  # refused, naming the process, while another quickstart still trains it
+    lock.release()
+    suffix = 1
+    while aside.exists():
+        suffix += 1
+        aside = sft_dir.with_name(f"{sft_dir.name}-from-{Path(started_from).name}-{suffix}")
+    sft_dir.rename(aside)
+    return aside
 
 
 def show_tool_use(checkpoint: Path) -> None:

@@ -53,3 +53,8 @@ def test_a_prompt_refused_as_too_long_is_fitted_again_with_the_servers_count(tmp
     assert len(sent) == 4 and sent[0]["max_tokens"] == 140
     assert [sent[1]["max_tokens"], sent[3]["max_tokens"]] == [310 - counted[0], 310 - counted[1]]
     assert [m["role"] for m in sent[3]["messages"]] == ["system", "user", "assistant", "tool"]
+    # the journal records the request sent in the end, not the one refused (its trace showed the refused one)
+    recorded = [json.loads(r["request"]) for r in conn.execute(
+        "SELECT request FROM agent_journal WHERE kind = 'model' ORDER BY started_at")]
+    assert [(r["messages"], r["max_tokens"]) for r in recorded] == [(sent[i]["messages"], sent[i]["max_tokens"])
+                                                                    for i in (1, 3)]

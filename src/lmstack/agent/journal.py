@@ -51,10 +51,14 @@ class Journal:
                               "idempotency_key, started_at) VALUES (?,?,?,?,?,?,?)",
                               (self.run_id, key, kind, "started", json.dumps(request), idempotency_key, time.time()))
 
-    def complete(self, key: str, response: Any) -> None:
+    def complete(self, key: str, response: Any, request: Any = None) -> None:
+        """Record the result; `request`, when given, is what was sent in the end (a model call fitted again after the
+        endpoint refused its first prompt as too long), replacing the one `start` recorded."""
         with transaction(self.conn):
-            self.conn.execute("UPDATE agent_journal SET status = 'completed', response = ?, completed_at = ? "
-                              "WHERE run_id = ? AND key = ?", (json.dumps(response), time.time(), self.run_id, key))
+            self.conn.execute("UPDATE agent_journal SET status = 'completed', response = ?, completed_at = ?, "
+                              "request = COALESCE(?, request) WHERE run_id = ? AND key = ?",
+                              (json.dumps(response), time.time(), None if request is None else json.dumps(request),
+                               self.run_id, key))
 
     def entries(self) -> list[JournalEntry]:
         """Every entry, in the order they started: one query (a query per key made each step's progress save, which

@@ -229,7 +229,8 @@ class AgentRuntime:
             max_tokens = self._max_tokens(view, tools)
             # A prompt only grows, so the last call's count is a floor for the next one's.
             self._check_budget(max(approx_tokens(view), self.last_prompt_tokens))
-            self.journal.start(key, "model", {"messages": view, "temperature": temperature})
+            request = {"messages": view, "temperature": temperature, "max_tokens": max_tokens}
+            self.journal.start(key, "model", request)
             try:
                 response = self.client.complete(view, tools, temperature=temperature, max_tokens=max_tokens,
                                                 logprobs=self.config.logprobs)
@@ -238,7 +239,7 @@ class AgentRuntime:
                     raise
                 self._learn_prompt_length(err, view, tools)
                 continue
-            self.journal.complete(key, response.to_dict())
+            self.journal.complete(key, response.to_dict(), request if refit else None)  # a refit: what was sent
             entry = self.journal.get(key)
             break
         response = ModelResponse.from_dict(entry.response)

@@ -269,6 +269,11 @@ class Engine:
         with self._lock:
             return bool(self._inbox or self.requests)
 
+    def request_ids(self) -> set[str]:
+        """The requests added and not yet finished or aborted (safe to call from another thread than the stepping one)."""
+        with self._lock:
+            return set(self.requests)
+
     def prompt_ids(self, prompt: str | list[int]) -> list[int]:
         """The token ids add_request runs for `prompt`: a text is encoded after bos; ids are checked against the vocab."""
         if isinstance(prompt, str):

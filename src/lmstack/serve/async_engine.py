@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -69,9 +70,16 @@ class AsyncEngine:
         if self.queue_depth >= self.max_queue:
             raise APIError(f"the server's queue is full ({self.max_queue} requests waiting); retry shortly",
                            status=429, code="queue_full", headers={"Retry-After": "1"})
-        request_id = self.engine.add_request(prompt, params)
-        handle = RequestHandle(request_id, params.n)
-        self._handles[request_id] = handle
+        # The handle is registered before the engine may see the request: the engine thread can step it, and a
+        # short one finish, before add_request even returns here, and events without a handle are dropped as those
+        # of a request its reader left (the reader then waited forever).
+        handle = RequestHandle(f"req-{uuid.uuid4().hex}", params.n)
+        self._handles[handle.request_id] = handle
+        try:
+            self.engine.add_request(prompt, params, handle.request_id)
+        except BaseException:
+            del self._handles[handle.request_id]
+            raise
         self._wake.set()
         return handle
 
@@ -108,11 +116,12 @@ class AsyncEngine:
             if not self.engine.has_unfinished():
                 self._wake.wait(timeout=1.0)
                 continue
+            known = self.engine.request_ids()  # a request submitted during the step is not among those it can fail
             try:
                 events = self.engine.step()
-            except Exception as err:  # an engine bug: fail the requests in flight, keep serving new ones
+            except Exception as err:  # an engine bug: fail the step's requests, keep serving the others and new ones
                 log.exception("engine step failed")
-                self._fail_all(err)
+                self._fail_stepped(err, known - self.engine.request_ids())
                 continue
             self._dispatch(events)
 
@@ -145,10 +154,12 @@ class AsyncEngine:
             if event.index == 0:
                 self.metrics.prompt_tokens.inc(event.usage["prompt_tokens"])
 
-    def _fail_all(self, err: Exception) -> None:
+    def _fail_stepped(self, err: Exception, request_ids: set[str]) -> None:
+        """The engine aborted the requests of the step that raised (their blocks freed), and only those: they get the
+        500; the requests waiting or added since are still the engine's, and go on."""
         failure = APIError(f"the engine failed while generating ({type(err).__name__}: {err}); see the server log",
                            status=500)
-        for request_id, handle in list(self._handles.items()):
-            self.engine.abort(request_id)
-            self._loop.call_soon_threadsafe(handle.queue.put_nowait, failure)
-        self._handles.clear()
+        for request_id in request_ids:
+            handle = self._handles.pop(request_id, None)  # None: its reader left (and took it out) meanwhile
+            if handle is not None:
+                self._loop.call_soon_threadsafe(handle.queue.put_nowait, failure)

@@ -1,0 +1,56 @@
+"""A step that raises inside the server's engine thread fails the requests of that step with a 500, and only those:
+the others (waiting for a later step) finish with the tokens they would have had. It failed every request in flight,
+though the engine now cleans up after the failed step itself."""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+
+from lmstack.infer.engine import Engine, EngineConfig
+from lmstack.infer.params import SamplingParams
+from lmstack.model.config import ModelConfig
+from lmstack.model.gpt import build_model
+from lmstack.serve.async_engine import AsyncEngine
+from lmstack.serve.errors import APIError
+from lmstack.serve.metrics import ServerMetrics
+
+GREEDY = SamplingParams(max_tokens=6, temperature=0)
+
+
+class BrokenConstraint:
+    """A structured-output grammar with a bug: its mask is one column short, so the step that applies it raises."""
+
+    def allowed_tokens(self, vocab_size: int) -> torch.Tensor:
+        return torch.ones(vocab_size - 1, dtype=torch.bool)
+
+    def advance(self, token_id: int) -> None:
+        pass
+
+
+def engine() -> Engine:
+    model = build_model(ModelConfig(arch="llama", vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=32), seed=0)
+    return Engine(model, None, EngineConfig(block_size=4, num_blocks=64, max_num_seqs=1, dtype="float32"))
+
+
+def test_a_failed_step_fails_its_own_requests_and_the_others_finish():
+    reference = engine().generate([[1, 2, 3]], GREEDY)[0].outputs[0].token_ids
+
+    async def serve_both():
+        served = AsyncEngine(engine(), ServerMetrics(), max_queue=8)
+        served.start(asyncio.get_running_loop())
+        broken = served.submit([9, 8, 7], SamplingParams(max_tokens=6, temperature=0, constraint=BrokenConstraint))
+        waiting = served.submit([1, 2, 3], GREEDY)  # one sequence a step: it waits for the broken one's step
+
+        async def tokens(handle):
+            return [event.token_id async for event in served.events(handle) if event.token_id is not None]
+
+        try:
+            return await asyncio.gather(tokens(broken), tokens(waiting), return_exceptions=True)
+        finally:
+            served.stop()
+
+    failed, finished = asyncio.run(serve_both())
+    assert isinstance(failed, APIError) and failed.status == 500 and "engine failed while generating" in failed.message
+    assert finished == reference

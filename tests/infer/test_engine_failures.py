@@ -5,24 +5,12 @@ import pytest
 import torch
 from infer_helpers import recompute_greedy, tiny_model
 
+from faults import MASK_MISMATCH, BrokenConstraint
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingError, SamplingParams
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0)
-
-
-class BrokenConstraint:
-    """A structured-output grammar with a bug: its mask has one column too few, so the step that applies it raises."""
-
-    def allowed_tokens(self, vocab_size: int) -> torch.Tensor:
-        return torch.ones(vocab_size - 1, dtype=torch.bool)
-
-    def advance(self, token_id: int) -> None:
-        pass
-
-
 BROKEN = SamplingParams(max_tokens=6, temperature=0, constraint=BrokenConstraint)
-MASK_MISMATCH = "must match the existing size"  # torch's words for the mask one column short
 
 
 def test_a_step_that_raises_aborts_its_requests_and_the_next_generate_works():

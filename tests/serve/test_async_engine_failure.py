@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-import torch
 
+from faults import BrokenConstraint
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
 from lmstack.model.config import ModelConfig
@@ -17,16 +17,6 @@ from lmstack.serve.errors import APIError
 from lmstack.serve.metrics import ServerMetrics
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0)
-
-
-class BrokenConstraint:
-    """A structured-output grammar with a bug: its mask is one column short, so the step that applies it raises."""
-
-    def allowed_tokens(self, vocab_size: int) -> torch.Tensor:
-        return torch.ones(vocab_size - 1, dtype=torch.bool)
-
-    def advance(self, token_id: int) -> None:
-        pass
 
 
 def engine() -> Engine:

@@ -1,0 +1,18 @@
+"""Faults the tests inject into the real code paths: a structured-output grammar with a bug, so that the engine step
+that applies it raises (what a failed step must and must not take down with it)."""
+
+from __future__ import annotations
+
+import torch
+
+MASK_MISMATCH = "must match the existing size"  # torch's words for the mask one column short
+
+
+class BrokenConstraint:
+    """Its mask has one column too few, so the step that applies it raises."""
+
+    def allowed_tokens(self, vocab_size: int) -> torch.Tensor:
+        return torch.ones(vocab_size - 1, dtype=torch.bool)
+
+    def advance(self, token_id: int) -> None:
+        pass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 
-
 from faults import BrokenConstraint
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams

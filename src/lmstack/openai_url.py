@@ -15,6 +15,11 @@ class OpenAIURLError(LmstackError):
     """A server URL that is not http(s)://host[:port][/path]."""
 
 
+def is_http_url(spec: str | None) -> bool:
+    """Whether a --model (or --judge) names an endpoint by its URL, rather than a checkpoint dir run in-process."""
+    return bool(spec) and spec.startswith(("http://", "https://"))
+
+
 def api_base(url: str) -> str:
     """Accept 'http://host:port' as well as 'http://host:port/v1' (any explicit path is kept)."""
     parsed = urlparse(url)

@@ -65,11 +65,14 @@ def process_state(owner: Owner) -> str:
     return "gone" if process_start(owner.pid) not in (owner.start, UNKNOWN) else "alive"
 
 
-def ended_unfinished(row: Mapping[str, Any], resume: str) -> str | None:
+def ended_unfinished(row: Mapping[str, Any], resume: str, gone: bool | None = None) -> str | None:
     """For a run stored as `running` whose process is gone (SIGKILL, a power loss: it could record nothing), why it
     stopped, ending with `resume` (how to continue it); None for any other run. The eval and agent stores show such a
-    run as `interrupted`, derived on read, writing nothing."""
-    if row["status"] != "running" or process_state(Owner.from_row(row)) != "gone":
+    run as `interrupted`, derived on read, writing nothing. `gone`: already known, for a page that looked at every
+    running run's process once (looking again could also disagree with what it filtered on)."""
+    if row["status"] != "running":
+        return None
+    if not (gone if gone is not None else process_state(Owner.from_row(row)) == "gone"):
         return None
     return (f"process {row['owner_pid']} on {row['owner_host']} ended without finishing the run: killed, or the "
             f"machine went down; {resume}")

@@ -20,7 +20,7 @@ from lmstack.agent.tools import ToolRegistry
 from lmstack.config import from_dict, to_dict
 from lmstack.db import connect, existing_database, lmstack_home, transaction
 from lmstack.errors import LmstackError
-from lmstack.openai_url import ModelListingError, first_listed
+from lmstack.openai_url import ModelListingError, first_listed, is_http_url
 from lmstack.run_ids import check_run_id
 
 
@@ -47,7 +47,7 @@ class ClientFlags:
 
 
 def build_client(config: AgentConfig, flags: ClientFlags = ClientFlags()) -> ModelClient:
-    if config.model.startswith(("http://", "https://")):
+    if is_http_url(config.model):
         return OpenAIClient(config.model, config.model_name or first_model_id(config, flags),
                             os.environ.get(config.api_key_env), config.timeout_s,
                             RetryPolicy(max_attempts=config.max_attempts), config.stream, flags.timeout_fix,
@@ -95,7 +95,7 @@ def check_model_reachable(config: AgentConfig) -> None:
     key is not set here, or the server is down. For a process that would resume someone else's run (the dashboard):
     the resume would fail the run for good, where the run's own shell would have resumed it. One short try: it runs
     while a person waits."""
-    if not config.model.startswith(("http://", "https://")):
+    if not is_http_url(config.model):
         return
     try:
         first_listed(config.model, config.api_key_env, timeout_s=10, max_retries=0)
@@ -113,9 +113,9 @@ def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: 
     # Saved absolute: `resume`, `approve` and the dashboard may run from another directory.
     config.workspace = str(Path(config.workspace).resolve())
     config.tools = absolute_tool_paths(config.tools)
-    if not config.model.startswith(("http://", "https://")) and Path(config.model).is_dir():
+    if not is_http_url(config.model) and Path(config.model).is_dir():
         config.model = str(Path(config.model).resolve())
-    if config.model.startswith(("http://", "https://")) and not config.model_name:
+    if is_http_url(config.model) and not config.model_name:
         config.model_name = first_model_id(config)
     # What can fail to load (a checkpoint, the workspace) fails before the run exists: no run is left behind
     # as `running` that can never run.

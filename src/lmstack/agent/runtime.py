@@ -168,12 +168,21 @@ class AgentRuntime:
     # ---- model calls ------------------------------------------------------------------------------
     def context_view(self, messages: list[dict]) -> tuple[list[dict], list[dict] | None]:
         """The conversation as sent to the model, fitted to its context, and the tool schemas sent with it."""
+        view, tools, _ = self._fitted(messages)
+        return view, tools
+
+    def _fitted(self, messages: list[dict]) -> tuple[list[dict], list[dict] | None, int | None]:
+        """`context_view`, and the reply's max_tokens: max_output_tokens, or less where the latest turn took part of
+        its room (None: the endpoint's default, the rest of the context)."""
         context, reserve, least = self._reply_room()
         tools = self.registry.schemas() or None
         count = self._prompt_counter(tools)
         # When the older history cannot give way, the latest turn (the call just made and its result) may take the
         # reply room down to `least`: on a small model the schemas and the task leave no room for both.
-        return fit_context(messages, max(1, context - reserve), count, reserve - least), tools
+        view = fit_context(messages, max(1, context - reserve), count, reserve - least)
+        if self.config.max_output_tokens is None:
+            return view, tools, None
+        return view, tools, max(1, min(self.config.max_output_tokens, context - count(view)))
 
     def _reply_room(self) -> tuple[int, int, int]:
         """The context, the room kept for the reply, and the least room the latest turn may leave it.
@@ -199,14 +208,6 @@ class AgentRuntime:
             uncounted = len(json.dumps(tools)) // 4 if tools else 0
         return lambda view: approx_tokens(view) + uncounted
 
-    def _max_tokens(self, view: list[dict], tools: list[dict] | None) -> int | None:
-        """The reply's max_tokens: max_output_tokens, or less where the latest turn took part of its room (None:
-        the endpoint's default, the rest of the context)."""
-        if self.config.max_output_tokens is None:
-            return None
-        context = self._reply_room()[0]
-        return max(1, min(self.config.max_output_tokens, context - self._prompt_counter(tools)(view)))
-
     def _learn_prompt_length(self, err: ContextLengthError, view: list[dict], tools: list[dict] | None) -> None:
         """After the endpoint refused `view` as too long: what it says of its count and context, so that the next
         fit is right. Chosen over counting every prompt through a tokenize endpoint (vLLM's /tokenize, which
@@ -223,10 +224,9 @@ class AgentRuntime:
         temperature = self.config.temperature if temperature is None else temperature
         entry = self.journal.get(key)
         for refit in range(MAX_REFITS + 1):
-            view, tools = self.context_view(messages)
+            view, tools, max_tokens = self._fitted(messages)
             if entry is not None and entry.status == "completed":
                 break
-            max_tokens = self._max_tokens(view, tools)
             # A prompt only grows, so the last call's count is a floor for the next one's.
             self._check_budget(max(approx_tokens(view), self.last_prompt_tokens))
             request = {"messages": view, "temperature": temperature, "max_tokens": max_tokens}

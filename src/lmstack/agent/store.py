@@ -18,7 +18,7 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 from lmstack.db import ensure_schema, transaction
 from lmstack.errors import LmstackError
@@ -98,23 +98,25 @@ def create_run(conn: sqlite3.Connection, run_id: str, task: str, config: dict[st
                      (run_id, task, "running", json.dumps(config), now, now, me.pid, me.host, me.start))
 
 
-def get_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
+def get_run(conn: sqlite3.Connection, run_id: str, interrupted: Collection[str] | None = None) -> RunRecord:
     """The run as readers see it (see `shown_state`)."""
     row = conn.execute("SELECT * FROM agent_runs WHERE id = ?", (run_id,)).fetchone()
     if row is None:
         raise RunNotFoundError(f"no agent run with id '{run_id}'; `lmstack agent list` shows the runs")
     data = {k: row[k] for k in row.keys() if not k.startswith("owner_")}  # the executing process: claim_run's to check
     data["config"] = json.loads(data["config"])
-    data["status"], data["stop_reason"] = shown_state(conn, row)
+    data["status"], data["stop_reason"] = shown_state(conn, row, interrupted)
     return RunRecord(**data)
 
 
-def shown_state(conn: sqlite3.Connection, row: sqlite3.Row) -> tuple[str, str | None]:
+def shown_state(conn: sqlite3.Connection, row: sqlite3.Row,
+                interrupted: Collection[str] | None = None) -> tuple[str, str | None]:
     """The status and stop reason of a run's row (its id, status, stop reason and owner columns) as of now: a
-    `running` run whose process is gone is `interrupted`; a `waiting` run's reason names the calls still pending,
-    which a decision since it paused may have changed."""
+    `running` run whose process is gone is `interrupted` (one of `interrupted_runs`, when the caller has them); a
+    `waiting` run's reason names the calls still pending, which a decision since it paused may have changed."""
     status, reason = row["status"], row["stop_reason"]
-    ended = ended_unfinished(row, f"`lmstack agent resume {row['id']}` continues it from the last completed step")
+    ended = ended_unfinished(row, f"`lmstack agent resume {row['id']}` continues it from the last completed step",
+                             None if interrupted is None else row["id"] in interrupted)
     if ended:  # a reason already recorded says what interrupted it (Ctrl-C, an unexpected error), and how to go on
         return "interrupted", reason or ended
     if status == "waiting":
@@ -148,11 +150,12 @@ def status_condition(status: str, interrupted: list[str]) -> tuple[str, tuple]:
 
 def list_runs(conn: sqlite3.Connection, status: str | None = None, limit: int = 50) -> list[RunRecord]:
     query, params = "SELECT id FROM agent_runs", ()
+    interrupted = interrupted_runs(conn)  # once: each is a look at a process
     if status:
-        condition, params = status_condition(status, interrupted_runs(conn))
+        condition, params = status_condition(status, interrupted)
         query += f" WHERE {condition}"
     rows = conn.execute(query + " ORDER BY created_at DESC LIMIT ?", (*params, limit)).fetchall()
-    return [get_run(conn, r["id"]) for r in rows]
+    return [get_run(conn, r["id"], interrupted) for r in rows]
 
 
 def update_run(conn: sqlite3.Connection, run_id: str, **fields: Any) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from lmstack.db import default_db_path, existing_database
+from lmstack.openai_url import is_http_url
 from lmstack.errors import LmstackError
 
 
@@ -171,7 +172,7 @@ def check_flags_used(args: argparse.Namespace) -> None:
         raise EvalUsageError("--judge-name is the judge's model name at its --judge URL: pass --judge URL too")
     for flag, name, spec in (("--model-name", args.model_name, args.model), ("--judge-name", args.judge_name,
                                                                              args.judge)):
-        if name and spec and not spec.startswith(("http://", "https://")):
+        if name and spec and not is_http_url(spec):
             raise EvalUsageError(f"{flag} is the model name to request from a URL; '{spec}' is a checkpoint, known by "
                                  f"its folder's name: drop {flag}")
 
@@ -183,7 +184,7 @@ def check_timeout(args: argparse.Namespace) -> None:
     if not 0 < args.timeout < math.inf:
         raise EvalUsageError(f"--timeout {args.timeout:g}: must be a number of seconds > 0 (how long one HTTP "
                              "request may take; default 60)")
-    if not any(spec and spec.startswith(("http://", "https://")) for spec in (args.model, args.judge)):
+    if not any(is_http_url(spec) for spec in (args.model, args.judge)):
         raise EvalUsageError(f"--timeout {args.timeout:g}: only a model at an http(s) URL has one; --model "
                              f"'{args.model}' runs in-process, so drop --timeout")
 

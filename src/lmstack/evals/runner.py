@@ -35,6 +35,7 @@ from lmstack.evals.solvers import SolveContext
 from lmstack.evals.store import SampleRecord, Store
 from lmstack.evals.summary import check_reducer, summarize_run
 from lmstack.evals.task import Task, TaskConfig, TaskError, duplicate_scorer_name, scorer_name
+from lmstack.openai_url import is_http_url
 from lmstack.train.runinfo import code_version
 
 
@@ -75,7 +76,7 @@ def check_resume_overrides(run_id: str, kept: TaskConfig, overrides: dict[str, A
                               f"--resume) with {given}")
 
 
-def check_resume_inputs(run_id: str, recorded: dict[str, Any], task: Task, model: CachedModel,
+def check_resume_inputs(run_id: str, recorded: dict[str, Any], task: Task, scorers: list[str], model: CachedModel,
                         judge: CachedModel | None) -> None:
     """Refuse to resume with another model, other task arguments, other scorers or another judge than the run's: the
     samples left would be answered, built or graded differently from those it has, and its scores be a mix. (What a
@@ -87,7 +88,6 @@ def check_resume_inputs(run_id: str, recorded: dict[str, Any], task: Task, model
     if "task_args" in recorded and recorded["task_args"] != task.args:
         raise ResumeError(f"--resume {run_id}: the run was built with {_task_args(recorded['task_args'])}, not "
                           f"{_task_args(task.args)}; pass the run's own -T arguments to resume it, {fix}")
-    scorers = [scorer_name(s) for s in task.scorers]
     if recorded.get("scorers", scorers) != scorers:
         raise ResumeError(f"--resume {run_id}: the run is scored by {', '.join(recorded['scorers'])}, and the task "
                           f"now by {', '.join(scorers)}; resume it with the task's scorers as they were, {fix}")
@@ -102,7 +102,7 @@ def check_resume_inputs(run_id: str, recorded: dict[str, Any], task: Task, model
 def _endpoint(endpoint: str) -> str:
     """An endpoint id (model.endpoint_id) as a user knows it: a URL, or a checkpoint's path (with its weights file
     as it was: retraining into the dir makes it another model)."""
-    if endpoint.startswith(("http://", "https://")):
+    if is_http_url(endpoint):
         return endpoint
     path = endpoint.split(":", 1)[-1].rsplit("@", 1)[0]
     return f"checkpoint '{path}' (its weights as they were then)"
@@ -145,7 +145,7 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
         run_id = resume
         config = TaskConfig(**run.config["task"])  # a resumed run keeps its own settings, and refuses others
         check_resume_overrides(resume, config, overrides or {})
-        check_resume_inputs(resume, run.config, task, model, judge)
+        check_resume_inputs(resume, run.config, task, scorer_names, model, judge)
         # ... but not its timeout: a resume may give a larger one to the samples that timed out.
         store.claim_run(run_id, {**run.config, "timeout_s": http_timeout(model, judge)})
     else:

@@ -189,6 +189,7 @@ class Engine:
                                         spare_block=self.num_total_blocks) if use_graphs else None
         self.block_manager = BlockManager(self.num_total_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_batched_tokens)
+        self.failed_requests: set[str] = set()  # those of the last step that raised, which aborted them
         self.requests: dict[str, list[Sequence]] = {}
         self._inbox: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
@@ -269,10 +270,6 @@ class Engine:
         with self._lock:
             return bool(self._inbox or self.requests)
 
-    def request_ids(self) -> set[str]:
-        """The requests added and not yet finished or aborted (safe to call from another thread than the stepping one)."""
-        with self._lock:
-            return set(self.requests)
 
     def prompt_ids(self, prompt: str | list[int]) -> list[int]:
         """The token ids add_request runs for `prompt`: a text is encoded after bos; ids are checked against the vocab."""
@@ -359,7 +356,9 @@ class Engine:
         except BaseException:
             # The step's sequences are half-advanced (their tokens counted as computed, none sampled), and every
             # later step would fail on them: abort them, so that the engine serves the next request; then raise.
-            self._abort_now({chunk.seq.request_id for chunk in chunks})
+            # The server answers these requests, and only these, with the error.
+            self.failed_requests = {chunk.seq.request_id for chunk in chunks}
+            self._abort_now(self.failed_requests)
             raise
 
     def _abort_now(self, request_ids) -> None:

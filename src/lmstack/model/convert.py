@@ -89,27 +89,22 @@ def check_apart(out: Path, source: Path) -> None:
                               "empty directory outside it")
 
 
-def check_tokenizer_file(path: str | Path, fix: str = "") -> Path:
-    """A tokenizer.json to attach to an imported model (a file, or a dir holding one), checked by loading it;
-    `fix` is added to the error."""
+def check_tokenizer_file(path: str | Path, cfg: ModelConfig, source: Any, fix: str = "") -> Path:
+    """A tokenizer.json to attach to an imported model (a file, or a dir holding one), checked by loading it, before
+    the weights are read; `fix` is added to the error. One with more tokens than the model has embeddings makes ids
+    the model cannot read: `sample` would fail on the first one, long after the import said it was done."""
     path = Path(path)
     if path.is_dir():
         path = path / TOKENIZER_FILE
     try:
-        Tokenizer.load(path)  # raises a TokenizerError naming the file if it is missing or malformed
+        tokens = Tokenizer.load(path).vocab_size  # a TokenizerError names the file if it is missing or malformed
     except TokenizerError as err:
         raise TokenizerError(f"{err}; {fix}" if fix else str(err)) from None
-    return path
-
-
-def check_tokenizer_fits(tokenizer_file: Path, cfg: ModelConfig, source: Any) -> None:
-    """A tokenizer with more tokens than the model has embeddings makes ids the model cannot read: `sample` would
-    fail on the first one, long after the import said it was done."""
-    tokens = Tokenizer.load(tokenizer_file).vocab_size
     if tokens > cfg.vocab_size:
-        raise ConversionError(f"the tokenizer '{tokenizer_file}' has {tokens} tokens but the model {source} has "
+        raise ConversionError(f"the tokenizer '{path}' has {tokens} tokens but the model {source} has "
                               f"vocab_size={cfg.vocab_size}; pass the tokenizer the model was trained with "
                               "(--tokenizer FILE)")
+    return path
 
 
 def write_imported_checkpoint(out_dir: str | Path, cfg: ModelConfig, state: dict[str, torch.Tensor],
@@ -120,8 +115,6 @@ def write_imported_checkpoint(out_dir: str | Path, cfg: ModelConfig, state: dict
     The model is built on the meta device and the tensors are assigned into it, not copied: importing
     a model needs one copy of its weights in memory, not two. The tokenizer file is copied byte for byte.
     """
-    if tokenizer_file is not None:
-        check_tokenizer_fits(tokenizer_file, cfg, imported_from.get("path"))
     cast_to = target_dtype(dtype, state)
     state = {name: t.to(cast_to) if t.is_floating_point() else t for name, t in state.items()}
     with torch.device("meta"):

@@ -38,15 +38,16 @@ def import_hf(src: str, out_dir: str | Path, dtype: str = "auto", tokenizer: str
     source = resolve_source(src)
     hf_config = read_hf_config(source)
     cfg = model_config_from_hf(hf_config, str(source))
+    if tokenizer is not None:  # checked before the weights, the slow part, are read
+        tokenizer_file = check_tokenizer_file(tokenizer, cfg, source)
+    elif (source / "tokenizer.json").is_file():  # copied byte for byte, so it is checked first
+        tokenizer_file = check_tokenizer_file(source / "tokenizer.json", cfg, source,
+                                              fix="pass a valid one with --tokenizer FILE")
+    else:
+        tokenizer_file = None
     theirs = normalise_names(read_hf_weights(source), cfg)
     state = rename_to_ours(theirs, hf_tensor_maps(cfg), str(source),
                            ignored=("lm_head.weight",) if cfg.tied else ())
-    if tokenizer is not None:
-        tokenizer_file = check_tokenizer_file(tokenizer)
-    elif (source / "tokenizer.json").is_file():  # copied byte for byte, so it is checked first
-        tokenizer_file = check_tokenizer_file(source / "tokenizer.json", fix="pass a valid one with --tokenizer FILE")
-    else:
-        tokenizer_file = None
     architecture = (hf_config.get("architectures") or [hf_config["model_type"]])[0]
     return write_imported_checkpoint(out_dir, cfg, state, tokenizer_file,
                                      {"format": "hf", "path": str(src), "architecture": architecture}, dtype)

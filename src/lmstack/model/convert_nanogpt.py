@@ -29,10 +29,10 @@ def import_nanogpt(src: str | Path, out_dir: str | Path, dtype: str = "auto",
     check_out_dir(out_dir, src)
     checkpoint = read_nanogpt_checkpoint(src)
     cfg = model_config_from_nanogpt(checkpoint["model_args"], src)
+    tokenizer_file = check_tokenizer_file(tokenizer, cfg, src) if tokenizer is not None else None
     theirs = {k.removeprefix(COMPILE_PREFIX): v for k, v in checkpoint["model"].items()}
     # nanoGPT ties lm_head to wte, and torch.save keeps both names for the one tensor.
     state = rename_to_ours(theirs, gpt2_tensor_maps(cfg, conv1d=False), str(src), ignored=("lm_head.weight",))
-    tokenizer_file = check_tokenizer_file(tokenizer) if tokenizer is not None else None
     return write_imported_checkpoint(out_dir, cfg, state, tokenizer_file, {"format": "nanogpt", "path": str(src)},
                                      dtype)
 

@@ -116,12 +116,11 @@ class AsyncEngine:
             if not self.engine.has_unfinished():
                 self._wake.wait(timeout=1.0)
                 continue
-            known = self.engine.request_ids()  # a request submitted during the step is not among those it can fail
             try:
                 events = self.engine.step()
             except Exception as err:  # an engine bug: fail the step's requests, keep serving the others and new ones
                 log.exception("engine step failed")
-                self._fail_stepped(err, known - self.engine.request_ids())
+                self._fail_stepped(err, self.engine.failed_requests)
                 continue
             self._dispatch(events)
 

@@ -32,7 +32,8 @@ class ChatDataError(LmstackError):
 
 CHAT_LINES = "one {\"messages\": [...]} object per line (e.g. from `lmstack data toolcalls`)"
 FIRST_TURN_TOO_LONG = "first assistant turn longer than the context"
-TOO_LONG = (FIRST_TURN_TOO_LONG, "longer than the context")  # the skips a longer seq_len would have kept
+LONGER_THAN_CONTEXT = "longer than the context"
+TOO_LONG = (FIRST_TURN_TOO_LONG, LONGER_THAN_CONTEXT)  # the skips a longer seq_len would have kept
 
 
 @dataclass

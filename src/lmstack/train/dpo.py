@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from lmstack.config import ConfigError
 from lmstack.model.gpt import GPT
 from lmstack.tokenizer import Tokenizer, TokenizerError
-from lmstack.train.chat_data import ChatDataError, LoadReport, read_jsonl
+from lmstack.train.chat_data import LONGER_THAN_CONTEXT, ChatDataError, LoadReport, read_jsonl
 from lmstack.train.distributed import sum_across_ranks
 from lmstack.train.logprobs import token_logprobs
 from lmstack.train.lora import lora_disabled, lora_layers
@@ -83,7 +83,7 @@ def load_preferences(path: str | Path, tokenizer: Tokenizer, seq_len: int) -> tu
             report.drop("cannot render", f"{where} ({err})")
             continue
         if max(len(chosen[0]), len(rejected[0])) > seq_len + 1:
-            report.drop("longer than the context", where)  # cutting a reply would change what is preferred
+            report.drop(LONGER_THAN_CONTEXT, where)  # cutting a reply would change what is preferred
             continue
         pairs.append(PreferencePair(chosen, rejected))
     if not pairs:

@@ -24,7 +24,7 @@ def check_resumable(checkpoint: Path, saved: dict[str, Any], config: dict[str, A
     """Refuse to continue `checkpoint`, whose config.json holds `saved`, under `config` if they differ in MUST_MATCH;
     `other_run_dir` is the option that names a new run dir."""
     for key in MUST_MATCH:
-        if key not in saved or key not in config or _same(key, saved[key], config[key]):
+        if key not in saved or key not in config or same_setting(key, saved[key], config[key]):
             continue
         if isinstance(config[key], dict):
             differing = [k for k in config[key] if saved[key].get(k) != config[key][k]]
@@ -37,7 +37,7 @@ def check_resumable(checkpoint: Path, saved: dict[str, Any], config: dict[str, A
             f"with these settings. Use another {other_run_dir} for a new run, or delete '{run_dir}'")
 
 
-def _same(key: str, saved: Any, now: Any) -> bool:
+def same_setting(key: str, saved: Any, now: Any) -> bool:
     """Paths name the same file whether given relative or absolute (from the same directory)."""
     if key in PATH_KEYS and isinstance(saved, str) and isinstance(now, str):
         return Path(saved).resolve() == Path(now).resolve()

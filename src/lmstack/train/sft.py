@@ -91,8 +91,9 @@ def load_finetune_config(cls: type, init_from: str, config_file: str | None, ove
     saved = read_config(init_from)
     model = from_dict(ModelConfig, saved["model"], prefix="model.")
     # Saved absolute, as the agent saves its paths: a resume from another directory names the same files.
-    base = {"init_from": str(Path(init_from).resolve()), "model": saved["model"],
-            "tokenizer": str(Path(init_from) / "tokenizer.json"), "seq_len": min(512, model.block_size),
+    start = Path(init_from).resolve()
+    base = {"init_from": str(start), "model": saved["model"],
+            "tokenizer": str(start / "tokenizer.json"), "seq_len": min(512, model.block_size),
             **{k: v for k, v in settings.items() if v is not None}}
     if base.get("train_file"):
         base["train_file"] = str(Path(base["train_file"]).resolve())

@@ -18,6 +18,7 @@ from lmstack.data.toolcalls import generate, run_tool, write_splits
 from lmstack.infer.simple import generate as generate_ids
 from lmstack.model.checkpoint import load_model_dir
 from lmstack.run_layout import RUN_CONFIG
+from lmstack.train.resume import same_setting
 from lmstack.train.rundir_lock import RunDirLock
 from lmstack.train.toolcall_rewards import toolcall_accuracy, toolcall_prompts
 from lmstack.train.sft import SFTConfig, load_finetune_config, sft
@@ -62,7 +63,7 @@ def set_aside_if_from_another_start(sft_dir: Path, init_from: Path) -> Path | No
     if not config_file.is_file():
         return None
     started_from = json.loads(config_file.read_text()).get("init_from")
-    if not started_from or Path(started_from).resolve() == Path(init_from).resolve():
+    if not started_from or same_setting("init_from", started_from, str(init_from)):
         return None
     aside = sft_dir.with_name(f"{sft_dir.name}-from-{Path(started_from).name}")
     lock = RunDirLock(sft_dir)

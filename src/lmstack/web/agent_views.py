@@ -35,7 +35,7 @@ def runs_page(conn: sqlite3.Connection, status: str | None, offset: int, limit: 
     runs = []
     for row in rows:
         run = {k: row[k] for k in row.keys() if not k.startswith("owner_")}
-        run["status"], run["stop_reason"] = shown_state(conn, row)
+        run["status"], run["stop_reason"] = shown_state(conn, row, interrupted)
         runs.append(run)
     return {"total": total, "offset": offset, "runs": runs, "status_counts": status_counts(conn, interrupted)}
 
@@ -44,8 +44,9 @@ def status_counts(conn: sqlite3.Connection, interrupted: list[str]) -> dict[str,
     counts = {r["status"]: r["n"] for r in conn.execute("SELECT status, COUNT(*) AS n FROM agent_runs GROUP BY status")}
     if interrupted:  # stored as `running`
         counts["interrupted"] = len(interrupted)
-        counts["running"] -= len(interrupted)
-        if not counts["running"]:
+        # from another query than `interrupted`: the last running run may have ended in between
+        counts["running"] = counts.get("running", 0) - len(interrupted)
+        if counts["running"] <= 0:
             del counts["running"]
     return counts
 

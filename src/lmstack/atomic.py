@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
-from lmstack.errors import LmstackError
+from lmstack.errors import LmstackError, quoted_few
 
 
 class OutputWriteError(OSError, LmstackError):
@@ -110,22 +110,25 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def refuse_to_replace(directory: Path, written: Callable[[str], bool], writer: str, error: type[Exception],
-                      replaces: str = "the output is replaced as a whole") -> None:
+                      replaces: str = "the output is replaced as a whole", marker: str | None = None) -> None:
     """`atomic_directory` replaces a directory whole, deleting all it holds (and other writers replace each of their
     files): before any work, refuse one that is a link (it would become a copy, and the link's target stay as it
-    was) or that holds anything but regular files `writer` writes (`written(name)`). Nothing is touched. `replaces`:
-    what the writer does to what it finds, for the message."""
+    was) or that holds anything but regular files `writer` writes (`written(name)`). With `marker`, a file only
+    `writer` writes, a non-empty directory without it is refused too: files of the same names (a tokenizer.json) are
+    then another tool's. Nothing is touched. `replaces`: what the writer does to what it finds, for the message."""
     fix = f"choose a new or empty directory ({replaces})"
     if directory.is_symlink():
         raise error(f"output '{directory}' is a symbolic link; {fix}")
     if not directory.is_dir():
         return
-    foreign = sorted(child.name for child in directory.iterdir()
-                     if child.is_symlink() or not child.is_file() or not written(child.name))
+    held = sorted(child.name for child in directory.iterdir())
+    foreign = [name for name in held
+               if (directory / name).is_symlink() or not (directory / name).is_file() or not written(name)]
     if foreign:
-        shown = ", ".join(f"'{name}'" for name in foreign[:2])
-        more = f" and {len(foreign) - 2} more" if len(foreign) > 2 else ""
-        raise error(f"output '{directory}' holds {shown}{more}, which {writer} never writes; {fix}")
+        raise error(f"output '{directory}' holds {quoted_few(foreign, 2)}, which {writer} never writes; {fix}")
+    if held and marker is not None and marker not in held:
+        raise error(f"output '{directory}' holds {quoted_few(held, 2)} but no {marker}, so it is no {writer} output; "
+                    f"{fix}")
 
 
 @contextlib.contextmanager

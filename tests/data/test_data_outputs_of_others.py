@@ -41,8 +41,8 @@ def test_prepare_refuses_a_dir_without_meta_json(cli, make_corpus, tokenizer, tm
     tokenizer.save(tok / "tokenizer.json")
     before = contents(tok)
     message = one_line_error(cli("prepare", "--source", make_corpus(5), "--tokenizer", tok, "--out", tok), "prepare")
-    assert message.endswith(f"output '{tok}' holds files but no meta.json, so it is no `lmstack prepare` output and "
-                            "would be replaced; choose a new or empty --out")
+    assert message.endswith(f"output '{tok}' holds 'tokenizer.json' but no meta.json, so it is no prepare output; "
+                            f"{FIX} (the output is replaced as a whole)")
     assert contents(tok) == before
 
 

@@ -93,6 +93,21 @@ def test_export_and_import_never_replace_a_file_a_foreign_dir_or_their_source(cl
         assert cli("import", "--from", "hf", tmp_path / "hf", tmp_path / "back").returncode == 0
 
 
+def test_import_and_export_refuse_a_tokenizer_dir(cli, ckpt, tiny_tokenizer, tmp_path):
+    """A `tokenizer train` output holds only a tokenizer.json, a name import and export write too: it passed for
+    an earlier output and was replaced by a model. Without the config.json both write, it is another tool's."""
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    tiny_tokenizer.save(tok / "tokenizer.json")
+    before = (tok / "tokenizer.json").read_bytes()
+    hf = export_hf(ckpt, tmp_path / "hf")
+    for args in (("export", ckpt, tok), ("import", "--from", "hf", hf, tok)):
+        message = one_line_error(cli(*args), args[0])
+        assert message.endswith(f"output '{tok}' holds 'tokenizer.json' but no config.json, so it is no import or "
+                                "export output; choose a new or empty directory (the output is replaced as a whole)")
+        assert [p.name for p in tok.iterdir()] == ["tokenizer.json"] and (tok / "tokenizer.json").read_bytes() == before
+
+
 def test_import_checks_the_files_it_copies_or_reads(cli, ckpt, tmp_path):
     """A broken tokenizer.json was copied into the new checkpoint without a word; a damaged pytorch_model.bin and
     a nanoGPT file that is not one were tracebacks or many lines of torch's text."""

@@ -177,12 +177,9 @@ def _check_settings(out_dir: Path, tokenizer: Tokenizer, val_fraction: float, mi
     if out_dir.exists() and not out_dir.is_dir() and not out_dir.is_symlink():
         raise PrepareError(f"output '{out_dir}' is a file; choose a new --out (prepare writes a directory)")
     # A data dir with the user's notes in it, or a run dir: a re-run would delete them with the dir.
-    refuse_to_replace(out_dir, PREPARED_FILE.fullmatch, "prepare", PrepareError)
     # Only prepare writes meta.json: without it, files of those names (a `tokenizer train` output's tokenizer.json)
     # are another tool's.
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / META_FILE).is_file():
-        raise PrepareError(f"output '{out_dir}' holds files but no {META_FILE}, so it is no `lmstack prepare` output "
-                           "and would be replaced; choose a new or empty --out")
+    refuse_to_replace(out_dir, PREPARED_FILE.fullmatch, "prepare", PrepareError, marker=META_FILE)
 
 
 def _write_meta(directory: Path, result: PrepareResult, tokenizer: Tokenizer, **settings) -> None:

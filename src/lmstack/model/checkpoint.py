@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -139,21 +139,29 @@ def read_weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
         raise damaged_weights(weights, err) from None
 
 
-def check_model_dir(path: str | Path, need_tokenizer: bool = False, check_names: bool = True) -> dict[str, Any]:
+class CheckedModelDir(NamedTuple):
+    """What `check_model_dir` read, for its caller to use rather than read again."""
+    config: dict[str, Any]  # the whole config.json
+    model: ModelConfig
+    tokenizer: Tokenizer | None  # None when the dir has no tokenizer.json
+
+
+def check_model_dir(path: str | Path, need_tokenizer: bool = False, check_names: bool = True) -> CheckedModelDir:
     """Find what `load_model_dir` would refuse without reading the weights: the config, the weights file's
     header (with `check_names`, its tensor names and shapes against the config) and the tokenizer. For commands
-    that load the model later, in the background (`lmstack serve`), or after other work has begun. Returns the
-    config dict it read."""
+    that load the model later, in the background (`lmstack serve`), after other work has begun, or never (`info`,
+    `export`, which read the weights as they are stored)."""
     path = Path(path)
     config, model_cfg, weights = _checkpoint_parts(path)
     stored = read_weight_shapes(weights)
     if check_names:
         check_weight_shapes(weights, stored, model_cfg)
+    tokenizer = None
     if (path / TOKENIZER_FILE).is_file():
-        Tokenizer.load(path / TOKENIZER_FILE)
+        tokenizer = Tokenizer.load(path / TOKENIZER_FILE)
     elif need_tokenizer:
         raise no_tokenizer(path)
-    return config
+    return CheckedModelDir(config, model_cfg, tokenizer)
 
 
 def no_tokenizer(path: str | Path) -> CheckpointError:

@@ -68,7 +68,8 @@ def check_out_dir(out_dir: str | Path, source: str | Path) -> None:
         raise ConversionError(f"output '{out}' is a model of the training run '{out.parent}'; choose a new or empty "
                               "directory (the output is replaced as a whole)")
     check_apart(out, Path(source))
-    refuse_to_replace(out, OUTPUT_FILES.__contains__, "import or export", ConversionError)
+    # Both write config.json: a dir without one (a `tokenizer train` output) is another tool's.
+    refuse_to_replace(out, OUTPUT_FILES.__contains__, "import or export", ConversionError, marker=CONFIG_FILE)
     if not out.exists():
         check_output_dir(out)  # a file above it
 

@@ -16,15 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from lmstack.atomic import atomic_directory
-from lmstack.model.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, check_model_dir, model_config_of, read_weights,
-                                      save_weights)
+from lmstack.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, check_model_dir, read_weights, save_weights
 from lmstack.model.config import ModelConfig
 from lmstack.model.convert import (TORCH_LOAD_ERRORS, ConversionError, check_out_dir, check_tokenizer_file,
                                   target_dtype, torch_load_reason, write_imported_checkpoint)
 from lmstack.model.hf_layout import (hf_config_from_model, hf_tensor_maps, model_config_from_hf, rename_to_ours,
                                      rename_to_theirs, zero_gpt2_biases)
 from lmstack.model.hf_tokenizer import write_tokenizer_files
-from lmstack.tokenizer import Tokenizer
 
 HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
              "tokenizer_config.json", "generation_config.json"]
@@ -146,14 +144,13 @@ def export_hf(ckpt: str | Path, out_dir: str | Path, dtype: str = "auto") -> Pat
     ckpt = Path(ckpt)
     # What `sample` refuses, export refuses too: weights that do not fit config.json (the HF dir would not load, or
     # the rename would fail), and a LoRA run's unmerged checkpoint (its base weights alone are not what it trained).
-    cfg = model_config_of(ckpt, check_model_dir(ckpt))
+    _, cfg, tokenizer = check_model_dir(ckpt)
     check_out_dir(out_dir, ckpt)
     ours = read_weights(ckpt / WEIGHTS_FILE)
     cast_to = target_dtype(dtype, ours)
     theirs = rename_to_theirs({k: v.to(cast_to) for k, v in ours.items()}, hf_tensor_maps(cfg))
     if cfg.arch == "gpt2":
         zero_gpt2_biases(theirs)
-    tokenizer = Tokenizer.load(ckpt) if (ckpt / "tokenizer.json").is_file() else None
     with atomic_directory(out_dir) as tmp:
         token_ids = write_tokenizer_files(tmp, tokenizer, cfg.block_size) if tokenizer else {}
         hf_config = hf_config_from_model(cfg, cast_to, token_ids)

@@ -9,9 +9,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lmstack.model.checkpoint import TOKENIZER_FILE, WEIGHTS_FILE, check_model_dir, damaged_weights, model_config_of
+from lmstack.model.checkpoint import WEIGHTS_FILE, check_model_dir, damaged_weights
 from lmstack.model.gpt import GPT
-from lmstack.tokenizer import Tokenizer
 
 SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 
@@ -19,8 +18,7 @@ SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F
 def checkpoint_summary(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     # The shape printed is the config's: it must be the weights' too (the check `sample` makes, from the header).
-    config = check_model_dir(path)
-    cfg = model_config_of(path, config)
+    config, cfg, tokenizer = check_model_dir(path)
     with torch.device("meta"):  # counts parameters without allocating them
         model = GPT(cfg)
     summary: dict[str, Any] = {
@@ -40,8 +38,7 @@ def checkpoint_summary(path: str | Path) -> dict[str, Any]:
         except SafetensorError as err:
             raise damaged_weights(weights, err) from None
         summary["weights_dtypes"] = sorted(SAFETENSORS_DTYPES.get(d, d) for d in stored)
-    if (path / TOKENIZER_FILE).is_file():
-        tokenizer = Tokenizer.load(path / TOKENIZER_FILE)
+    if tokenizer is not None:
         summary["tokenizer"] = {"vocab_size": tokenizer.vocab_size, "chat_tokens": tokenizer.has_chat_tokens,
                                 "bos_id": tokenizer.bos_id}
     summary["other_config"] = {k: v for k, v in config.items() if k != "model"}

@@ -103,7 +103,7 @@ def check_resume_point(path: Path) -> dict[str, Any]:
     """The checkpoint's config dict; a damaged checkpoint is refused before the run builds on it, saying how to
     resume from the one before."""
     try:
-        return check_model_dir(path, check_names=False)  # a LoRA run's weights hold its adapters too
+        return check_model_dir(path, check_names=False).config  # a LoRA run's weights hold its adapters too
     except CheckpointError as err:
         raise CheckpointError(f"{err}. This is the run's last checkpoint: {delete_to_resume(path)}") from None
 

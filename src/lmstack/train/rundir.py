@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lmstack.atomic import atomic_write_text
-from lmstack.errors import LmstackError
+from lmstack.errors import LmstackError, quoted_few
 from lmstack.run_layout import RUN_CONFIG, RUN_LOG, is_run_dir
 from lmstack.train.rundir_lock import LOCK_FILE
 
@@ -35,8 +35,7 @@ def refuse_foreign_dir(run_dir: Path, other: str, inputs: tuple[Path, ...] = ())
                   if child.name != LOCK_FILE and not child.name.startswith(WRITE_PROBE)
                   and not any(path == child.resolve() or child.resolve() in path.parents for path in mine))
     if held:
-        shown = ", ".join(f"'{name}'" for name in held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
-        raise RunDirError(f"run dir '{run_dir}' already holds {shown} and is not a training run dir (no "
+        raise RunDirError(f"run dir '{run_dir}' already holds {quoted_few(held)} and is not a training run dir (no "
                           f"metrics.jsonl or run.log), so the run would overwrite what is there; choose a new or "
                           f"empty dir with {other}")
 

@@ -253,7 +253,10 @@ def test_a_model_or_workspace_that_cannot_load_is_refused_before_the_run_exists(
 
 def test_list_names_a_status_or_limit_that_cannot_match(lmstack, tmp_path):
     """Both listed nothing and exited 0, as if there were no such runs."""
-    assert error_line(lmstack("list", "--status", "done", db=tmp_path / "x.db")) == (
-        "lmstack agent: error: --status 'done' is not a run status; use one of running, interrupted, waiting, completed, failed, "
-        "budget_exceeded, loop_detected, no_progress, stopped_by_monitor")
-    assert error_line(lmstack("list", "--limit", "0", db=tmp_path / "x.db")).endswith("list at least 1 run (default 50)")
+    db = tmp_path / "x.db"
+    open_database(db).close()  # the status is checked by the store, on a database that exists
+    assert error_line(lmstack("list", "--status", "done", db=db)) == (
+        "lmstack agent: error: status 'done' is not a run status; use one of running, interrupted, waiting, completed, "
+        "failed, budget_exceeded, loop_detected, no_progress, stopped_by_monitor")
+    assert error_line(lmstack("list", "--status", "", db=db)).startswith("lmstack agent: error: status '' is not")
+    assert error_line(lmstack("list", "--limit", "0", db=db)).endswith("list at least 1 run (default 50)")

@@ -48,7 +48,7 @@ def test_a_run_started_in_another_directory_is_approved_and_resumed(api, scripte
     decided = api.post("/api/agents/runs/relative-run/approvals", json={"approve": True})
     assert decided.json() == {"decided": ["step0/tool0"], "approve": True, "resumed": True}
     run = poll(api, "relative-run", lambda r: r["status"] not in ("waiting", "running"))
-    assert (run["status"], run["final_answer"]) == ("completed", "Shipped.")
+    assert (run["status"], run["final_answer"], run["resumable"]) == ("completed", "Shipped.", False)
 
 
 def test_an_approval_the_dashboard_cannot_resume_decides_nothing(api, scripted, seeded, tmp_path):
@@ -69,12 +69,12 @@ def test_a_run_whose_process_was_sigkilled_shows_interrupted(api, scripted, seed
                     "--run-id", "killed-run", cwd=tmp_path, db=seeded["db"])
     try:
         started = poll(api, "killed-run", lambda r: r["trace_steps"] == 1)  # its first model call is under way
-        assert started["status"] == "running", started
+        assert started["status"] == "running" and started["resumable"], started
     finally:
         process.kill()
         process.communicate()
     run = api.get("/api/agents/runs/killed-run").json()
-    assert run["status"] == "interrupted"
+    assert run["status"] == "interrupted" and run["resumable"]  # the page goes on following it
     assert run["stop_reason"] == (f"process {process.pid} on {socket.gethostname()} ended without finishing the run: "
                                   "killed, or the machine went down; `lmstack agent resume killed-run` continues it "
                                   "from the last completed step")

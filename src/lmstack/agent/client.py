@@ -214,28 +214,27 @@ class OpenAIClient:
         if logprobs:
             kwargs.update(logprobs=True, top_logprobs=5)
         call = self._streamed if self.stream else self._whole
+        endpoint = f"model '{self.model}' at {self.sdk.base_url}"  # how every error below starts
         try:
             return with_retries(lambda: call(kwargs), _is_retryable, self.retry, retry_after=_retry_after_s)
         except openai.BadRequestError as err:
-            failed = f"model '{self.model}' at {self.sdk.base_url} failed: {err}"
+            failed = f"{endpoint} failed: {err}"
             if err.code == "context_length_exceeded" or CONTEXT_ERROR.search(str(err.message)):
                 prompt, context = PROMPT_COUNT.search(err.message), CONTEXT_COUNT.search(err.message)
                 raise ContextLengthError(failed, prompt and int(prompt[1]), context and int(context[1])) from None
             raise ModelCallError(failed) from None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
             if self.api_key_env is None:
-                raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url} failed: {err}") from None
+                raise ModelCallError(f"{endpoint} failed: {err}") from None
             # The words of the start-up check (GET /v1/models), for a key that changed since: a resumed run.
-            raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url}: "
-                                 f"{listing_failure(err, self.api_key_env)[1]}",
+            raise ModelCallError(f"{endpoint}: {listing_failure(err, self.api_key_env)[1]}",
                                  f"once ${self.api_key_env} holds the server's key") from None
         except (openai.APIError, IncompleteStreamError) as err:
             slow = (f" (no answer within the {self.timeout_s:g} s timeout; {self.timeout_fix})"
                     if isinstance(err, openai.APITimeoutError) else "")
-            raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url} failed: {err}{slow}") from None
+            raise ModelCallError(f"{endpoint} failed: {err}{slow}") from None
         except RetryAfterTooLong as err:
-            raise ModelCallError(f"model '{self.model}' at {self.sdk.base_url} failed: {err.__cause__}; "
-                                 f"{err}") from None
+            raise ModelCallError(f"{endpoint} failed: {err.__cause__}; {err}") from None
 
     def _whole(self, kwargs: dict[str, Any]) -> ModelResponse:
         completion = self.sdk.chat.completions.create(**kwargs)

@@ -114,14 +114,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from lmstack.agent.launch import build_runtime, open_existing_database, pending_approvals, record_decisions
+    from lmstack.agent.launch import build_runtime, decide_approvals, open_existing_database
 
     conn = open_existing_database(args.db)
-    keys = pending_approvals(conn, args.run_id, args.call)
-    # Rebuilt before deciding: a run that cannot resume here (a tool file that no longer loads) keeps its calls
-    # pending, rather than decided and never resumed.
-    runtime = build_runtime(conn, args.run_id, show_progress=True)
-    record_decisions(conn, args.run_id, not args.deny, keys)
+    keys, runtime = decide_approvals(conn, args.run_id, not args.deny, args.call,
+                                     lambda: build_runtime(conn, args.run_id, show_progress=True))
     print(f"{'denied' if args.deny else 'approved'}: {', '.join(keys)}")
     return _run_and_report(runtime.run)
 
@@ -130,11 +127,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     import datetime
 
     from lmstack.agent.launch import open_existing_database
-    from lmstack.agent.store import RESUMABLE, STATUSES, list_runs
+    from lmstack.agent.store import RESUMABLE, list_runs
     from lmstack.errors import LmstackError
 
-    if args.status is not None and args.status not in STATUSES:
-        raise LmstackError(f"--status {args.status!r} is not a run status; use one of {', '.join(STATUSES)}")
     if args.limit < 1:
         raise LmstackError(f"--limit {args.limit}: list at least 1 run (default 50)")
     runs = list_runs(open_existing_database(args.db), args.status, args.limit)

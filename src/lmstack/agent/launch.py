@@ -8,6 +8,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from lmstack.agent.budget import unpriced_dollar_budget
 from lmstack.agent.builtin_tools import absolute_tool_paths, load_tools
@@ -144,9 +145,21 @@ def pending_approvals(conn: sqlite3.Connection, run_id: str, call_key: str | Non
     return keys
 
 
+def decide_approvals(conn: sqlite3.Connection, run_id: str, approve: bool, call_key: str | None,
+                     rebuild: Callable[[], AgentRuntime | None]) -> tuple[list[str], AgentRuntime | None]:
+    """Decide the run's pending calls (all, or the one with `call_key`); the calls decided, and the agent that resumes
+    the run (None: the caller does not resume it). `rebuild` makes that agent after the calls are found and before
+    they are decided: a run that cannot resume (`rebuild` raises: a tool file that no longer loads, a model out of
+    reach) keeps its calls pending, rather than decided and never resumed."""
+    keys = pending_approvals(conn, run_id, call_key)  # that error first: cheaper than a rebuild
+    runtime = rebuild()
+    record_decisions(conn, run_id, approve, keys)
+    return keys, runtime
+
+
 def record_decisions(conn: sqlite3.Connection, run_id: str, approve: bool, keys: list[str]) -> None:
-    """Decide the pending calls with these keys (from `pending_approvals`, for a caller that checks something else
-    between finding and deciding them). A call decided elsewhere meanwhile keeps that decision."""
+    """Decide the pending calls with these keys (from `pending_approvals`; `decide_approvals` does both, with the
+    rebuild between). A call decided elsewhere meanwhile keeps that decision."""
     with transaction(conn):
         for key in keys:
             conn.execute("UPDATE agent_approvals SET decision = ?, decided_at = strftime('%s','now') "

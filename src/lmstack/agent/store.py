@@ -15,10 +15,11 @@ reader may be another user's dashboard, and the process may be alive on another 
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Collection
+from typing import Any, Collection, Mapping
 
 from lmstack.db import ensure_schema, transaction
 from lmstack.errors import LmstackError
@@ -51,7 +52,8 @@ MIGRATIONS = [
     # The process executing a run, so a second `resume` of a live run is refused.
     "ALTER TABLE agent_runs ADD COLUMN owner_pid INTEGER;",
     # ... on which host, since when (see lmstack.run_owner): a pid of another machine, or reused by an unrelated
-    # process since the run's died, must not keep the run from being resumed.
+    # process since the run's died, must not keep the run from being resumed. Runs recorded before have neither
+    # (see owner_read_here).
     "ALTER TABLE agent_runs ADD COLUMN owner_host TEXT;\nALTER TABLE agent_runs ADD COLUMN owner_start TEXT;",
 ]
 
@@ -62,6 +64,10 @@ STATUSES = ("running", "interrupted", "waiting", "completed", "failed", "budget_
 
 class RunNotFoundError(LmstackError):
     """No agent run has the given id."""
+
+
+class UnknownStatusError(LmstackError):
+    """A status asked for that no run can have: a typo would list no runs, as if there were none."""
 
 
 @dataclass
@@ -115,7 +121,8 @@ def shown_state(conn: sqlite3.Connection, row: sqlite3.Row,
     `running` run whose process is gone is `interrupted` (one of `interrupted_runs`, when the caller has them); a
     `waiting` run's reason names the calls still pending, which a decision since it paused may have changed."""
     status, reason = row["status"], row["stop_reason"]
-    ended = ended_unfinished(row, f"`lmstack agent resume {row['id']}` continues it from the last completed step",
+    ended = ended_unfinished(owner_read_here(row),
+                             f"`lmstack agent resume {row['id']}` continues it from the last completed step",
                              None if interrupted is None else row["id"] in interrupted)
     if ended:  # a reason already recorded says what interrupted it (Ctrl-C, an unexpected error), and how to go on
         return "interrupted", reason or ended
@@ -136,12 +143,24 @@ def waiting_reason(run_id: str, pending: list[str]) -> str:
 def interrupted_runs(conn: sqlite3.Connection) -> list[str]:
     """The ids of the runs shown as `interrupted` (stored as `running`, their process gone)."""
     rows = conn.execute("SELECT id, owner_pid, owner_host, owner_start FROM agent_runs WHERE status = 'running'")
-    return [r["id"] for r in rows if process_state(Owner.from_row(r)) == "gone"]
+    return [r["id"] for r in rows if process_state(Owner.from_row(owner_read_here(r))) == "gone"]
+
+
+def owner_read_here(row: sqlite3.Row) -> Mapping[str, Any]:
+    """The run's row, with the owner this process reads in it. The lmstack that recorded only the executing process's
+    pid (schema version 2: owner host and start NULL) looked the pid up on its own host; so does this one, taking it
+    for a pid of this host, unverified. Read as another host's, such a run whose process is gone showed `running` for
+    good, and one whose process lives could be resumed by a second process."""
+    if row["owner_pid"] is None or row["owner_host"] is not None:
+        return row
+    return {**{key: row[key] for key in row.keys()}, "owner_host": socket.gethostname()}
 
 
 def status_condition(status: str, interrupted: list[str]) -> tuple[str, tuple]:
     """An SQL condition on agent_runs, and its parameters, for the runs shown with `status`: `interrupted` ones
     (the ids `interrupted_runs` gives) are stored as `running`, which therefore leaves them out."""
+    if status not in STATUSES:
+        raise UnknownStatusError(f"status '{status}' is not a run status; use one of {', '.join(STATUSES)}")
     if status not in ("running", "interrupted"):
         return "status = ?", (status,)
     among = "IN" if status == "interrupted" else "NOT IN"
@@ -151,7 +170,7 @@ def status_condition(status: str, interrupted: list[str]) -> tuple[str, tuple]:
 def list_runs(conn: sqlite3.Connection, status: str | None = None, limit: int = 50) -> list[RunRecord]:
     query, params = "SELECT id FROM agent_runs", ()
     interrupted = interrupted_runs(conn)  # once: each is a look at a process
-    if status:
+    if status is not None:
         condition, params = status_condition(status, interrupted)
         query += f" WHERE {condition}"
     rows = conn.execute(query + " ORDER BY created_at DESC LIMIT ?", (*params, limit)).fetchall()
@@ -176,7 +195,7 @@ def claim_run(conn: sqlite3.Connection, run_id: str) -> bool:
                            (run_id,)).fetchone()
         if row["status"] not in RESUMABLE:
             return False
-        owner = Owner.from_row(row)
+        owner = Owner.from_row(owner_read_here(row))
         if row["status"] == "running" and executed_elsewhere(owner):
             raise LmstackError(f"run '{run_id}' {busy_reason(owner)}")
         conn.execute("UPDATE agent_runs SET owner_pid = ?, owner_host = ?, owner_start = ?, status = 'running', "

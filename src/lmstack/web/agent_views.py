@@ -12,7 +12,7 @@ import json
 import sqlite3
 from typing import Any
 
-from lmstack.agent.store import get_run, interrupted_runs, shown_state, status_condition
+from lmstack.agent.store import RESUMABLE, STATUSES, get_run, interrupted_runs, shown_state, status_condition
 from lmstack.agent.tracing import span_id
 
 RUN_COLUMNS = ("id, task, status, stop_reason, created_at, updated_at, active_seconds, steps, prompt_tokens, "
@@ -23,10 +23,11 @@ STEP_OF_KEY = "CAST(substr(key, 5, instr(key, '/') - 5) AS INTEGER)"
 
 
 def runs_page(conn: sqlite3.Connection, status: str | None, offset: int, limit: int) -> dict[str, Any]:
-    """Runs as `agent list` shows them (see `store.shown_state`): statuses and counts include `interrupted`."""
+    """Runs as `agent list` shows them (see `store.shown_state`): statuses and counts include `interrupted`. With
+    every status a run can have, which the page offers as filters (the agent store's list, not a copy in the page)."""
     where, params = ("", ())
     interrupted = interrupted_runs(conn)  # once: each is a look at a process
-    if status:
+    if status is not None:
         condition, params = status_condition(status, interrupted)
         where = f"WHERE {condition}"
     total = conn.execute(f"SELECT COUNT(*) FROM agent_runs {where}", params).fetchone()[0]
@@ -37,7 +38,8 @@ def runs_page(conn: sqlite3.Connection, status: str | None, offset: int, limit: 
         run = {k: row[k] for k in row.keys() if not k.startswith("owner_")}
         run["status"], run["stop_reason"] = shown_state(conn, row, interrupted)
         runs.append(run)
-    return {"total": total, "offset": offset, "runs": runs, "status_counts": status_counts(conn, interrupted)}
+    return {"total": total, "offset": offset, "runs": runs, "status_counts": status_counts(conn, interrupted),
+            "statuses": list(STATUSES)}
 
 
 def status_counts(conn: sqlite3.Connection, interrupted: list[str]) -> dict[str, int]:
@@ -52,6 +54,8 @@ def status_counts(conn: sqlite3.Connection, interrupted: list[str]) -> dict[str,
 
 
 def run_overview(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
+    """The run, its approvals and its trace's length; `resumable`: whether it can still change (a failed or
+    interrupted run too, which `lmstack agent resume` continues), so the page keeps following it."""
     record = get_run(conn, run_id)
     approvals = [dict(r) | {"arguments": json.loads(r["arguments"])} for r in conn.execute(
         "SELECT call_key, tool, arguments, decision, decided_at FROM agent_approvals WHERE run_id = ? "
@@ -60,7 +64,8 @@ def run_overview(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
                                (run_id,)).fetchone()[0]
     overview = {k: v for k, v in vars(record).items() if k != "config"}
     return overview | {"model": record.config.get("model_name") or record.config.get("model"),
-                       "tools": record.config.get("tools", []), "approvals": approvals, "trace_steps": total_steps}
+                       "tools": record.config.get("tools", []), "approvals": approvals, "trace_steps": total_steps,
+                       "resumable": record.status in RESUMABLE}
 
 
 def steps_page(conn: sqlite3.Connection, run_id: str, offset: int, limit: int) -> dict[str, Any]:

@@ -3,11 +3,6 @@
 import { api, el, append, clear, errorBox, fmt, pager, statusBadge } from "./util.js";
 
 const PAGE = 50, STEP_PAGE = 20, POLL_MS = 3000, LIST_REFRESH_MS = 5000;
-// A run page follows a run while it can still change: a failed or interrupted run too (its process gone), which
-// `lmstack agent resume` continues.
-const RESUMABLE = ["running", "waiting", "failed", "interrupted"];
-const FILTERS = ["running", "interrupted", "waiting", "completed", "failed", "budget_exceeded", "loop_detected", "no_progress",
-  "stopped_by_monitor"];
 
 export function render(container, [runId]) {
   return runId ? renderRun(container, runId) : renderList(container);
@@ -23,7 +18,8 @@ function renderList(container) {
     try {
       const page = await api(`/api/agents/runs?offset=${offset}&limit=${PAGE}${status ? `&status=${status}` : ""}`);
       const all = Object.values(page.status_counts).reduce((a, b) => a + b, 0);
-      clear(filters).append(...["", ...FILTERS].filter((s) => !s || page.status_counts[s]).map((s) =>
+      // The statuses come with the page (the agent store's list): a filter for each that some run has.
+      clear(filters).append(...["", ...page.statuses].filter((s) => !s || page.status_counts[s]).map((s) =>
         el("button", { class: s === status ? "active" : "", onclick: () => { status = s; offset = 0; load(); } },
           s ? statusBadge(s) : "all", ` ${s ? page.status_counts[s] : all}`)));
       clear(body).append(
@@ -108,7 +104,8 @@ function renderRun(container, runId) {
       if (lastStatus !== null && run.status !== lastStatus) { clear(trace); loaded = 0; }  // a resumed run wrote new steps
       lastStatus = run.status;
       if (!loaded) await loadSteps();
-      if (!RESUMABLE.includes(run.status)) return;
+      // Followed while it can still change: a failed or interrupted run too, which `lmstack agent resume` continues.
+      if (!run.resumable) return;
     } catch (err) {
       header.append(errorBox(err));
       return;

@@ -54,7 +54,8 @@ def test_gemms_autotune_for_int8_weights_and_for_weights_that_fit_in_the_cache()
     small = tiny_model("llama").to(torch.bfloat16)
     assert cpp_gemms_pay(small)
     # bf16 weights larger than the cache, on the meta device (sizes only): streamed from memory, oneDNN's kernels stay.
-    width = int((cache / (2 * 12)) ** 0.5) + 64  # one block's linears hold ~12 width^2 weights of 2 bytes
+    # One block's linears hold ~12 width^2 weights of 2 bytes; a multiple of 64, as RoPE needs an even head dim.
+    width = (int((cache / (2 * 12)) ** 0.5) // 64 + 1) * 64
     with torch.device("meta"):
         big = GPT(ModelConfig(arch="llama", vocab_size=64, block_size=64, n_layer=1, n_head=1, n_embd=width))
     assert not cpp_gemms_pay(big.to(torch.bfloat16))

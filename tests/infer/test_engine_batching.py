@@ -149,6 +149,17 @@ def test_engine_settings_that_would_schedule_nothing_are_refused(setting):
         Engine(tiny_model("gpt2"), None, EngineConfig(num_blocks=8, **{setting: 0}))
 
 
+def test_a_kv_budget_below_one_block_names_the_smallest_that_works():
+    model = tiny_model("llama")  # float32, 2 layers, 2 KV heads of 16 dims
+    smallest = 2 * 2 * 16 * 2 * 16 * 4 / 2**20  # k and v, layers, tokens a block, KV heads, dims, bytes: 8 KiB
+    with pytest.raises(SamplingError) as refused:
+        Engine(model, None, EngineConfig(kv_memory_mb=0.005))
+    assert str(refused.value) == ("engine kv_memory_mb=0.005 holds no KV block of this model: one block (16 tokens, "
+                                  f"float32) takes {smallest} MiB; set kv_memory_mb to at least {smallest}, or set "
+                                  "num_blocks")
+    assert Engine(model, None, EngineConfig(kv_memory_mb=smallest)).num_total_blocks == 1
+
+
 def test_abort_frees_blocks_from_another_thread():
     engine = Engine(tiny_model("llama"), None, EngineConfig(block_size=4, num_blocks=64))
     initial = engine.num_free_blocks

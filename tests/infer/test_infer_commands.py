@@ -156,6 +156,20 @@ def test_sample_and_inspect_name_a_truncated_weights_file(cli, checkpoint, tmp_p
     assert not (tmp_path / "pngs").exists()
 
 
+def test_sample_refuses_a_kv_budget_too_small_for_one_block_before_reading_the_weights(cli, checkpoint, tmp_path):
+    """The engine found it once the weights were loaded, which takes a while for a big model. Truncated weights show
+    that they are not read: the budget's error comes first."""
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (damaged / name).write_bytes((checkpoint / name).read_bytes())
+    (damaged / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes()[:100])
+    message = one_line_error(cli("sample", damaged, "--set", "kv_memory_mb=0.005", "--set", "dtype=float32"), "sample")
+    # a block of the tiny llama in float32: k and v x 2 layers x 16 tokens x 2 KV heads x 16 dims x 4 bytes = 8 KiB
+    assert message.endswith("engine kv_memory_mb=0.005 holds no KV block of this model: one block (16 tokens, float32) "
+                            "takes 0.0078125 MiB; set kv_memory_mb to at least 0.0078125, or set num_blocks")
+
+
 def test_inspect_checks_out_and_top_before_the_work(cli, checkpoint, tmp_path):
     """--out naming a file was a FileExistsError traceback after the whole inspection, one under a file said only
     "Not a directory", and --top -1 was torch's "selected index k out of range"."""

@@ -1,4 +1,5 @@
-"""A tiny checkpoint and a real `lmstack serve` subprocess on a free 127.0.0.1 port, for the server tests."""
+"""A tiny checkpoint and a real `lmstack serve` subprocess on a free 127.0.0.1 port (or an app served in this
+process, for tests that build its engine), for the server tests."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import torch
+import uvicorn
 
 from lmstack.model.checkpoint import save_model_dir
 from lmstack.model.config import ModelConfig
@@ -87,3 +90,25 @@ def metric(base: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise KeyError(name)
+
+
+def wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def in_process_server(app):
+    """Serve `app` with uvicorn in a thread of this process; yields the base URL once it accepts connections."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

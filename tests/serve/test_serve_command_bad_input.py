@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 
 import pytest
 import torch
@@ -60,6 +61,20 @@ def test_serve_refuses_a_checkpoint_that_would_fail_to_load(good, tmp_path, dama
 ])
 def test_serve_refuses_settings_that_cannot_work_before_it_listens(good, setting, says):
     assert says in one_line_error(run_cli("serve", good, "--port", free_port(), "--set", setting), "serve")
+
+
+def test_serve_refuses_a_kv_budget_too_small_for_one_block_before_it_listens(cli, good):
+    """The model's load found it, after the server had said it was up: /health then said "failed" for good. The
+    port is taken, so a server that got as far as listening would fail with another error."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = cli("serve", good, "--port", taken.getsockname()[1], "--set", "engine.kv_memory_mb=0.005",
+                   "--set", "engine.dtype=float32")
+    # a block of the tiny llama in float32: k and v x 2 layers x 16 tokens x 2 KV heads x 16 dims x 4 bytes = 8 KiB
+    assert one_line_error(done, "serve").endswith("engine kv_memory_mb=0.005 holds no KV block of this model: one "
+                                                  "block (16 tokens, float32) takes 0.0078125 MiB; set kv_memory_mb "
+                                                  "to at least 0.0078125, or set num_blocks")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

@@ -54,6 +54,20 @@ def test_text_prompt_counts_bos_and_continues(client, tokenizer):
     assert "".join(c.choices[0].text for c in streamed if c.choices) == reply.choices[0].text
 
 
+def test_a_streamed_echo_without_logprobs_leads_the_stream_and_matches_the_whole_reply(client):
+    prompts = ["two blue dogs", "the cat"]
+    ask = dict(model=MODEL, prompt=prompts, max_tokens=4, temperature=0, echo=True, n=2)
+    whole = {choice.index: choice.text for choice in client.completions.create(**ask).choices}
+    chunks = [chunk.choices[0] for chunk in client.completions.create(**ask, stream=True) if chunk.choices]
+    # nothing to wait for without the prompt's logprobs: every sample's echo goes out before any token
+    assert [(c.index, c.text) for c in chunks[:4]] == [(0, prompts[0]), (1, prompts[0]), (2, prompts[1]),
+                                                       (3, prompts[1])]
+    streamed = dict.fromkeys(whole, "")
+    for choice in chunks:
+        streamed[choice.index] += choice.text
+    assert streamed == whole and all(whole[i].startswith(prompts[i // 2]) for i in whole)
+
+
 def test_min_tokens_defers_a_stop_token_as_in_vllm(client, tokenizer, offline_engine):
     ids = [tokenizer.bos_id] + tokenizer.encode("two blue dogs")
     # The second greedy token, from the served checkpoint in an engine of this process

@@ -1,37 +1,19 @@
 """Production behaviour: /health while loading (and after a failed load), 429 when the queue is full, graceful shutdown on SIGTERM."""
 
-import contextlib
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
-from serve_helpers import free_port, metric, running_server
+from serve_helpers import in_process_server, metric, running_server, wait_for
 
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.serve.app import create_app
 from lmstack.serve.config import ServeConfig
-
-
-@contextlib.contextmanager
-def in_process_server(app):
-    """Serve `app` with uvicorn in a thread of this process; yields the base URL once it accepts connections."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_health_is_503_while_loading_then_200(checkpoint):
@@ -95,13 +77,6 @@ def stream_all(base: str, max_tokens: int, out: dict) -> None:
             "stream_options": {"include_usage": True}}
     with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=120) as response:
         out["lines"] = [line for line in response.iter_lines() if line.startswith("data: ")]
-
-
-def wait_for(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def test_full_queue_gets_429_then_sigterm_finishes_requests_in_flight(one_slot_server):

@@ -72,6 +72,7 @@ from lmstack.infer.quantize import check_method, quantize_model
 from lmstack.infer.sampler import apply_penalties, sample
 from lmstack.infer.scheduler import ScheduledChunk, Scheduler
 from lmstack.infer.sequence import Sequence, Status, TokenLogprob
+from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import GPT
 
 log = logging.getLogger("lmstack.infer")
@@ -180,7 +181,7 @@ class Engine:
                             "copies) would take more than half of the memory free; eager steps run unpacked, about "
                             "half as fast (pack_weights=False silences this)", linear_weight_bytes(model) / 1e9,
                             frozen_copies)
-        self.num_total_blocks = self._pool_blocks(config, cfg, self.dtype)
+        self.num_total_blocks = kv_pool_blocks(config, cfg, self.dtype)
         use_graphs = config.cuda_graphs and self.device.type == "cuda" and torch.version.hip is None
         # CUDA graphs pad batches; padded rows write into one spare block that the block manager never hands out.
         self.cache = PagedKVCache(cfg.n_layer, self.num_total_blocks + use_graphs, config.block_size, cfg.kv_heads,
@@ -203,24 +204,15 @@ class Engine:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: EngineConfig | None = None) -> "Engine":
-        from lmstack.model.checkpoint import load_model_dir
+        from lmstack.model.checkpoint import load_model_dir, model_config_of, read_config
 
         config = config or EngineConfig()
-        config.validate()  # before the load, which takes a while
+        config.validate()  # this and the KV pool's check (from config.json alone) before the load, which takes a while
         info = detect_device(config.device)
-        model, tokenizer, _ = load_model_dir(path, device=info.torch_device, dtype=inference_dtype(info, config.dtype))
+        dtype = inference_dtype(info, config.dtype)
+        kv_pool_blocks(config, model_config_of(Path(path), read_config(path)), dtype)
+        model, tokenizer, _ = load_model_dir(path, device=info.torch_device, dtype=dtype)
         return cls(model, tokenizer, config)
-
-    @staticmethod
-    def _pool_blocks(config: EngineConfig, cfg, dtype: torch.dtype) -> int:
-        if config.num_blocks is not None:
-            return config.num_blocks
-        per_block = PagedKVCache.bytes_per_block(cfg.n_layer, config.block_size, cfg.kv_heads, cfg.head_dim, dtype)
-        useful = config.max_num_seqs * -(-cfg.block_size // config.block_size)
-        blocks = min(int(config.kv_memory_mb * 2**20 // per_block), useful)
-        if blocks < 1:
-            raise SamplingError(f"kv_memory_mb={config.kv_memory_mb} holds no KV block of {per_block} bytes; raise it")
-        return blocks
 
     # ---- stats (read from any thread) ----------------------------------------------------------
     @property
@@ -542,6 +534,25 @@ class Engine:
             request_id, first.prompt_ids, first.prompt_logprobs if first.params.prompt_logprobs is not None else None,
             [CompletionOutput(s.index, s.text, list(s.output_ids),
                               s.logprobs if s.params.logprobs is not None else None, s.finish_reason) for s in seqs])
+
+
+def kv_pool_blocks(config: EngineConfig, model_cfg: ModelConfig, dtype: torch.dtype) -> int:
+    """The KV pool's size in blocks: `num_blocks`, else what `kv_memory_mb` holds (capped at what `max_num_seqs`
+    sequences of the model's whole context can use). From the configs alone, so that a command that loads the model
+    later (`lmstack serve`) refuses a budget too small for one block before it starts, with the engine's own rule.
+    A pool that holds less than the model's context still serves (shorter requests), so one block is the minimum."""
+    if config.num_blocks is not None:
+        return config.num_blocks
+    per_block = PagedKVCache.bytes_per_block(model_cfg.n_layer, config.block_size, model_cfg.kv_heads,
+                                             model_cfg.head_dim, dtype)
+    useful = config.max_num_seqs * -(-model_cfg.block_size // config.block_size)
+    blocks = min(int(config.kv_memory_mb * 2**20 // per_block), useful)
+    if blocks < 1:
+        smallest = per_block / 2**20  # exact (a division by a power of two): this budget holds one block
+        raise SamplingError(f"engine kv_memory_mb={config.kv_memory_mb} holds no KV block of this model: one block "
+                            f"({config.block_size} tokens, {str(dtype).removeprefix('torch.')}) takes {smallest} MiB; "
+                            f"set kv_memory_mb to at least {smallest}, or set num_blocks")
+    return blocks
 
 
 def _token_id(value) -> int:

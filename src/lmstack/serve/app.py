@@ -1,8 +1,9 @@
 """The OpenAI-compatible app: `create_app(load_engine, config)`.
 
 The model loads in a background thread after the server starts, so GET /health answers at once
-(503 while loading, 200 after) and orchestrators can tell "starting" from "dead". Extra routers
-(the web dashboard, later) are mounted next to the API by passing them to `create_app`.
+(503 while loading, 200 after; 503 for good after a failed load or once the engine thread stopped) and
+orchestrators can tell "starting" from "dead". Extra routers (the web dashboard, later) are mounted
+next to the API by passing them to `create_app`.
 """
 
 from __future__ import annotations
@@ -89,9 +90,12 @@ def api_router(status: dict, metrics: ServerMetrics) -> APIRouter:
     router = APIRouter()
 
     @router.get("/health")
-    async def health():
-        code = 200 if status["phase"] == "ready" else 503
-        return JSONResponse({"status": status["phase"], "error": status["error"]}, status_code=code)
+    async def health(request: Request):
+        phase, error = status["phase"], status["error"]
+        state: ServerState | None = getattr(request.app.state, "server", None)
+        if state is not None and state.engine.failure is not None:  # for good: async_engine.py's _run says why
+            phase, error = "failed", f"the engine stopped after an unexpected error: {state.engine.failure}"
+        return JSONResponse({"status": phase, "error": error}, status_code=200 if phase == "ready" else 503)
 
     @router.get("/metrics")
     async def prometheus_metrics():

@@ -4,6 +4,9 @@ The engine is synchronous and single-threaded by design; the event loop must nev
 forward pass. So a daemon thread steps the engine whenever it has work and hands each step's
 events to the loop with `call_soon_threadsafe`. A request that stops being read (the client went
 away, the handler was cancelled) is aborted, which frees its KV blocks at the engine's next step.
+
+A step that raises fails its own requests and the thread goes on (the engine cleaned up after it). An error that
+escapes the thread's loop anywhere else stops the engine for good: see `_run`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterable
 
 from lmstack.infer.engine import Engine, TokenEvent
 from lmstack.infer.params import SamplingParams
@@ -43,6 +46,7 @@ class AsyncEngine:
         self._handles: dict[str, RequestHandle] = {}
         self._wake = threading.Event()
         self._stopping = False
+        self.failure: str | None = None  # why the engine thread stopped, once an error escaped its loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="lmstack-engine", daemon=True)
 
@@ -76,12 +80,21 @@ class AsyncEngine:
         handle = RequestHandle(f"req-{uuid.uuid4().hex}", params.n)
         self._handles[handle.request_id] = handle
         try:
+            # After the handle is registered: a thread that stops sets `failure` before it fails the handles there,
+            # so a request is either refused here or failed by it, never left waiting.
+            self.check_running()
             self.engine.add_request(prompt, params, handle.request_id)
         except BaseException:
             del self._handles[handle.request_id]
             raise
         self._wake.set()
         return handle
+
+    def check_running(self) -> None:
+        """APIError 503 naming the cause once the engine thread has stopped."""
+        if self.failure is not None:
+            raise APIError(f"the engine stopped after an unexpected error ({self.failure}) and serves no more "
+                           "requests; see the server log and restart the server", status=503, code="engine_failed")
 
     async def events(self, handle: RequestHandle) -> AsyncIterator[TokenEvent]:
         """The request's events until all n sequences finish; aborts the request if the reader stops early."""
@@ -111,6 +124,21 @@ class AsyncEngine:
 
     # ---- the engine thread -----------------------------------------------------------------------
     def _run(self) -> None:
+        """Step until stopped. An error that escapes the loop (outside a step: handing events over, the engine's
+        bookkeeping between steps) comes from a bug whose damage nobody knows: events may be lost, so a request
+        may wait for a token that never comes. So, as vLLM does when its engine dies (EngineDeadError), every
+        waiting request gets a 500 naming the error, and the server stays down: /health turns 503 so that an
+        orchestrator restarts it, and new requests get a 503 naming the cause rather than a hang. (vLLM's server
+        also exits; ours stays up, as after a failed load, so that /health and the log can say why.)"""
+        try:
+            self._step_until_stopped()
+        except BaseException as err:
+            log.exception("the engine thread stopped")
+            self.failure = f"{type(err).__name__}: {err}"  # first: a request submitted from now on is refused
+            self._fail(list(self._handles), APIError(f"the engine stopped after an unexpected error "
+                                                     f"({self.failure}); see the server log", status=500))
+
+    def _step_until_stopped(self) -> None:
         while not self._stopping:
             self._wake.clear()
             if not self.engine.has_unfinished():
@@ -156,8 +184,11 @@ class AsyncEngine:
     def _fail_stepped(self, err: Exception, request_ids: set[str]) -> None:
         """The engine aborted the requests of the step that raised (their blocks freed), and only those: they get the
         500; the requests waiting or added since are still the engine's, and go on."""
-        failure = APIError(f"the engine failed while generating ({type(err).__name__}: {err}); see the server log",
-                           status=500)
+        self._fail(request_ids, APIError(f"the engine failed while generating ({type(err).__name__}: {err}); see the "
+                                         "server log", status=500))
+
+    def _fail(self, request_ids: Iterable[str], failure: APIError) -> None:
+        """Answer these requests' readers with `failure`."""
         for request_id in request_ids:
             handle = self._handles.pop(request_id, None)  # None: its reader left (and took it out) meanwhile
             if handle is not None:

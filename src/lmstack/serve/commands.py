@@ -86,8 +86,8 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from lmstack.config import to_dict
-    from lmstack.infer.engine import Engine
-    from lmstack.device import detect_device
+    from lmstack.infer.engine import Engine, kv_pool_blocks
+    from lmstack.device import detect_device, inference_dtype
     from lmstack.model.checkpoint import check_model_dir
     from lmstack.serve.app import create_app
     from lmstack.web.api import dashboard_router
@@ -95,9 +95,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     config = serve_config(args)
     # The model loads in the background once the server is up, so whatever would make that fail (a wrong path, a
-    # damaged weights file or tokenizer, a device this machine lacks) is found here, before a server starts.
-    check_model_dir(args.ckpt, need_tokenizer=True)
-    detect_device(config.engine.device, cpu_hint="--set engine.device=cpu")
+    # damaged weights file or tokenizer, a device this machine lacks, a KV budget too small for one block of this
+    # model) is found here, before a server starts.
+    checked = check_model_dir(args.ckpt, need_tokenizer=True)
+    device = detect_device(config.engine.device, cpu_hint="--set engine.device=cpu")
+    kv_pool_blocks(config.engine, checked.model, inference_dtype(device, config.engine.dtype))
     check_can_listen(config.host, config.port)
     torch.set_num_threads(config.torch_threads or max(1, (os.cpu_count() or 2) - 1))
     model_name = config.model_name or served_name(args.ckpt)

@@ -190,14 +190,14 @@ async def stream_chunks(state: ServerState, body: CompletionRequest, prompts, en
     tasks = [asyncio.ensure_future(pump(p, h)) for p, h in enumerate(handles)]
     results = [RequestResult({}) for _ in handles]
     echoed = [prompt_text(state, prompt) if body.echo else "" for prompt in prompts]
+    sequences = [(p, i) for p in range(len(prompts)) for i in range(body.n)]
     # With logprobs, a sequence's echo waits for its first event, which brings the prompt's logprobs; without, it goes
     # out at once.
-    echo_pending = {(p, i) for p in range(len(prompts)) for i in range(body.n)} if body.echo else set()
+    echo_pending = set(sequences) if body.echo and body.logprobs is not None else set()
     try:
-        if body.logprobs is None:
-            for p, index in sorted(echo_pending):
+        if body.echo and body.logprobs is None:
+            for p, index in sequences:
                 yield chunk(p * body.n + index, echoed[p])
-            echo_pending.clear()
         remaining = len(handles)
         while remaining:
             p, event = await queue.get()

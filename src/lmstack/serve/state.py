@@ -23,8 +23,8 @@ class ServerState:
 
 
 def server_state(request: Request, model: str | None = None) -> ServerState:
-    """The loaded server's state; 503 while the model loads or after it failed to, 404 for a model this server
-    does not serve."""
+    """The loaded server's state; 503 while the model loads, after it failed to, or after the engine stopped, 404
+    for a model this server does not serve."""
     state: ServerState | None = getattr(request.app.state, "server", None)
     status = getattr(request.app.state, "load_status", {})
     if state is None and status.get("phase") == "failed":
@@ -33,6 +33,7 @@ def server_state(request: Request, model: str | None = None) -> ServerState:
     if state is None:
         raise APIError("the model is still loading; retry when GET /health returns 200", status=503,
                        code="model_loading", headers={"Retry-After": "2"})
+    state.engine.check_running()
     if model is not None and model != state.model_name:
         raise APIError(f"model '{model}' is not served here; this server serves '{state.model_name}' "
                        "(see GET /v1/models)", status=404, param="model", code="model_not_found")

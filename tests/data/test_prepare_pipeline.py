@@ -2,14 +2,19 @@
 
 import hashlib
 import json
+import multiprocessing
+import os
+import signal
 import struct
+import threading
 
 import numpy as np
 import pytest
 
 from lmstack.data.prepare import PrepareError, prepare
 from lmstack.data.shards import read_shard
-from lmstack.data.sources import SourceError
+from lmstack.data.sources import Document, SourceError
+from lmstack.data.tokenize_parallel import WorkerDiedError, tokenize_documents
 from lmstack.tokenizer import Tokenizer
 
 
@@ -80,6 +85,35 @@ def test_worker_processes_write_the_same_bytes(tokenizer, make_corpus, tmp_path,
     assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) > 4
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_a_worker_killed_mid_run_is_an_error_not_a_hang(tokenizer, monkeypatch, document_text):
+    """multiprocessing.Pool replaced a worker killed mid-chunk (the OOM killer's way) and waited for its chunk for
+    ever: prepare hung with no CPU used. Now the run stops with an error naming the fix."""
+    monkeypatch.setattr("lmstack.data.tokenize_parallel.CHUNK_DOCS", 7)  # many chunks in flight
+    before = set(multiprocessing.active_children())
+
+    def documents():  # read in this process as the workers tokenize: the kill lands mid-run
+        for index in range(300):
+            if index == 150:
+                for worker in set(multiprocessing.active_children()) - before:
+                    os.kill(worker.pid, signal.SIGKILL)
+            yield Document(f"doc{index}", document_text(index))
+
+    outcome = {}
+
+    def tokenize_all():
+        try:
+            outcome["documents"] = sum(1 for _ in tokenize_documents(documents(), tokenizer, workers=2))
+        except WorkerDiedError as err:
+            outcome["error"] = str(err)
+
+    run = threading.Thread(target=tokenize_all, daemon=True)
+    run.start()
+    run.join(timeout=60)
+    assert not run.is_alive(), "tokenizing hung after a worker was killed"
+    assert outcome == {"error": "a tokenizer process died (killed, often for lack of memory) while tokenizing on 2 "
+                                "processes; run again with fewer --workers (1 tokenizes in this process)"}
 
 
 def test_rerun_replaces_a_data_dir_but_never_a_foreign_one(tokenizer, make_corpus, tmp_path):

@@ -64,3 +64,15 @@ def test_wandb_that_cannot_reach_its_server_is_refused_and_takes_its_folder_away
     assert "wandb=true but wandb.init failed (" in line and line.endswith("; fix that, or set WANDB_MODE=offline, "
                                                                           "or --set wandb=false")
     assert not (tmp_path / "runs").exists()
+
+
+@needs_wandb
+def test_a_wandb_setting_that_wandb_refuses_is_one_line_naming_it(data_dir, tmp_path):
+    """WANDB_MODE=bogus was pydantic's ValidationError, a traceback of 40 lines."""
+    refused = train(data_dir, tmp_path / "runs" / "x", "wandb", logged_out_env(tmp_path, WANDB_MODE="bogus"))
+    line = one_line_error(refused, "train")
+    assert line.startswith("lmstack train: error: wandb=true but wandb refuses its settings (mode 'bogus': Input "
+                           "should be ")
+    assert line.endswith("; fix the WANDB_* environment variable that sets it (WANDB_MODE=offline logs without a "
+                         "server), or --set wandb=false")
+    assert not (tmp_path / "runs").exists()

@@ -9,17 +9,24 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from lmstack.data.sources import Document
+from lmstack.errors import LmstackError
 from lmstack.tokenizer import Tokenizer
 
 CHUNK_CHARS = 1 << 20
 CHUNK_DOCS = 512
 
 _worker_tokenizer: Tokenizer | None = None
+
+
+class WorkerDiedError(LmstackError):
+    """A tokenizer worker process ended without its result."""
 
 
 def tokenize_documents(documents: Iterable[Document], tokenizer: Tokenizer,
@@ -30,18 +37,27 @@ def tokenize_documents(documents: Iterable[Document], tokenizer: Tokenizer,
         for chunk in _chunks(documents):
             yield from _pair(chunk, encode_chunk(tokenizer, [d.text for d in chunk]))
         return
-    # spawn, not fork: the parent may hold torch/tokenizers thread pools that do not survive a fork.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(tokenizer.hf.to_str(),)) as pool:
+    # spawn, not fork: the parent may hold torch/tokenizers thread pools that do not survive a fork. An executor, not
+    # multiprocessing.Pool: a Pool replaces a worker that dies (killed for memory by the OOM killer, say) and waits
+    # for its chunk for ever; an executor's pool breaks, and the results waited for raise.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=(tokenizer.hf.to_str(),))
+    try:
         in_flight: deque = deque()
         for chunk in _chunks(documents):
-            in_flight.append((chunk, pool.apply_async(_encode_in_worker, ([d.text for d in chunk],))))
+            in_flight.append((chunk, pool.submit(_encode_in_worker, [d.text for d in chunk])))
             if len(in_flight) >= 2 * workers:
-                chunk, result = in_flight.popleft()
-                yield from _pair(chunk, result.get())
+                chunk, future = in_flight.popleft()
+                yield from _pair(chunk, future.result())
         while in_flight:
-            chunk, result = in_flight.popleft()
-            yield from _pair(chunk, result.get())
+            chunk, future = in_flight.popleft()
+            yield from _pair(chunk, future.result())
+    except BrokenProcessPool:
+        raise WorkerDiedError(f"a tokenizer process died (killed, often for lack of memory) while tokenizing on "
+                              f"{workers} processes; run again with fewer --workers (1 tokenizes in this process)") \
+            from None
+    finally:
+        pool.shutdown(cancel_futures=True)  # a consumer that stops early waits for no more chunks than in flight
 
 
 def encode_chunk(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -55,7 +55,8 @@ class ScalarWriters:
 
 def start_wandb(run_dir: Path, project: str, name: str, config: dict[str, Any]):
     """A W&B run, or one line for what stopped wandb.init: no API key, mostly, which it raises as a UsageError; its
-    other errors (the server unreachable, a bad setting) are its own wandb.errors.Error too. A failure that came after
+    other errors (the server unreachable) are its own wandb.errors.Error too, while a setting it refuses (from a
+    WANDB_* variable) is pydantic's ValidationError, a ValueError. A failure that came after
     wandb wrote its folder (a network error) takes that folder away when this start made it, so that a failed
     start's run dir is left empty and removed."""
     wandb = import_writer("wandb")
@@ -72,3 +73,11 @@ def start_wandb(run_dir: Path, project: str, name: str, config: dict[str, Any]):
         reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise LmstackError(f"wandb=true but wandb.init failed ({reason}); fix that, or set WANDB_MODE=offline, or "
                            "--set wandb=false") from None
+    except ValueError as err:  # pydantic's ValidationError: a setting wandb refuses (WANDB_MODE=bogus)
+        if not existed:
+            shutil.rmtree(wandb_dir, ignore_errors=True)
+        problems = ("; ".join(f"{'.'.join(map(str, e['loc']))} {e['input']!r}: {e['msg']}" for e in err.errors())
+                    if callable(getattr(err, "errors", None)) else (str(err).splitlines() or [type(err).__name__])[0])
+        raise LmstackError(f"wandb=true but wandb refuses its settings ({problems}); fix the WANDB_* environment "
+                           "variable that sets it (WANDB_MODE=offline logs without a server), or --set wandb=false") \
+            from None

@@ -2,12 +2,15 @@
 --max-tokens 16` (what a "lower max_tokens" sample error suggests) silently sent the run's max_tokens again. The
 same settings as the run's are accepted, so its first command line works with --resume added."""
 
+import json
+
 import pytest
 
 from cli_testing import one_line_error, run_cli
 from eval_helpers import answers, arith_task
 from lmstack.agent.testing.scripted_server import ScriptedServer
 from lmstack.cli import main
+from lmstack.db import transaction
 from lmstack.evals.store import Store
 
 RUN_SETTINGS = ["--max-tokens", "16", "--temperature", "0.5", "--epochs", "2", "--seed", "3", "--limit", "2",
@@ -72,25 +75,72 @@ def arith(n: int = 2):
 """
 
 
-def test_other_task_arguments_or_another_judge_on_resume_are_refused(tmp_path, capsys):
-    """The samples left would be built or graded differently from those the run has: its scores would be a mix."""
+@pytest.fixture
+def python_task(tmp_path):
+    """The command line of PYTHON_TASK (n defaults to 2) against a scripted server, the task file, the server's URL
+    and the database."""
     arith_task(tmp_path, 2)  # the dataset
-    (tmp_path / "tasks.py").write_text(PYTHON_TASK)
-    db = tmp_path / "db.sqlite"
+    task_file = tmp_path / "tasks.py"
+    task_file.write_text(PYTHON_TASK)
     with ScriptedServer({"scripts": {"good": [{"answers": answers(2)}]}}) as server:
-        command = ["eval", "run", f"{tmp_path / 'tasks.py'}@arith", "--model", server.base_url, "--model-name", "good",
-                   "--db", str(db)]
-        assert main([*command, "-T", "n=2", "--run-id", "t"]) == 0
-        capsys.readouterr()
-        for other, recorded, given in [(["-T", "n=1"], "-T n=2", "-T n=1"), ([], "-T n=2", "no -T arguments")]:
-            assert main([*command, *other, "--resume", "t"]) == 2
-            assert (f"--resume t: the run was built with {recorded}, not {given}; pass the run's own -T arguments to "
-                    "resume it, or start a new run (without --resume)") in capsys.readouterr().err
-        assert main([*command, "-T", "n=2", "--resume", "t", "--judge", server.base_url, "--judge-name", "good"]) == 2
-        assert ("--resume t: the run was graded with no --judge, not judge model 'good'; pass the run's own --judge"
-                in capsys.readouterr().err)
-        assert main([*command, "-T", "n=2", "--resume", "t"]) == 0  # the run's own arguments
+        db = tmp_path / "db.sqlite"
+        yield (["eval", "run", f"{task_file}@arith", "--model", server.base_url, "--model-name", "good", "--db", db],
+               task_file, server.base_url, db)
+
+
+def test_other_task_arguments_or_another_judge_on_resume_are_refused(python_task, cli):
+    """The samples left would be built or graded differently from those the run has: its scores would be a mix."""
+    command, _, url, db = python_task
+    assert cli(*command, "-T", "n=1", "--run-id", "t").returncode == 0
+    for other, given in [(["-T", "n=2"], "-T n=2"), ([], "-T n=2 (its default)")]:
+        done = cli(*command, *other, "--resume", "t")
+        assert done.returncode == 2
+        assert (f"--resume t: the run was built with -T n=1, not {given}; pass the run's own -T arguments to resume it, "
+                "or start a new run (without --resume)") in done.stderr
+    judged = cli(*command, "-T", "n=1", "--resume", "t", "--judge", url, "--judge-name", "good")
+    assert "--resume t: the run was graded with no --judge, not judge model 'good'; pass the run's own --judge" in \
+        judged.stderr
+    assert cli(*command, "-T", "n=1", "--resume", "t").returncode == 0  # the run's own arguments
     assert Store(db).run("t").status == "finished"
+
+
+def test_a_task_argument_given_as_its_default_is_the_same_setting_on_resume(python_task, cli):
+    """`-T n=2`, where 2 is n's default, builds the task no -T builds: a resume may give it or leave it out. It was
+    refused as other arguments ("built with no -T arguments, not -T n=2")."""
+    command, *_ = python_task
+    assert cli(*command, "--run-id", "bare").returncode == 0
+    assert cli(*command, "-T", "n=2", "--run-id", "given").returncode == 0
+    for run_id, other in [("bare", ["-T", "n=2"]), ("given", [])]:
+        resumed = cli(*command, *other, "--resume", run_id)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"run {run_id}: 2 results, 0 errors" in resumed.stdout
+    refused = cli(*command, "-T", "n=1", "--resume", "bare")
+    assert refused.returncode == 2 and "--resume bare: the run was built with -T n=2, not -T n=1;" in refused.stderr
+
+
+def test_a_default_changed_since_the_run_is_another_argument(python_task, cli):
+    """A run records its function's defaults with its -T arguments: after the task's default changes, a resume with no
+    -T would build the task differently from the run."""
+    command, task_file, *_ = python_task
+    assert cli(*command, "--run-id", "r").returncode == 0
+    task_file.write_text(PYTHON_TASK.replace("n: int = 2", "n: int = 1"))
+    refused = cli(*command, "--resume", "r")
+    assert refused.returncode == 2
+    assert "--resume r: the run was built with -T n=2, not -T n=1 (its default);" in refused.stderr
+    assert cli(*command, "-T", "n=2", "--resume", "r").returncode == 0
+
+
+def test_a_run_recorded_with_its_given_task_arguments_alone_takes_the_defaults_for_the_others(python_task, cli):
+    """Runs recorded before the defaults were kept hold only the -T arguments given: the rest were the defaults."""
+    command, _, _, db = python_task
+    assert cli(*command, "--run-id", "old").returncode == 0
+    store = Store(db)
+    config = {**store.run("old").config, "task_args": {}}
+    with transaction(store.conn):
+        store.conn.execute("UPDATE eval_runs SET config = ? WHERE id = 'old'", (json.dumps(config),))
+    assert cli(*command, "-T", "n=2", "--resume", "old").returncode == 0
+    refused = cli(*command, "-T", "n=1", "--resume", "old")
+    assert refused.returncode == 2 and "the run was built with -T n=2, not -T n=1;" in refused.stderr
 
 
 def test_a_yaml_task_refuses_task_arguments_it_would_ignore(tmp_path):

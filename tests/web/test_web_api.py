@@ -173,9 +173,14 @@ def test_run_list_pages_and_counts_match_the_agent_store(client, seeded):
     assert page["total"] == len(completed) == page["status_counts"]["completed"]
     assert [r["id"] for r in page["runs"]] == [r.id for r in completed[100:125]]
     conn.close()
+    # Every status, for the page's filters (which had a copy of the list), in the order they are offered.
+    assert page["statuses"] == ["running", "interrupted", "waiting", "completed", "failed", "budget_exceeded",
+                                "loop_detected", "no_progress", "stopped_by_monitor"]
     typo = client.get("/api/agents/runs?status=complete", headers=KEY)  # listed no runs, as if there were none
-    assert typo.status_code == 400 and typo.json()["error"]["message"].startswith(
-        "status 'complete' is not a run status; use one of running, interrupted, waiting, completed")
+    assert typo.status_code == 400 and typo.json()["error"]["param"] == "status"
+    assert typo.json()["error"]["message"] == (
+        "status 'complete' is not a run status; use one of running, interrupted, waiting, completed, failed, "
+        "budget_exceeded, loop_detected, no_progress, stopped_by_monitor")
 
 
 def test_an_approval_the_dashboard_could_not_resume_is_not_decided(client, seeded, tmp_path):

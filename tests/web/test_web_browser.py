@@ -161,13 +161,18 @@ def test_eval_run_drills_down_into_a_sample_transcript(page):
     expect(transcript).to_contain_text("match: 0")
 
 
-def test_an_eval_run_whose_process_died_shows_interrupted_and_how_to_resume(page, seeded):
+def test_an_eval_run_whose_process_died_shows_interrupted_how_to_resume_and_its_partial_scores(page, seeded):
     run_id = seeded["interrupted_eval"]
     page.goto("/#/evals")
-    expect(page.locator(f"#eval-runs tr[data-run='{run_id}'] .badge")).to_have_text("interrupted")
+    row = page.locator(f"#eval-runs tr[data-run='{run_id}']")
+    expect(row.locator(".badge")).to_have_text("interrupted")
+    # The scores of the 2 samples it has (one right), not "no scores".
+    expect(row.locator(".partial")).to_have_text("partial: 2/5 samples, interrupted")
+    expect(row).to_contain_text("match (mean): 0.500")
     page.goto(f"/#/evals/run/{run_id}")
     expect(page.locator(".run-error")).to_contain_text(f"ended without finishing the run: killed, or the machine "
                                                        f"went down; continue it with --resume {run_id}")
+    expect(page.locator(".card .partial")).to_have_text("partial: 2/5 samples, interrupted")
 
 
 def test_eval_runs_compare_with_paired_test_and_flips(page, seeded, screenshot):

@@ -46,6 +46,19 @@ def test_sample_ids_with_a_slash_open_over_http(tmp_path, store):
         assert client.get("/api/evals/runs/run0/samples").json()["total"] == 3  # the list route is not shadowed
 
 
+def test_an_unfinished_run_shows_the_scores_of_its_samples_so_far_marked_partial(tmp_path, store):
+    """It showed "no scores" until the run finished: a long run's progress, or a crashed run's results, were hidden."""
+    for sid, value in [("a", 1.0), ("b", 0.0), ("c", 0.0), ("d", 1.0)]:
+        store.save_sample("run1", _sample(sid, value))  # run1 is running: this process recorded it
+    app = create_ui_app(DashboardSettings(runs_root=tmp_path / "runs", db_path=tmp_path / "db.sqlite"), None)
+    with TestClient(app) as client:
+        run = client.get("/api/evals/runs/run1").json()
+        listed = next(r for r in client.get("/api/evals/runs").json()["runs"] if r["id"] == "run1")
+    assert run["status"] == "running" and listed["summary"] == run["summary"]
+    assert run["summary"]["partial"] == {"done": 4, "planned": None}  # a run recorded without its planned count
+    assert (run["summary"]["scores"]["match"]["mean"]["mean"], run["summary"]["scores"]["match"]["mean"]["n"]) == (0.5, 4)
+
+
 def test_store_pages_runs_and_samples(store):
     total, runs = store.runs_page(offset=1, limit=2)
     assert total == 5 and [r.id for r in runs] == [r.id for r in store.runs(limit=5)][1:3]

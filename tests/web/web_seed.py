@@ -135,9 +135,14 @@ def seed_eval_runs(db: Path, n: int = 40) -> tuple[str, str]:
 
 
 def seed_interrupted_eval_run(db: Path) -> str:
-    """A run whose process died without a word: its recorded executor is a child process that has exited."""
+    """A run whose process died without a word after 2 of its 5 samples (one right): its recorded executor is a child
+    process that has exited."""
     store = Store(db)
-    run_id = store.create_run("arithmetic", "model-k", {"scorers": ["match"]}, {"git_sha": "test"}, run_id="eval-killed")
+    run_id = store.create_run("arithmetic", "model-k", {"scorers": ["match"], "planned_samples": 5}, {"git_sha": "test"},
+                              run_id="eval-killed")
+    for i, value in enumerate((1.0, 0.0)):
+        store.save_sample(run_id, SampleRecord(f"q{i}", 0, "done", {"id": f"q{i}", "input": f"question {i}"}, "answer",
+                                               {"match": {"value": value}}, [], {}, None))
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                            check=True)
     with transaction(store.conn):

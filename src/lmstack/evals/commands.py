@@ -233,14 +233,18 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from lmstack.evals.loader import TASKS
+    from lmstack.evals.summary import partial_note, summarized
 
     print("tasks:")
     for name, factory in sorted(TASKS.items()):
         doc = (factory.__doc__ or "").strip().splitlines()
         print(f"  {name:<24} {doc[0] if doc else ''}")
     # A fresh machine has no database yet: the tasks are listed all the same, and none is created.
-    runs = [] if args.db is None and not default_db_path().exists() else existing_store(args.db).runs()
+    store = None if args.db is None and not default_db_path().exists() else existing_store(args.db)
+    runs = store.runs() if store else []
     print("runs:" if runs else "runs: none yet")
     for run in runs:
-        print(f"  {run.id:<28} {run.status:<11} {run.task:<22} {run.model}" + (f"  ({run.error})" if run.error else ""))
+        note = partial_note(summarized(store, run))  # how far an unfinished run got
+        print(f"  {run.id:<28} {run.status:<11} {run.task:<22} {run.model}" + (f"  {note}" if note else "")
+              + (f"  ({run.error})" if run.error else ""))
     return 0

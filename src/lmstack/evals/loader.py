@@ -66,6 +66,7 @@ def _build(factory, task_args: dict[str, Any], spec: str) -> Task:
         raise TaskError(f"task '{spec}' failed while building it: {type(err).__name__}: {err} "
                         f"({_where(err)}); fix the task function") from err
     task.args = {key: _as_typed(value) for key, value in kwargs.items()}
+    task.arg_defaults = {key: _as_typed(p.default) for key, p in accepted.items() if p.default is not p.empty}
     return task
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from lmstack.agent.client import ModelClient, ModelResponse
 from lmstack.evals.completions import PromptToken, prompt_logprobs
 from lmstack.evals.sample import TaskState, Usage
 from lmstack.evals.store import Store
+from lmstack.openai_url import is_http_url
 
 
 def endpoint_id(client: Any) -> str:
@@ -35,6 +37,18 @@ def endpoint_id(client: Any) -> str:
     weights = Path(checkpoint) / "model.safetensors"
     version = f"@{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if checkpoint and weights.is_file() else ""
     return f"{type(client).__name__}:{checkpoint}{version}"
+
+
+_WEIGHTS_VERSION = re.compile(r"@\d+:\d+$")  # endpoint_id's "@SIZE:MTIME_NS" after a checkpoint's path
+
+
+def shown_endpoint(endpoint: str) -> str:
+    """An endpoint id as a user knows it: a URL, or a checkpoint's path (with its weights file as it was: retraining
+    into the dir makes it another model). Read back here, beside endpoint_id, because a run records only the id."""
+    if is_http_url(endpoint):
+        return endpoint
+    path = _WEIGHTS_VERSION.sub("", endpoint.split(":", 1)[-1])
+    return f"checkpoint '{path}' (its weights as they were then)"
 
 
 def request_key(endpoint: str, request: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from lmstack.atomic import atomic_write_text
 from lmstack.evals.store import RunRecord, SampleRecord, Store
+from lmstack.evals.summary import partial_note, summarized
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -21,11 +22,12 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 th{background:#f3f3f3}.err{color:#b00020}.ok{color:#116611}.bad{color:#b00020}
 details{margin:2px 0}summary{cursor:pointer}pre{white-space:pre-wrap;background:#f8f8f8;padding:6px;margin:2px 0}
 .event{border-left:3px solid #ccc;padding-left:8px;margin:4px 0}.monitor{border-left-color:#e69500}
+.partial{color:#8a5a00;font-size:smaller}
 """
 
 
 def render_report(store: Store, run_ids: list[str], max_samples: int = 500) -> str:
-    runs = [store.run(r) for r in run_ids]
+    runs = [summarized(store, store.run(r)) for r in run_ids]  # an unfinished run's scores so far, marked partial
     samples = {r.id: store.samples(r.id) for r in runs}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>lmstack eval report</title>"
              f"<style>{STYLE}</style></head><body><h1>lmstack eval report</h1>",
@@ -46,6 +48,11 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else escape(str(value))
 
 
+def _run_cell(run: RunRecord) -> str:
+    note = partial_note(run)
+    return f"<td>{escape(run.id)}" + (f"<br><span class='partial'>{escape(note)}</span>" if note else "") + "</td>"
+
+
 def _score_table(runs: list[RunRecord]) -> str:
     rows = ["<h2>Scores</h2><table><tr><th>run</th><th>task</th><th>model</th><th>scorer</th><th>reducer</th>"
             "<th>mean</th><th>95% CI</th><th>stderr</th><th>n</th><th>errors</th><th>tokens</th><th>cost $</th></tr>"]
@@ -58,14 +65,14 @@ def _score_table(runs: list[RunRecord]) -> str:
             # A failed sample has no score from any scorer; a scorer's own failures are its row's alone.
             scorer_errors = summary.get("scorer_errors_by_name", {}).get(scorer, 0)
             for reducer, s in by_reducer.items():
-                rows.append(f"<tr><td>{escape(run.id)}</td><td>{escape(run.task)}</td><td>{escape(run.model)}</td>"
+                rows.append(f"<tr>{_run_cell(run)}<td>{escape(run.task)}</td><td>{escape(run.model)}</td>"
                             f"<td>{escape(scorer)}{arrow}</td><td>{escape(reducer)}</td><td>{_fmt(s['mean'])}</td>"
                             f"<td>[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]</td><td>{_fmt(s['stderr'])}</td>"
                             f"<td>{s['n']}</td><td class='err'>{summary.get('errors', 0)} samples, "
                             f"{scorer_errors} scores</td><td>{tokens}</td>"
                             f"<td>{usage.get('cost_usd', 0.0):.4f}</td></tr>")
         if not summary["scores"]:
-            rows.append(f"<tr><td>{escape(run.id)}</td><td>{escape(run.task)}</td><td>{escape(run.model)}</td>"
+            rows.append(f"<tr>{_run_cell(run)}<td>{escape(run.task)}</td><td>{escape(run.model)}</td>"
                         f"<td colspan='9' class='err'>no scores ({escape(run.status)}, {summary.get('errors', 0)} "
                         f"sample errors)</td></tr>")
     rows.append("</table>")
@@ -88,7 +95,9 @@ def _plot(runs: list[RunRecord]) -> str:
                 higher = summary.get("higher_is_better", {}).get(scorer, True)
                 low = s["ci_low"] if s["ci_low"] is not None else s["mean"]
                 high = s["ci_high"] if s["ci_high"] is not None else s["mean"]
-                panels[higher].append((f"{run.task} / {scorer} / {run.model} [{run.id[-6:]}]", s["mean"], low, high, index))
+                partial = " (partial)" if summary.get("partial") else ""
+                panels[higher].append((f"{run.task} / {scorer} / {run.model} [{run.id[-6:]}]{partial}", s["mean"], low,
+                                       high, index))
     used = [(higher, rows) for higher, rows in panels.items() if rows]
     if not used:
         return ""

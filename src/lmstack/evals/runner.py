@@ -29,13 +29,12 @@ from tqdm.auto import tqdm
 
 from lmstack.errors import LmstackError
 from lmstack.evals.dataset import check_unique_ids
-from lmstack.evals.model import CachedModel
+from lmstack.evals.model import CachedModel, shown_endpoint
 from lmstack.evals.sample import Sample, Score, TaskState
 from lmstack.evals.solvers import SolveContext
 from lmstack.evals.store import SampleRecord, Store
 from lmstack.evals.summary import check_reducer, summarize_run
 from lmstack.evals.task import Task, TaskConfig, TaskError, duplicate_scorer_name, scorer_name
-from lmstack.openai_url import is_http_url
 from lmstack.train.runinfo import code_version
 
 
@@ -83,11 +82,16 @@ def check_resume_inputs(run_id: str, recorded: dict[str, Any], task: Task, score
     run recorded before these were kept lacks is not checked.)"""
     fix = "or start a new run (without --resume)"
     if recorded.get("endpoint") not in (None, model.endpoint):
-        raise ResumeError(f"--resume {run_id}: the run's model is {_endpoint(recorded['endpoint'])}, not "
-                          f"{_endpoint(model.endpoint)}; pass the run's own --model to resume it, {fix}")
-    if "task_args" in recorded and recorded["task_args"] != task.args:
-        raise ResumeError(f"--resume {run_id}: the run was built with {_task_args(recorded['task_args'])}, not "
-                          f"{_task_args(task.args)}; pass the run's own -T arguments to resume it, {fix}")
+        raise ResumeError(f"--resume {run_id}: the run's model is {shown_endpoint(recorded['endpoint'])}, not "
+                          f"{shown_endpoint(model.endpoint)}; pass the run's own --model to resume it, {fix}")
+    if "task_args" in recorded:
+        # A run recorded before its arguments' defaults were kept has the -T ones alone: the others took the defaults.
+        was, now = {**task.arg_defaults, **recorded["task_args"]}, task.arguments
+        differ = [key for key in {**was, **now} if was.get(key) != now.get(key)]
+        if differ:
+            raise ResumeError(f"--resume {run_id}: the run was built with {_task_args(was, differ)}, not "
+                              f"{_task_args(now, differ, task.args)}; pass the run's own -T arguments to resume it, "
+                              f"{fix}")
     if recorded.get("scorers", scorers) != scorers:
         raise ResumeError(f"--resume {run_id}: the run is scored by {', '.join(recorded['scorers'])}, and the task "
                           f"now by {', '.join(scorers)}; resume it with the task's scorers as they were, {fix}")
@@ -99,17 +103,14 @@ def check_resume_inputs(run_id: str, recorded: dict[str, Any], task: Task, score
                           f"{judged(given)}; pass the run's own --judge to resume it, {fix}")
 
 
-def _endpoint(endpoint: str) -> str:
-    """An endpoint id (model.endpoint_id) as a user knows it: a URL, or a checkpoint's path (with its weights file
-    as it was: retraining into the dir makes it another model)."""
-    if is_http_url(endpoint):
-        return endpoint
-    path = endpoint.split(":", 1)[-1].rsplit("@", 1)[0]
-    return f"checkpoint '{path}' (its weights as they were then)"
-
-
-def _task_args(args: dict[str, str]) -> str:
-    return " ".join(f"-T {shlex.quote(f'{key}={value}')}" for key, value in args.items()) or "no -T arguments"
+def _task_args(args: dict[str, str], keys: list[str], given: dict[str, str] | None = None) -> str:
+    """`args`' values of `keys` as they can be pasted; those not in `given` (when given) marked as the defaults."""
+    def shown(key: str) -> str:
+        if key not in args:
+            return f"no -T {key}"
+        default = " (its default)" if given is not None and key not in given else ""
+        return f"-T {shlex.quote(f'{key}={args[key]}')}{default}"
+    return " ".join(shown(key) for key in keys)
 
 
 # What a setting left unset means: "max_tokens=None" told a user nothing.
@@ -146,17 +147,21 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
         config = TaskConfig(**run.config["task"])  # a resumed run keeps its own settings, and refuses others
         check_resume_overrides(resume, config, overrides or {})
         check_resume_inputs(resume, run.config, task, scorer_names, model, judge)
+        samples = chosen_samples(task, config)
         # ... but not its timeout: a resume may give a larger one to the samples that timed out.
-        store.claim_run(run_id, {**run.config, "timeout_s": http_timeout(model, judge)})
+        store.claim_run(run_id, {**run.config, "timeout_s": http_timeout(model, judge),
+                                 "planned_samples": len(samples)})
     else:
+        samples = chosen_samples(task, config)
+        # planned_samples: what an unfinished run's partial scores are out of (summary.summarized).
         run_config = {"task": asdict(config), "scorers": scorer_names, "higher_is_better": higher,
-                      "endpoint": model.endpoint, "judge": judge.name if judge else None, "task_args": task.args,
-                      "timeout_s": http_timeout(model, judge)}
+                      "endpoint": model.endpoint, "judge": judge.name if judge else None, "task_args": task.arguments,
+                      "timeout_s": http_timeout(model, judge), "planned_samples": len(samples)}
         run_id = store.create_run(task.name, model.name, run_config, code_version(), run_id)
 
     try:
-        _evaluate_pending(task, config, model, judge, run_id, store, max_workers, progress)
-        summary = summarize_run(store.samples(run_id), config.reducers, higher, seed=config.seed)
+        _evaluate_pending(task, samples, config, model, judge, run_id, store, max_workers, progress)
+        summary = summarize_run(store.samples(run_id, transcripts=False), config.reducers, higher, seed=config.seed)
     except Exception as err:  # a bug or a broken database, not a sample's failure: `eval list` must not say 'running'
         store.fail_run(run_id, f"{type(err).__name__}: {err}")
         raise
@@ -189,12 +194,18 @@ def http_timeout(model: CachedModel, judge: CachedModel | None) -> float | None:
     return next((m.timeout_s for m in (model, judge) if m is not None and m.timeout_s is not None), None)
 
 
-def _evaluate_pending(task: Task, config: TaskConfig, model: CachedModel, judge: CachedModel | None, run_id: str,
-                      store: Store, max_workers: int, progress: bool) -> None:
+def chosen_samples(task: Task, config: TaskConfig) -> list[Sample]:
+    """The samples a run evaluates: the first `limit`, else all."""
+    return task.dataset[: config.limit] if config.limit else list(task.dataset)
+
+
+def _evaluate_pending(task: Task, samples: list[Sample], config: TaskConfig, model: CachedModel,
+                      judge: CachedModel | None, run_id: str, store: Store, max_workers: int, progress: bool) -> None:
     """Solve and score every (sample, epoch) the run has not finished, saving each as it completes."""
-    samples = task.dataset[: config.limit] if config.limit else list(task.dataset)
     done = store.completed(run_id)
-    jobs = [(s, e) for e in range(config.epochs) for s in samples if (s.id, e) not in done]
+    # A sample's epochs one after another: an unfinished run's partial scores count the samples with every epoch
+    # done, and epoch by epoch over the dataset had none of those before the last pass.
+    jobs = [(s, e) for s in samples for e in range(config.epochs) if (s.id, e) not in done]
     bar = tqdm(total=len(samples) * config.epochs, initial=len(samples) * config.epochs - len(jobs),
                desc=f"eval {task.name}", unit="sample", disable=not progress, dynamic_ncols=True)
     errors = 0

@@ -196,10 +196,14 @@ class Store:
         failed = next((r for r in rows if r["status"] == "error" or _scorer_failed(r["scores"])), None)
         return self.sample(run_id, failed["sample_id"], failed["epoch"]) if failed else None
 
-    def samples(self, run_id: str) -> list[SampleRecord]:
+    def samples(self, run_id: str, transcripts: bool = True) -> list[SampleRecord]:
+        """The run's results. Without `transcripts` their events and output are left empty: what a summary reads,
+        without the bulk of a long agent run's rows (the dashboard summarizes unfinished runs on each look)."""
+        columns = "*" if transcripts else ("sample_id, epoch, status, sample, NULL AS output, scores, '[]' AS events, "
+                                           "usage, error")
         with self.lock:
-            rows = self.conn.execute("SELECT * FROM eval_samples WHERE run_id = ? ORDER BY created, sample_id, epoch",
-                                     (run_id,)).fetchall()
+            rows = self.conn.execute(f"SELECT {columns} FROM eval_samples WHERE run_id = ? "
+                                     "ORDER BY created, sample_id, epoch", (run_id,)).fetchall()
         return [_sample_record(r) for r in rows]
 
     def samples_page(self, run_id: str, offset: int = 0, limit: int = 50) -> tuple[int, list[dict[str, Any]]]:

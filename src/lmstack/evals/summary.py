@@ -3,20 +3,24 @@
 Reducers turn one sample's scores over epochs into one value: `mean`, `max`, `pass@K` (at least one of
 K attempts right, unbiased estimator) and `pass^K` (all K right: reliability). Scorer errors are
 left out of the means and counted.
+
+A run that has not finished (running, interrupted, failed) has no stored table; `summarized` gives it the table of
+the samples stored so far, marked partial, as Inspect shows the scores of the samples done.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import defaultdict
-from dataclasses import asdict
+from collections import Counter, defaultdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from lmstack.errors import LmstackError
 from lmstack.evals import stats
-from lmstack.evals.store import SampleRecord
+from lmstack.evals.store import RunRecord, SampleRecord, Store
 from lmstack.evals.table import column_widths, table_row
+from lmstack.evals.task import TaskConfig
 
 REDUCER = re.compile(r"^(mean|max|pass@(\d+)|pass\^(\d+))$")
 
@@ -93,6 +97,30 @@ def summarize_run(records: list[SampleRecord], reducers: list[str], higher_is_be
         "scorer_errors_by_name": {s: sum(1 for r in records if (r.scores.get(s) or {}).get("error")) for s in scorers},
         "usage": dict(usage),
     }
+
+
+def summarized(store: Store, run: RunRecord) -> RunRecord:
+    """The run with its score table: the one it finished with, else (running, interrupted, failed, or resumed and not
+    yet finished again) the table of its samples stored so far, with `partial` saying how many of how many."""
+    if run.status == "finished":
+        return run
+    config = TaskConfig(**run.config.get("task", {}))
+    records = store.samples(run.id, transcripts=False)
+    # Only samples with every epoch stored: a reducer over fewer epochs would be another measure (pass@K needs K).
+    epochs_stored = Counter(r.sample_id for r in records)
+    whole = [r for r in records if epochs_stored[r.sample_id] >= config.epochs]
+    summary = summarize_run(whole, config.reducers, run.config.get("higher_is_better", {}), seed=config.seed)
+    summary["partial"] = {"done": summary["samples"], "planned": run.config.get("planned_samples")}
+    return replace(run, summary=summary)
+
+
+def partial_note(run: RunRecord) -> str | None:
+    """`partial: 37/100 samples, interrupted` for a summarized run that has not finished; None for one that has."""
+    partial = (run.summary or {}).get("partial")
+    if partial is None:
+        return None
+    planned = "" if partial["planned"] is None else f"/{partial['planned']}"  # a run recorded before it was kept
+    return f"partial: {partial['done']}{planned} samples, {run.status}"
 
 
 def finite(d: dict[str, Any]) -> dict[str, Any]:

@@ -82,9 +82,15 @@ class Task:
     config: TaskConfig = field(default_factory=TaskConfig)
     name: str = "task"
     description: str = ""
-    # The `-T KEY=VALUE` arguments it was built with, parsed and written in one form (loader._as_typed): recorded
-    # with a run, so a resume with others is refused.
+    # The `-T KEY=VALUE` arguments it was built with, and the defaults of its function's other arguments, parsed and
+    # written in one form (loader._as_typed): recorded with a run (`arguments`), so a resume with others is refused.
     args: dict[str, str] = field(default_factory=dict)
+    arg_defaults: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def arguments(self) -> dict[str, str]:
+        """What its function ran with: `-T n=20`, where 20 is n's default, is the same task as no `-T n`."""
+        return {**self.arg_defaults, **self.args}
 
     @property
     def solvers(self) -> list[Solver]:

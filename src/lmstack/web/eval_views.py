@@ -3,6 +3,7 @@ and a comparison of two runs (the eval layer's paired tests) as JSON.
 
 `Store.samples` loads a run's samples whole, events included; the sample list here uses `Store.samples_page`,
 which reads only the light columns a page at a time, and one sample's transcript is fetched when it is opened.
+A run that has not finished shows the scores of its samples so far, marked partial (`summary.partial`).
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ from typing import Any
 
 from lmstack.evals.compare import compare_runs
 from lmstack.evals.store import Store
-from lmstack.evals.summary import finite  # NaN -> None: JSON has no NaN
+from lmstack.evals.summary import finite, summarized  # finite: NaN -> None, as JSON has no NaN
 
 
 def runs_page(store: Store, offset: int, limit: int) -> dict[str, Any]:
     total, runs = store.runs_page(offset, limit)
-    return {"total": total, "offset": offset, "runs": [dataclasses.asdict(r) for r in runs]}
+    return {"total": total, "offset": offset, "runs": [dataclasses.asdict(summarized(store, r)) for r in runs]}
 
 
 def run_detail(store: Store, run_id: str) -> dict[str, Any]:
-    return dataclasses.asdict(store.run(run_id))
+    return dataclasses.asdict(summarized(store, store.run(run_id)))
 
 
 def samples_page(store: Store, run_id: str, offset: int, limit: int) -> dict[str, Any]:

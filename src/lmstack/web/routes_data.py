@@ -12,9 +12,9 @@ import threading
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from lmstack.agent.launch import build_runtime, check_model_reachable, open_database, pending_approvals, record_decisions
+from lmstack.agent.launch import build_runtime, check_model_reachable, decide_approvals, open_database
 from lmstack.agent.runtime import AgentRuntime
-from lmstack.agent.store import STATUSES, RunNotFoundError
+from lmstack.agent.store import RunNotFoundError, UnknownStatusError
 from lmstack.errors import LmstackError
 from lmstack.evals.store import RunNotFound
 from lmstack.openai_url import ModelListingError
@@ -72,15 +72,17 @@ def data_router(sources: DataSources) -> APIRouter:
     @router.get("/agents/runs", tags=["dashboard: agents"])
     def agent_run_list(status: str | None = Query(None, description="only runs with this status"),
                        offset: int = OFFSET, limit: int = PAGE):
-        """A page of agent runs, newest first, with the total and the count per status."""
-        if status is not None and status not in STATUSES:  # a typo listed no runs, as if there were none
-            raise APIError(f"status '{status}' is not a run status; use one of {', '.join(STATUSES)}", status=400,
-                           param="status")
-        return agent_views.runs_page(sources.agent_conn(), status, offset, limit)
+        """A page of agent runs, newest first, with the total, the count per status, and every status a run can
+        have (in the order the dashboard shows them)."""
+        try:
+            return agent_views.runs_page(sources.agent_conn(), status, offset, limit)
+        except UnknownStatusError as err:
+            raise APIError(str(err), status=400, param="status") from None
 
     @router.get("/agents/runs/{run_id}", tags=["dashboard: agents"])
     def agent_run(run_id: str):
-        """One run: status, totals, final answer, and its tool-call approvals (pending and decided)."""
+        """One run: status, totals, final answer, its tool-call approvals (pending and decided), and whether it can
+        still change (`resumable`)."""
         try:
             return agent_views.run_overview(sources.agent_conn(), run_id)
         except NOT_FOUND as err:
@@ -103,11 +105,10 @@ def data_router(sources: DataSources) -> APIRouter:
         here, its server is down): nothing is decided, and the run waits for `lmstack agent approve` where it can
         resume."""
         try:
-            keys = pending_approvals(sources.agent_conn(), run_id, decision.call_key)  # that error first: cheaper
-            runtime = _runtime_to_resume(sources, run_id) if decision.resume else None
+            keys, runtime = decide_approvals(sources.agent_conn(), run_id, decision.approve, decision.call_key,
+                                             lambda: _runtime_to_resume(sources, run_id) if decision.resume else None)
         except NOT_FOUND as err:
             raise not_found(err) from None
-        record_decisions(sources.agent_conn(), run_id, decision.approve, keys)
         if runtime is not None:
             threading.Thread(target=_resume, args=(runtime,), name=f"resume-{run_id}", daemon=True).start()
         return {"decided": keys, "approve": decision.approve, "resumed": runtime is not None}
@@ -115,12 +116,13 @@ def data_router(sources: DataSources) -> APIRouter:
     # ---- eval runs ------------------------------------------------------------------------------
     @router.get("/evals/runs", tags=["dashboard: evals"])
     def eval_run_list(offset: int = OFFSET, limit: int = PAGE):
-        """A page of eval runs, newest first, each with its score summary (means and 95% CIs)."""
+        """A page of eval runs, newest first, each with its score summary (means and 95% CIs; an unfinished run's
+        of its samples so far, with `summary.partial`)."""
         return eval_views.runs_page(sources.eval_store, offset, limit)
 
     @router.get("/evals/runs/{run_id}", tags=["dashboard: evals"])
     def eval_run(run_id: str):
-        """One eval run: task, model, config, environment and score summary."""
+        """One eval run: task, model, config, environment and score summary (partial while it has not finished)."""
         try:
             return eval_views.run_detail(sources.eval_store, run_id)
         except NOT_FOUND as err:

@@ -11,15 +11,19 @@ export function render(container, [what, a, b]) {
   return renderList(container);
 }
 
-function scoreCells(summary) {
-  const out = [];
-  for (const [scorer, byReducer] of Object.entries(summary?.scores || {})) {
+// A run that has not finished comes with the scores of its samples so far (summary.partial: how many of how many).
+function scoreCells(run) {
+  const scores = [];
+  for (const [scorer, byReducer] of Object.entries(run.summary?.scores || {})) {
     for (const [reducer, s] of Object.entries(byReducer)) {
-      out.push(el("div", { class: "score" }, `${scorer} (${reducer}): `, el("b", {}, fmt.num(s.mean, 3)),
+      scores.push(el("div", { class: "score" }, `${scorer} (${reducer}): `, el("b", {}, fmt.num(s.mean, 3)),
         el("span", { class: "muted" }, ` [${fmt.num(s.ci_low, 3)}, ${fmt.num(s.ci_high, 3)}] n=${s.n}`)));
     }
   }
-  return out.length ? out : [el("span", { class: "muted" }, "no scores")];
+  const partial = run.summary?.partial;
+  const note = partial && el("div", { class: "partial muted" },
+    `partial: ${partial.done}${partial.planned == null ? "" : "/" + partial.planned} samples, ${run.status}`);
+  return [note, ...(scores.length ? scores : [el("span", { class: "muted" }, partial ? "no scores yet" : "no scores")])];
 }
 
 function renderList(container) {
@@ -45,7 +49,7 @@ function renderList(container) {
           el("td", {}, el("input", { type: "radio", name: "run-a", value: r.id, onchange: () => pick("a", r.id) })),
           el("td", {}, el("input", { type: "radio", name: "run-b", value: r.id, onchange: () => pick("b", r.id) })),
           el("td", {}, el("a", { href: `#/evals/run/${q(r.id)}` }, r.id)), el("td", {}, r.task), el("td", {}, r.model),
-          el("td", {}, statusBadge(r.status)), el("td", {}, scoreCells(r.summary)), el("td", {}, fmt.time(r.created))))),
+          el("td", {}, statusBadge(r.status)), el("td", {}, scoreCells(r)), el("td", {}, fmt.time(r.created))))),
         pager(offset, PAGE, page.total, (o) => { offset = o; load(); }));
     } catch (err) {
       clear(body).append(errorBox(err));
@@ -62,7 +66,7 @@ function renderRun(container, runId) {
       el("div", { class: "grow" }, el("h3", {}, "Transcript"), transcript))]);
   api(`/api/evals/runs/${q(runId)}`).then((run) => append(head, [el("h2", {}, `Eval run ${run.id} `, statusBadge(run.status)),
     el("div", { class: "card" }, el("div", {}, `${run.task} on ${run.model}`),
-      run.error && el("p", { class: "error run-error" }, run.error), scoreCells(run.summary),
+      run.error && el("p", { class: "error run-error" }, run.error), scoreCells(run),
       el("details", {}, el("summary", {}, "config and environment"), el("pre", {}, fmt.json({ config: run.config, environment: run.environment }))))]))
     .catch((err) => head.append(errorBox(err)));
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from pathlib import Path
+from typing import Callable
 
 from lmstack.agent.client import OpenAIClient, RetryPolicy
 from lmstack.agent.launch import open_database
@@ -47,3 +49,16 @@ def journaled(db: Path, key: str) -> bool:
             return conn.execute("SELECT 1 FROM agent_journal WHERE key = ?", (key,)).fetchone() is not None
     except sqlite3.OperationalError:  # tables not made yet, or locked for a moment
         return False
+
+
+def assert_listed_interrupted(cli: Callable, db: Path, run_id: str, pid: int) -> str:
+    """`agent list` (all, and by status) and `agent trace` show the run `interrupted`, its process `pid` gone, with the
+    command that continues it; returns that reason."""
+    reason = (f"process {pid} on {socket.gethostname()} ended without finishing the run: killed, or the machine "
+              f"went down; `lmstack agent resume {run_id}` continues it from the last completed step")
+    listing = cli("agent", "list", "--db", db).stdout.splitlines()
+    assert listing[1].startswith(f"{run_id:14} interrupted ") and listing[2].strip() == reason
+    assert run_id in cli("agent", "list", "--status", "interrupted", "--db", db).stdout
+    assert run_id not in cli("agent", "list", "--status", "running", "--db", db).stdout
+    assert cli("agent", "trace", run_id, "--db", db).stdout.splitlines()[0] == f"run {run_id}: interrupted -- {reason}"
+    return reason

@@ -2,7 +2,6 @@
 `interrupted` (its recorded process is gone) with the command that continues it, without writing to the database,
 and `resume` finishes it. Real subprocesses and SQLite."""
 
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_helpers import call, journaled
+from agent_helpers import assert_listed_interrupted, call, journaled
 from cli_testing import run_cli
 from lmstack.agent.testing.scripted_server import ScriptedServer
 
@@ -43,14 +42,7 @@ def test_a_sigkilled_run_shows_interrupted_until_resumed(server, tmp_path):
     run.kill()
     run.wait()
     stored = stored_run(db)
-    reason = (f"process {run.pid} on {socket.gethostname()} ended without finishing the run: killed, or the machine "
-              "went down; `lmstack agent resume killed` continues it from the last completed step")
-
-    listing = run_cli("agent", "list", "--db", db).stdout.splitlines()
-    assert listing[1].startswith("killed         interrupted ") and listing[2].strip() == reason
-    assert "killed" in run_cli("agent", "list", "--status", "interrupted", "--db", db).stdout
-    assert "killed" not in run_cli("agent", "list", "--status", "running", "--db", db).stdout
-    assert run_cli("agent", "trace", "killed", "--db", db).stdout.splitlines()[0] == f"run killed: interrupted -- {reason}"
+    assert_listed_interrupted(run_cli, db, "killed", run.pid)
     assert stored_run(db) == stored  # still `running` in the database: reading wrote nothing
 
     resumed = run_cli("agent", "resume", "killed", "--db", db)

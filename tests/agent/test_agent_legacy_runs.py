@@ -4,11 +4,11 @@ way, a run whose process is gone shows `interrupted` (it showed `running` foreve
 not resumed by a second process. Real SQLite, real processes."""
 
 import json
-import socket
 import subprocess
 import time
 
 import pytest
+from agent_helpers import assert_listed_interrupted
 
 from lmstack.agent.launch import open_database
 from lmstack.agent.store import MIGRATIONS, claim_run, get_run
@@ -41,15 +41,7 @@ def test_an_old_run_whose_process_is_gone_shows_interrupted(cli, tmp_path):
     ended.wait()
     db = tmp_path / "lmstack.db"
     record_as_pid_only_lmstack(db, "old-run", ended.pid)
-    reason = (f"process {ended.pid} on {socket.gethostname()} ended without finishing the run: killed, or the machine "
-              "went down; `lmstack agent resume old-run` continues it from the last completed step")
-
-    listing = cli("agent", "list", "--db", db).stdout.splitlines()
-    assert listing[1].startswith("old-run        interrupted ") and listing[2].strip() == reason
-    assert "old-run" in cli("agent", "list", "--status", "interrupted", "--db", db).stdout
-    assert "old-run" not in cli("agent", "list", "--status", "running", "--db", db).stdout
-    assert cli("agent", "trace", "old-run", "--db", db).stdout.splitlines()[0] == (
-        f"run old-run: interrupted -- {reason}")
+    reason = assert_listed_interrupted(cli, db, "old-run", ended.pid)
     conn = open_database(db)
     page = runs_page(conn, None, 0, 50)  # the dashboard's list
     assert [(r["status"], r["stop_reason"]) for r in page["runs"]] == [("interrupted", reason)]

@@ -33,6 +33,8 @@ BAD_CHAT_BODIES = {
     "json_schema without a schema": ({"messages": USER, "response_format": {"type": "json_schema"}}, 400, None),
     "logit_bias key not a token id": ({"messages": USER, "logit_bias": {"abc": 1}}, 400, "logit_bias"),
     "top_logprobs out of range": ({"messages": USER, "logprobs": True, "top_logprobs": 50}, 400, "top_logprobs"),
+    "stream_options without stream": ({"messages": USER, "stream_options": {"include_usage": True}}, 400,
+                                      "stream_options"),
 }
 
 
@@ -74,6 +76,8 @@ def test_bad_completions_requests(http):
     assert_openai_error(http.post("/v1/completions", json={"prompt": []}), 400, "prompt")
     assert_openai_error(http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 5000}), 400, "max_tokens")
     assert_openai_error(http.post("/v1/completions", json={}), 400, "prompt")
+    assert_openai_error(http.post("/v1/completions", json={"prompt": "hi", "stream_options": {"include_usage": True}}),
+                        400, "stream_options")
 
 
 def test_unknown_route_and_method(http):

@@ -47,6 +47,24 @@ def test_seeded_requests_are_reproducible_and_seeds_differ(client):
     assert first.choices[0].message.content != other.choices[0].message.content
 
 
+def test_null_fields_mean_their_defaults(client):
+    """The openai client sends null for an argument given as None; OpenAI's spec makes these fields nullable, and
+    null means the default (as vLLM reads it), so the seeded reply is the one without them."""
+    extras = ("top_k", "min_p", "repetition_penalty", "ignore_eos", "stop_token_ids", "min_tokens",
+              "include_stop_str_in_output")
+    chat_nulls = dict(temperature=None, top_p=None, n=None, presence_penalty=None, frequency_penalty=None,
+                      logprobs=None, stream=None, stream_options=None, parallel_tool_calls=None,
+                      extra_body=dict.fromkeys(extras))
+    chat = [client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, seed=5, **nulls)
+            for nulls in ({}, chat_nulls)]
+    assert chat[0].choices[0].message.content == chat[1].choices[0].message.content
+    assert chat[1].choices[0].logprobs is None and len(chat[1].choices) == 1
+    completion_nulls = dict(temperature=None, top_p=None, n=None, echo=None, stream=None, extra_body={"top_k": None})
+    texts = [client.completions.create(model=MODEL, prompt="the cat", max_tokens=8, seed=5, **nulls).choices[0].text
+             for nulls in ({}, completion_nulls)]
+    assert texts[0] == texts[1]
+
+
 def test_n_choices_and_stop_strings(client):
     full = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=20, temperature=0)
     text = full.choices[0].message.content

@@ -74,9 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     harness.add_argument("--limit", type=int, help="samples per task")
     harness.add_argument("--num-concurrent", type=int, default=8, help="parallel requests (default 8)")
     harness.add_argument("--max-length", type=int, metavar="TOKENS",
-                         help="the model's context, to which lm-eval cuts prompts from the left (default: the "
-                         "max_model_len the server lists for the model; lm-eval's 2048 if it lists none, or with "
-                         "--model-name)")
+                         help="the tokens to which lm-eval cuts prompts from the left (default: the max_model_len "
+                         "the server lists for the model, less 2 for the bos the server adds and the token lm-eval "
+                         "asks for; lm-eval's 2048 if it lists none, or with --model-name)")
     harness.add_argument("--timeout", type=int, metavar="SECONDS",
                          help="how long one request may take (default: lm-eval's, 300)")
     harness.add_argument("--output-path", help="where lm-eval writes its results")
@@ -218,7 +218,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
-    from lmstack.evals.lm_eval_adapter import lm_eval_command, run_lm_eval, served_model
+    from lmstack.evals.lm_eval_adapter import LM_EVAL_EXTRA_TOKENS, lm_eval_command, run_lm_eval, served_model
 
     for flag, value in (("--max-length", args.max_length), ("--timeout", args.timeout),
                         ("--num-concurrent", args.num_concurrent)):
@@ -226,8 +226,9 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
             raise EvalUsageError(f"{flag} {value}: must be at least 1")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     model_name, context = (args.model_name, None) if args.model_name else served_model(args.url)
+    max_length = args.max_length or (context - LM_EVAL_EXTRA_TOKENS if context is not None else None)
     return run_lm_eval(lm_eval_command(args.url, model_name, tasks, args.tokenizer, args.limit, args.num_concurrent,
-                                       args.output_path, args.max_length or context, args.timeout),
+                                       args.output_path, max_length, args.timeout),
                        dry_run=args.dry_run)
 
 

@@ -15,7 +15,8 @@ max_retries=3,tokenized_requests=False,tokenizer_backend=huggingface,tokenizer=E
 the first model the server lists at GET /v1/models unless `--model-name` is given, and that model's context
 (`max_model_len`, which ours and vLLM list) as lm-eval's `max_length`: lm-eval assumes 2048 and would send longer
 loglikelihood prompts than a smaller model takes, each refused (HTTP 400); it cuts them to `max_length` from the
-left instead.
+left instead. Less LM_EVAL_EXTRA_TOKENS: lm-eval counts a window without the bos the server puts before a text
+prompt, and asks for one token after it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def lm_eval_command(base_url: str, model: str, tasks: list[str], tokenizer: str 
     if output_path:
         command += ["--output_path", output_path]
     return command
+
+
+# The served context less lm-eval's max_length: the server's bos before a text prompt, and the one token lm-eval asks
+# for with each loglikelihood window (a window of the whole context was refused with a 400).
+LM_EVAL_EXTRA_TOKENS = 2
 
 
 def served_model(base_url: str) -> tuple[str, int | None]:

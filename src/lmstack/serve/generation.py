@@ -66,7 +66,10 @@ MAX_NESTING = 64
 def check_values(body: SamplingFields) -> None:
     """What field types cannot say about a request's values, refused with the field's path instead of failing deep
     inside: JSON may escape half of a UTF-16 pair ("\\ud83d" alone), which is no character that a tokenizer or
-    grammar compiler takes; and nesting deeper than MAX_NESTING."""
+    grammar compiler takes; nesting deeper than MAX_NESTING; and stream_options without stream."""
+    if body.stream_options is not None and not body.stream:  # as OpenAI and vLLM: else silently ignored
+        raise APIError("stream_options is only allowed with stream: true; set stream, or leave stream_options out",
+                       param="stream_options")
     queue = deque((name, value, 1) for name, value in body.model_dump(by_alias=True, exclude_unset=True).items())
     while queue:
         path, value, depth = queue.popleft()

@@ -1,15 +1,16 @@
 """Request bodies of the OpenAI API, as pydantic models: wrong types and missing fields are 400s.
 
-Unknown fields are ignored (clients send ones we do not use: `user`, `store`, `metadata`...).
+Unknown fields are ignored (clients send ones we do not use: `user`, `store`, `metadata`...), and `null` for a
+field that has a default means that default (`NullMeansDefault`).
 Our extras beyond OpenAI's fields follow vLLM: `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`,
 `stop_token_ids`, `min_tokens`, `include_stop_str_in_output`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -26,7 +27,22 @@ def one_of(expected: str) -> WrapValidator:
     return WrapValidator(validate)
 
 
-class SamplingFields(BaseModel):
+class NullMeansDefault(BaseModel):
+    """OpenAI's spec makes most fields nullable (`"temperature": null`, which the openai client sends for
+    `temperature=None`), and null means the field's default, as in OpenAI's API and vLLM. Fields whose type holds
+    None (`seed`, `stop`, `max_tokens`...) keep it: there None is a value of its own."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        if not isinstance(data, dict):
+            return data  # pydantic refuses it
+        return {name: value for name, value in data.items()
+                if not (value is None and name in cls.model_fields and not cls.model_fields[name].is_required()
+                        and type(None) not in get_args(cls.model_fields[name].annotation))}
+
+
+class SamplingFields(NullMeansDefault):
     """The fields both endpoints share; they map one to one onto the engine's SamplingParams."""
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # NaN and Infinity are no setting's value
 
@@ -51,7 +67,7 @@ class SamplingFields(BaseModel):
     include_stop_str_in_output: bool = False  # vLLM's: the text ends with the stop string that ended it
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(NullMeansDefault):
     include_usage: bool = False
 
 

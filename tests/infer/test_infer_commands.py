@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import signal
 import subprocess
 import sys
 
@@ -93,6 +94,37 @@ def test_chat_replies_fit_the_context_and_a_turn_that_cannot_is_taken_back(short
     assert "error: the conversation is" in printed and "leaves no room for a reply" in printed
     assert messages == hello + [{"role": "assistant", "content": expected}]
     assert engine.num_free_blocks == engine.num_total_blocks  # nothing left running
+
+
+class CtrlCAtFirstPiece(io.StringIO):
+    """The terminal: the user presses Ctrl-C (a real SIGINT) as the first piece of the first reply is printed."""
+
+    def __init__(self):
+        super().__init__()
+        self.pressed = False
+
+    def write(self, text: str) -> int:
+        replying = self.getvalue().endswith("assistant> ")
+        written = super().write(text)
+        if replying and text and not self.pressed:
+            self.pressed = True
+            signal.raise_signal(signal.SIGINT)
+        return written
+
+
+def test_ctrl_c_stops_a_chat_reply_and_the_conversation_goes_on(short_checkpoint):
+    """Ctrl-C during a reply ended `lmstack chat` ("interrupted"), and the conversation with it."""
+    engine = Engine.from_checkpoint(short_checkpoint, EngineConfig(dtype="float32"))
+    hello = [{"role": "user", "content": "Hello world!"}]
+    prompt = engine.tokenizer.render(hello, add_generation_prompt=True).ids
+    expected = engine.generate([prompt], SamplingParams(max_tokens=SHORT_CONTEXT - len(prompt), temperature=0))[0].text
+    source = EngineSource(engine, SamplingParams(max_tokens=None, temperature=0))
+    lines = iter(["Tell me a story", "Hello world!", "/exit"])
+    out = CtrlCAtFirstPiece()
+    messages = chat_loop(source, read=lambda prompt: next(lines), out=out)
+    assert out.pressed and "(reply stopped and taken back" in out.getvalue()
+    assert messages == hello + [{"role": "assistant", "content": expected}]  # the stopped turn is not in it
+    assert engine.num_free_blocks == engine.num_total_blocks
 
 
 def test_inspect_prints_the_report_and_writes_pngs(checkpoint, tmp_path, capsys):

@@ -64,8 +64,9 @@ def chat_loop(source: TokenSource, system: str | None = None, read: Callable[[st
               out: TextIO = sys.stdout) -> list[Message]:
     """Read user lines until EOF or /exit; stream each reply to `out`. Returns the conversation.
 
-    A turn the source refuses (an lmstack error: the conversation outgrew the context, the server went away) is
-    printed and taken back, user line and partial reply, so the conversation goes on from before it."""
+    A turn the source refuses (an lmstack error: the conversation outgrew the context, the server went away), or
+    one stopped with Ctrl-C, is printed and taken back, user line and partial reply, so the conversation goes on
+    from before it. Ctrl-C at the prompt quits."""
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)
     print(HELP, file=out)
@@ -85,13 +86,20 @@ def chat_loop(source: TokenSource, system: str | None = None, read: Callable[[st
         messages.append({"role": "user", "content": line})
         print("assistant> ", end="", file=out, flush=True)
         reply = []
+        pieces = source.stream(messages)
         try:
-            for piece in source.stream(messages):
+            for piece in pieces:
                 reply.append(piece)
                 print(piece, end="", file=out, flush=True)
         except LmstackError as error:
             messages.pop()
             print(f"\nerror: {error}", file=out)
             continue
+        except KeyboardInterrupt:  # Ctrl-C stops the reply, as in other chat CLIs; at the prompt it quits
+            messages.pop()
+            print("\n(reply stopped and taken back; /exit or Ctrl-D quits)", file=out)
+            continue
+        finally:
+            getattr(pieces, "close", lambda: None)()  # a generator stopped mid-reply frees its request now
         print(file=out)
         messages.append({"role": "assistant", "content": "".join(reply)})

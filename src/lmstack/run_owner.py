@@ -46,11 +46,20 @@ def process_start(pid: int) -> str:
     ticks start over. UNKNOWN where /proc does not say."""
     try:
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return UNKNOWN
-    # Field 2, the command name in parentheses, may itself hold spaces and ')': count from its last ')'.
-    return f"{boot_id}:{stat.rsplit(')', 1)[1].split()[22 - 3]}"
+    fields = _stat_fields(pid)
+    return UNKNOWN if fields is None else f"{boot_id}:{fields[22 - 3]}"
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat from field 3 on (None where /proc does not say). Field 2, the command name in
+    parentheses, may itself hold spaces and ')': they are counted from its last ')'."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
 
 
 def process_state(owner: Owner) -> str:
@@ -100,5 +109,8 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, run by another user
-        return True
-    return True
+        pass
+    # A zombie (killed, its parent yet to reap it: a container's init may never) still takes signal 0, but runs no
+    # more: its run showed `running` for good, and a resume was refused naming it.
+    fields = _stat_fields(pid)
+    return fields is None or fields[0] not in ("Z", "X")  # field 3, the state: R, S, D... Z a zombie, X dead

@@ -223,6 +223,13 @@ class DPOTrainer(FineTuner):
     def batch_flops(self, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
         return scored_rows_flops(self.model, batch[0], reference_pass=True)  # both replies, padded to the longest
 
+    def batch_tokens(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+        return batch[0].numel()  # the rows batch_flops counts: both replies of each pair, padded to the longest
+
+    def step_batch(self) -> str:
+        pairs = self.cfg.batch_size * self.grad_accum * self.dist.world_size
+        return f"{pairs:,} preference pairs (2 rows each, padded to their micro-batch's longest)"
+
     @torch.no_grad()
     def run_eval(self) -> None:
         """DPO loss, reward margin and accuracy over the val pairs (each rank its share, summed)."""

@@ -251,6 +251,13 @@ class GRPOTrainer(FineTuner):
         # share, lower than the device's real use.
         return scored_rows_flops(self.model, batch.inputs, reference_pass=self.objective.uses_reference)
 
+    def batch_tokens(self, batch: Rollouts) -> int:
+        return batch.inputs.numel()  # the kept samples' rows, prompt and padding included, as batch_flops counts
+
+    def step_batch(self) -> str:
+        prompts = self.cfg.batch_size * self.grad_accum * self.dist.world_size
+        return f"{prompts:,} prompts x {self.cfg.group_size} samples"
+
     def run_eval(self) -> None:
         if not self.val_prompts:
             return

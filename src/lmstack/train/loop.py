@@ -107,6 +107,7 @@ class Trainer:
         self.step_metrics: dict[str, float] = {}  # extra per-step figures a subclass's compute_loss reports
         self.guard = LossGuard(cfg.guard)
         self.step, self.best_val, self.last_val = 0, math.inf, None
+        self.tokens: int | None = 0  # tokens trained on so far, every process's; None: unknown (see _restore)
         self.last_checkpoint: Path | None = None
         amp_dtype = autocast_dtype(self.device_info, cfg.dtype)
         self.autocast = autocast_context(self.device.type, amp_dtype)
@@ -117,6 +118,7 @@ class Trainer:
             self.last_checkpoint = resume_from
         self.flops_per_token = pass_flops_per_token(self.model, cfg.seq_len)
         self.step_flops = 0.0  # this process's model FLOPs in the last step, for MFU
+        self.step_tokens = 0  # this process's tokens in the last step, for tokens and tokens_per_s
         self.peak_flops = peak_flops(self.device_info, amp_dtype) * self.dist.world_size
         self.byte_lengths = token_byte_lengths(self.tokenizer, cfg.model.vocab_size, self.device)
         self.stop_signal: str | None = None
@@ -211,7 +213,7 @@ class Trainer:
         micro_batches = f"{self.grad_accum} micro-batch{'es' if self.grad_accum != 1 else ''}"
         self.say(f"run dir {self.run_dir}: {'resuming from ' + str(resume_from) if resume_from else 'new run'}; "
                  f"{self.model.num_params():,} parameters on {self.device_info.name} x{self.dist.world_size}; "
-                 f"{self.tokens_per_step:,} tokens/step ({micro_batches} per process)")
+                 f"{self.step_batch()}/step ({micro_batches} per process)")
 
     def _open_writers(self) -> None:
         self.writers = ScalarWriters(self.run_dir, self.cfg.tensorboard, self.cfg.wandb, self.cfg.wandb_project,
@@ -253,11 +255,17 @@ class Trainer:
         x, y = batch
         return self.forward_model(x, y)[1]
 
+    def step_batch(self) -> str:
+        """The global batch of a step, for the start line. A trainer whose batches vary in tokens names them in
+        its own unit (pairs, prompts) rather than a fixed token count that would be false."""
+        return f"{self.tokens_per_step:,} tokens"
+
     # ---- state ---------------------------------------------------------------------------------
     def train_state(self) -> dict:
         """The state beyond the weights; RNG and loader positions are gathered from every rank."""
         return {
             "step": self.step,
+            "tokens": self.tokens,
             "best_val": self.best_val,
             "last_val": self.last_val,
             "optimizers": [opt.state_dict() for opt in self.optimizers],
@@ -287,6 +295,10 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"][self.dist.rank])
         self.step, self.best_val, self.last_val = state["step"], state["best_val"], state["last_val"]
+        # A checkpoint saved before the total was kept has no "tokens". step * tokens_per_step is exact for full
+        # windows but overstated DPO's padded pairs many times over, so None: the next step's count stands for
+        # each step before it (train_one_step), exact for full windows, close for DPO's and GRPO's batches.
+        self.tokens = state.get("tokens")
 
     # ---- one step ------------------------------------------------------------------------------
     def forward_backward(self) -> torch.Tensor:
@@ -294,6 +306,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         micro_batches = list(self.loader.micro_batches())
         self.step_flops = sum(self.batch_flops(batch) for batch in micro_batches)
+        self.step_tokens = sum(self.batch_tokens(batch) for batch in micro_batches)
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             # DDP all-reduces gradients on the last micro-batch only; the others just accumulate.
@@ -308,17 +321,27 @@ class Trainer:
             total += loss.detach()
         return total / self.grad_accum
 
-    def flops_of_all_ranks(self) -> float:
-        """The last step's model FLOPs over every process. Full windows are alike on every rank; DPO's and GRPO's
-        padded batches (their own batch_flops) differ, and only they pay for a collective each step."""
-        if self.dist.world_size == 1 or type(self).batch_flops is Trainer.batch_flops:
-            return self.step_flops * self.dist.world_size
-        return sum_across_ranks(torch.tensor(self.step_flops, device=self.device)).item()
+    def step_of_all_ranks(self) -> tuple[float, int]:
+        """The last step's (model FLOPs, tokens) over every process. Full windows are alike on every rank; DPO's and
+        GRPO's padded batches (their own batch_flops and batch_tokens) differ, and only they pay for a collective
+        each step, one for both figures."""
+        uniform = type(self).batch_flops is Trainer.batch_flops and type(self).batch_tokens is Trainer.batch_tokens
+        if self.dist.world_size == 1 or uniform:
+            return self.step_flops * self.dist.world_size, self.step_tokens * self.dist.world_size
+        # float64: a token count stays exact (to 2^53), where float32 would round it past 2^24
+        totals = torch.tensor([self.step_flops, self.step_tokens], dtype=torch.float64, device=self.device)
+        flops, tokens = sum_across_ranks(totals).tolist()
+        return flops, round(tokens)
 
     def batch_flops(self, batch) -> float:
         """Model FLOPs of a micro-batch's forward and backward. A trainer whose rows are not full `seq_len`
         windows, or that runs a reference model too, counts its own."""
         return self.cfg.batch_size * self.cfg.seq_len * self.flops_per_token
+
+    def batch_tokens(self, batch) -> int:
+        """Tokens a micro-batch trains on: the positions the policy's forward computes, padding included (what
+        batch_flops counts), not the reference's forward. A trainer whose rows are not full windows counts its own."""
+        return self.cfg.batch_size * self.cfg.seq_len
 
     def optimizer_step(self) -> tuple[float, float, str | None]:
         """One step: (loss, grad norm, reason the step was skipped or None)."""
@@ -425,16 +448,20 @@ class Trainer:
     def train_one_step(self, bar: tqdm) -> None:
         t0 = time.perf_counter()
         loss, grad_norm, reason = self.optimizer_step()
+        dt = time.perf_counter() - t0
+        step_flops, step_tokens = self.step_of_all_ranks()  # a collective for some trainers: before any branch
+        if self.tokens is None:  # resumed from a checkpoint without the total: see _restore
+            self.tokens = self.step * step_tokens
+        self.tokens += step_tokens  # a skipped step's batch is consumed too, as step * tokens_per_step counted it
         self.step += 1
         if reason is not None:
             self.handle_bad_step(reason)
             bar.n = self.step
             return
-        dt = time.perf_counter() - t0
-        tokens_per_s = self.tokens_per_step / dt
-        record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "loss": loss,
+        tokens_per_s = step_tokens / dt
+        record = {"step": self.step, "tokens": self.tokens, "loss": loss,
                   "lr": self.optimizers[-1].param_groups[0]["lr"], "grad_norm": grad_norm,
-                  "tokens_per_s": tokens_per_s, "mfu": mfu(self.flops_of_all_ranks(), dt, self.peak_flops),
+                  "tokens_per_s": tokens_per_s, "mfu": mfu(step_flops, dt, self.peak_flops),
                   "memory_mb": memory_mb(self.device), "step_s": dt, **self.step_metrics}
         if self.is_main:
             self.metrics.write(record)

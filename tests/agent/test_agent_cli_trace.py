@@ -260,3 +260,19 @@ def test_list_names_a_status_or_limit_that_cannot_match(lmstack, tmp_path):
         "failed, budget_exceeded, loop_detected, no_progress, stopped_by_monitor")
     assert error_line(lmstack("list", "--status", "", db=db)).startswith("lmstack agent: error: status '' is not")
     assert error_line(lmstack("list", "--limit", "0", db=db)).endswith("list at least 1 run (default 50)")
+
+
+def test_list_columns_line_up_under_long_run_ids(lmstack, tmp_path):
+    """An eval's agent runs have ids like 'eval-nightly-arith-002-e0': a fixed 14-character column pushed the
+    status and every column after it right, row by row, under a header that no longer matched."""
+    from lmstack.agent.store import create_run
+
+    db = tmp_path / "x.db"
+    conn = open_database(db)
+    for run_id in ("r1", "eval-nightly-arith-002-e0"):
+        create_run(conn, run_id, "add", {})
+        conn.execute("UPDATE agent_runs SET status = 'completed' WHERE id = ?", (run_id,))
+    conn.commit()
+    header, *rows = lmstack("list", db=db).stdout.splitlines()
+    assert [row.index("completed") for row in rows] == [header.index("STATUS")] * 2
+    assert {row.index(" add") for row in rows} == {header.index(" TASK")}

@@ -133,3 +133,20 @@ def test_the_latest_tool_call_and_its_result_stay_when_they_leave_the_reply_less
     view, tools = AgentRuntime(conn, "room", config, client, registry, Path(tmp_path)).context_view(messages)
     assert view == messages
     assert client.complete(view, tools).usage.prompt_tokens == prompt
+
+
+def test_a_run_whose_tool_schemas_fill_a_checkpoints_context_is_refused_before_it_is_recorded(tmp_path, cli):
+    """Regression: with the four built-in tools on a 256-token model the run was recorded, then failed on its first
+    call, saying `agent resume` would continue it 'once the endpoint is back', which no resume could do."""
+    from cli_testing import one_line_error
+    from lmstack.agent.launch import open_database
+    from lmstack.model.checkpoint import save_model_dir
+
+    client = tiny_client(block_size=128)
+    checkpoint = save_model_dir(tmp_path / "tiny", client.engine.model, client.engine.tokenizer)
+    done = cli("agent", "run", "What is 3+4?", "--model", checkpoint, "--tools", "calculator,python,files,memory",
+               "--run-id", "full", "--db", tmp_path / "lmstack.db")
+    error = one_line_error(done, "agent", alone=False)  # after the line naming the run's model and tools
+    assert error.startswith("lmstack agent: error: --tools calculator,python,files,memory: the system prompt")
+    assert "fills the 128-token context of model 'tiny'" in error and "pass fewer --tools" in error
+    assert open_database(tmp_path / "lmstack.db").execute("SELECT COUNT(*) FROM agent_runs").fetchone()[0] == 0

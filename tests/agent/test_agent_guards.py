@@ -150,6 +150,24 @@ def test_a_call_decided_elsewhere_meanwhile_keeps_that_decision(tmp_path, server
     assert [r["decision"] for r in decisions] == ["denied"]
 
 
+def test_an_approval_that_lost_the_race_neither_reports_a_decision_nor_resumes(tmp_path, server):
+    """Two clicks on the dashboard's approve: both find the call pending, and only the first to decide it may resume
+    the run; the second resuming it too ran the approved tool twice."""
+    from lmstack.agent.launch import decide_approvals, open_database, pending_approvals, record_decisions
+    from lmstack.errors import LmstackError
+
+    _, conn = run_agent(tmp_path, server, "pay", "pay Ana", [send_payment])
+    other = open_database(tmp_path / "lmstack.db")
+
+    def first_click_decides_meanwhile():
+        assert record_decisions(other, "run1", True, pending_approvals(other, "run1")) == ["step0/tool0"]
+        return None
+
+    with pytest.raises(LmstackError, match="step0/tool0 was decided meanwhile by another approval"):
+        decide_approvals(conn, "run1", True, None, first_click_decides_meanwhile)
+    other.close()
+
+
 def test_monitor_retry_policy_re_asks_with_feedback(tmp_path, server):
     config = AgentConfig()
     config.monitors.grounding = "retry"

@@ -109,7 +109,7 @@ def test_a_waiting_run_whose_calls_are_decided_says_to_resume_it(waiting_run):
 def test_a_checkpoint_given_by_a_relative_path_is_saved_absolute(tmp_path):
     tokenizer = Tokenizer.train(["Agents call tools and answer. " * 20] * 4, vocab_size=300, show_progress=False,
                                 min_frequency=1)
-    model = build_model(ModelConfig(arch="llama", vocab_size=320, block_size=256, n_layer=1, n_head=2, n_embd=32))
+    model = build_model(ModelConfig(arch="llama", vocab_size=320, block_size=1024, n_layer=1, n_head=2, n_embd=32))  # fits the prompt
     checkpoint = save_model_dir(tmp_path / "runs" / "x", model, tokenizer)
     run = agent("run", "hi", "--model", "runs/x", "--run-id", "ck", "--set", "max_output_tokens=4", cwd=tmp_path,
                 db=tmp_path / "lmstack.db")

@@ -44,6 +44,9 @@ TASK_FILES = {
     "config.yaml": ("dataset: rows.jsonl\nscorer: [exact]\nconfig: {epochs: many}\n",
                     "config.yaml': config key 'epochs': expected an integer, got 'many'"),
     "fields.yaml": ("dataset: rows.jsonl\nfields: [input]\nscorer: [exact]\n", "'fields' must be a mapping"),
+    "input_field.yaml": ("dataset: rows.jsonl\nfields: {input: question}\nscorer: [exact]\n",
+                         "task 'input_field': no row of its dataset can be run, so no run was recorded; the first: "
+                         "rows.jsonl line 1: no 'question' field; add one"),
 }
 
 

@@ -72,3 +72,17 @@ def test_an_echo_drops_leading_unscored_tokens_and_keeps_a_later_gap_so_scoring_
     assert [t.logprob for t in gap] == [-2.0, None, -0.5]
     with pytest.raises(ValueError, match="no logprob"):
         continuation_logprob(gap, "Q")
+
+
+def test_an_endpoint_without_completions_is_named_with_what_scoring_needs():
+    """A chat-only endpoint answered 'failed: Error code: 404' on every sample of val_bpb, and the hint to
+    --resume, which fails the same way."""
+    from lmstack.agent.client import ModelCallError, OpenAIClient
+    from lmstack.agent.testing.scripted_server import ScriptedServer
+    from lmstack.evals.completions import prompt_logprobs
+
+    with ScriptedServer({"scripts": {"chat": [{"content": "hi"}]}}) as server:  # chat completions only
+        with pytest.raises(ModelCallError) as err:
+            prompt_logprobs(OpenAIClient(server.base_url, "chat"), "def f(x):")
+    assert f"{server.base_url}/completions answered HTTP 404 for model 'chat'" in str(err.value)
+    assert "needs /v1/completions (lmstack serve, vLLM, llama.cpp) or a checkpoint dir as --model" in str(err.value)

@@ -78,13 +78,20 @@ def test_a_sample_the_engine_refuses_prints_no_prompt(cli, short_checkpoint):
     assert done.stdout == ""
 
 
-def test_chat_replies_fit_the_context_and_a_turn_that_cannot_is_taken_back(short_checkpoint):
-    engine = Engine.from_checkpoint(short_checkpoint, EngineConfig(dtype="float32"))
-    hello = [{"role": "user", "content": "Hello world!"}]
-    prompt = engine.tokenizer.render(hello, add_generation_prompt=True).ids
+HELLO = [{"role": "user", "content": "Hello world!"}]
+
+
+def greedy_chat(checkpoint):
+    """(engine, the chat source `lmstack chat` makes of it, greedy; a first turn, the reply it must get)."""
+    engine = Engine.from_checkpoint(checkpoint, EngineConfig(dtype="float32"))
+    prompt = engine.tokenizer.render(HELLO, add_generation_prompt=True).ids
     expected = engine.generate([prompt], SamplingParams(max_tokens=SHORT_CONTEXT - len(prompt), temperature=0))[0].text
     # no max_tokens, what `lmstack chat` asks for when --max-tokens is not given
-    source = EngineSource(engine, SamplingParams(max_tokens=None, temperature=0))
+    return engine, EngineSource(engine, SamplingParams(max_tokens=None, temperature=0)), HELLO, expected
+
+
+def test_chat_replies_fit_the_context_and_a_turn_that_cannot_is_taken_back(short_checkpoint):
+    engine, source, hello, expected = greedy_chat(short_checkpoint)
     lines = iter(["Hello world!", "The quick brown fox jumps over the lazy dog. " * 3, "/reset", "Hello world!",
                   "/exit"])
     out = io.StringIO()
@@ -114,11 +121,7 @@ class CtrlCAtFirstPiece(io.StringIO):
 
 def test_ctrl_c_stops_a_chat_reply_and_the_conversation_goes_on(short_checkpoint):
     """Ctrl-C during a reply ended `lmstack chat` ("interrupted"), and the conversation with it."""
-    engine = Engine.from_checkpoint(short_checkpoint, EngineConfig(dtype="float32"))
-    hello = [{"role": "user", "content": "Hello world!"}]
-    prompt = engine.tokenizer.render(hello, add_generation_prompt=True).ids
-    expected = engine.generate([prompt], SamplingParams(max_tokens=SHORT_CONTEXT - len(prompt), temperature=0))[0].text
-    source = EngineSource(engine, SamplingParams(max_tokens=None, temperature=0))
+    engine, source, hello, expected = greedy_chat(short_checkpoint)
     lines = iter(["Tell me a story", "Hello world!", "/exit"])
     out = CtrlCAtFirstPiece()
     messages = chat_loop(source, read=lambda prompt: next(lines), out=out)

@@ -133,13 +133,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise LmstackError(f"--limit {args.limit}: list at least 1 run (default 50)")
     runs = list_runs(open_existing_database(args.db), args.status, args.limit)
-    print(f"{'RUN':14} {'STATUS':18} {'STEPS':>5} {'TOKENS':>8} {'COST $':>10}  {'CREATED':19}  TASK")
+    width = max([14, *(len(r.id) for r in runs)])  # ids up to 128 characters (an eval's agent runs: ~25)
+    print(f"{'RUN':{width}} {'STATUS':18} {'STEPS':>5} {'TOKENS':>8} {'COST $':>10}  {'CREATED':19}  TASK")
     for r in runs:
         created = datetime.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{r.id:14} {r.status:18} {r.steps:>5} {r.prompt_tokens + r.completion_tokens:>8} "
+        print(f"{r.id:{width}} {r.status:18} {r.steps:>5} {r.prompt_tokens + r.completion_tokens:>8} "
               f"{r.cost_usd:>10.6f}  {created}  {r.task[:60]}")
         if r.status in RESUMABLE and r.status != "running":  # stopped, but can go on: its reason says how
-            print(f"{'':14} {r.stop_reason}")
+            print(f"{'':{width}} {r.stop_reason}")
     return 0
 
 

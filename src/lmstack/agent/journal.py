@@ -45,10 +45,13 @@ class Journal:
         return _entry(row) if row is not None else None
 
     def start(self, key: str, kind: str, request: Any, idempotency_key: str | None = None) -> None:
-        """Record intent; committed before the operation runs. A retry after a crash keeps the first row."""
+        """Record intent; committed before the operation runs. A retry after a crash keeps the first row (its
+        request and idempotency key) but starts its clock again: its duration in the trace is the retry's, not the
+        hours the run may have lain dead."""
         with transaction(self.conn):
-            self.conn.execute("INSERT OR IGNORE INTO agent_journal (run_id, key, kind, status, request, "
-                              "idempotency_key, started_at) VALUES (?,?,?,?,?,?,?)",
+            self.conn.execute("INSERT INTO agent_journal (run_id, key, kind, status, request, idempotency_key, "
+                              "started_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT (run_id, key) DO UPDATE SET "
+                              "started_at = excluded.started_at WHERE status = 'started'",
                               (self.run_id, key, kind, "started", json.dumps(request), idempotency_key, time.time()))
 
     def complete(self, key: str, response: Any, request: Any = None) -> None:

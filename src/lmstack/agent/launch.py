@@ -108,7 +108,7 @@ def check_model_reachable(config: AgentConfig) -> None:
 def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: str | None = None,
               show_progress: bool = False) -> RunRecord:
     run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex[:12]
-    load_tools(config.tools)  # a bad --tools entry fails before the run exists
+    tools = load_tools(config.tools)  # a bad --tools entry fails before the run exists
     if not config.workspace:
         config.workspace = str(lmstack_home() / "workspaces" / run_id)
     # Saved absolute: `resume`, `approve` and the dashboard may run from another directory.
@@ -122,11 +122,28 @@ def start_run(conn: sqlite3.Connection, task: str, config: AgentConfig, run_id: 
     # as `running` that can never run.
     client = build_client(config)
     workspace = make_workspace(config.workspace)
+    check_prompt_fits(client, config, task, ToolRegistry(tools).schemas())
     unpriced = unpriced_dollar_budget(client.model, config.budget)
     if unpriced:  # the run goes on: the other budgets still hold
         print(f"warning: {unpriced}", file=sys.stderr)
     create_run(conn, run_id, task, to_dict(config))
     return build_runtime(conn, run_id, show_progress, client, workspace).run()
+
+
+def check_prompt_fits(client: ModelClient, config: AgentConfig, task: str, schemas: list[dict]) -> None:
+    """Where prompts are counted exactly (in-process): refuse a run whose system prompt, task and tool schemas alone
+    fill the model's context. It could make no call, and a resume would fail the same way."""
+    count_tokens = getattr(client, "count_tokens", None)
+    if count_tokens is None:
+        return
+    context = min(config.context_tokens, client.context_tokens)
+    head = [{"role": "system", "content": config.system_prompt}, {"role": "user", "content": task}]
+    prompt_tokens = count_tokens(head, schemas or None)
+    if prompt_tokens >= context:
+        raise LmstackError(f"--tools {','.join(config.tools) or '(none)'}: the system prompt, the task and the tools' "
+                           f"schemas take {prompt_tokens} tokens, which fills the {context}-token context of model "
+                           f"'{client.model}', leaving no room for a reply; pass fewer --tools (e.g. calculator alone) "
+                           "or a shorter task")
 
 
 def resume_run(conn: sqlite3.Connection, run_id: str, show_progress: bool = False) -> RunRecord:
@@ -153,15 +170,21 @@ def decide_approvals(conn: sqlite3.Connection, run_id: str, approve: bool, call_
     reach) keeps its calls pending, rather than decided and never resumed."""
     keys = pending_approvals(conn, run_id, call_key)  # that error first: cheaper than a rebuild
     runtime = rebuild()
-    record_decisions(conn, run_id, approve, keys)
-    return keys, runtime
+    decided = record_decisions(conn, run_id, approve, keys)
+    if not decided:  # a second click, or `agent approve` elsewhere, decided them during the rebuild and resumes the run
+        if runtime is not None and runtime.conn is not conn:
+            runtime.conn.close()
+        raise LmstackError(f"run '{run_id}': {', '.join(keys)} was decided meanwhile by another approval, which "
+                           f"resumes the run; `lmstack agent trace {run_id}` shows its state")
+    return decided, runtime
 
 
-def record_decisions(conn: sqlite3.Connection, run_id: str, approve: bool, keys: list[str]) -> None:
+def record_decisions(conn: sqlite3.Connection, run_id: str, approve: bool, keys: list[str]) -> list[str]:
     """Decide the pending calls with these keys (from `pending_approvals`; `decide_approvals` does both, with the
-    rebuild between). A call decided elsewhere meanwhile keeps that decision."""
+    rebuild between); the keys this call decided. A call decided elsewhere meanwhile keeps that decision, and is not
+    among them: of two approvals of one call, only one may resume the run, or the approved tool runs twice."""
     with transaction(conn):
-        for key in keys:
-            conn.execute("UPDATE agent_approvals SET decision = ?, decided_at = strftime('%s','now') "
-                         "WHERE run_id = ? AND call_key = ? AND decision = 'pending'",
-                         ("approved" if approve else "denied", run_id, key))
+        return [key for key in keys
+                if conn.execute("UPDATE agent_approvals SET decision = ?, decided_at = strftime('%s','now') "
+                                "WHERE run_id = ? AND call_key = ? AND decision = 'pending'",
+                                ("approved" if approve else "denied", run_id, key)).rowcount]

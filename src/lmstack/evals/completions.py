@@ -41,6 +41,11 @@ def _over_http(client: Any, prompt: str) -> list[PromptToken]:
         # max_tokens=1: some servers reject 0; the generated token is dropped below by its offset.
         completion = client.sdk.completions.create(model=client.model, prompt=prompt, max_tokens=1, echo=True,
                                                    logprobs=0, temperature=0.0)
+    except openai.NotFoundError:  # a chat-only API (OpenAI's newer models, some proxies): no retry can help
+        raise ModelCallError(f"{client.sdk.base_url}completions answered HTTP 404 for model '{client.model}' (no such "
+                             "endpoint there, or no such model): scoring prompts (multiple_choice, bits_per_byte) "
+                             "needs /v1/completions (lmstack serve, vLLM, llama.cpp) or a checkpoint dir as --model"
+                             ) from None
     except openai.APIError as err:
         raise ModelCallError(f"completions with echo+logprobs at {client.sdk.base_url} failed: {err}") from None
     lp = completion.choices[0].logprobs

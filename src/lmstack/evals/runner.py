@@ -134,6 +134,9 @@ def run_eval(task: Task, model: CachedModel, store: Store, *, judge: CachedModel
     if not task.dataset:
         raise TaskError(f"task '{task.name}' has no samples (an empty dataset file, or a filter that kept nothing); "
                         "give it at least one row")
+    if all(sample.error for sample in task.dataset):  # e.g. a typo in `fields:`: every sample would fail alike
+        raise TaskError(f"task '{task.name}': no row of its dataset can be run, so no run was recorded; the first: "
+                        f"{task.dataset[0].error}")
     check_unique_ids(task.dataset)
     check_scorers(task, judge)
     scorer_names = [scorer_name(s) for s in task.scorers]

@@ -1,6 +1,6 @@
-"""Commands that read the database (eval list/compare/report, the agent's list and trace, the dashboard) never write
-to a file lmstack did not make: `eval list --db other.db` added lmstack's tables (and WAL mode) to another app's
-SQLite file, and `eval compare` or `report` on a mistyped --db created an empty database."""
+"""Commands never write to a database file lmstack did not make: `eval list --db other.db` (and `eval run`, `agent
+run`) added lmstack's tables (and WAL mode) to another app's SQLite file, and `eval compare` or `report` on a
+mistyped --db created an empty database."""
 
 from __future__ import annotations
 
@@ -17,14 +17,33 @@ READERS = [("eval", ["eval", "list"]), ("eval", ["eval", "compare", "a", "b"]), 
 
 @pytest.mark.parametrize("command, args", READERS, ids=lambda x: x if isinstance(x, str) else " ".join(x))
 def test_another_apps_database_is_refused_and_left_as_it_was(cli, tmp_path, command, args):
-    db = tmp_path / "other.db"
-    with contextlib.closing(sqlite3.connect(db)) as other:
-        other.execute("CREATE TABLE notes (body TEXT)")
-        other.commit()
+    db = other_apps_database(tmp_path)
     before = db.read_bytes()
     refused = cli(*args, "--db", db, timeout=60)
     assert f"error: database '{db}' is not lmstack's (it has no schema_versions table; left unchanged); " in \
         one_line_error(refused, command)
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+def other_apps_database(tmp_path):
+    db = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(db)) as other:
+        other.execute("CREATE TABLE notes (body TEXT)")
+        other.commit()
+    return db
+
+
+WRITERS = [("eval", ["eval", "run", "arithmetic_agent", "--model", "http://127.0.0.1:9/v1"]),
+           ("agent", ["agent", "run", "add 2 and 3", "--model", "http://127.0.0.1:9/v1"])]
+
+
+@pytest.mark.parametrize("command, args", WRITERS, ids=["eval run", "agent run"])
+def test_a_writing_command_refuses_another_apps_database_too(cli, tmp_path, command, args):
+    db = other_apps_database(tmp_path)
+    before = db.read_bytes()
+    refused = cli(*args, "--db", db)
+    assert one_line_error(refused, command).endswith(f"error: database '{db}' is not lmstack's (it holds 'notes' but "
+                                                     "no schema_versions table; left unchanged); pass another --db")
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
 
 

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from lmstack.errors import LmstackError
+from lmstack.errors import LmstackError, quoted_few
 
 
 class DatabaseError(LmstackError):
@@ -67,6 +67,7 @@ def connect(path: str | Path | None = None) -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False,
                                factory=LockedConnection)
         conn.row_factory = sqlite3.Row
+        _refuse_foreign(conn, path)  # before WAL mode, which would change another app's file
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -76,6 +77,16 @@ def connect(path: str | Path | None = None) -> sqlite3.Connection:
                             f"directory or pass --db PATH") from None
     conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (module TEXT PRIMARY KEY, version INTEGER NOT NULL)")
     return conn
+
+
+def _refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
+    """A writing command (`eval run`, `agent run --db other.db`) added lmstack's tables and WAL mode to another app's
+    SQLite file: a database with tables but no `schema_versions` is not lmstack's, and is left unchanged."""
+    tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    if tables and "schema_versions" not in tables:
+        conn.close()
+        raise DatabaseError(f"database '{path}' is not lmstack's (it holds {quoted_few(tables)} but no "
+                            "schema_versions table; left unchanged); pass another --db")
 
 
 @contextlib.contextmanager

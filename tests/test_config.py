@@ -100,6 +100,15 @@ def test_unknown_override_keys_are_named(override, message):
         load_config(Run, None, [override])
 
 
+def test_overrides_given_as_one_string_are_refused_with_the_list_to_pass():
+    """load_config(Run, overrides="steps=5") read the string letter by letter: "--set 's': expected key=value"."""
+    with pytest.raises(ConfigError) as refused:
+        load_config(Run, None, "steps=5")
+    assert str(refused.value) == ("overrides must be a list of 'key=value' strings, got the string 'steps=5'; "
+                                  "e.g. overrides=['steps=5']")
+    assert load_config(Run, None, ["steps=5"]).steps == 5
+
+
 @pytest.mark.parametrize("data, message", [
     ({"steps": "many"}, "'steps': expected an integer, got 'many'"),
     ({"steps": True}, "'steps': expected an integer"),

@@ -187,6 +187,9 @@ def _parse_cli_value(raw: str) -> Any:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> T:
     """Defaults <- `base` dict <- TOML file <- `--set` overrides, validated into `cls`."""
+    if isinstance(overrides, str):  # else read letter by letter: "--set 'l': expected key=value"
+        raise ConfigError(f"overrides must be a list of 'key=value' strings, got the string {overrides!r}; "
+                          f"e.g. overrides=[{overrides!r}]")
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         path = Path(path)

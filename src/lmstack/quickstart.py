@@ -135,10 +135,15 @@ def quickstart(run_dir: str | Path = "runs/quickstart", data_dir: str | Path | N
                stages: list[tuple[str, Stage]] | None = None, corpus_limit: int | None = None,
                sft_steps: int | None = None, **overrides: Any) -> Quickstart:
     """Run the demo's stages; `overrides` are pretraining settings (e.g. max_steps=50, **{"model.n_layer": 2})."""
+    stages = STAGES if stages is None else stages
+    for item in stages:  # checked before any stage runs: a mistake found after the data stage wastes its minutes
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and callable(item[1])):
+            raise TypeError(f"quickstart stages must be (name, function) pairs, e.g. [('data', stage_data)] or "
+                            f"STAGES[:2], got {item!r:.60}")
     run_dir = Path(run_dir)
     qs = Quickstart(run_dir, Path(data_dir) if data_dir else default_data_dir(run_dir), overrides, corpus_limit,
                     sft_steps)
-    for name, stage in stages or STAGES:
+    for name, stage in stages:
         print(f"\n==== quickstart: {name}")
         start = time.perf_counter()
         stage(qs)

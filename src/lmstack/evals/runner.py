@@ -22,7 +22,7 @@ import shlex
 import traceback
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -56,6 +56,9 @@ def sample_seed(seed: int, sample_id: str, epoch: int) -> int:
 
 
 def resolve_config(task: Task, overrides: dict[str, Any]) -> TaskConfig:
+    unknown = sorted(set(overrides) - {f.name for f in fields(TaskConfig)})
+    if unknown:
+        raise TaskError(f"unknown override {unknown[0]!r}; valid: {', '.join(f.name for f in fields(TaskConfig))}")
     config = TaskConfig(**{**asdict(task.config), **{k: v for k, v in overrides.items() if v is not None}})
     config.validate()
     for reducer in config.reducers:

@@ -64,6 +64,15 @@ class TaskConfig:
     reducers: list[str] = field(default_factory=lambda: ["mean"])  # mean, max, pass@K, pass^K
 
     def validate(self) -> None:
+        for name in ("epochs", "seed", "limit", "max_tokens"):  # the range checks below compare: types first
+            value = getattr(self, name)
+            if not (value is None and name in ("limit", "max_tokens")) and (type(value) is not int):
+                raise TaskError(f"{name} must be an integer{' or None' if name in ('limit', 'max_tokens') else ''}, "
+                                f"got {value!r} ({type(value).__name__})")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
+            raise TaskError(f"temperature must be a number, got {self.temperature!r} ({type(self.temperature).__name__})")
+        if not isinstance(self.reducers, list) or not all(isinstance(r, str) for r in self.reducers):
+            raise TaskError(f"reducers must be a list of names, e.g. ['mean', 'pass@3'], got {self.reducers!r}")
         if self.epochs < 1:
             raise TaskError(f"epochs must be >= 1, got {self.epochs}")
         if self.limit is not None and self.limit < 1:
@@ -86,6 +95,23 @@ class Task:
     # written in one form (loader._as_typed): recorded with a run (`arguments`), so a resume with others is refused.
     args: dict[str, str] = field(default_factory=dict)
     arg_defaults: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        """Mistakes a Python user makes, refused here by name rather than as every sample failing the same way."""
+        bad = next((row for row in self.dataset if not isinstance(row, Sample)), None) if isinstance(
+            self.dataset, (list, tuple)) else self.dataset
+        if bad is not None:
+            raise TaskError(f"Task dataset must be a list of Sample, got {type(bad).__name__} {bad!r:.60}; build rows "
+                            "with lmstack.evals.sample.Sample(id, input, target) or load_jsonl")
+        if not isinstance(self.config, TaskConfig):
+            raise TaskError(f"Task config must be a TaskConfig, got {type(self.config).__name__}; e.g. "
+                            "config=TaskConfig(epochs=2)")
+        for kind, parts in (("solver", self.solvers), ("scorer", self.scorers)):
+            for part in parts:
+                if getattr(part, "factory_of", None) or not callable(part):
+                    name = getattr(part, "__name__", repr(part))
+                    raise TaskError(f"Task {kind} {name!r} is not a {kind}: pass what its factory returns, "
+                                    f"e.g. {kind}={name}() rather than {kind}={name}")
 
     @property
     def arguments(self) -> dict[str, str]:
@@ -127,6 +153,7 @@ def _registering(registry: dict[str, Callable], kind: str, func: Callable | None
                 made.registry_name = registered  # scorers are reported under this name
             return made
 
+        build.factory_of = kind  # what it makes; a Task given the factory itself (`generate`, not `generate()`) refuses it
         registry[registered] = build
         return build
 

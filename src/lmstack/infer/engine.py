@@ -15,8 +15,10 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
 
 - A prompt is text (encoded with the tokenizer, bos prepended when it has one) or a list of token ids
   (used as is). The engine knows nothing about chat templates.
-- `add_request` and `abort` may be called from any thread; `step` from one thread only. Both only
-  touch an inbox under a lock; `step` applies it at its start.
+- `add_request` and `abort` may be called from any thread; they only touch an inbox under a lock, which `step`
+  applies at its start. Steps run one at a time: a `step` or `generate` called from another thread meanwhile waits.
+- `generate` runs every unfinished request, its own and those added with `add_request`; the events of the latter
+  come out of the next `step`, so that none is lost.
 - Stats for /metrics: `num_free_blocks`, `num_total_blocks`, `num_waiting`, `num_running`.
 - A request that can never fit (prompt + max_tokens beyond the model's context or the KV pool) is
   refused by `add_request` with a `SamplingError`; requests that merely do not fit *now* wait, and
@@ -194,6 +196,9 @@ class Engine:
         self.requests: dict[str, list[Sequence]] = {}
         self._inbox: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
+        self._step_lock = threading.RLock()  # one step at a time (an aborting generate steps inside a step)
+        self._generating: set[str] = set()  # the requests of generate calls, which collect their own outputs
+        self._held_events: list[TokenEvent] = []  # other requests' events from generate's steps, for the next step
         self._ids = itertools.count()
         self._compiled = None
         if config.compile and not use_graphs:
@@ -230,7 +235,10 @@ class Engine:
     # ---- requests --------------------------------------------------------------------------------
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None) -> str:
-        params = params or SamplingParams()
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise SamplingError(f"params must be a SamplingParams, got {_preview(params)} ({type(params).__name__}); "
+                                "e.g. SamplingParams(max_tokens=32)", param="params")
         prompt_ids = self.prompt_ids(prompt)
         if params.max_tokens is None:  # at least 1: a prompt that fills the context then gets _check_fits' error
             params = dataclasses.replace(params, max_tokens=max(1, self.room_for(len(prompt_ids))))
@@ -260,7 +268,7 @@ class Engine:
 
     def has_unfinished(self) -> bool:
         with self._lock:
-            return bool(self._inbox or self.requests)
+            return bool(self._inbox or self.requests or self._held_events)
 
 
     def prompt_ids(self, prompt: str | list[int]) -> list[int]:
@@ -339,26 +347,29 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> list[TokenEvent]:
         """Run one forward over the scheduled tokens; return an event per sampled token (and per abort)."""
-        events = self._apply_inbox()
-        chunks = self.scheduler.schedule()
-        if not chunks:
-            return events
-        try:
-            return events + self._run(chunks)
-        except BaseException:
-            # The step's sequences are half-advanced (their tokens counted as computed, none sampled), and every
-            # later step would fail on them: abort them, so that the engine serves the next request; then raise.
-            # The server answers these requests, and only these, with the error.
-            self.failed_requests = {chunk.seq.request_id for chunk in chunks}
-            self._abort_now(self.failed_requests)
-            raise
+        with self._step_lock:
+            with self._lock:
+                events, self._held_events = self._held_events, []
+            events += self._apply_inbox()
+            chunks = self.scheduler.schedule()
+            if not chunks:
+                return events
+            try:
+                return events + self._run(chunks)
+            except BaseException:
+                # The step's sequences are half-advanced (their tokens counted as computed, none sampled), and every
+                # later step would fail on them: abort them, so that the engine serves the next request; then raise.
+                # The server answers these requests, and only these, with the error.
+                self.failed_requests = {chunk.seq.request_id for chunk in chunks}
+                self._abort_now(self.failed_requests)
+                raise
 
     def _abort_now(self, request_ids) -> None:
-        """Abort these requests now, not at the next step (their abort events are dropped): from the stepping thread,
-        after a failure."""
-        for request_id in request_ids:
-            self.abort(request_id)
-        self._apply_inbox()
+        """Abort these requests now, not at the next step (their abort events are dropped), after a failure."""
+        with self._step_lock:
+            for request_id in request_ids:
+                self.abort(request_id)
+            self._apply_inbox()
 
     def _run(self, chunks: list[ScheduledChunk]) -> list[TokenEvent]:
         logits, sample_rows, prompt_rows = self._forward(chunks)
@@ -507,25 +518,39 @@ class Engine:
                  params: SamplingParams | list[SamplingParams] | None = None,
                  show_progress: bool = False) -> list[RequestOutput]:
         """Run prompts to completion together (continuous batching); outputs in the prompts' order."""
-        if not isinstance(prompts, (list, tuple)) or (prompts and not isinstance(prompts[0], (str, list, tuple))):
-            prompts = [prompts]  # one prompt: a text, or token ids (a list, an array or a tensor of them)
-        params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        if _is_one_prompt(prompts):
+            prompts = [prompts]
+        params_list = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
         if len(params_list) != len(prompts):
             raise SamplingError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts; "
-                                "pass one, or one per prompt")
+                                "pass one, or one per prompt", param="params")
         ids: list[str] = []
         try:
             for prompt, sp in zip(prompts, params_list):
-                ids.append(self.add_request(prompt, sp))
+                request_id = self.add_request(prompt, sp)
+                with self._lock:
+                    self._generating.add(request_id)
+                ids.append(request_id)
             seqs = {rid: self.requests[rid] for rid in ids}
             total = sum(len(s) for s in seqs.values())
             with tqdm(total=total, desc="generate", unit="seq", disable=not show_progress) as bar:
                 while any(s.status is not Status.FINISHED for rid in ids for s in seqs[rid]):
-                    bar.update(sum(1 for e in self.step() if e.finished and e.request_id in seqs))
+                    bar.update(sum(1 for e in self._step_for_generate() if e.finished and e.request_id in seqs))
         except BaseException:  # a refused prompt, a failed step, Ctrl-C: leave none of this call's requests behind
             self._abort_now(ids)
             raise
+        finally:
+            with self._lock:
+                self._generating.difference_update(ids)
         return [self._output(rid, seqs[rid]) for rid in ids]
+
+    def _step_for_generate(self) -> list[TokenEvent]:
+        """A step whose events of requests not run by a generate call are kept for the next `step`'s caller."""
+        with self._step_lock:
+            events = self.step()
+            with self._lock:
+                self._held_events += [e for e in events if e.request_id not in self._generating]
+        return events
 
     @staticmethod
     def _output(request_id: str, seqs: list[Sequence]) -> RequestOutput:
@@ -553,6 +578,14 @@ def kv_pool_blocks(config: EngineConfig, model_cfg: ModelConfig, dtype: torch.dt
                             f"({config.block_size} tokens, {str(dtype).removeprefix('torch.')}) takes {smallest} MiB; "
                             f"set kv_memory_mb to at least {smallest}, or set num_blocks")
     return blocks
+
+
+def _is_one_prompt(prompts) -> bool:
+    """A text or one prompt's token ids (a list, tuple, array or tensor of ints), rather than a list of prompts."""
+    if not isinstance(prompts, (list, tuple)):
+        return True
+    first = prompts[0] if prompts else None
+    return bool(prompts) and not isinstance(first, (str, list, tuple)) and getattr(first, "ndim", 0) == 0
 
 
 def _token_id(value) -> int:

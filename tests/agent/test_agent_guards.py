@@ -281,3 +281,48 @@ def test_a_run_owned_by_a_live_process_cannot_be_resumed_twice(tmp_path, server)
         other.kill()
         other.wait()
     assert runtime.run().status in ("completed", "failed")  # the owner is gone: resuming is allowed again
+
+
+def test_a_run_this_process_executes_cannot_be_executed_by_a_second_thread(tmp_path, server):
+    """`claim_run` takes this process for the run's own executor; the second thread is refused all the same, the
+    first one's run undisturbed, and once it is done the run can be executed again."""
+    import threading
+
+    from lmstack.agent.launch import open_database
+    from lmstack.agent.runtime import AgentRuntime
+    from lmstack.agent.store import create_run, get_run
+    from lmstack.agent.tools import ToolRegistry
+    from lmstack.config import to_dict
+    from lmstack.errors import LmstackError
+
+    conn = open_database(tmp_path / "db")
+    config = AgentConfig(model=server.base_url, model_name="slow")  # its reply takes 2 s
+    create_run(conn, "busy-here", "hi", to_dict(config))
+
+    def runtime():
+        return AgentRuntime(open_database(tmp_path / "db"), "busy-here", config,
+                            OpenAIClient(server.base_url, "slow", timeout_s=10), ToolRegistry([]), tmp_path)
+
+    asked_before = len(sent_requests(server, "slow"))
+    first = runtime()
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(record=first.run()))
+    thread.start()
+    try:
+        assert _wait(lambda: len(sent_requests(server, "slow")) > asked_before)  # the first is in its model call
+        with pytest.raises(LmstackError, match="run 'busy-here' is being executed by another thread of this process"):
+            runtime().run()
+    finally:
+        thread.join(10)
+    assert outcome["record"].status == "completed" and get_run(conn, "busy-here").final_answer == "too late"
+    assert len(sent_requests(server, "slow")) == asked_before + 1  # the second thread asked the model nothing
+    assert runtime().run().status == "completed"  # released: a finished run is returned as it is
+
+
+def _wait(condition, timeout_s: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()

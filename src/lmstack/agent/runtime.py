@@ -17,6 +17,7 @@ import concurrent.futures
 import dataclasses
 import itertools
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -26,14 +27,17 @@ from tqdm.auto import tqdm
 from lmstack.agent.budget import Spend, call_cost, over_budget
 from lmstack.agent.client import ContextLengthError, ModelCallError, ModelClient, ModelResponse
 from lmstack.agent.context import approx_tokens, cut_middle, fit_context
+from lmstack.agent.executing import EXECUTING
 from lmstack.agent.journal import SET_ASIDE, Journal
 from lmstack.agent.memory import MemoryStore
 from lmstack.agent.monitors import MONITORS, MonitorEvent, PastCall, StepView
 from lmstack.agent.settings import AgentConfig
-from lmstack.agent.store import RESUMABLE, RunRecord, claim_run, get_run, update_run, waiting_reason
+from lmstack.agent.store import (RESUMABLE, RunRecord, claim_run, decided_while_waiting, get_run, update_run,
+                                 waiting_reason)
 from lmstack.agent.tools import PreparedCall, ToolContext, ToolRegistry, ToolResult
 from lmstack.agent.tracing import Tracer
 from lmstack.db import transaction
+from lmstack.errors import LmstackError
 
 
 class StopRun(Exception):
@@ -74,9 +78,36 @@ class AgentRuntime:
         # call is counted; until then the schemas are estimated like the messages.
         self.uncounted_prompt_tokens: int | None = None
         self.context_from_error: int | None = None  # the context a refusal named (an endpoint that lists none)
+        self.claimed_here = False  # whether this runtime holds the run in `EXECUTING`
 
     # ---- the loop ---------------------------------------------------------------------------------
+    def claim_here(self) -> bool:
+        """Take the run for this runtime among this process's threads (see `executing`); False when another thread
+        executes it. `run` claims it when the caller has not: the dashboard claims before it starts a thread, so that
+        a second approval learns at once that the run already has an executor."""
+        if not self.claimed_here:
+            self.claimed_here = EXECUTING.claim(self.run_id)
+        return self.claimed_here
+
     def run(self) -> RunRecord:
+        """Execute the run until it ends or waits; again when a call it paused on was decided meanwhile (a decision
+        recorded while this process executed the run starts no second executor: this one takes it up)."""
+        if not self.claim_here():
+            raise LmstackError(f"run '{self.run_id}' is being executed by another thread of this process "
+                               f"({os.getpid()}); wait for it to end or to pause for an approval, then resume again")
+        released = False
+        try:
+            while not released:
+                record = self._run_claimed()
+                released = EXECUTING.release(self.run_id, keep=lambda: decided_while_waiting(self.conn, self.run_id))
+            return record
+        finally:
+            if not released:
+                EXECUTING.release(self.run_id)
+            self.claimed_here = False
+
+    def _run_claimed(self) -> RunRecord:
+        """One pass of `run`: claim the run in the database, replay the journal, go on until it ends or waits."""
         record = get_run(self.conn, self.run_id)
         if record.status not in RESUMABLE or not claim_run(self.conn, self.run_id):
             return get_run(self.conn, self.run_id)

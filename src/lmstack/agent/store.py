@@ -203,3 +203,10 @@ def claim_run(conn: sqlite3.Connection, run_id: str) -> bool:
                      (me.pid, me.host, me.start, time.time(), run_id))
     return True
 
+
+def decided_while_waiting(conn: sqlite3.Connection, run_id: str) -> bool:
+    """Whether the run is `waiting` with no call left pending: each call it paused on was decided after its executor
+    read it as pending. Only that executor, still holding the run, can resume it (see `executing.ExecutingRuns`)."""
+    row = conn.execute("SELECT status FROM agent_runs WHERE id = ?", (run_id,)).fetchone()
+    return row["status"] == "waiting" and conn.execute(
+        "SELECT 1 FROM agent_approvals WHERE run_id = ? AND decision = 'pending' LIMIT 1", (run_id,)).fetchone() is None

@@ -103,15 +103,25 @@ def data_router(sources: DataSources) -> APIRouter:
         """Approve or reject a waiting run's tool call(s), then (by default) resume the run in the background. A 409
         when the run cannot resume in this process (its tools or checkpoint do not load here, its API key is not set
         here, its server is down): nothing is decided, and the run waits for `lmstack agent approve` where it can
-        resume."""
+        resume. `resumed` is false when the dashboard is executing the run already: the decision is recorded, and
+        that executor takes it up."""
         try:
             keys, runtime = decide_approvals(sources.agent_conn(), run_id, decision.approve, decision.call_key,
                                              lambda: _runtime_to_resume(sources, run_id) if decision.resume else None)
         except NOT_FOUND as err:
             raise not_found(err) from None
-        if runtime is not None:
+        # A run this process already executes (resumed by an approval of another of its calls a moment ago) gets no
+        # second executor: two would each do the run's steps and tool calls. Nor a 409: the decision is recorded,
+        # and the running executor takes it up when it reaches the call, or resumes itself if it paused on the call
+        # just before (see AgentRuntime.run). That is what LangGraph's server does with input for a busy thread by
+        # default ("enqueue": it runs once the current run is done), and what a user deciding several calls in a
+        # row expects: every click counts, none has to be repeated. `resumed` is then false.
+        resumed = runtime is not None and runtime.claim_here()
+        if resumed:
             threading.Thread(target=_resume, args=(runtime,), name=f"resume-{run_id}", daemon=True).start()
-        return {"decided": keys, "approve": decision.approve, "resumed": runtime is not None}
+        elif runtime is not None:
+            runtime.conn.close()
+        return {"decided": keys, "approve": decision.approve, "resumed": resumed}
 
     # ---- eval runs ------------------------------------------------------------------------------
     @router.get("/evals/runs", tags=["dashboard: evals"])

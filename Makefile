@@ -35,8 +35,14 @@ browsers:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium could not be installed: the browser tests will be skipped"; fi
 
-bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+# toolcall_accuracy.py measures the demo's SFT model: the demo makes it where it is missing.
+DEMO_MODEL := runs/quickstart/sft/final
+
+$(DEMO_MODEL): | $(STAMP)
+	$(VENV)/bin/lmstack quickstart
+
+bench: $(STAMP) | $(DEMO_MODEL)
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _args import require_positive
 from lmstack.data.loader import ShardLoader
 from lmstack.data.prepare import prepare
 from lmstack.data.shards import HEADER_SIZE
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     args = parser.parse_args()
+    require_positive(parser, args, "repeats", "workers")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
     texts = [doc.text for doc in iter_documents("stdlib")]

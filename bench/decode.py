@@ -7,12 +7,12 @@ Figures (medians of a few runs, greedy, fixed token counts):
     MEMORY_BANDWIDTH_GBS: every weight but the embedding tables, of which it reads one row) and the
     measured one: every weight matmul alone ("weights_only"), same run;
   - the same engine with int8 weights (EngineConfig.quantization="int8"): bs=1 tok/s, its own two bounds
-    (int8 linears), the share of its 64 greedy tokens equal to the unquantized engine's, and
+    (int8 linears), the share of its --tokens greedy tokens equal to the unquantized engine's, and
     the share of steps with the same argmax when both are fed the unquantized engine's tokens.
 Ours and the peers take turns within each repeat, so load from other jobs hits them alike.
 The peer is the faster of transformers in float32 and in bfloat16. The last line is JSON.
 
-    .venv/bin/python bench/decode.py [--tokens 64] [--repeats 3] [--threads 1] [--compile] [--dtype auto]
+    .venv/bin/python bench/decode.py [--tokens 64] [--repeats 3] [--threads 1] [--compile] [--small-only] [--dtype auto]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from _args import require_positive
 from lmstack.device import detect_device, inference_dtype
 from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.infer.params import SamplingParams
@@ -64,7 +65,7 @@ def ours_run(engine: Engine, batch: int, tokens: int):
 def hf_run(hf_dir: Path, dtype: torch.dtype, tokens: int):
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=dtype).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
     prompt = torch.tensor([PROMPT])
 
     def run():
@@ -175,6 +176,11 @@ def main() -> None:
     parser.add_argument("--small-only", action="store_true", help="skip the 124M model")
     parser.add_argument("--dtype", default="auto", help="our engine's dtype: auto | float32 | bfloat16")
     args = parser.parse_args()
+    require_positive(parser, args, "tokens", "repeats")
+    try:
+        inference_dtype(detect_device("cpu"), args.dtype)
+    except ValueError as err:
+        parser.error(f"--dtype: {err}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from _args import require_positive
 from lmstack.agent.testing.scripted_server import free_port
 from lmstack.evals.clients import make_client
 from lmstack.evals.model import CachedModel
@@ -92,7 +94,17 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32",
                         help="the server's engine dtype (float32: batched and single decoding agree to rounding)")
     args = parser.parse_args()
+    require_positive(parser, args, "samples", "repeats")
+    if args.concurrency < 2:
+        parser.error("--concurrency must be at least 2: it is compared with concurrency 1")
     work = Path(tempfile.mkdtemp(prefix="lmstack-bench-evals-"))
+    try:
+        measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the checkpoint and one database per run
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
     os.environ.setdefault("LMSTACK_HOME", str(work))
     checkpoint = Path(args.checkpoint) if args.checkpoint else tiny_checkpoint(work / "ckpt")
     samples = [Sample(id=f"s{i:03d}", input=f"def function_{i}(x):\n    return", target="x")

@@ -9,7 +9,8 @@ in this process so client-side parsing stays cheap. Every request generates exac
 tokens (ignore_eos), so throughputs compare like for like. The peer figure is our own single-client
 throughput: continuous batching should make 32 clients at least 6x faster in aggregate.
 Levels are interleaved over --rounds rounds and medians reported (the machine may be shared).
-Last line: JSON {tok_s: {1, 8, 32}, ttft_p50_s, ttft_p99_s, scaling_32_vs_1, target_scaling}.
+Last line: JSON {ours (32 clients' tok/s), peer (1 client's), ratio (= scaling_32_vs_1), tok_s: {1, 8, 32},
+ttft_p50_s, ttft_p99_s, target_scaling, ...}.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import httpx
 from tqdm.auto import tqdm
+
+from _args import require_positive
 
 CONCURRENCY = (1, 8, 32)
 TARGET_SCALING = 6.0
@@ -121,6 +124,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="levels are interleaved per round; medians reported")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="server --set KEY=VALUE")
     args = parser.parse_args()
+    require_positive(parser, args, "max_tokens", "requests", "rounds")
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(args.ckpt) if args.ckpt else build_checkpoint(Path(tmp))
@@ -144,7 +148,8 @@ def main() -> None:
     median = {c: {key: statistics.median(r[key] for r in runs[c]) for key in ("tok_s", "ttft_p50_s", "ttft_p99_s")}
               for c in CONCURRENCY}
     scaling = median[32]["tok_s"] / median[1]["tok_s"]
-    print(json.dumps({"metric": "serve_output_tok_s (median of rounds)",
+    print(json.dumps({"metric": "serve_output_tok_s (median of rounds)", "ours": round(median[32]["tok_s"], 1),
+                      "peer": round(median[1]["tok_s"], 1), "ratio": round(scaling, 2),
                       "tok_s": {str(c): round(median[c]["tok_s"], 1) for c in CONCURRENCY},
                       "ttft_p50_s": {str(c): round(median[c]["ttft_p50_s"], 4) for c in CONCURRENCY},
                       "ttft_p99_s": {str(c): round(median[c]["ttft_p99_s"], 4) for c in CONCURRENCY},

@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from _args import require_positive
 from lmstack.data.toolcalls import generate
 from lmstack.evals.stats import paired_bootstrap
 from lmstack.model.checkpoint import load_model_dir
@@ -53,13 +55,13 @@ def report_change(label: str, before: list[float], after: list[float], n_samples
             "p": round(change.p_value, 4)}
 
 
-def run_grpo(checkpoint: str, steps: int, overrides: list[str], test_file: Path, seed: int) -> tuple[str, GRPOConfig]:
-    """A short GRPO run from `checkpoint` on generated train prompts; returns its final dir and its settings.
+def run_grpo(checkpoint: str, steps: int, overrides: list[str], test_file: Path, seed: int,
+             work: Path) -> tuple[str, GRPOConfig]:
+    """A short GRPO run from `checkpoint` on generated train prompts, in `work`; returns its final dir and settings.
 
     4,000 conversations give ~8,000 decision points, so a run of the default size sees no prompt twice:
     on 500 conversations (two passes) the train reward rose while the held-out one did not move.
     """
-    work = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
     train_file = work / "train.jsonl"
     train_file.write_text("\n".join(json.dumps(s) for s in generate(4000, seed, "train")) + "\n")
     cfg = load_finetune_config(GRPOConfig, checkpoint, None, overrides, train_file=str(train_file),
@@ -80,6 +82,10 @@ def main() -> None:
     parser.add_argument("--grpo-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a GRPO setting, e.g. lr=1e-4, batch_size=64 or temperature=1.0 (repeatable)")
     args = parser.parse_args()
+    require_positive(parser, args, "n")
+    if not Path(args.checkpoint).is_dir():
+        parser.error(f"no checkpoint at '{args.checkpoint}': run `make demo` (lmstack quickstart) first, "
+                     "which writes the demo SFT model there, or pass --checkpoint DIR")
 
     samples = generate(args.n, args.seed, "test")
     result, prompts, seconds, before_model = measure(args.checkpoint, samples, args.max_new_tokens)
@@ -97,10 +103,14 @@ def main() -> None:
                "call_right_args": round(result["call_right_args"], 4),
                "answer_correct": round(result["answer_correct"], 4), "mean_reward": round(result["mean_reward"], 4)}
     if args.grpo_steps:
-        test_file = Path(tempfile.mkdtemp(prefix="grpo-test-")) / "test.jsonl"
-        test_file.write_text("\n".join(json.dumps(s) for s in samples) + "\n")
-        final, grpo_cfg = run_grpo(args.checkpoint, args.grpo_steps, args.grpo_set, test_file, args.seed)
-        after, _, _, after_model = measure(final, samples, args.max_new_tokens)
+        work = Path(tempfile.mkdtemp(prefix="grpo-bench-"))  # GRPO's data, run dir and checkpoints
+        try:
+            test_file = work / "test.jsonl"
+            test_file.write_text("\n".join(json.dumps(s) for s in samples) + "\n")
+            final, grpo_cfg = run_grpo(args.checkpoint, args.grpo_steps, args.grpo_set, test_file, args.seed, work)
+            after, _, _, after_model = measure(final, samples, args.max_new_tokens)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         print(f"GRPO {args.grpo_steps} steps (lr {grpo_cfg.lr}, {grpo_cfg.batch_size} prompts a step, groups of "
               f"{grpo_cfg.group_size}, temperature {grpo_cfg.temperature}):")
         greedy = report_change("greedy", result["rewards"], after["rewards"], 1)

@@ -1,4 +1,4 @@
-"""Training throughput: lmstack's GPT + optimizer vs transformers' GPT2LMHeadModel, same config, data and optimizer.
+r"""Training throughput: lmstack's GPT + optimizer vs transformers' GPT2LMHeadModel, same config, data and optimizer.
 
 Both sides run the same training step (forward, loss, backward, clip to 1.0 with foreach, the same fused
 AdamW, zero_grad(set_to_none)) on the same random token batches with the same thread count, alternating
@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from _args import require_positive
 from lmstack.device import autocast_context, autocast_dtype, detect_device, peak_flops
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import build_model
@@ -49,7 +50,9 @@ def parse_args() -> argparse.Namespace:
                              "| float16")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="torch.compile both models (needs a C++ compiler on CPU; minutes to compile)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    require_positive(parser, args, "rounds", "steps", "layers", "width", "vocab", "batch", "seq")
+    return args
 
 
 def ours(cfg: ModelConfig, device: torch.device, compile_model: bool, autocast):
@@ -115,14 +118,17 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = detect_device(args.device)
+    try:
+        info = detect_device(args.device)
+        amp_dtype = autocast_dtype(info, args.dtype)
+    except ValueError as err:  # lmstack's DeviceError: names the setting and what to set instead
+        raise SystemExit(f"train_throughput.py: error: {err}")
     device = info.torch_device
     cfg = ModelConfig(arch="gpt2", vocab_size=args.vocab, block_size=args.seq, n_layer=args.layers,
                       n_head=max(1, args.width // 64), n_embd=args.width)
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)) for _ in range(args.steps)]
     batches = [(b[:, :-1].contiguous().to(device), b[:, 1:].contiguous().to(device)) for b in batches]
-    amp_dtype = autocast_dtype(info, args.dtype)
     autocast = autocast_context(device.type, amp_dtype)
     our_model, our_step = ours(cfg, device, args.compile, autocast)
     peer_model, peer_step = peer(cfg, device, args.compile, autocast)

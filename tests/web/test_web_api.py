@@ -120,6 +120,25 @@ def test_runs_nested_at_any_depth_are_listed_and_opened_even_one_called_metrics(
         assert climbing.status_code == 404, route
 
 
+def test_runs_grouped_in_plain_folders_are_listed_and_opened(client, seeded):
+    """`--set run_dir=runs/ablations/lr-3e-4` made a run the dashboard never listed: only runs directly under the
+    root (and those nested in them) were."""
+    groups = seeded["runs_root"] / "ablations"
+    seed_training_run(groups, "lr-3e-4", steps=6)
+    seed_training_run(groups / "by-width" / "w128", "seed0", steps=7)
+    seed_training_run(groups / "a" / "b" / "c", "too-deep", steps=8)  # under 4 plain folders: not searched
+    seed_training_run(seeded["runs_root"] / ".trash", "old", steps=9)
+    names = {run["name"]: run["step"] for run in client.get("/api/training/runs", headers=KEY).json()["runs"]}
+    assert {name: names.get(name) for name in ("ablations/lr-3e-4", "ablations/by-width/w128/seed0")} == {
+        "ablations/lr-3e-4": 6, "ablations/by-width/w128/seed0": 7}
+    assert not [name for name in names if "too-deep" in name or "trash" in name]
+    for name, steps in (("ablations/lr-3e-4", 6), ("ablations/by-width/w128/seed0", 7)):
+        metrics = client.get(f"/api/training/metrics/{quote(name, safe='')}", headers=KEY).json()
+        assert [r["step"] for r in metrics["records"] if "loss" in r] == list(range(1, steps + 1)), name
+    for unlisted in ("ablations", "ablations/a/b/c/too-deep", ".trash/old"):
+        assert client.get(f"/api/training/runs/{quote(unlisted, safe='')}", headers=KEY).status_code == 404, unlisted
+
+
 def test_unknown_names_are_404_and_cannot_leave_the_runs_root(client):
     for path in ("/api/training/runs/nope", "/api/training/runs/..%2F..%2Fetc", "/api/training/runs/tiny%2F..%2F..",
                  "/api/training/metrics/..%2F..%2Fetc", "/api/training/metrics/tiny%2F..%2F..%2F..%2Fetc",

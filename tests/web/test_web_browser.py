@@ -8,10 +8,11 @@ import time
 import pytest
 
 from lmstack.agent.launch import open_database, resume_run
-from lmstack.agent.store import list_runs
+from lmstack.agent.store import create_run, list_runs, update_run
+from lmstack.db import transaction
 from lmstack.evals.compare import compare_runs
 from lmstack.evals.store import Store
-from web_seed import CHAT_ANSWER, FLAGGED_ANSWER, SCRIPT, XSS, train_record
+from web_seed import CHAT_ANSWER, FLAGGED_ANSWER, SCRIPT, XSS, train_record, write_trace_steps
 
 expect = pytest.importorskip("playwright.sync_api", reason="the playwright package (dev extra) is missing").expect
 NOT_RUN = "() => window.__pwned === undefined"
@@ -119,6 +120,23 @@ def test_agent_trace_of_500_steps_loads_lazily(page):
     assert page.evaluate("() => document.querySelectorAll('#trace .step').length") == 60
     assert time.perf_counter() - started < 1
     expect(page.locator("#trace .step[data-step='59']")).to_contain_text("Step 59: looking at item 59.")
+
+
+def test_a_running_agent_run_shows_each_new_step_on_the_open_page(page, seeded):
+    """Opened before its first step, the trace says so; then the steps appear as the run writes them."""
+    conn = open_database(seeded["db"])
+    create_run(conn, "live-run", "a task still running", {"model": "scripted", "tools": ["echo"]})
+    update_run(conn, "live-run", status="running")
+    page.goto("/#/agents/live-run")
+    expect(page.locator("#trace")).to_have_text("No steps recorded yet.")
+    expect(page.locator("#load-more")).to_be_hidden()
+    for written in (range(0, 2), range(2, 5)):  # the run's status stays "running" throughout
+        with transaction(conn):
+            write_trace_steps(conn, "live-run", written)
+        expect(page.locator("#trace .step")).to_have_count(written.stop)
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # following the end of the trace
+    expect(page.locator("#trace .step[data-step='4']")).to_contain_text("Step 4: looking at item 4.")
+    conn.close()
 
 
 def test_approving_a_waiting_tool_call_resumes_the_run(page, screenshot):

@@ -97,8 +97,14 @@ def seed_agent_runs(db: Path, base_url: str, workspace: Path) -> dict:
 
 def seed_long_trace(conn, run_id: str, steps: int) -> None:
     create_run(conn, run_id, "a long task", {"model": "scripted", "tools": ["echo"]})
+    write_trace_steps(conn, run_id, range(steps))
+    update_run(conn, run_id, status="completed", steps=steps, final_answer="done")
+
+
+def write_trace_steps(conn, run_id: str, steps: range) -> None:
+    """Each step a model call and an echo tool call, journaled and traced as a run records them."""
     journal, tracer = Journal(conn, run_id), Tracer(conn, run_id)
-    for step in range(steps):
+    for step in steps:
         call = ToolCall(f"call_{step}", "echo", json.dumps({"text": f"item {step}"}))
         response = ModelResponse(f"Step {step}: looking at item {step}.", [call], Usage(100 + step, 12))
         for key, kind, request, result in [
@@ -110,7 +116,6 @@ def seed_long_trace(conn, run_id: str, steps: int) -> None:
             entry = journal.get(key)
             tracer.record(key, f"step{step}", key, kind, entry.started_at, entry.completed_at,
                           {"cost_usd": 0.0001} if kind == "model" else {"tool": "echo", "ok": True})
-    update_run(conn, run_id, status="completed", steps=steps, final_answer="done")
 
 
 def seed_eval_runs(db: Path, n: int = 40) -> tuple[str, str]:

@@ -34,25 +34,46 @@ def is_nested_run_dir(path: Path) -> bool:
     return path.is_dir() and (path / METRICS_FILE).is_file()
 
 
+# Plain folders under the root that group runs (runs/ablations/lr-3e-4), searched this many levels down: deeper, the
+# walk of a root with a data dir or a home dir in it would take long, for runs nobody keeps there.
+GROUP_DEPTH = 3
+
+
+def is_group_dir(path: Path) -> bool:
+    """A folder that may hold runs: not a run, not hidden, not a link (a link round to a folder above it would be
+    walked round and round)."""
+    return path.is_dir() and not path.is_symlink() and not path.name.startswith(".") and not is_run_dir(path)
+
+
 def resolve_run(root: Path, name: str) -> Path:
-    """The run dir `root/name` (name "RUN", "RUN/NESTED", "RUN/NESTED/NESTED", ...), refusing names that would leave
-    the root or pass through a dir that is not a run."""
+    """The run dir `root/name` (name "RUN", "GROUP/RUN", "RUN/NESTED", "RUN/NESTED/NESTED", ...), refusing names
+    that would leave the root or name a dir `list_runs` does not list."""
     root = root.resolve()
     path = (root / name).resolve()
     parts = path.relative_to(root).parts if path.is_relative_to(root) else ()
     dirs = [root.joinpath(*parts[:depth]) for depth in range(1, len(parts) + 1)]
-    if not (dirs and is_run_dir(dirs[0]) and all(is_nested_run_dir(nested) for nested in dirs[1:])):
+    first_run = next((index for index, folder in enumerate(dirs) if is_run_dir(folder)), None)
+    if first_run is None or first_run > GROUP_DEPTH or not all(map(is_group_dir, dirs[:first_run])) \
+            or not all(is_nested_run_dir(nested) for nested in dirs[first_run + 1:]):
         raise TrainingRunNotFound(f"no training run '{name}' under '{root}'; start the dashboard with "
                                   f"--runs-root pointing at the folder that holds your run dirs")
     return path
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Every run dir directly under `root`, and the runs nested inside those at any depth, most recently updated
-    first; a nested run is named "RUN/NESTED"."""
+    """Every run dir under `root` (directly, or in plain folders that group runs, down to GROUP_DEPTH of them), and
+    the runs nested inside those at any depth, most recently updated first; a run is named by its path from the
+    root ("RUN", "GROUP/RUN", "RUN/NESTED")."""
     if not root.is_dir():
         return []
-    paths, unsearched = [], [path for path in root.iterdir() if is_run_dir(path)]
+    paths, groups, unsearched = [], [(root, 0)], []
+    while groups:
+        group, depth = groups.pop()
+        for child in group.iterdir():
+            if is_run_dir(child):
+                unsearched.append(child)
+            elif depth < GROUP_DEPTH and is_group_dir(child):
+                groups.append((child, depth + 1))
     while unsearched:
         path = unsearched.pop()
         paths.append(path)

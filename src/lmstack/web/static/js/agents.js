@@ -27,7 +27,7 @@ function renderList(container) {
           el("tr", {}, ["run", "status", "task", "steps", "tokens", "cost", "created"].map((h) => el("th", {}, h))),
           page.runs.map((r) => el("tr", { class: "clickable", dataset: { run: r.id },
               onclick: () => { location.hash = `#/agents/${encodeURIComponent(r.id)}`; } },
-            el("td", {}, r.id), el("td", {}, statusBadge(r.status)), el("td", {}, r.task.slice(0, 120)),
+            el("td", {}, el("a", { href: `#/agents/${encodeURIComponent(r.id)}` }, r.id)), el("td", {}, statusBadge(r.status)), el("td", {}, r.task.slice(0, 120)),
             el("td", {}, r.steps), el("td", {}, fmt.int(r.prompt_tokens + r.completion_tokens)),
             el("td", {}, fmt.usd(r.cost_usd)), el("td", {}, fmt.time(r.created_at))))),
         pager(offset, PAGE, page.total, (o) => { offset = o; load(); }));
@@ -45,10 +45,10 @@ function renderRun(container, runId) {
   const header = el("div", { id: "run-overview" });
   const approvals = el("div", { id: "approvals" });
   const trace = el("div", { id: "trace" });
-  const more = el("button", { id: "load-more", onclick: () => loadSteps() }, "load more steps");
+  const more = el("button", { id: "load-more", hidden: true, onclick: () => loadSteps() }, "load more steps");
   const sentinel = el("div", { class: "muted" }, more);
   append(container, [el("p", {}, el("a", { href: "#/agents" }, "‹ all runs")), header, approvals, el("h3", {}, "Trace"), trace, sentinel]);
-  let loaded = 0, total = 0, loading = false, stopped = false, timer = null, lastStatus = null;
+  let loaded = 0, total = 0, loading = false, stopped = false, timer = null, lastStatus = null, atEnd = false;
 
   async function loadOverview() {
     const run = await api(`/api/agents/runs/${encodeURIComponent(runId)}`);
@@ -87,8 +87,10 @@ function renderRun(container, runId) {
     loading = true;
     try {
       const page = await api(`/api/agents/runs/${encodeURIComponent(runId)}/steps?offset=${loaded}&limit=${STEP_PAGE}`);
+      trace.querySelector(".no-steps")?.remove();
       for (const step of page.steps) trace.append(renderStep(step));
-      loaded += STEP_PAGE;
+      loaded += page.steps.length;  // a live run's page can be short: the next poll fetches the rest
+      if (!loaded) trace.append(el("p", { class: "muted no-steps" }, "No steps recorded yet."));
     } catch (err) {
       trace.append(errorBox(err));
     } finally {
@@ -103,7 +105,9 @@ function renderRun(container, runId) {
       const run = await loadOverview();
       if (lastStatus !== null && run.status !== lastStatus) { clear(trace); loaded = 0; }  // a resumed run wrote new steps
       lastStatus = run.status;
-      if (!loaded) await loadSteps();
+      // The first page, then, while the end of the trace is in view, the steps a live run adds.
+      if (!loaded || (atEnd && loaded < total)) await loadSteps();
+      else more.hidden = loaded >= total;
       // Followed while it can still change: a failed or interrupted run too, which `lmstack agent resume` continues.
       if (!run.resumable) return;
     } catch (err) {
@@ -114,7 +118,10 @@ function renderRun(container, runId) {
   }
 
   // Lazy loading: the next page of steps is fetched when the end of the trace scrolls into view.
-  const observer = new IntersectionObserver((entries) => { if (entries.some((e) => e.isIntersecting) && loaded) loadSteps(); });
+  const observer = new IntersectionObserver((entries) => {
+    atEnd = entries.some((e) => e.isIntersecting);
+    if (atEnd && loaded) loadSteps();
+  });
   observer.observe(sentinel);
   poll();
   return () => { stopped = true; clearTimeout(timer); observer.disconnect(); };

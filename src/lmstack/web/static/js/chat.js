@@ -15,7 +15,7 @@ export function render(container) {
   const tools = el("textarea", { id: "tools", rows: 5, placeholder: '[{"type":"function","function":{"name":"get_weather","parameters":{...}}}]' });
   const logprobs = el("input", { id: "logprobs", type: "checkbox" });
   const messages = el("div", { class: "messages", id: "messages" });
-  const input = el("textarea", { id: "chat-input", placeholder: "Message… (Enter sends, Shift+Enter for a new line)" });
+  const input = el("textarea", { id: "chat-input", "aria-label": "message", placeholder: "Message… (Enter sends, Shift+Enter for a new line)" });
   const send = el("button", { class: "primary", id: "send" }, "Send");
   const stop = el("button", { id: "stop", disabled: true }, "Stop");
   let abort = null;
@@ -59,7 +59,7 @@ export function render(container) {
 
   function renderToolCall(call, index) {
     const answered = state.messages.some((m) => m.role === "tool" && m.tool_call_id === call.id);
-    const result = el("textarea", { rows: 2, class: "tool-result-input", placeholder: "tool result to send back" });
+    const result = el("textarea", { rows: 2, class: "tool-result-input", "aria-label": "tool result", placeholder: "tool result to send back" });
     return el("div", { class: "toolcall" }, el("div", { class: "item-head" }, "tool call ", el("b", {}, call.function.name), ` (${call.id})`),
       el("pre", {}, call.function.arguments),
       answered || index !== state.messages.length - 1 ? null : el("div", {}, result,

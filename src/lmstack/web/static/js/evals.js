@@ -46,8 +46,8 @@ function renderList(container) {
       clear(body).append(el("table", {},
         el("tr", {}, ["A", "B", "run", "task", "model", "status", "scores (mean [95% CI])", "created"].map((h) => el("th", {}, h))),
         page.runs.map((r) => el("tr", { dataset: { run: r.id } },
-          el("td", {}, el("input", { type: "radio", name: "run-a", value: r.id, onchange: () => pick("a", r.id) })),
-          el("td", {}, el("input", { type: "radio", name: "run-b", value: r.id, onchange: () => pick("b", r.id) })),
+          el("td", {}, el("input", { type: "radio", name: "run-a", value: r.id, "aria-label": `A: ${r.id}`, onchange: () => pick("a", r.id) })),
+          el("td", {}, el("input", { type: "radio", name: "run-b", value: r.id, "aria-label": `B: ${r.id}`, onchange: () => pick("b", r.id) })),
           el("td", {}, el("a", { href: `#/evals/run/${q(r.id)}` }, r.id)), el("td", {}, r.task), el("td", {}, r.model),
           el("td", {}, statusBadge(r.status)), el("td", {}, scoreCells(r)), el("td", {}, fmt.time(r.created))))),
         pager(offset, PAGE, page.total, (o) => { offset = o; load(); }));

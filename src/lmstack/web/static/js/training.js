@@ -15,10 +15,10 @@ function renderList(container) {
   api("/api/training/runs").then(({ root, runs }) => {
     clear(body);
     if (!runs.length) return body.append(el("p", { class: "muted" }, `No run dirs under '${root}'.`));
-    body.append(el("p", { class: "muted" }, `${runs.length} runs under '${root}'`), el("table", { id: "training-runs" },
+    body.append(el("p", { class: "muted" }, `${runs.length} run${runs.length === 1 ? "" : "s"} under '${root}'`), el("table", { id: "training-runs" },
       el("tr", {}, el("th", {}, "run"), el("th", {}, "state"), el("th", {}, "step"), el("th", {}, "loss"), el("th", {}, "updated")),
       runs.map((r) => el("tr", { class: "clickable", onclick: () => { location.hash = `#/training/${encodeURIComponent(r.name)}`; } },
-        el("td", {}, r.name), el("td", {}, r.live ? el("span", { class: "badge live" }, "live") : "idle"),
+        el("td", {}, el("a", { href: `#/training/${encodeURIComponent(r.name)}` }, r.name)), el("td", {}, r.live ? el("span", { class: "badge live" }, "live") : "idle"),
         el("td", {}, fmt.int(r.step)), el("td", {}, fmt.num(r.loss)), el("td", {}, fmt.ago(r.updated_at))))));
   }).catch((err) => clear(body).append(errorBox(err)));
 }

@@ -1,7 +1,9 @@
-"""`lmstack serve` and `lmstack chat` as real subprocesses given bad input: one line, exit code 2, no server.
+"""`lmstack serve` and `lmstack chat` given bad input: one line, exit code 2, no server.
 
 The server loads its model in the background, once it listens; whatever would make that load fail is found by
-the command first, so that no server is left up with a traceback in its log and a model that never comes."""
+the command first, so that no server is left up with a traceback in its log and a model that never comes. The
+commands run in this process (a new interpreter per case made this file take a minute), on a port that is taken:
+a check that let one through would fail with another error, never start a server here."""
 
 from __future__ import annotations
 
@@ -11,13 +13,21 @@ import socket
 
 import pytest
 import torch
-from cli_testing import one_line_error, run_cli
-from serve_helpers import free_port, make_checkpoint
+from cli_testing import one_line_error
+from serve_helpers import make_checkpoint
 
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("serve-bad") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def taken_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
 
 
 def damaged_copy(good, tmp_path, damage) -> object:
@@ -44,9 +54,9 @@ def widen_the_config(ckpt) -> None:
     (lambda ckpt: (ckpt / "tokenizer.json").write_text("{"), "tokenizer.json' is not a valid tokenizer.json"),
     (lambda ckpt: (ckpt / "tokenizer.json").unlink(), "has no tokenizer.json, which this command needs"),
 ])
-def test_serve_refuses_a_checkpoint_that_would_fail_to_load(good, tmp_path, damage, says):
+def test_serve_refuses_a_checkpoint_that_would_fail_to_load(cli, good, taken_port, tmp_path, damage, says):
     ckpt = damaged_copy(good, tmp_path, damage)
-    assert says in one_line_error(run_cli("serve", ckpt, "--port", free_port()), "serve")
+    assert says in one_line_error(cli("serve", ckpt, "--port", taken_port), "serve")
 
 
 @pytest.mark.parametrize("setting, says", [
@@ -59,18 +69,13 @@ def test_serve_refuses_a_checkpoint_that_would_fail_to_load(good, tmp_path, dama
     ("engine.dtype=float99", "engine dtype: dtype 'float99' is not one of auto, float32, bfloat16, float16"),
     ("engine.kv_memory_mb=-1", "engine kv_memory_mb must be > 0 (the KV pool's budget in MiB), got -1.0"),
 ])
-def test_serve_refuses_settings_that_cannot_work_before_it_listens(good, setting, says):
-    assert says in one_line_error(run_cli("serve", good, "--port", free_port(), "--set", setting), "serve")
+def test_serve_refuses_settings_that_cannot_work_before_it_listens(cli, good, taken_port, setting, says):
+    assert says in one_line_error(cli("serve", good, "--port", taken_port, "--set", setting), "serve")
 
 
-def test_serve_refuses_a_kv_budget_too_small_for_one_block_before_it_listens(cli, good):
-    """The model's load found it, after the server had said it was up: /health then said "failed" for good. The
-    port is taken, so a server that got as far as listening would fail with another error."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        done = cli("serve", good, "--port", taken.getsockname()[1], "--set", "engine.kv_memory_mb=0.005",
-                   "--set", "engine.dtype=float32")
+def test_serve_refuses_a_kv_budget_too_small_for_one_block_before_it_listens(cli, good, taken_port):
+    """The model's load found it, after the server had said it was up: /health then said "failed" for good."""
+    done = cli("serve", good, "--port", taken_port, "--set", "engine.kv_memory_mb=0.005", "--set", "engine.dtype=float32")
     # a block of the tiny llama in float32: k and v x 2 layers x 16 tokens x 2 KV heads x 16 dims x 4 bytes = 8 KiB
     assert one_line_error(done, "serve").endswith("engine kv_memory_mb=0.005 holds no KV block of this model: one "
                                                   "block (16 tokens, float32) takes 0.0078125 MiB; set kv_memory_mb "
@@ -78,14 +83,14 @@ def test_serve_refuses_a_kv_budget_too_small_for_one_block_before_it_listens(cli
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_serve_names_its_own_device_setting_in_the_fix(good):
-    message = one_line_error(run_cli("serve", good, "--port", free_port(), "--set", "engine.device=cuda"), "serve")
+def test_serve_names_its_own_device_setting_in_the_fix(cli, good, taken_port):
+    message = one_line_error(cli("serve", good, "--port", taken_port, "--set", "engine.device=cuda"), "serve")
     assert message.endswith("no CUDA/ROCm GPU is visible; use --set engine.device=cpu")
 
 
 @pytest.mark.parametrize("flag", ["--model", "--api-key"])
-def test_chat_with_a_checkpoint_refuses_the_flags_of_a_server(good, flag):
+def test_chat_with_a_checkpoint_refuses_the_flags_of_a_server(cli, good, flag):
     """They were ignored without a word: the user meant one model and got another."""
-    message = one_line_error(run_cli("chat", good, flag, "x"), "chat")
+    message = one_line_error(cli("chat", good, flag, "x"), "chat")
     assert message.endswith(f"{flag} is for a server (--url); chatting with the checkpoint '{good}' needs neither: "
                             f"drop {flag}")

@@ -86,14 +86,19 @@ def stage_data(qs: Quickstart) -> None:
     qs.outputs.append(("token shards", qs.data_dir))
 
 
-def stage_pretrain(qs: Quickstart) -> None:
-    from lmstack.train.loop import train
-
+def pretrain_config(qs: Quickstart) -> TrainConfig:
+    """The demo's pretraining settings with the caller's overrides; `quickstart` builds it before any stage runs,
+    so that a mistyped override is refused before the data stage's minutes, not after."""
     overrides = [f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
                  for key, value in qs.overrides.items()]
     base = {**PRETRAIN_SETTINGS, "run_dir": str(qs.run_dir), "data_dir": str(qs.data_dir)}
-    cfg = load_config(TrainConfig, overrides=overrides, base=base)
-    qs.pretrain = train(cfg)
+    return load_config(TrainConfig, overrides=overrides, base=base)
+
+
+def stage_pretrain(qs: Quickstart) -> None:
+    from lmstack.train.loop import train
+
+    qs.pretrain = train(pretrain_config(qs))
     qs.interrupted_by = qs.pretrain.interrupted_by
     qs.outputs += [("checkpoint", qs.pretrain.last_checkpoint), ("metrics", qs.run_dir / "metrics.jsonl"),
                    ("loss curve", qs.run_dir / "loss.png"), ("run log", qs.run_dir / "run.log")]
@@ -143,6 +148,8 @@ def quickstart(run_dir: str | Path = "runs/quickstart", data_dir: str | Path | N
     run_dir = Path(run_dir)
     qs = Quickstart(run_dir, Path(data_dir) if data_dir else default_data_dir(run_dir), overrides, corpus_limit,
                     sft_steps)
+    if stage_pretrain in (stage for _, stage in stages):
+        pretrain_config(qs)
     for name, stage in stages:
         print(f"\n==== quickstart: {name}")
         start = time.perf_counter()

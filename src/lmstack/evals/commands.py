@@ -234,7 +234,7 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from lmstack.evals.loader import TASKS
-    from lmstack.evals.summary import partial_note, summarized
+    from lmstack.evals.summary import partial_note, progress
 
     print("tasks:")
     for name, factory in sorted(TASKS.items()):
@@ -245,7 +245,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     runs = store.runs() if store else []
     print("runs:" if runs else "runs: none yet")
     for run in runs:
-        note = partial_note(summarized(store, run))  # how far an unfinished run got
+        note = None if run.status == "finished" else partial_note(run.status, progress(store, run)[1])
         print(f"  {run.id:<28} {run.status:<11} {run.task:<22} {run.model}" + (f"  {note}" if note else "")
               + (f"  ({run.error})" if run.error else ""))
     return 0

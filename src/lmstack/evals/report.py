@@ -49,7 +49,7 @@ def _fmt(value: Any) -> str:
 
 
 def _run_cell(run: RunRecord) -> str:
-    note = partial_note(run)
+    note = partial_note(run.status, (run.summary or {}).get("partial"))
     return f"<td>{escape(run.id)}" + (f"<br><span class='partial'>{escape(note)}</span>" if note else "") + "</td>"
 
 

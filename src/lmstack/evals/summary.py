@@ -105,22 +105,28 @@ def summarized(store: Store, run: RunRecord) -> RunRecord:
     if run.status == "finished":
         return run
     config = TaskConfig(**run.config.get("task", {}))
-    records = store.samples(run.id, transcripts=False)
-    # Only samples with every epoch stored: a reducer over fewer epochs would be another measure (pass@K needs K).
-    epochs_stored = Counter(r.sample_id for r in records)
-    whole = [r for r in records if epochs_stored[r.sample_id] >= config.epochs]
+    whole, partial = progress(store, run)
     summary = summarize_run(whole, config.reducers, run.config.get("higher_is_better", {}), seed=config.seed)
-    summary["partial"] = {"done": summary["samples"], "planned": run.config.get("planned_samples")}
-    return replace(run, summary=summary)
+    return replace(run, summary={**summary, "partial": partial})
 
 
-def partial_note(run: RunRecord) -> str | None:
-    """`partial: 37/100 samples, interrupted` for a summarized run that has not finished; None for one that has."""
-    partial = (run.summary or {}).get("partial")
+def progress(store: Store, run: RunRecord) -> tuple[list[SampleRecord], dict[str, Any]]:
+    """An unfinished run's results of the samples with every epoch stored (a reducer over fewer epochs would be
+    another measure: pass@K needs K), and how many samples those are of how many; without scoring them (`eval list`
+    shows only the count, and a summary bootstraps its intervals)."""
+    records = store.samples(run.id, transcripts=False)
+    epochs = TaskConfig(**run.config.get("task", {})).epochs
+    epochs_stored = Counter(r.sample_id for r in records)
+    whole = [r for r in records if epochs_stored[r.sample_id] >= epochs]
+    return whole, {"done": len({r.sample_id for r in whole}), "planned": run.config.get("planned_samples")}
+
+
+def partial_note(status: str, partial: dict[str, Any] | None) -> str | None:
+    """`partial: 37/100 samples, interrupted` for a run that has not finished (its `progress`); None for one that has."""
     if partial is None:
         return None
     planned = "" if partial["planned"] is None else f"/{partial['planned']}"  # a run recorded before it was kept
-    return f"partial: {partial['done']}{planned} samples, {run.status}"
+    return f"partial: {partial['done']}{planned} samples, {status}"
 
 
 def finite(d: dict[str, Any]) -> dict[str, Any]:

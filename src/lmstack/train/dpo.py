@@ -227,8 +227,7 @@ class DPOTrainer(FineTuner):
         return batch[0].numel()  # the rows batch_flops counts: both replies of each pair, padded to the longest
 
     def step_batch(self) -> str:
-        pairs = self.cfg.batch_size * self.grad_accum * self.dist.world_size
-        return f"{pairs:,} preference pairs (2 rows each, padded to their micro-batch's longest)"
+        return f"{self.rows_per_step:,} preference pairs (2 rows each, padded to their micro-batch's longest)"
 
     @torch.no_grad()
     def run_eval(self) -> None:

@@ -255,8 +255,7 @@ class GRPOTrainer(FineTuner):
         return batch.inputs.numel()  # the kept samples' rows, prompt and padding included, as batch_flops counts
 
     def step_batch(self) -> str:
-        prompts = self.cfg.batch_size * self.grad_accum * self.dist.world_size
-        return f"{prompts:,} prompts x {self.cfg.group_size} samples"
+        return f"{self.rows_per_step:,} prompts x {self.cfg.group_size} samples"
 
     def run_eval(self) -> None:
         if not self.val_prompts:

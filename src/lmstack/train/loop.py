@@ -96,7 +96,8 @@ class Trainer:
         if saved_config is not None:
             check_resumable(resume_from, saved_config, self.config_dict, cfg.other_run_dir_option())
         self.grad_accum = cfg.grad_accum_steps(self.dist.world_size)
-        self.tokens_per_step = cfg.batch_size * cfg.seq_len * self.grad_accum * self.dist.world_size
+        self.rows_per_step = cfg.batch_size * self.grad_accum * self.dist.world_size  # windows, pairs or prompts
+        self.tokens_per_step = self.rows_per_step * cfg.seq_len
         self.open_val_split()  # before the model build, so that a bad split is refused at once
         seed_everything(cfg.seed + self.dist.rank)  # per-rank streams (dropout), same init via build_model's seed
         self.model = self.build_model(resume_from)

@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from faults import MASK_MISMATCH, BrokenConstraint
 from infer_helpers import recompute_greedy, tiny_model
 
 from lmstack.infer.engine import Engine, EngineConfig
@@ -51,6 +52,20 @@ def test_generate_keeps_the_events_of_online_requests_for_the_next_step():
         events += engine.step()
     assert [e.token_id for e in events if e.request_id == online] == recompute_greedy(model, [7, 8, 9], 10)
     assert events[-1].finished
+
+
+def test_events_kept_from_generate_survive_a_step_that_fails():
+    """A failed step dropped the events generate had kept for the next step, a finished event among them: the
+    online request's reader would wait for it for ever."""
+    model, engine = tiny_engine()
+    online = engine.add_request([7, 8, 9], SamplingParams(max_tokens=3, temperature=0))
+    engine.generate([1, 2, 3], GREEDY)  # runs the online request to its end: its events are kept
+    engine.add_request([4, 5], SamplingParams(max_tokens=2, constraint=BrokenConstraint))
+    with pytest.raises(RuntimeError, match=MASK_MISMATCH):
+        engine.step()
+    events = engine.step()
+    assert [e.token_id for e in events if e.request_id == online] == recompute_greedy(model, [7, 8, 9], 3)
+    assert events[-1].request_id == online and events[-1].finished
 
 
 def test_generate_from_several_threads_at_once():

@@ -349,8 +349,8 @@ class Engine:
         """Run one forward over the scheduled tokens; return an event per sampled token (and per abort)."""
         with self._step_lock:
             with self._lock:
-                events, self._held_events = self._held_events, []
-            events += self._apply_inbox()
+                held, self._held_events = self._held_events, []
+            events = held + self._apply_inbox()
             chunks = self.scheduler.schedule()
             if not chunks:
                 return events
@@ -362,6 +362,8 @@ class Engine:
                 # The server answers these requests, and only these, with the error.
                 self.failed_requests = {chunk.seq.request_id for chunk in chunks}
                 self._abort_now(self.failed_requests)
+                with self._lock:  # events held from generate's steps are still owed to the next step's caller
+                    self._held_events = held + self._held_events
                 raise
 
     def _abort_now(self, request_ids) -> None:

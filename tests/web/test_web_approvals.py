@@ -72,11 +72,11 @@ def two_calls_server():
         yield server
 
 
-def waiting_on_two_calls(server, tmp_path: Path, run_id: str) -> TestClient:
-    """A run waiting for approval of two calls of one step, each appending a line to the workspace's ledger.txt; a
-    client of the dashboard's API over it."""
+def waiting_on_two_calls(server, tmp_path: Path, run_id: str, tools: Path = APPROVAL_TOOLS) -> TestClient:
+    """A run waiting for approval of two calls of one step, each appending a line to the workspace's ledger.txt (the
+    tool of the file `tools`); a client of the dashboard's API over it."""
     config = AgentConfig(model=server.base_url, model_name="two-calls", workspace=str(tmp_path / "workspace"),
-                         tools=[f"{APPROVAL_TOOLS}:append_line"])
+                         tools=[f"{tools}:append_line"])
     config.max_attempts = 1
     conn = open_database(tmp_path / "lmstack.db")
     assert start_run(conn, "Append two lines.", config, run_id).status == "waiting"
@@ -165,3 +165,25 @@ def test_a_call_decided_as_its_executor_pauses_on_it_is_still_resumed(two_calls_
     conn.close()
     assert ledger(tmp_path) == ["step0/tool0 first", "step0/tool1 second"]
     assert second["resumed"] is False  # the first executor resumed the run itself
+
+
+def test_an_approval_for_a_run_this_process_executes_rebuilds_no_agent(two_calls_server, tmp_path, monkeypatch):
+    """The second approval comes while the first's executor runs; its tools file then no longer loads. Its executor
+    loaded them already and takes the decision up; rebuilding the agent for the approval (its tools loaded again, a
+    checkpoint's weights too) would refuse it, 409, though the run goes on here."""
+    tools = tmp_path / "ledger_tools.py"
+    tools.write_text(APPROVAL_TOOLS.read_text())
+    client = waiting_on_two_calls(two_calls_server, tmp_path, "rebuilt-once", tools)
+    hold = Hold(monkeypatch, "_ask_approvals")
+    with client:
+        assert approve(client, "rebuilt-once", "step0/tool0")["resumed"] is True
+        hold.wait_for(1)
+        tools.write_text("def broken(:\n")
+        second = approve(client, "rebuilt-once", "step0/tool1")
+        hold.go.set()
+        resume_threads_done("rebuilt-once")
+    assert second == {"decided": ["step0/tool1"], "approve": True, "resumed": False}
+    assert ledger(tmp_path) == ["step0/tool0 first", "step0/tool1 second"]
+    conn = open_database(tmp_path / "lmstack.db")
+    assert get_run(conn, "rebuilt-once").status == "completed"
+    conn.close()

@@ -9,7 +9,9 @@ executor stops.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 class ExecutingRuns:
@@ -24,6 +26,14 @@ class ExecutingRuns:
                 return False
             self._run_ids.add(run_id)
             return True
+
+    def while_executing(self, run_id: str, action: Callable[[], T]) -> tuple[bool, T | None]:
+        """(True, action()) when a thread of this process executes the run, with `action` called under the lock: the
+        executor's `release` waits for it, so its `keep` sees what `action` wrote. (False, None) when none does."""
+        with self._lock:
+            if run_id not in self._run_ids:
+                return False, None
+            return True, action()
 
     def release(self, run_id: str, keep: Callable[[], bool] = lambda: False) -> bool:
         """Give the run up, unless `keep()`, asked under the lock, says its executor has more to do; whether it was

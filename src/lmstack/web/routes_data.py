@@ -12,6 +12,7 @@ import threading
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from lmstack.agent.executing import EXECUTING
 from lmstack.agent.launch import build_runtime, check_model_reachable, decide_approvals, open_database
 from lmstack.agent.runtime import AgentRuntime
 from lmstack.agent.store import RunNotFoundError, UnknownStatusError
@@ -105,17 +106,26 @@ def data_router(sources: DataSources) -> APIRouter:
         here, its server is down): nothing is decided, and the run waits for `lmstack agent approve` where it can
         resume. `resumed` is false when the dashboard is executing the run already: the decision is recorded, and
         that executor takes it up."""
-        try:
-            keys, runtime = decide_approvals(sources.agent_conn(), run_id, decision.approve, decision.call_key,
-                                             lambda: _runtime_to_resume(sources, run_id) if decision.resume else None)
-        except NOT_FOUND as err:
-            raise not_found(err) from None
         # A run this process already executes (resumed by an approval of another of its calls a moment ago) gets no
         # second executor: two would each do the run's steps and tool calls. Nor a 409: the decision is recorded,
         # and the running executor takes it up when it reaches the call, or resumes itself if it paused on the call
         # just before (see AgentRuntime.run). That is what LangGraph's server does with input for a busy thread by
         # default ("enqueue": it runs once the current run is done), and what a user deciding several calls in a
-        # row expects: every click counts, none has to be repeated. `resumed` is then false.
+        # row expects: every click counts, none has to be repeated. `resumed` is then false. Such a run's agent is
+        # not rebuilt (its tools loaded again, a checkpoint's weights too): the decision is recorded while its
+        # executor cannot stop (ExecutingRuns.while_executing).
+        conn = sources.agent_conn()
+        try:
+            if decision.resume:
+                executing, keys = EXECUTING.while_executing(run_id, lambda: decide_approvals(
+                    conn, run_id, decision.approve, decision.call_key, lambda: None)[0])
+                if executing:
+                    return {"decided": keys, "approve": decision.approve, "resumed": False}
+            keys, runtime = decide_approvals(conn, run_id, decision.approve, decision.call_key,
+                                             lambda: _runtime_to_resume(sources, run_id) if decision.resume else None)
+        except NOT_FOUND as err:
+            raise not_found(err) from None
+        # Another approval's executor may have started during the rebuild: then this one is dropped.
         resumed = runtime is not None and runtime.claim_here()
         if resumed:
             threading.Thread(target=_resume, args=(runtime,), name=f"resume-{run_id}", daemon=True).start()

@@ -109,6 +109,11 @@ def get_run(conn: sqlite3.Connection, run_id: str, interrupted: Collection[str] 
     row = conn.execute("SELECT * FROM agent_runs WHERE id = ?", (run_id,)).fetchone()
     if row is None:
         raise RunNotFoundError(f"no agent run with id '{run_id}'; `lmstack agent list` shows the runs")
+    return _record(conn, row, interrupted)
+
+
+def _record(conn: sqlite3.Connection, row: sqlite3.Row, interrupted: Collection[str] | None) -> RunRecord:
+    """The RunRecord of a whole agent_runs row, as readers see it."""
     data = {k: row[k] for k in row.keys() if not k.startswith("owner_")}  # the executing process: claim_run's to check
     data["config"] = json.loads(data["config"])
     data["status"], data["stop_reason"] = shown_state(conn, row, interrupted)
@@ -167,14 +172,20 @@ def status_condition(status: str, interrupted: list[str]) -> tuple[str, tuple]:
     return f"status = 'running' AND id {among} (SELECT value FROM json_each(?))", (json.dumps(interrupted),)
 
 
+def runs_shown_as(conn: sqlite3.Connection, status: str | None) -> tuple[str, tuple, list[str]]:
+    """A WHERE clause on agent_runs ("" for every run) and its parameters, for the runs shown with `status`; and the
+    ids of the interrupted runs, which it needed (looked up once: each is a look at a process)."""
+    interrupted = interrupted_runs(conn)
+    if status is None:
+        return "", (), interrupted
+    condition, params = status_condition(status, interrupted)
+    return f"WHERE {condition}", params, interrupted
+
+
 def list_runs(conn: sqlite3.Connection, status: str | None = None, limit: int = 50) -> list[RunRecord]:
-    query, params = "SELECT id FROM agent_runs", ()
-    interrupted = interrupted_runs(conn)  # once: each is a look at a process
-    if status is not None:
-        condition, params = status_condition(status, interrupted)
-        query += f" WHERE {condition}"
-    rows = conn.execute(query + " ORDER BY created_at DESC LIMIT ?", (*params, limit)).fetchall()
-    return [get_run(conn, r["id"], interrupted) for r in rows]
+    where, params, interrupted = runs_shown_as(conn, status)
+    rows = conn.execute(f"SELECT * FROM agent_runs {where} ORDER BY created_at DESC, id LIMIT ?", (*params, limit))
+    return [_record(conn, row, interrupted) for row in rows.fetchall()]
 
 
 def update_run(conn: sqlite3.Connection, run_id: str, **fields: Any) -> None:

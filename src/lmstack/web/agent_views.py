@@ -12,7 +12,7 @@ import json
 import sqlite3
 from typing import Any
 
-from lmstack.agent.store import RESUMABLE, STATUSES, get_run, interrupted_runs, shown_state, status_condition
+from lmstack.agent.store import RESUMABLE, STATUSES, get_run, runs_shown_as, shown_state
 from lmstack.agent.tracing import span_id
 
 RUN_COLUMNS = ("id, task, status, stop_reason, created_at, updated_at, active_seconds, steps, prompt_tokens, "
@@ -25,11 +25,7 @@ STEP_OF_KEY = "CAST(substr(key, 5, instr(key, '/') - 5) AS INTEGER)"
 def runs_page(conn: sqlite3.Connection, status: str | None, offset: int, limit: int) -> dict[str, Any]:
     """Runs as `agent list` shows them (see `store.shown_state`): statuses and counts include `interrupted`. With
     every status a run can have, which the page offers as filters (the agent store's list, not a copy in the page)."""
-    where, params = ("", ())
-    interrupted = interrupted_runs(conn)  # once: each is a look at a process
-    if status is not None:
-        condition, params = status_condition(status, interrupted)
-        where = f"WHERE {condition}"
+    where, params, interrupted = runs_shown_as(conn, status)
     total = conn.execute(f"SELECT COUNT(*) FROM agent_runs {where}", params).fetchone()[0]
     rows = conn.execute(f"SELECT {RUN_COLUMNS}, {OWNER_COLUMNS} FROM agent_runs {where} ORDER BY created_at DESC, id "
                         f"LIMIT ? OFFSET ?", (*params, limit, offset)).fetchall()

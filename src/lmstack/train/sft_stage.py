@@ -68,12 +68,15 @@ def set_aside_if_from_another_start(sft_dir: Path, init_from: Path) -> Path | No
     aside = sft_dir.with_name(f"{sft_dir.name}-from-{Path(started_from).name}")
     lock = RunDirLock(sft_dir)
     lock.acquire()  # refused, naming the process, while another quickstart still trains it
-    lock.release()
-    suffix = 1
-    while aside.exists():
-        suffix += 1
-        aside = sft_dir.with_name(f"{sft_dir.name}-from-{Path(started_from).name}-{suffix}")
-    sft_dir.rename(aside)
+    try:  # held until the run is set aside: a quickstart starting meanwhile would train in the dir being moved
+        suffix = 1
+        while aside.exists():
+            suffix += 1
+            aside = sft_dir.with_name(f"{sft_dir.name}-from-{Path(started_from).name}-{suffix}")
+        sft_dir.rename(aside)
+        lock.path = aside / lock.path.name  # the lock file moved with its dir: release removes it there
+    finally:
+        lock.release()
     return aside
 
 

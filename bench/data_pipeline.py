@@ -1,7 +1,7 @@
 """Data pipeline speed, ours against the plain way of doing the same thing, in the same run, CPU.
 
   - prepare: tokens/s of `prepare` (worker processes, shards, split, meta) on the stdlib corpus,
-    against one `tokenizers.encode_batch` call over the whole corpus (Rust threads on every core)
+    against one `tokenizers.encode_batch_fast` call over the whole corpus (Rust threads on every core)
     plus one `tofile` -- what a short script would do, with no split, no bound on memory.
   - loader: (x, y) batches/s of `ShardLoader.next_batch` (epoch-shuffled windows, rank split,
     resumable), against nanoGPT's `get_batch` (random offsets into a memmap, no epochs).

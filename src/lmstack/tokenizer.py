@@ -140,7 +140,9 @@ class Tokenizer:
         return encoding.ids, [start for start, _ in encoding.offsets]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+        # The same ids as encode_batch without the character offsets it also tracks: the stdlib corpus in 5.7 s
+        # instead of 15.6 (one thread).
+        return [e.ids for e in self.hf.encode_batch_fast(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special)

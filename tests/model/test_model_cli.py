@@ -1,4 +1,6 @@
-"""`lmstack import`, `lmstack export` and `lmstack info` run as real subprocesses on tiny models."""
+"""`lmstack import`, `lmstack export` and `lmstack info` on tiny models, in this process (conftest's `cli`). The hub
+cases run a new `lmstack` process: huggingface_hub reads HF_HUB_OFFLINE once, when it is imported, so only a new
+process can be kept off the network."""
 
 from __future__ import annotations
 
@@ -18,12 +20,12 @@ from lmstack.model.gpt import build_model  # noqa: E402
 from lmstack.model.info import format_summary  # noqa: E402
 
 
-def lmstack(*args: str, env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
+def lmstack(*args: str, env: dict[str, str], cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lmstack.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env=None if env is None else {**os.environ, **env}, cwd=cwd)
+                          timeout=120, env={**os.environ, **env}, cwd=cwd)
 
 
-def test_import_export_info_round_trip(tmp_path, tiny_tokenizer):
+def test_import_export_info_round_trip(cli, tmp_path, tiny_tokenizer):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=tiny_tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -32,12 +34,12 @@ def test_import_export_info_round_trip(tmp_path, tiny_tokenizer):
     hf_model.save_pretrained(tmp_path / "hf")
     tiny_tokenizer.save(tmp_path / "hf" / "tokenizer.json")
 
-    done = lmstack("import", "--from", "hf", tmp_path / "hf", tmp_path / "ckpt")
+    done = cli("import", "--from", "hf", tmp_path / "hf", tmp_path / "ckpt")
     assert done.returncode == 0, done.stderr
     model, tokenizer, _ = load_model_dir(tmp_path / "ckpt")
     assert tokenizer.vocab_size == tiny_tokenizer.vocab_size
 
-    done = lmstack("info", tmp_path / "ckpt", "--json")
+    done = cli("info", tmp_path / "ckpt", "--json")
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert info["params"] == hf_model.num_parameters()
@@ -45,7 +47,7 @@ def test_import_export_info_round_trip(tmp_path, tiny_tokenizer):
     assert info["tokenizer"]["chat_tokens"] is True
     assert "llama: 2 layers, 4 heads (2 kv)" in format_summary(info)  # what `lmstack info` prints without --json
 
-    done = lmstack("export", "--format", "hf", tmp_path / "ckpt", tmp_path / "exported", "--dtype", "float32")
+    done = cli("export", "--format", "hf", tmp_path / "ckpt", tmp_path / "exported", "--dtype", "float32")
     assert done.returncode == 0, done.stderr
     exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
     tokens = random_tokens(config.vocab_size)
@@ -54,11 +56,11 @@ def test_import_export_info_round_trip(tmp_path, tiny_tokenizer):
         assert (model(tokens)[0] - hf_model(tokens).logits).abs().max().item() < 1e-4
 
 
-def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
-    done = lmstack("import", "--from", "hf", tmp_path / "missing_dir", tmp_path / "out")
+def test_cli_errors_are_one_line_with_exit_code_2(cli, tmp_path):
+    done = cli("import", "--from", "hf", tmp_path / "missing_dir", tmp_path / "out")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "is not a directory" in done.stderr
-    done = lmstack("info", tmp_path)
+    done = cli("info", tmp_path)
     assert done.returncode == 2 and "has no config.json" in done.stderr
 
 
@@ -79,9 +81,9 @@ def test_hub_ids_go_to_the_hub_and_failures_say_so_in_one_line(tmp_path, src, sa
     assert not (tmp_path / "out").exists()
 
 
-def test_export_without_a_tokenizer_warns_and_says_how_to_add_one(tmp_path, tiny_tokenizer):
+def test_export_without_a_tokenizer_warns_and_says_how_to_add_one(cli, tmp_path, tiny_tokenizer):
     save_model_dir(tmp_path / "ckpt", build_model(tiny_config("llama")), None)
-    done = lmstack("export", tmp_path / "ckpt", tmp_path / "hf")
+    done = cli("export", tmp_path / "ckpt", tmp_path / "hf")
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == (f"warning: '{tmp_path}/ckpt' has no tokenizer.json, so '{tmp_path}/hf' has none: "
                                    "transformers' AutoTokenizer cannot load it (vLLM needs --tokenizer); copy the "
@@ -89,15 +91,15 @@ def test_export_without_a_tokenizer_warns_and_says_how_to_add_one(tmp_path, tiny
     with pytest.raises((OSError, ValueError)):
         transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     tiny_tokenizer.save(tmp_path / "ckpt" / "tokenizer.json")  # the fix the warning gives
-    done = lmstack("export", tmp_path / "ckpt", tmp_path / "hf")
+    done = cli("export", tmp_path / "ckpt", tmp_path / "hf")
     assert done.returncode == 0 and done.stderr == ""
     assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf").encode("def add") == tiny_tokenizer.encode("def add")
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no file can be created")
-def test_export_to_an_unwritable_path_names_it_in_one_line(tmp_path):
+def test_export_to_an_unwritable_path_names_it_in_one_line(cli, tmp_path):
     save_model_dir(tmp_path / "ckpt", build_model(tiny_config("llama")), None)
-    done = lmstack("export", tmp_path / "ckpt", "/proc/lmstack-nope")
+    done = cli("export", tmp_path / "ckpt", "/proc/lmstack-nope")
     assert done.returncode == 2
     assert done.stderr.strip() == ("lmstack export: error: cannot write '/proc/lmstack-nope': No such file or "
                                    "directory; choose a writable location")  # never the temporary's name

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 from cli_testing import one_line_error
-from train_helpers import make_data, run_lmstack, tiny_overrides
+from train_helpers import make_data, tiny_overrides
+
+from lmstack.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +19,7 @@ def run(tmp_path_factory) -> Path:
     """A run dir written by the real trainer: checkpoints/, best -> checkpoints/step_000002, metrics.jsonl, ..."""
     root = tmp_path_factory.mktemp("convert")
     overrides = tiny_overrides(make_data(root / "data"), root / "run", max_steps=2, eval_every=0, checkpoint_every=1)
-    run_lmstack("train", *[arg for override in overrides for arg in ("--set", override)])
+    assert main(["train", *[arg for override in overrides for arg in ("--set", override)]]) == 0
     return root / "run"
 
 

@@ -15,7 +15,7 @@ from lmstack.train.config import GuardConfig, TrainConfig
 from lmstack.train.guards import LossGuard, TrainingDiverged
 from lmstack.train.loop import train
 from lmstack.train.metrics import read_metrics
-from train_helpers import make_data, run_lmstack, tiny_overrides
+from train_helpers import make_data, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +62,14 @@ def test_too_many_bad_steps_in_a_row_stop_the_run():
         guard.reject(3, "loss is nan")
 
 
-def test_unwritable_run_dir_fails_at_start_with_a_clear_error(data_dir, tmp_path):
+def test_unwritable_run_dir_fails_at_start_with_a_clear_error(cli, data_dir, tmp_path):
     # Tests run as root, and root ignores permission bits, so chmod cannot make a dir unwritable here.
     # A path *under a regular file* can be created by nobody, root included: the OS says ENOTDIR.
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     run_dir = blocker / "run"
     start = time.monotonic()
-    result = run_lmstack("train", *[a for o in tiny_overrides(data_dir, run_dir, max_steps=100_000)
-                                    for a in ("--set", o)], check=False)
+    result = cli("train", *[a for o in tiny_overrides(data_dir, run_dir, max_steps=100_000) for a in ("--set", o)])
     assert result.returncode == 2
     assert f"run dir '{run_dir}' is not writable" in result.stderr and "--set run_dir=" in result.stderr
     assert "Traceback" not in result.stderr

@@ -62,13 +62,13 @@ def test_the_cli_shortens_the_demo_and_stops_after_the_stage_asked(tmp_path):
 
 
 @pytest.mark.parametrize("flag", ["--steps", "--sft-steps"])
-def test_the_cli_refuses_zero_steps(tmp_path, flag):
-    message = one_line_error(run_cli("quickstart", "--run-dir", tmp_path / "q", flag, "0"), "quickstart")
+def test_the_cli_refuses_zero_steps(cli, tmp_path, flag):
+    message = one_line_error(cli("quickstart", "--run-dir", tmp_path / "q", flag, "0"), "quickstart")
     assert message.endswith(f"{flag} 0: train at least 1 step (or leave {flag} out for the default)")
     assert not (tmp_path / "q").exists()
 
 
-def test_the_cli_refuses_sft_steps_when_it_stops_before_sft(tmp_path):
-    message = one_line_error(run_cli("quickstart", "--run-dir", tmp_path / "q", "--sft-steps", "5", "--until",
-                                     "pretrain"), "quickstart")
+def test_the_cli_refuses_sft_steps_when_it_stops_before_sft(cli, tmp_path):
+    message = one_line_error(cli("quickstart", "--run-dir", tmp_path / "q", "--sft-steps", "5", "--until",
+                                 "pretrain"), "quickstart")
     assert message.endswith("--sft-steps has no stage to shorten with --until pretrain; drop one of them")

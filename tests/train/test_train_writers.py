@@ -21,17 +21,23 @@ def data_dir(tmp_path_factory):
     return make_data(tmp_path_factory.mktemp("writers") / "data", train_tokens=5_000)
 
 
-def train(data_dir, run_dir, writer: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def train_args(data_dir, run_dir, writer: str) -> list[str]:
     overrides = tiny_overrides(data_dir, run_dir, max_steps=2, eval_every=0, **{writer: True})
-    return subprocess.run(lmstack_command("train", *[a for o in overrides for a in ("--set", o)]),
-                          env=env or subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    return ["train", *[a for o in overrides for a in ("--set", o)]]
+
+
+def train(data_dir, run_dir, writer: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """A new process for each W&B case: wandb keeps process-wide state (the settings of its first setup, read from
+    the environment, and its service process), so each case's environment needs a process of its own."""
+    return subprocess.run(lmstack_command(*train_args(data_dir, run_dir, writer)), env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("writer", ["tensorboard", "wandb"])
-def test_a_writer_whose_package_is_missing_is_refused_before_the_run_dir_is_made(data_dir, tmp_path, writer):
+def test_a_writer_whose_package_is_missing_is_refused_before_the_run_dir_is_made(cli, data_dir, tmp_path, writer):
     if importlib.util.find_spec(writer) is not None:
         pytest.skip(f"{writer} is installed")
-    refused = train(data_dir, tmp_path / "runs" / "x", writer)
+    refused = cli(*train_args(data_dir, tmp_path / "runs" / "x", writer))
     assert one_line_error(refused, "train").endswith(f"{writer}=true but the {writer} package is not installed; "
                                                      f"`pip install {writer}` or --set {writer}=false")
     assert not (tmp_path / "runs").exists()

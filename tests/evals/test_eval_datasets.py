@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from cli_testing import one_line_error, run_cli
+from cli_testing import one_line_error
 from lmstack.agent.testing.scripted_server import ScriptedServer
 from lmstack.evals.dataset import DatasetError, FieldMap, from_generator, load_csv, load_hf, load_jsonl
 from lmstack.evals.loader import load_task
 from lmstack.evals.store import Store
-from lmstack.evals.task import TaskError
+from lmstack.evals.task import SCORERS, TASKS, TaskError
 
 
 def test_jsonl_bad_rows_become_samples_with_reasons(tmp_path):
@@ -129,6 +129,31 @@ def test_python_file_task(tmp_path):
         load_task("no_such_task")
 
 
+def test_a_task_files_tasks_and_scorers_are_its_own(tmp_path):
+    """Loading a Python task file registered what it defines for the rest of the process: `eval list` listed its tasks
+    as built-in, a bare name found them, and one named as a built-in (a task, or a scorer for every later YAML task)
+    replaced it."""
+    builtin_task, builtin_scorer = TASKS["toolcalls"], SCORERS["includes"]
+    (tmp_path / "mine.py").write_text(
+        "from lmstack.evals.task import Task, scorer, task\n"
+        "from lmstack.evals.sample import Sample\n"
+        "from lmstack.evals.solvers import generate\n"
+        "@scorer\n"
+        "def includes():\n"
+        "    return lambda state, ctx: None\n"
+        "@task\n"
+        "def toolcalls():\n"
+        "    return Task(dataset=[Sample(id='mine', input='hi')], solver=generate(), scorer=includes())\n"
+        "@task\n"
+        "def only_mine():\n"
+        "    return toolcalls()\n")
+    assert load_task(f"{tmp_path / 'mine.py'}@toolcalls").dataset[0].id == "mine"
+    assert load_task(f"{tmp_path / 'mine.py'}@only_mine").dataset[0].id == "mine"
+    assert (TASKS["toolcalls"], SCORERS["includes"]) == (builtin_task, builtin_scorer)
+    with pytest.raises(TaskError, match="unknown task 'only_mine'"):
+        load_task("only_mine")
+
+
 def test_duplicate_ids_and_taken_run_ids_are_clear_errors(tmp_path):
     from lmstack.evals.dataset import check_unique_ids
     from lmstack.evals.sample import Sample
@@ -159,7 +184,7 @@ def misspelt():
 '''
 
 
-def test_a_python_tasks_relative_dataset_path_starts_from_the_task_files_folder(tmp_path):
+def test_a_python_tasks_relative_dataset_path_starts_from_the_task_files_folder(tmp_path, cli):
     """As a YAML task's does (and as in Inspect): `eval run evt/my_tasks.py@capitals` from another folder found no
     'capitals.jsonl' before, since the path was taken from the working directory."""
     folder = tmp_path / "evt"
@@ -168,13 +193,13 @@ def test_a_python_tasks_relative_dataset_path_starts_from_the_task_files_folder(
     (folder / "capitals.jsonl").write_text(json.dumps({"question": "Capital of France?", "answer": "Paris"}) + "\n")
     db = tmp_path / "db.sqlite"
     script = {"scripts": {"good": [{"answers": {"Capital of France?": "Paris."}}]}}
-    with ScriptedServer(script) as server:  # run_cli's working directory is not `folder` (nor its parent)
-        done = run_cli("eval", "run", f"{folder / 'my_tasks.py'}@capitals", "--model", server.base_url,
-                       "--model-name", "good", "--db", db, "--run-id", "capitals")
+    with ScriptedServer(script) as server:  # the working directory, this process's, is not `folder` (nor its parent)
+        done = cli("eval", "run", f"{folder / 'my_tasks.py'}@capitals", "--model", server.base_url,
+                   "--model-name", "good", "--db", db, "--run-id", "capitals")
     assert done.returncode == 0 and "run capitals: 1 results, 0 errors" in done.stdout, done.stderr[-2000:]
     assert Store(db).run("capitals").summary["scores"]["includes"]["mean"]["mean"] == 1.0
-    missing = run_cli("eval", "run", f"{folder / 'my_tasks.py'}@misspelt", "--model", "http://127.0.0.1:9/v1",
-                      "--model-name", "good", "--db", db)
+    missing = cli("eval", "run", f"{folder / 'my_tasks.py'}@misspelt", "--model", "http://127.0.0.1:9/v1",
+                  "--model-name", "good", "--db", db)
     assert one_line_error(missing, "eval") == (
         f"lmstack eval: error: dataset file '{folder / 'capital.jsonl'}' does not exist (a task file's relative "
         "paths start from its folder); check the path")

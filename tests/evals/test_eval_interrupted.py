@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_testing import one_line_error, run_cli
+from cli_testing import one_line_error
 from eval_helpers import answers, arith_task
 from lmstack.agent.testing.scripted_server import ScriptedServer
 from lmstack.cli import main
@@ -24,9 +24,9 @@ from lmstack.run_owner import process_start
 N = 20
 
 
-def listed(db, run_id) -> list[str]:
+def listed(cli, db, run_id) -> list[str]:
     """The run's line in `lmstack eval list`, split into words."""
-    done = run_cli("eval", "list", "--db", db)
+    done = cli("eval", "list", "--db", db)
     assert done.returncode == 0, done.stderr
     return next(line.split() for line in done.stdout.splitlines() if line.split()[:1] == [run_id])
 
@@ -45,20 +45,22 @@ def wait_for_samples(db, count: int, process: subprocess.Popen) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_a_sigkilled_run_lists_as_interrupted_refuses_a_second_executor_and_resumes(tmp_path):
+def test_a_sigkilled_run_lists_as_interrupted_refuses_a_second_executor_and_resumes(tmp_path, cli):
     task_file = arith_task(tmp_path, N)
     db = tmp_path / "db.sqlite"
-    # 2 s an answer, one at a time: ~40 s of run in which to list it, resume it a second time and kill it, even on a
-    # loaded machine; the resume asks for all the rest at once, so the test stays short.
-    with ScriptedServer({"scripts": {"slow": [{"answers": answers(N), "delay_s": 2.0}]}}) as server:
+    # 1 s an answer, one at a time: ~20 s of run in which to list it, resume it a second time and kill it (in-process
+    # calls of well under a second each), even on a loaded machine; the resume asks for all the rest at once, so the
+    # test stays short.
+    with ScriptedServer({"scripts": {"slow": [{"answers": answers(N), "delay_s": 1.0}]}}) as server:
         run_args = ["eval", "run", task_file, "--model", server.base_url, "--model-name", "slow", "--db", db]
+        # A real process, to be SIGKILLed; the second executor is this test's own process.
         process = subprocess.Popen([sys.executable, "-m", "lmstack.cli", *map(str, run_args), "--run-id", "killed",
                                     "--max-concurrency", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    text=True)
         wait_for_samples(db, 1, process)
-        assert listed(db, "killed")[1] == "running"  # its process is alive
+        assert listed(cli, db, "killed")[1] == "running"  # its process is alive
 
-        second = run_cli(*run_args, "--resume", "killed")
+        second = cli(*run_args, "--resume", "killed")
         assert one_line_error(second, "eval") == (f"lmstack eval: error: eval run 'killed' is being executed by "
                                                   f"process {process.pid}; wait for it to finish, or stop it "
                                                   f"(kill {process.pid}) and resume again")
@@ -68,14 +70,14 @@ def test_a_sigkilled_run_lists_as_interrupted_refuses_a_second_executor_and_resu
         while Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
             time.sleep(0.01)
 
-        line = " ".join(listed(db, "killed"))
+        line = " ".join(listed(cli, db, "killed"))
         assert line.startswith("killed interrupted arith"), line
         assert line.endswith(f"(process {process.pid} on {socket.gethostname()} ended without finishing the run: "
                              "killed, or the machine went down; continue it with --resume killed)")
         process.wait()
-        resumed = run_cli(*run_args, "--resume", "killed", "--max-concurrency", str(N))
+        resumed = cli(*run_args, "--resume", "killed", "--max-concurrency", N)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert listed(db, "killed")[1] == "finished"
+    assert listed(cli, db, "killed")[1] == "finished"
     assert Store(db).run("killed").summary["scores"]["numeric"]["mean"]["n"] == N
 
 
@@ -99,25 +101,32 @@ def another_start(pid: int) -> str:
 
 
 @pytest.mark.timeout(120)
-def test_a_live_pid_with_another_start_is_not_the_runs_process_and_the_run_resumes(tmp_path):
+def test_a_live_pid_with_another_start_is_not_the_runs_process_and_the_run_resumes(tmp_path, cli):
     """After a reboot or a container restart pids start over, and the run's recorded pid may name an unrelated live
-    process (here: this test's): the run read 'running' forever, and its resume was refused, before starts were
-    recorded."""
+    process (here: a `sleep`'s; not this test's, which resumes the run itself): the run read 'running' forever, and
+    its resume was refused, before starts were recorded."""
     task_file = arith_task(tmp_path, 4)
     db = tmp_path / "db.sqlite"
-    with ScriptedServer({"scripts": {"good": [{"answers": answers(4)}]}}) as server:
-        run_args = ["eval", "run", str(task_file), "--model", server.base_url, "--model-name", "good", "--db", str(db)]
-        assert main([*run_args, "--run-id", "reused"]) == 0
-        store = Store(db)
-        with transaction(store.conn):  # as if killed after two samples, its pid now this test's
-            store.conn.execute("UPDATE eval_runs SET status = 'running', finished = NULL, owner_pid = ?, "
-                               "owner_host = ?, owner_start = ? WHERE id = 'reused'",
-                               (os.getpid(), socket.gethostname(), another_start(os.getpid())))
-            store.conn.execute("DELETE FROM eval_samples WHERE run_id = 'reused' AND sample_id IN ('q0', 'q1')")
-        assert listed(db, "reused")[1] == "interrupted"
-        resumed = run_cli(*run_args, "--resume", "reused")
+    unrelated = subprocess.Popen(["sleep", "60"])
+    try:
+        with ScriptedServer({"scripts": {"good": [{"answers": answers(4)}]}}) as server:
+            run_args = ["eval", "run", str(task_file), "--model", server.base_url, "--model-name", "good",
+                        "--db", str(db)]
+            assert main([*run_args, "--run-id", "reused"]) == 0
+            store = Store(db)
+            with transaction(store.conn):  # as if killed after two samples, its pid now the sleep's
+                store.conn.execute("UPDATE eval_runs SET status = 'running', finished = NULL, owner_pid = ?, "
+                                   "owner_host = ?, owner_start = ? WHERE id = 'reused'",
+                                   (unrelated.pid, socket.gethostname(), another_start(unrelated.pid)))
+                store.conn.execute("DELETE FROM eval_samples WHERE run_id = 'reused' AND sample_id IN ('q0', 'q1')")
+            assert listed(cli, db, "reused")[1] == "interrupted"
+            resumed = cli(*run_args, "--resume", "reused")
+        assert unrelated.poll() is None  # alive all along: its pid named a live process
+    finally:
+        unrelated.kill()
+        unrelated.wait()
     assert resumed.returncode == 0 and "run reused: 4 results, 0 errors" in resumed.stdout, resumed.stderr[-2000:]
-    assert listed(db, "reused")[1] == "finished"
+    assert listed(cli, db, "reused")[1] == "finished"
 
 
 def test_a_start_from_another_boot_is_another_process(tmp_path):

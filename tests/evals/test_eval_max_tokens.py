@@ -5,6 +5,7 @@ in-process the engine bounds it by the context; a max_tokens the task or CLI set
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from lmstack.evals.clients import make_client
@@ -15,13 +16,16 @@ from lmstack.evals.scorers import includes
 from lmstack.evals.solvers import chat
 from lmstack.evals.store import Store
 from lmstack.evals.task import Task
+from lmstack.infer.engine import Engine, EngineConfig
 from lmstack.model.checkpoint import save_model_dir
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import build_model
+from lmstack.serve.app import create_app
+from lmstack.serve.config import ServeConfig
 from lmstack.tokenizer import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "serve"))
-from serve_helpers import corpus, running_server  # noqa: E402  (the server tests' own helpers)
+from serve_helpers import corpus, in_process_server, wait_for  # noqa: E402  (the server tests' own helpers)
 
 CONTEXT = 128  # less than the prompt + the old default of 256
 
@@ -43,7 +47,12 @@ def one_word_task() -> Task:
 
 def test_no_max_tokens_fits_a_small_context_served_and_in_process(checkpoint, tmp_path):
     store = Store(tmp_path / "db.sqlite")
-    with running_server(checkpoint) as (base, _):
+    # `lmstack serve`'s app, served by uvicorn in this process: what bounds a reply by the context is the app's and its
+    # engine's, and a `lmstack serve` subprocess took ~4 s to start.
+    app = create_app(lambda: Engine.from_checkpoint(checkpoint, EngineConfig(dtype="float32")), ServeConfig(),
+                     checkpoint.name)
+    with in_process_server(app) as base:
+        wait_for(lambda: httpx.get(f"{base}/health").status_code == 200)  # the model loads once the server is up
         served = make_client(f"{base}/v1")
         for client in (served, make_client(str(checkpoint))):
             outcome = run_eval(one_word_task(), CachedModel(client, store), store, progress=False)

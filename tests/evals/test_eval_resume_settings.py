@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cli_testing import one_line_error, run_cli
+from cli_testing import one_line_error
 from eval_helpers import answers, arith_task
 from lmstack.agent.testing.scripted_server import ScriptedServer
 from lmstack.cli import main
@@ -18,28 +18,35 @@ RUN_SETTINGS = ["--max-tokens", "16", "--temperature", "0.5", "--epochs", "2", "
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def server():
+    """The model of every test here, answering the 2 questions: one server for all, as each start of one is a new
+    interpreter's."""
+    with ScriptedServer({"scripts": {"good": [{"answers": answers(2)}]}}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, server):
     """A finished run 'r' with every setting given, a run 'bare' with none, and the command line that made them
     (without the settings and --run-id)."""
     tmp = tmp_path_factory.mktemp("resume-settings")
     task_file = arith_task(tmp, 2)
     db = tmp / "db.sqlite"
-    with ScriptedServer({"scripts": {"good": [{"answers": answers(2)}]}}) as server:
-        command = ["eval", "run", str(task_file), "--model", server.base_url, "--model-name", "good", "--db", str(db)]
-        assert main([*command, *RUN_SETTINGS, "--run-id", "r"]) == 0
-        assert main([*command, "--run-id", "bare"]) == 0
+    command = ["eval", "run", str(task_file), "--model", server.base_url, "--model-name", "good", "--db", str(db)]
+    assert main([*command, *RUN_SETTINGS, "--run-id", "r"]) == 0
+    assert main([*command, "--run-id", "bare"]) == 0
     return command, db
 
 
-def test_a_new_max_tokens_on_resume_is_refused_in_one_line_and_the_runs_own_is_accepted(finished_run, capsys):
+def test_a_new_max_tokens_on_resume_is_refused_in_one_line_and_the_runs_own_is_accepted(finished_run, cli):
     command, db = finished_run
-    done = run_cli(*command, "--resume", "r", "--max-tokens", "8")
+    done = cli(*command, "--resume", "r", "--max-tokens", "8")
     assert one_line_error(done, "eval") == (
         "lmstack eval: error: --resume r: a resumed run keeps its own settings (max_tokens=16), so --max-tokens 8 "
         "would be ignored; drop it to resume, or start a new run (without --resume) with --max-tokens 8")
     assert Store(db).run("r").status == "finished"  # untouched
-    assert main([*command, *RUN_SETTINGS, "--resume", "r"]) == 0
-    assert "run r: 4 results, 0 errors" in capsys.readouterr().out  # 2 samples x 2 epochs
+    resumed = cli(*command, *RUN_SETTINGS, "--resume", "r")
+    assert resumed.returncode == 0 and "run r: 4 results, 0 errors" in resumed.stdout  # 2 samples x 2 epochs
 
 
 @pytest.mark.parametrize("flag, value, kept", [
@@ -76,16 +83,15 @@ def arith(n: int = 2):
 
 
 @pytest.fixture
-def python_task(tmp_path):
-    """The command line of PYTHON_TASK (n defaults to 2) against a scripted server, the task file, the server's URL
+def python_task(tmp_path, server):
+    """The command line of PYTHON_TASK (n defaults to 2) against the scripted server, the task file, the server's URL
     and the database."""
     arith_task(tmp_path, 2)  # the dataset
     task_file = tmp_path / "tasks.py"
     task_file.write_text(PYTHON_TASK)
-    with ScriptedServer({"scripts": {"good": [{"answers": answers(2)}]}}) as server:
-        db = tmp_path / "db.sqlite"
-        yield (["eval", "run", f"{task_file}@arith", "--model", server.base_url, "--model-name", "good", "--db", db],
-               task_file, server.base_url, db)
+    db = tmp_path / "db.sqlite"
+    return (["eval", "run", f"{task_file}@arith", "--model", server.base_url, "--model-name", "good", "--db", db],
+            task_file, server.base_url, db)
 
 
 def test_other_task_arguments_or_another_judge_on_resume_are_refused(python_task, cli):
@@ -143,10 +149,10 @@ def test_a_run_recorded_with_its_given_task_arguments_alone_takes_the_defaults_f
     assert refused.returncode == 2 and "the run was built with -T n=2, not -T n=1;" in refused.stderr
 
 
-def test_a_yaml_task_refuses_task_arguments_it_would_ignore(tmp_path):
+def test_a_yaml_task_refuses_task_arguments_it_would_ignore(tmp_path, cli):
     task_file = arith_task(tmp_path, 2)
-    done = run_cli("eval", "run", str(task_file), "--model", "http://127.0.0.1:9/v1", "-T", "limit=1",
-                   "--db", str(tmp_path / "db.sqlite"))
+    done = cli("eval", "run", str(task_file), "--model", "http://127.0.0.1:9/v1", "-T", "limit=1",
+               "--db", str(tmp_path / "db.sqlite"))
     assert one_line_error(done, "eval") == (
         f"lmstack eval: error: task file '{task_file}' is YAML, which takes no -T arguments (got limit); set the "
         "values in the file, or write a Python task whose function takes them")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cli_testing import one_line_error, run_cli
+from cli_testing import one_line_error
 from lmstack.agent.client import OpenAIClient
 from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
 from lmstack.evals.loader import load_task
@@ -42,11 +42,10 @@ def test_yaml_name_gives_a_second_json_match_its_own_row(tmp_path):
     assert (c0.scores["json_match"]["value"], c0.scores["n_match"]["value"]) == (1.0, 0.0)
 
 
-def test_two_scorers_of_one_name_in_a_task_file_are_refused_before_a_run(tmp_path):
+def test_two_scorers_of_one_name_in_a_task_file_are_refused_before_a_run(tmp_path, cli):
     path = city_task(tmp_path, "[{json_match: {fields: [city]}}, json_match]")
     db = tmp_path / "db.sqlite"
-    done = run_cli("eval", "run", path, "--model", f"http://127.0.0.1:{free_port()}/v1", "--model-name", "m",
-                   "--db", db)
+    done = cli("eval", "run", path, "--model", f"http://127.0.0.1:{free_port()}/v1", "--model-name", "m", "--db", db)
     assert one_line_error(done, "eval") == (
         f"lmstack eval: error: task file '{path}' has two scorers named 'json_match', and scores are kept by name; "
         "give one its own with `name:`, e.g. {json_match: {...}, name: json_match_2}")

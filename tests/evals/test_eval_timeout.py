@@ -5,8 +5,8 @@ run is resumed without one."""
 
 import pytest
 
-from cli_testing import run_cli
 from eval_helpers import answers, arith_task, tiny_checkpoint, write_dataset
+from lmstack.agent.client import RetryPolicy
 from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
 from lmstack.cli import main
 from lmstack.evals.store import Store
@@ -14,14 +14,21 @@ from lmstack.evals.store import Store
 TIMED_OUT = "(no answer within the 0.2 s timeout; pass a larger --timeout SECONDS); --resume slow retries"
 
 
+@pytest.fixture
+def no_backoff(monkeypatch):
+    """A timed-out request retried at once: the client's backoff between its 4 attempts (~2 s a request, twice a
+    test) is not what these tests check, and their commands run in this process, where it can be left out."""
+    monkeypatch.setattr(RetryPolicy, "delay", lambda self, attempt: 0.0)
+
+
 @pytest.mark.timeout(180)
-def test_a_model_slower_than_the_timeout_names_it_and_a_larger_one_succeeds(tmp_path):
+def test_a_model_slower_than_the_timeout_names_it_and_a_larger_one_succeeds(tmp_path, cli, no_backoff):
     task_file = arith_task(tmp_path, 2)
     db = tmp_path / "db.sqlite"
-    with ScriptedServer({"scripts": {"slow": [{"answers": answers(2), "delay_s": 1.0}]}}) as server:
+    # Any delay over the timeout times out, however loaded the machine: a slower one only answers later still.
+    with ScriptedServer({"scripts": {"slow": [{"answers": answers(2), "delay_s": 0.5}]}}) as server:
         def eval_run(*extra):
-            return run_cli("eval", "run", task_file, "--model", server.base_url, "--model-name", "slow", "--db", db,
-                           *extra)
+            return cli("eval", "run", task_file, "--model", server.base_url, "--model-name", "slow", "--db", db, *extra)
 
         short = eval_run("--timeout", "0.2", "--run-id", "slow")
         assert short.returncode == 0 and "run slow: 2 results, 2 errors" in short.stdout, short.stderr[-2000:]
@@ -58,7 +65,7 @@ def test_a_timeout_for_an_in_process_model_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.timeout(180)
-def test_the_judges_timeout_is_recorded_when_the_model_runs_in_process(tmp_path):
+def test_the_judges_timeout_is_recorded_when_the_model_runs_in_process(tmp_path, no_backoff):
     """--timeout applies to the judge at a URL when the model runs in-process: the run recorded None (the model's)
     before, and a resume gave the judge the default 60 s."""
     write_dataset(tmp_path / "one.jsonl", 1)
@@ -70,7 +77,7 @@ def test_the_judges_timeout_is_recorded_when_the_model_runs_in_process(tmp_path)
     def judge_error() -> str | None:
         return Store(db).samples("judged")[0].scores["model_graded"].get("error")
 
-    with ScriptedServer({"scripts": {"judge": [{"content": "GRADE: C", "delay_s": 1.0}]}}) as server:
+    with ScriptedServer({"scripts": {"judge": [{"content": "GRADE: C", "delay_s": 0.5}]}}) as server:
         command = ["eval", "run", str(task_file), "--model", str(tiny_checkpoint(tmp_path)), "--judge",
                    server.base_url, "--judge-name", "judge", "--db", str(db)]
         assert main([*command, "--timeout", "0.3", "--run-id", "judged"]) == 0

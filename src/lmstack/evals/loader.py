@@ -125,24 +125,33 @@ def _type_name(annotation: Any) -> str:
 def _task_from_file(path: Path, name: str | None):
     if not path.is_file():
         raise TaskError(f"task file '{path}' does not exist")
-    before = set(TASKS)
+    registries = (TASKS, SOLVERS, SCORERS)
+    kept = [dict(registry) for registry in registries]
     module_spec = importlib.util.spec_from_file_location(f"lmstack_user_tasks.{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:
-        module_spec.loader.exec_module(module)
-    except SyntaxError as err:
-        raise TaskError(f"task file '{path}' line {err.lineno}: {err.msg}; fix the Python syntax") from None
-    except Exception as err:  # an import that fails, a module-level bug
-        raise TaskError(f"task file '{path}' failed on import: {type(err).__name__}: {err} ({_where(err)}); "
-                        "fix the file") from err
-    defined = [n for n in TASKS if n not in before or getattr(module, n, None) is TASKS[n]]
-    if name is None:
-        if len(defined) != 1:
-            raise TaskError(f"'{path}' defines tasks {defined or 'none'}; pick one with {path}@NAME")
-        name = defined[0]
-    if name not in TASKS:
-        raise TaskError(f"'{path}' defines no @task '{name}'; it defines: {', '.join(defined) or 'none'}")
-    return TASKS[name]
+        try:
+            module_spec.loader.exec_module(module)
+        except SyntaxError as err:
+            raise TaskError(f"task file '{path}' line {err.lineno}: {err.msg}; fix the Python syntax") from None
+        except Exception as err:  # an import that fails, a module-level bug
+            raise TaskError(f"task file '{path}' failed on import: {type(err).__name__}: {err} ({_where(err)}); "
+                            "fix the file") from err
+        defined = [n for n in TASKS if n not in kept[0] or getattr(module, n, None) is TASKS[n]]
+        if name is None:
+            if len(defined) != 1:
+                raise TaskError(f"'{path}' defines tasks {defined or 'none'}; pick one with {path}@NAME")
+            name = defined[0]
+        if name not in TASKS:
+            raise TaskError(f"'{path}' defines no @task '{name}'; it defines: {', '.join(defined) or 'none'}")
+        return TASKS[name]
+    finally:
+        # What a task file registers is its own. Left registered, its tasks were listed by `eval list` as built-in
+        # and found by their bare name (their datasets then looked for in the working directory), and a task, solver
+        # or scorer named as a built-in one replaced it for every later task of the process.
+        for registry, before in zip(registries, kept):
+            registry.clear()
+            registry.update(before)
 
 
 def yaml_problem(err: Exception) -> str:

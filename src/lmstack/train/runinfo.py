@@ -9,11 +9,10 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from lmstack.device import DeviceInfo
+if TYPE_CHECKING:  # torch, which device.py imports, is imported when needed: `eval run` against a URL never needs it
+    from lmstack.device import DeviceInfo
 
 
 def code_version() -> dict[str, Any]:
@@ -31,6 +30,8 @@ def code_version() -> dict[str, Any]:
 
 
 def environment(device: DeviceInfo, world_size: int) -> dict[str, Any]:
+    import torch
+
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,

@@ -1,6 +1,7 @@
 """A `failed` run resumes once the endpoint is back: the steps before the failure are replayed from the journal
 (their tools not run again), the failed step is made again. And a tool's output is capped before it is stored.
-Scripted server, real SQLite; `lmstack agent` as a real subprocess where the command is what is tested."""
+Scripted server, real SQLite; `lmstack agent` through its CLI where the command is what is tested, in this process
+(a new interpreter per call cost a second or more of make test; none of these checks needs a process of its own)."""
 
 import json
 import sqlite3
@@ -9,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from agent_helpers import call, run_agent
-from cli_testing import run_cli
 from lmstack.agent.builtin_tools import load_tools
 from lmstack.agent.launch import open_database, resume_run
 from lmstack.agent.settings import AgentConfig
@@ -37,8 +37,13 @@ def server():
         yield s
 
 
-def agent(*args, db: Path):
-    return run_cli("agent", *args, "--db", db)
+@pytest.fixture
+def agent(cli):
+    """`lmstack agent ARGS --db DB`."""
+    def run(*args, db: Path):
+        return cli("agent", *args, "--db", db)
+
+    return run
 
 
 def turns_requested(server, script: str) -> list[int]:
@@ -56,7 +61,7 @@ def tallied(workspace: Path) -> list[str]:
     return sorted((workspace / "tally.txt").read_text().splitlines())
 
 
-def start(server, tmp_path: Path, script: str, task: str) -> tuple[Path, Path]:
+def start(agent, server, tmp_path: Path, script: str, task: str) -> tuple[Path, Path]:
     db, workspace = tmp_path / "lmstack.db", tmp_path / "ws"
     failed = agent("run", task, "--model", server.base_url, "--model-name", script, "--run-id", script,
                    "--tools", f"{FAILURE_TOOLS}:tally", "--workspace", workspace, "--set", "max_attempts=2", db=db)
@@ -64,8 +69,8 @@ def start(server, tmp_path: Path, script: str, task: str) -> tuple[Path, Path]:
     return db, workspace
 
 
-def test_a_run_whose_endpoint_failed_resumes_once_it_is_back_without_running_its_tools_again(server, tmp_path):
-    db, workspace = start(server, tmp_path, "outage", "Tally a and b.")
+def test_a_run_whose_endpoint_failed_resumes_once_it_is_back_without_running_its_tools_again(agent, server, tmp_path):
+    db, workspace = start(agent, server, tmp_path, "outage", "Tally a and b.")
     record = get_run(open_database(db), "outage")
     assert record.status == "failed" and "500" in record.stop_reason
     assert "`lmstack agent resume outage` continues once the endpoint is back" in record.stop_reason
@@ -82,8 +87,8 @@ def test_a_run_whose_endpoint_failed_resumes_once_it_is_back_without_running_its
     assert turns_requested(server, "outage") == [0, 1, 1, 1]
 
 
-def test_a_run_failed_by_empty_replies_resumes_by_asking_that_step_again(server, tmp_path):
-    db, workspace = start(server, tmp_path, "silent", "Tally once.")
+def test_a_run_failed_by_empty_replies_resumes_by_asking_that_step_again(agent, server, tmp_path):
+    db, workspace = start(agent, server, tmp_path, "silent", "Tally once.")
     record = get_run(open_database(db), "silent")
     assert record.status == "failed" and "was empty" in record.stop_reason
     assert "`lmstack agent resume silent` redoes the step" in record.stop_reason

@@ -41,7 +41,7 @@ SCRIPT = {"scripts": {
     "flaky": [{"fail": [429, 503], "content": "survived"}],
     "hello": [{"content": "hello back"}],
     "broken": [{"fail": [500] * 10, "content": "never"}],
-    "slow": [{"delay_s": 2.0, "content": "too late"}],
+    "slow": [{"delay_s": 1.0, "content": "too late"}],  # outlasts a 0.3 s timeout, and a second thread refused meanwhile
     "sampled": [{"content": "The answer is 417.", "samples": ["The answer is 417.", "It is 471.", "Maybe 714."]}],
     "guessing": [{"content": "Revenue was 9,120 dollars.", "logprobs": [
         {"token": t, "logprob": lp, "top_logprobs": [{"token": t, "logprob": lp}, {"token": "7", "logprob": -1.0},
@@ -296,7 +296,7 @@ def test_a_run_this_process_executes_cannot_be_executed_by_a_second_thread(tmp_p
     from lmstack.errors import LmstackError
 
     conn = open_database(tmp_path / "db")
-    config = AgentConfig(model=server.base_url, model_name="slow")  # its reply takes 2 s
+    config = AgentConfig(model=server.base_url, model_name="slow")  # its reply takes 1 s, the refusal milliseconds
     create_run(conn, "busy-here", "hi", to_dict(config))
 
     def runtime():

@@ -1,14 +1,12 @@
-"""Against our own server: `lmstack serve CKPT` (a real subprocess) with a tiny model trained here, in
-a few seconds, to make one tool call and then answer from the tool's result. The agent's calls go
-through the openai SDK, our server's chat template and tool-call parser, our engine, and back."""
+"""Against our own server: `lmstack serve CKPT` with a tiny model trained here, in a few seconds, to make
+one tool call and then answer from the tool's result. The agent's calls go through the openai SDK, our
+server's chat template and tool-call parser, our engine, and back. The server and the `lmstack agent`
+commands run in this process (no test here signals or kills one; a new interpreter each took seconds of
+make test), the server still over HTTP."""
 
-import contextlib
 import json
-import os
-import subprocess
 import sys
-import time
-import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,13 +19,16 @@ from lmstack.agent.launch import open_database
 from lmstack.agent.runtime import AgentRuntime
 from lmstack.agent.settings import AgentConfig
 from lmstack.agent.store import create_run, update_run
-from lmstack.agent.testing.scripted_server import ScriptedServer, free_port
+from lmstack.agent.testing.scripted_server import ScriptedServer
 from lmstack.agent.tools import ToolRegistry
 from lmstack.config import to_dict
 from lmstack.model.checkpoint import save_model_dir
 from lmstack.model.config import ModelConfig
 from lmstack.model.gpt import build_model
 from lmstack.tokenizer import Tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "serve"))
+from serve_helpers import serve_here  # noqa: E402  (the server tests' own helpers)
 
 SYSTEM = AgentConfig().system_prompt
 TASK = "What is 6 * 7?"
@@ -63,29 +64,6 @@ def train_tool_using_checkpoint(path) -> None:
     save_model_dir(path, model.eval(), tokenizer, {})
 
 
-@contextlib.contextmanager
-def serve(checkpoint, **env: str):
-    """`lmstack serve CHECKPOINT` as a subprocess on a free port; yields its /v1 base URL once it is ready."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "lmstack.cli", "serve", str(checkpoint), "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **env})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            if process.poll() is not None:
-                pytest.fail(f"lmstack serve exited: {process.stderr.read().decode()[-2000:]}")
-            try:
-                if urllib.request.urlopen(f"{base}/health", timeout=1).status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        yield f"{base}/v1"
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny-tools"
@@ -95,9 +73,9 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def own_server(checkpoint):
-    with serve(checkpoint) as url:
+    with serve_here(checkpoint) as base:
         class Server:
-            base_url = url
+            base_url = f"{base}/v1"
         yield Server
 
 
@@ -169,15 +147,21 @@ def test_a_prompt_our_server_refuses_as_too_long_is_fitted_again_with_its_count(
     assert record.status == "completed" and record.final_answer == ANSWER, record.stop_reason
 
 
-def test_a_refused_api_key_is_reported_with_where_the_agent_reads_it(checkpoint, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "SERVER_KEY")}
+def test_a_refused_api_key_is_reported_with_where_the_agent_reads_it(cli, monkeypatch, checkpoint, tmp_path):
+    def environment(**variables: str) -> None:
+        """Neither key set, but for `variables`."""
+        for name in ("OPENAI_API_KEY", "SERVER_KEY"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
 
-    def agent_run(*settings: str, **variables: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "lmstack.cli", "agent", "run", TASK, "--model", url, "--db",
-                               str(tmp_path / "lmstack.db"), "--workspace", str(tmp_path / "ws"), *settings],
-                              capture_output=True, text=True, timeout=120, env={**env, **variables})
+    def agent_run(*settings: str, **variables: str):
+        environment(**variables)
+        return cli("agent", "run", TASK, "--model", url, "--db", tmp_path / "lmstack.db", "--workspace",
+                   tmp_path / "ws", *settings)
 
-    with serve(checkpoint, LMSTACK_API_KEY="sesame") as url:
+    with serve_here(checkpoint, "--api-key", "sesame") as base:
+        url = f"{base}/v1"
         no_key, wrong_key = agent_run(), agent_run(OPENAI_API_KEY="wrong")
         right_key = agent_run("--set", "api_key_env=SERVER_KEY", SERVER_KEY="sesame")  # the fix the message names
         # A run started with the key in $SERVER_KEY, resumed where it is not set: it said only "Error code: 401" and
@@ -186,8 +170,8 @@ def test_a_refused_api_key_is_reported_with_where_the_agent_reads_it(checkpoint,
         create_run(conn, "later", TASK, to_dict(AgentConfig(model=url, model_name="tiny-tools",
                                                              api_key_env="SERVER_KEY", workspace=str(tmp_path / "ws"))))
         update_run(conn, "later", status="failed")  # as after a server outage: its process is not this one
-        resumed = subprocess.run([sys.executable, "-m", "lmstack.cli", "agent", "resume", "later", "--db",
-                                  str(tmp_path / "lmstack.db")], capture_output=True, text=True, timeout=120, env=env)
+        environment()
+        resumed = cli("agent", "resume", "later", "--db", tmp_path / "lmstack.db")
     for result, sent in ((no_key, "no key ($OPENAI_API_KEY is not set)"), (wrong_key, "the key in $OPENAI_API_KEY")):
         assert result.returncode == 2, result.stderr
         error = result.stderr.strip().splitlines()[-1]

@@ -1,9 +1,8 @@
 """A run started in one directory is approved and resumed from another: its tool files and checkpoint are saved
 absolute. An approval that cannot resume the run decides nothing, and a waiting run whose calls are decided says
-to resume it, not to approve it. Real `lmstack agent` subprocesses, each in the directory a user would be in."""
+to resume it, not to approve it. `lmstack agent` through its CLI, each call in the directory a user would be in (in
+this process, whose working directory the test moves: a new interpreter per call took seconds of make test)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -41,13 +40,18 @@ def server():
         yield s
 
 
-def agent(*args, cwd: Path, db: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmstack.cli", "agent", *args, "--db", str(db)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def agent(cli, monkeypatch):
+    """`lmstack agent ARGS --db DB` run from the directory `cwd`."""
+    def run(*args, cwd: Path, db: Path):
+        monkeypatch.chdir(cwd)
+        return cli("agent", *args, "--db", db)
+
+    return run
 
 
 @pytest.fixture
-def waiting_run(server, tmp_path):
+def waiting_run(agent, server, tmp_path):
     """`cd agent; lmstack agent run "del" --tools mytools.py:delete_db`, paused for approval; and another dir."""
     run_dir, elsewhere = tmp_path / "agent", tmp_path / "elsewhere"
     run_dir.mkdir()
@@ -64,7 +68,7 @@ def decisions(db: Path) -> list[str]:
     return [r["decision"] for r in open_database(db).execute("SELECT decision FROM agent_approvals")]
 
 
-def test_a_run_with_a_relative_tool_file_is_approved_from_another_directory(waiting_run):
+def test_a_run_with_a_relative_tool_file_is_approved_from_another_directory(agent, waiting_run):
     db, run_dir, elsewhere = waiting_run
     assert get_run(open_database(db), "deny2").config["tools"] == [f"{(run_dir / 'mytools.py').resolve()}:delete_db"]
     approved = agent("approve", "deny2", cwd=elsewhere, db=db)
@@ -74,7 +78,7 @@ def test_a_run_with_a_relative_tool_file_is_approved_from_another_directory(wait
     assert lines[2] == "Done with staging."
 
 
-def test_an_approval_that_cannot_resume_the_run_decides_nothing(waiting_run):
+def test_an_approval_that_cannot_resume_the_run_decides_nothing(agent, waiting_run):
     # The run used to be approved first: the resume then failed, and the run was left `waiting` on a decided call
     # that `approve` no longer found ("no pending approval") while `trace` still said "approval needed".
     db, run_dir, elsewhere = waiting_run
@@ -92,7 +96,7 @@ def test_an_approval_that_cannot_resume_the_run_decides_nothing(waiting_run):
     assert agent("approve", "deny2", cwd=elsewhere, db=db).returncode == 0 and decisions(db) == ["approved"]
 
 
-def test_a_waiting_run_whose_calls_are_decided_says_to_resume_it(waiting_run):
+def test_a_waiting_run_whose_calls_are_decided_says_to_resume_it(agent, waiting_run):
     # As a dashboard asked to decide without resuming (`"resume": false`) leaves it.
     db, _, elsewhere = waiting_run
     conn = open_database(db)
@@ -106,7 +110,7 @@ def test_a_waiting_run_whose_calls_are_decided_says_to_resume_it(waiting_run):
     assert resumed.returncode == 0 and resumed.stdout.startswith("run deny2: completed"), resumed.stderr
 
 
-def test_a_checkpoint_given_by_a_relative_path_is_saved_absolute(tmp_path):
+def test_a_checkpoint_given_by_a_relative_path_is_saved_absolute(agent, tmp_path):
     tokenizer = Tokenizer.train(["Agents call tools and answer. " * 20] * 4, vocab_size=300, show_progress=False,
                                 min_frequency=1)
     model = build_model(ModelConfig(arch="llama", vocab_size=320, block_size=1024, n_layer=1, n_head=2, n_embd=32))  # fits the prompt

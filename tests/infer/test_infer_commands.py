@@ -1,10 +1,9 @@
 """`lmstack sample`, `chat` and `inspect` on a tiny checkpoint, through the real CLI."""
 
+import contextlib
 import dataclasses
 import io
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -166,10 +165,24 @@ def test_chat_loop_keeps_the_conversation_and_streams(checkpoint):
     assert engine.tokenizer.has_chat_tokens
 
 
-def test_chat_command_streams_a_reply_from_the_local_checkpoint(checkpoint):
-    run = subprocess.run([sys.executable, "-m", "lmstack.cli", "chat", str(checkpoint), "--max-tokens", "8",
-                          "--temperature", "0"], input="Hello there\n/exit\n", capture_output=True, text=True,
-                         timeout=120)
+def test_chat_loop_prints_to_the_stdout_of_the_call():
+    """Its default `out` was the sys.stdout of import time: under a later redirect_stdout the prompts went to the new
+    one (input() writes them there) and the replies to the old."""
+    class Canned:
+        def stream(self, messages):
+            yield from ["hi ", "there"]
+
+    lines = iter(["first", "/exit"])
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        chat_loop(Canned(), read=lambda prompt: next(lines))
+    assert out.getvalue().endswith("assistant> hi there\n")
+
+
+def test_chat_command_streams_a_reply_from_the_local_checkpoint(cli, checkpoint, monkeypatch):
+    # In this process, the user's lines as its stdin (read by the same input() as in a terminal): a new interpreter
+    # took seconds of make test.
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\n/exit\n"))
+    run = cli("chat", checkpoint, "--max-tokens", "8", "--temperature", "0")
     assert run.returncode == 0, run.stderr
     assert "assistant> " in run.stdout
 

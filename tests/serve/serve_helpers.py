@@ -1,5 +1,5 @@
 """A tiny checkpoint and a real `lmstack serve` subprocess on a free 127.0.0.1 port (or an app served in this
-process, for tests that build its engine), for the server tests."""
+process, for tests that build its engine or need no process of the server's own), for the server tests."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import torch
@@ -112,3 +113,25 @@ def in_process_server(app):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def serve_here(ckpt: Path, *extra: str):
+    """`lmstack serve CKPT EXTRA` in this process: the command's checks, and the app it makes, served by uvicorn in a
+    thread; yields the base URL once the model is loaded. For what needs no signal or process of the server's own: a
+    subprocess costs seconds of start-up (torch's import)."""
+    from lmstack.cli import main
+
+    made = []
+    threads = torch.get_num_threads()
+    try:
+        # its uvicorn.run, which would serve until the process ends, hands the app over instead
+        with mock.patch.object(uvicorn, "run", lambda app, **_: made.append(app)):
+            assert main(["serve", str(ckpt), "--port", str(free_port()), *extra]) == 0
+    finally:
+        torch.set_num_threads(threads)  # serve sets its process's, which here is the test session's
+    with in_process_server(made[0]) as base:
+        wait_for(lambda: httpx.get(f"{base}/health").json()["status"] != "loading")
+        health = httpx.get(f"{base}/health")
+        assert health.status_code == 200, health.text
+        yield base

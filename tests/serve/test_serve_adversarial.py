@@ -6,7 +6,7 @@ import time
 import httpx
 import openai
 import pytest
-from serve_helpers import API_KEY, CONTEXT, MODEL, metric, running_server
+from serve_helpers import API_KEY, CONTEXT, MODEL, metric, serve_here
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 USER = [{"role": "user", "content": "hi"}]
@@ -155,7 +155,7 @@ def test_after_the_bad_requests_the_server_serves_and_holds_no_blocks(server, cl
 def test_a_kv_pool_smaller_than_the_context_bounds_requests_instead_of_refusing_them(checkpoint):
     """8 blocks of 16 = 128 tokens of KV for a 1024-token model: a request without max_tokens once got 'needs 1024
     KV slots but the cache holds 128; raise kv_memory_mb', which no client can do anything about."""
-    with running_server(checkpoint, "--set", "engine.num_blocks=8") as (base, _proc):
+    with serve_here(checkpoint, "--set", "engine.num_blocks=8", "--set", "engine.dtype=float32") as base:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=60)
         assert client.models.list().data[0].max_model_len == 128
         reply = client.chat.completions.create(model=MODEL, messages=USER, temperature=0,

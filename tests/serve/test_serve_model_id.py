@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import httpx
-from serve_helpers import make_checkpoint, running_server
+from serve_helpers import make_checkpoint, serve_here
 
 from lmstack.serve.commands import served_name
 
@@ -14,7 +14,7 @@ def test_the_model_id_is_the_name_given_not_the_symlinks_target(tmp_path, monkey
     run_dir = tmp_path / "run"
     make_checkpoint(run_dir / "checkpoints" / "step_000200")
     (run_dir / "best").symlink_to("checkpoints/step_000200")
-    with running_server(run_dir / "best") as (base, _):
+    with serve_here(run_dir / "best", "--set", "engine.dtype=float32") as base:
         assert [model["id"] for model in httpx.get(f"{base}/v1/models").json()["data"]] == ["best"]
 
     # A path with no name of its own is served under the real dir's

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from urllib.parse import quote
 
 import httpx
@@ -155,33 +153,37 @@ def test_an_unknown_route_points_to_the_openai_api_only_where_there_is_one(clien
     assert missing.json()["error"]["message"] == "no route GET /v2/nothing"  # `lmstack ui` serves no /v1
 
 
-def test_a_runs_root_that_does_not_exist_is_refused(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "lmstack.cli", "ui", "--runs-root", str(tmp_path / "nope")],
-                         capture_output=True, text=True, timeout=60)
+# `lmstack ui`'s refusals run in this process (a new interpreter per case took seconds of make test), on a port that
+# is taken where the case allows one: a check that let a case through fails with another error, never serves here.
+@pytest.fixture(scope="module")
+def taken_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+def test_a_runs_root_that_does_not_exist_is_refused(cli, tmp_path, taken_port):
+    run = cli("ui", "--runs-root", tmp_path / "nope", "--port", taken_port)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert f"--runs-root '{tmp_path / 'nope'}' is not a directory" in run.stderr
 
 
-def test_a_bad_database_address_or_port_is_refused_before_the_dashboard_starts(tmp_path):
+def test_a_bad_database_address_or_port_is_refused_before_the_dashboard_starts(cli, tmp_path, taken_port):
     """A --db that is not a database served a dashboard whose every page failed; a bad --port or --host was
-    uvicorn's own "ERROR: [Errno -8] ..." with exit code 3 and no fix. Each exits at once now (a server that
-    started anyway would run into the timeout)."""
+    uvicorn's own "ERROR: [Errno -8] ..." with exit code 3 and no fix. Each exits at once now."""
     notes = tmp_path / "notes.txt"
     notes.write_text("not a database")
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        for args, says in ((["--db", str(notes)], f"cannot open database '{notes}': file is not a database"),
-                           (["--port", "-1"], "--port -1: a port is in [0, 65535] (default 8080)"),
-                           (["--host", "999.1.1.1"], "--host 999.1.1.1: not an address of this machine"),
-                           (["--port", str(busy)], f"cannot listen on 127.0.0.1:{busy} (Address already in use)"),
-                           (["--endpoint", "a=http://127.0.0.1:1/v1", "--endpoint", "a=http://127.0.0.1:2/v1"],
-                            "--endpoint 'a=http://127.0.0.1:2/v1': the name 'a' is given twice")):
-            run = subprocess.run([sys.executable, "-m", "lmstack.cli", "ui", *args], capture_output=True, text=True,
-                                 timeout=60)
-            assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
-            assert run.stderr.startswith("lmstack ui: error: ") and says in run.stderr
+    busy = ["--port", str(taken_port)]
+    for args, says in ((["--db", str(notes), *busy], f"cannot open database '{notes}': file is not a database"),
+                       (["--port", "-1"], "--port -1: a port is in [0, 65535] (default 8080)"),
+                       (["--host", "999.1.1.1", *busy], "--host 999.1.1.1: not an address of this machine"),
+                       (busy, f"cannot listen on 127.0.0.1:{taken_port} (Address already in use)"),
+                       (["--endpoint", "a=http://127.0.0.1:1/v1", "--endpoint", "a=http://127.0.0.1:2/v1", *busy],
+                        "--endpoint 'a=http://127.0.0.1:2/v1': the name 'a' is given twice")):
+        run = cli("ui", *args)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.startswith("lmstack ui: error: ") and says in run.stderr
     assert notes.read_text() == "not a database"
 
 

@@ -61,12 +61,15 @@ HELP = "commands: /reset clears the conversation, /exit quits (or Ctrl-D)"
 
 
 def chat_loop(source: TokenSource, system: str | None = None, read: Callable[[str], str] = input,
-              out: TextIO = sys.stdout) -> list[Message]:
-    """Read user lines until EOF or /exit; stream each reply to `out`. Returns the conversation.
+              out: TextIO | None = None) -> list[Message]:
+    """Read user lines until EOF or /exit; stream each reply to `out` (default: sys.stdout at the call, where input()
+    writes the prompt: the one bound at import went on printing there under a later redirect_stdout). Returns the
+    conversation.
 
     A turn the source refuses (an lmstack error: the conversation outgrew the context, the server went away), or
     one stopped with Ctrl-C, is printed and taken back, user line and partial reply, so the conversation goes on
     from before it. Ctrl-C at the prompt quits."""
+    out = out or sys.stdout
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)
     print(HELP, file=out)

@@ -19,18 +19,22 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from _args import require_positive
-from lmstack.data.loader import ShardLoader
 from lmstack.data.prepare import prepare
 from lmstack.data.shards import HEADER_SIZE
 from lmstack.data.sources import iter_documents
 from lmstack.tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    import torch
+
 BATCH, SEQ_LEN, LOADER_BATCHES = 32, 1024, 200
+# torch (the loaders' part) is imported where it is used: prepare's spawned workers import this script again, and
+# torch at its top cost each of them ~1.5 s, which `lmstack prepare` does not pay (it halved the prepare figure).
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -49,6 +53,8 @@ def plain_prepare(tokenizer: Tokenizer, texts: list[str], out: Path) -> None:
 
 
 def nanogpt_get_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     data = np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_SIZE)  # re-opened per batch, as nanoGPT does
     ix = torch.randint(len(data) - SEQ_LEN, (BATCH,))
     x = torch.stack([torch.from_numpy(data[i : i + SEQ_LEN].astype(np.int64)) for i in ix])
@@ -73,6 +79,8 @@ def main() -> None:
         ours_s = median_seconds(lambda: prepare("stdlib", tmp / "data", tokenizer, workers=args.workers,
                                                 show_progress=False), args.repeats)
         peer_s = median_seconds(lambda: plain_prepare(tokenizer, texts, tmp / "plain.bin"), args.repeats)
+
+        from lmstack.data.loader import ShardLoader
 
         loader = ShardLoader(tmp / "data", "train", BATCH, SEQ_LEN)
         shard = tmp / "data" / "train_000000.bin"

@@ -1,6 +1,7 @@
 """Shared test set-up: every test session gets its own LMSTACK_HOME, so no test touches ~/.lmstack."""
 
 import os
+import socket
 import subprocess
 import tempfile
 
@@ -27,3 +28,13 @@ def cli(capsys):
         return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def taken_port():
+    """A 127.0.0.1 port that is listened on: a server command refused in-process must fail before it would bind one,
+    and one whose check let a case through fails to bind it rather than serving in the test process."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]

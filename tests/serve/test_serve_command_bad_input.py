@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 
 import pytest
 import torch
@@ -20,14 +19,6 @@ from serve_helpers import make_checkpoint
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("serve-bad") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def taken_port():
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        yield taken.getsockname()[1]
 
 
 def damaged_copy(good, tmp_path, damage) -> object:

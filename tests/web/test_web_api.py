@@ -4,7 +4,6 @@ schema, live metric reads, paged traces and run lists (checked against the layer
 from __future__ import annotations
 
 import json
-import socket
 from urllib.parse import quote
 
 import httpx
@@ -155,14 +154,6 @@ def test_an_unknown_route_points_to_the_openai_api_only_where_there_is_one(clien
 
 # `lmstack ui`'s refusals run in this process (a new interpreter per case took seconds of make test), on a port that
 # is taken where the case allows one: a check that let a case through fails with another error, never serves here.
-@pytest.fixture(scope="module")
-def taken_port():
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        yield taken.getsockname()[1]
-
-
 def test_a_runs_root_that_does_not_exist_is_refused(cli, tmp_path, taken_port):
     run = cli("ui", "--runs-root", tmp_path / "nope", "--port", taken_port)
     assert run.returncode == 2 and "Traceback" not in run.stderr

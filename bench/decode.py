@@ -62,16 +62,17 @@ def ours_run(engine: Engine, batch: int, tokens: int):
     return lambda: engine.generate(prompts, params)
 
 
-def hf_run(hf_dir: Path, dtype: torch.dtype, tokens: int):
+def hf_run(hf_dir: Path, dtype: torch.dtype, tokens: int, device: str = "cpu"):
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
-    prompt = torch.tensor([PROMPT])
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(device).eval()
+    prompt = torch.tensor([PROMPT], device=device)
 
     def run():
         with torch.inference_mode():
-            model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens,
-                           min_new_tokens=tokens, do_sample=False, pad_token_id=0)
+            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens,
+                                 min_new_tokens=tokens, do_sample=False, pad_token_id=0)
+        out.tolist()  # on a GPU: waits for the last step, as our engine's token ids do
     return run
 
 

@@ -50,16 +50,22 @@ def parse_args() -> argparse.Namespace:
                              "| float16")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="torch.compile both models (needs a C++ compiler on CPU; minutes to compile)")
+    parser.add_argument("--compile-mode", default="default",
+                        help="torch.compile mode of both models with --compile: default | reduce-overhead (CUDA "
+                             "graphs: fewer kernel launches) | max-autotune-no-cudagraphs")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the rounds, profile our steps once: the kernels taking the most device time, "
+                             "and the share of the wall time the device was busy")
     args = parser.parse_args()
     require_positive(parser, args, "rounds", "steps", "layers", "width", "vocab", "batch", "seq")
     return args
 
 
-def ours(cfg: ModelConfig, device: torch.device, compile_model: bool, autocast):
+def ours(cfg: ModelConfig, device: torch.device, compile_mode: str | None, autocast):
     model = build_model(cfg, device, seed=0)
     optimizers = build_optimizers(model, TrainConfig(model=cfg, lr=LR, beta1=BETAS[0], beta2=BETAS[1],
                                                      weight_decay=WEIGHT_DECAY, seq_len=cfg.block_size), device)
-    forward = torch.compile(model) if compile_model else model
+    forward = torch.compile(model, mode=compile_mode) if compile_mode else model
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
         with autocast():
@@ -74,7 +80,7 @@ def ours(cfg: ModelConfig, device: torch.device, compile_model: bool, autocast):
     return model, step
 
 
-def peer(cfg: ModelConfig, device: torch.device, compile_model: bool, autocast):
+def peer(cfg: ModelConfig, device: torch.device, compile_mode: str | None, autocast):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
@@ -89,7 +95,7 @@ def peer(cfg: ModelConfig, device: torch.device, compile_model: bool, autocast):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=BETAS,
                                   fused=device.type in ("cpu", "cuda"))
-    forward = torch.compile(model) if compile_model else model
+    forward = torch.compile(model, mode=compile_mode) if compile_mode else model
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
         with autocast():
@@ -114,6 +120,22 @@ def tokens_per_second(step, batches, device: torch.device) -> float:
     return sum(x.numel() for x, _ in batches) / (time.perf_counter() - start)
 
 
+def profile(step, batches, device: torch.device) -> None:
+    """Print where our training steps spend their time: the top kernels (device time on a GPU, CPU time on a CPU)
+    and, on a GPU, busy time over wall time (what launch gaps and host syncs leave idle)."""
+    from torch.profiler import ProfilerActivity
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        wall = len(batches) * batches[0][0].numel() / tokens_per_second(step, batches, device)
+    events = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by=key, row_limit=25, max_name_column_width=70))
+    if device.type == "cuda":
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.time_range.elapsed_us() for e in kernels) / 1e6
+        print(f"device busy {busy:.3f} s of {wall:.3f} s wall ({busy / wall:.0%})")
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -130,8 +152,9 @@ def main() -> None:
     batches = [(torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=generator)) for _ in range(args.steps)]
     batches = [(b[:, :-1].contiguous().to(device), b[:, 1:].contiguous().to(device)) for b in batches]
     autocast = autocast_context(device.type, amp_dtype)
-    our_model, our_step = ours(cfg, device, args.compile, autocast)
-    peer_model, peer_step = peer(cfg, device, args.compile, autocast)
+    compile_mode = args.compile_mode if args.compile else None
+    our_model, our_step = ours(cfg, device, compile_mode, autocast)
+    peer_model, peer_step = peer(cfg, device, compile_mode, autocast)
     for step in (our_step, peer_step):  # warm-up: allocator, kernels, compilation
         tokens_per_second(step, batches[:2], device)
     our_rates, peer_rates = [], []
@@ -139,6 +162,8 @@ def main() -> None:
         our_rates.append(tokens_per_second(our_step, batches, device))
         peer_rates.append(tokens_per_second(peer_step, batches, device))
         print(f"round {round_index + 1}: lmstack {our_rates[-1]:,.0f} tok/s, transformers {peer_rates[-1]:,.0f} tok/s")
+    if args.profile:
+        profile(our_step, batches, device)
     ours_median, peer_median = statistics.median(our_rates), statistics.median(peer_rates)
     flops_per_token = our_model.flops_per_token(args.seq)
     peak = peak_flops(info, amp_dtype)

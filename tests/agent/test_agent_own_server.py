@@ -96,7 +96,9 @@ def test_agent_run_against_our_own_server(tmp_path, own_server, stream):
 
 
 def test_the_client_reads_the_context_from_v1_models_when_the_server_reports_it(own_server):
-    assert OpenAIClient(own_server.base_url, "tiny-tools").context_tokens == CONTEXT
+    with OpenAIClient(own_server.base_url, "tiny-tools") as client:
+        assert client.context_tokens == CONTEXT
+    assert client.sdk.is_closed()  # its sockets go with the block, not when the garbage collector finds it
     with ScriptedServer({"scripts": {"m": []}}) as openai_like:  # lists models without max_model_len, as OpenAI does
         assert getattr(OpenAIClient(openai_like.base_url, "m"), "context_tokens", 8192) == 8192
 

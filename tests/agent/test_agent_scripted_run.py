@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,11 @@ def test_malformed_arguments_are_corrected_after_the_validation_message(tmp_path
     assert requests[3]["messages"][-1]["content"] == "36"
     hallucinated = conn.execute("SELECT text FROM agent_events WHERE monitor = 'tool_hallucination'").fetchall()
     assert [r["text"] for r in hallucinated] == ["expr"]
+
+
+def test_a_scripted_server_that_cannot_start_says_why_and_leaves_no_script_file():
+    server = ScriptedServer({"turns": []})  # no "scripts": the server's app cannot be built
+    with pytest.raises(RuntimeError, match="(?s)scripted server exited: .*KeyError: 'scripts'"):
+        server.__enter__()
+    assert server.process.poll() is not None
+    assert not Path(server._script_file.name).exists()

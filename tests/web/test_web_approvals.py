@@ -18,6 +18,7 @@ from lmstack.agent.settings import AgentConfig
 from lmstack.agent.store import get_run
 from lmstack.agent.testing.scripted_server import ScriptedServer
 from lmstack.serve.errors import install_error_handlers
+from lmstack.web import routes_data
 from lmstack.web.routes_data import data_router
 from lmstack.web.settings import DashboardSettings
 from lmstack.web.sources import DataSources
@@ -37,7 +38,10 @@ class RecordedSources(DataSources):
         return conn
 
 
-def test_approving_reads_the_pending_calls_once_then_resumes_the_run(scripted, tmp_path):
+def test_approving_reads_the_pending_calls_once_then_resumes_the_run(scripted, tmp_path, monkeypatch):
+    resumed: list[AgentRuntime] = []  # the runtime the dashboard rebuilt, to check what it holds once the run ends
+    resume = routes_data._resume
+    monkeypatch.setattr(routes_data, "_resume", lambda runtime: (resumed.append(runtime), resume(runtime)))
     conn = open_database(tmp_path / "lmstack.db")
     config = agent_config(scripted.base_url, "agent-approval", tmp_path / "workspace")
     assert start_run(conn, "Ship it.", config, "waiting-run").status == "waiting"
@@ -57,6 +61,11 @@ def test_approving_reads_the_pending_calls_once_then_resumes_the_run(scripted, t
         time.sleep(0.1)
     assert get_run(conn, "waiting-run").status == "completed"
     conn.close()
+    [runtime] = resumed
+    deadline = time.monotonic() + 10  # the thread closes them after recording the run's end
+    while not runtime.client.sdk.is_closed() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runtime.client.sdk.is_closed(), "the resumed run's model client should not hold its sockets open"
 
 
 APPROVAL_TOOLS = Path(__file__).parents[1] / "agent" / "approval_tools.py"

@@ -176,6 +176,17 @@ class OpenAIClient:
         self.sdk = openai.OpenAI(base_url=api_base(base_url), api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0)
         self._max_model_lens: dict[str, Any] | None = None  # GET /v1/models, once it has answered
 
+    def close(self) -> None:
+        """Close the SDK's connection pool now. A process that makes clients as it goes (the dashboard, one per resumed
+        run) would otherwise keep each one's sockets open until the garbage collector finds it."""
+        self.sdk.close()
+
+    def __enter__(self) -> "OpenAIClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     @property
     def context_tokens(self) -> int:
         """The model's context as the server reports it in GET /v1/models (`max_model_len`: our server, vLLM).

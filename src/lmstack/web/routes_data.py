@@ -130,7 +130,7 @@ def data_router(sources: DataSources) -> APIRouter:
         if resumed:
             threading.Thread(target=_resume, args=(runtime,), name=f"resume-{run_id}", daemon=True).start()
         elif runtime is not None:
-            runtime.conn.close()
+            _release(runtime)
         return {"decided": keys, "approve": decision.approve, "resumed": resumed}
 
     # ---- eval runs ------------------------------------------------------------------------------
@@ -184,11 +184,15 @@ def _runtime_to_resume(sources: DataSources, run_id: str) -> AgentRuntime:
     that fails: the resume would fail in the background after the calls were decided, leaving a run `waiting` on
     nothing, with a response that said it resumed."""
     conn = open_database(sources.settings.db_path)
+    runtime = None
     try:
         runtime = build_runtime(conn, run_id)
         check_model_reachable(runtime.config)  # the config the rebuild already read
     except BaseException as err:
-        conn.close()
+        if runtime is not None:
+            _release(runtime)
+        else:
+            conn.close()
         if isinstance(err, LmstackError) and not isinstance(err, NOT_FOUND):
             raise _cannot_resume(run_id, err) from None
         raise
@@ -212,4 +216,13 @@ def _resume(runtime: AgentRuntime) -> None:
     except Exception:  # a thread has no caller to raise to; the run's own status records model failures
         log.exception("resuming agent run %s failed", runtime.run_id)
     finally:
-        runtime.conn.close()
+        _release(runtime)
+
+
+def _release(runtime: AgentRuntime) -> None:
+    """Close what a runtime rebuilt in this long-lived process holds: its connection, and its model client's sockets
+    (an in-process checkpoint's client has none to close)."""
+    runtime.conn.close()
+    close = getattr(runtime.client, "close", None)
+    if close is not None:
+        close()

@@ -209,13 +209,19 @@ class ScriptedServer:
         self._script_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
         json.dump(self.script, self._script_file)
         self._script_file.close()
+        # Its log goes to a file, not a pipe: a pipe nobody reads while it serves would fill up (64 KiB) and block the
+        # server in the middle of a test. The file is read when it fails to start.
+        self._log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "lmstack.agent.testing.scripted_server", self._script_file.name, str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdout=subprocess.DEVNULL, stderr=self._log)
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"scripted server exited: {self.process.stderr.read().decode()[-2000:]}")
+                self._log.seek(0)
+                log = self._log.read().decode(errors="replace")[-2000:]
+                self.__exit__(None, None, None)
+                raise RuntimeError(f"scripted server exited: {log}")
             try:
                 urllib.request.urlopen(f"{self.base_url}/models", timeout=1).read()
                 return self
@@ -236,6 +242,7 @@ class ScriptedServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._log.close()
         Path(self._script_file.name).unlink(missing_ok=True)
 
 

@@ -126,7 +126,8 @@ def profile(step, batches, device: torch.device) -> None:
     from torch.profiler import ProfilerActivity
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.profiler.profile(activities=activities) as prof:
-        wall = len(batches) * batches[0][0].numel() / tokens_per_second(step, batches, device)
+        rate = tokens_per_second(step, batches, device)
+    wall = sum(x.numel() for x, _ in batches) / rate
     events = prof.key_averages()
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(events.table(sort_by=key, row_limit=25, max_name_column_width=70))

@@ -130,13 +130,7 @@ def _task_from_file(path: Path, name: str | None):
     module_spec = importlib.util.spec_from_file_location(f"lmstack_user_tasks.{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:
-        try:
-            module_spec.loader.exec_module(module)
-        except SyntaxError as err:
-            raise TaskError(f"task file '{path}' line {err.lineno}: {err.msg}; fix the Python syntax") from None
-        except Exception as err:  # an import that fails, a module-level bug
-            raise TaskError(f"task file '{path}' failed on import: {type(err).__name__}: {err} ({_where(err)}); "
-                            "fix the file") from err
+        _import_task_file(module_spec, module, path)
         defined = [n for n in TASKS if n not in kept[0] or getattr(module, n, None) is TASKS[n]]
         if name is None:
             if len(defined) != 1:
@@ -152,6 +146,16 @@ def _task_from_file(path: Path, name: str | None):
         for registry, before in zip(registries, kept):
             registry.clear()
             registry.update(before)
+
+
+def _import_task_file(module_spec, module, path: Path) -> None:
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise TaskError(f"task file '{path}' line {err.lineno}: {err.msg}; fix the Python syntax") from None
+    except Exception as err:  # an import that fails, a module-level bug
+        raise TaskError(f"task file '{path}' failed on import: {type(err).__name__}: {err} ({_where(err)}); "
+                        "fix the file") from err
 
 
 def yaml_problem(err: Exception) -> str:

@@ -46,6 +46,12 @@ class RunDirLock:
         os.write(fd, json.dumps(dataclasses.asdict(this_process())).encode())
         self.fd = fd
 
+    def move_dir(self, new_dir: Path) -> None:
+        """Rename the run dir while holding its lock: no writer can start in it between the check and the move. The
+        lock file moves with the dir, so `release` removes it there."""
+        self.run_dir.rename(new_dir)
+        self.run_dir, self.path = new_dir, new_dir / LOCK_FILE
+
     def release(self) -> None:
         """Remove the file and let the next writer in: a run that ended, or a start that failed, leaves no lock file."""
         if self.fd is None:

@@ -73,8 +73,7 @@ def set_aside_if_from_another_start(sft_dir: Path, init_from: Path) -> Path | No
         while aside.exists():
             suffix += 1
             aside = sft_dir.with_name(f"{sft_dir.name}-from-{Path(started_from).name}-{suffix}")
-        sft_dir.rename(aside)
-        lock.path = aside / lock.path.name  # the lock file moved with its dir: release removes it there
+        lock.move_dir(aside)
     finally:
         lock.release()
     return aside

@@ -1,6 +1,7 @@
 """Shared test set-up: every test session gets its own LMSTACK_HOME, so no test touches ~/.lmstack."""
 
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -11,6 +12,11 @@ _home = tempfile.mkdtemp(prefix="lmstack-test-home-")
 os.environ.setdefault("LMSTACK_HOME", _home)
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's home goes with it: every `make test` left one in the temp dir."""
+    shutil.rmtree(_home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -118,6 +118,12 @@ def onednn_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+@functools.cache
+def cpu_amx() -> bool:
+    """The CPU has AMX tiles (Intel Xeon from Sapphire Rapids on), which inductor's C++ GEMMs use for bf16 and int8."""
+    return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+
+
 def _cpu_has_bf16() -> bool:
     """True when the CPU has native bf16 math (AVX512-BF16 / AMX on x86, BF16 on Arm)."""
     return any(flag in _cpuinfo() for flag in (" avx512_bf16", " amx_bf16", " bf16"))

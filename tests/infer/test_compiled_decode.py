@@ -49,17 +49,19 @@ def test_decode_step_equals_full_recompute_and_eager_cache_writes(arch, batch):
 
 
 @pytest.mark.skipif(last_level_cache_bytes() is None, reason="the OS does not report the CPU's cache sizes")
-def test_gemms_autotune_for_int8_weights_and_for_weights_that_fit_in_the_cache():
+def test_gemms_autotune_with_amx_and_without_it_for_a_lone_sequences_int8_or_cached_weights():
     cache = last_level_cache_bytes()
     small = tiny_model("llama").to(torch.bfloat16)
-    assert cpp_gemms_pay(small)
     # bf16 weights larger than the cache, on the meta device (sizes only): streamed from memory, oneDNN's kernels stay.
     # One block's linears hold ~12 width^2 weights of 2 bytes; a multiple of 64, as RoPE needs an even head dim.
     width = (int((cache / (2 * 12)) ** 0.5) // 64 + 1) * 64
     with torch.device("meta"):
         big = GPT(ModelConfig(arch="llama", vocab_size=64, block_size=64, n_layer=1, n_head=1, n_embd=width))
-    assert not cpp_gemms_pay(big.to(torch.bfloat16))
-    assert cpp_gemms_pay(quantize_model(tiny_model("gpt2")))
+    big = big.to(torch.bfloat16)
+    int8 = quantize_model(tiny_model("gpt2"))
+    assert [cpp_gemms_pay(m, batched=False, amx=False) for m in (small, big, int8)] == [True, False, True]
+    assert not any(cpp_gemms_pay(m, batched=True, amx=False) for m in (small, big, int8))
+    assert all(cpp_gemms_pay(m, batched, amx=True) for m in (small, big, int8) for batched in (False, True))
 
 
 def test_trace_settings_are_restored_even_when_the_call_raises():

@@ -1,4 +1,4 @@
-"""torch.compile of the engine's decode steps (`EngineConfig.compile`): each step is one graph.
+"""Compiled decode steps (`EngineConfig.compile`): each step is one graph.
 
 The paged cache writes a layer's new key and value into the pool in place (`PagedKVCache.attend`).
 Inside a compiled graph that write made inductor copy the whole pool every step (440 ms a step for a
@@ -7,42 +7,49 @@ Here a decode step only reads the pool: each layer attends over its sequence's p
 slot, plus the step's own new key, and the step returns the new keys and values. The engine writes
 them into the pool after the call, one op per pool for all layers.
 
-On CPU the graph is built with two inductor options, which a small model's decode needs (its eager
-step is ~150 small PyTorch ops around 0.3 ms of matmuls):
+On CPU each graph is compiled ahead of time by AOTInductor (torch.export, then inductor into a shared library)
+and called straight from its loader. The same graph under torch.compile cost ~0.2 ms more a call, a fifth of
+the small model's step (depth-4 llama, bs=1, Intel Xeon, 2 threads): the call went through dynamo's guards on
+every weight, the eval-frame hooks and AOTAutograd's wrappers before reaching inductor's code (0.69-0.72 ms
+against 0.49-0.50 inside it); the AOTInductor call takes ~0.39 ms. Its inductor options are:
   - `freezing`: the weights become constants of the graph, so its bf16 linears are oneDNN-prepacked ones
     (what infer/packed.py does in eager) and the ops between them fuse into a few C++ loops (per layer:
     the norm, the attention with RoPE and the gather, SwiGLU; the residual adds go into the linears);
-  - `cpp_wrapper`: the graph calls its kernels from C++, not from a Python wrapper;
-and, where it pays (`cpp_gemms_pay`), `max_autotune` with inductor's own C++ GEMMs. Measured on the 2-core
-AVX512-BF16 machine, 1 thread, depth-4 llama, bs=1 (bench/decode.py --threads 1 --compile): the engine decodes
-~1.5-1.7k tok/s against ~0.75k eager. There are two graphs, one sequence's and a batch's (its batch size is
-dynamic); the engine compiles both when it is built (`warm_up`: ~35-40 s on that machine, more for bigger models).
+and, where it pays (`cpp_gemms_pay`), `max_autotune` with inductor's own C++ GEMMs. There are two graphs, one
+sequence's and a batch's (its batch size is dynamic); the engine compiles both when it is built (`warm_up`:
+~30-60 s for the small model, more for bigger ones). Their frozen weights are a copy taken then: a model changed
+afterwards would decode with the old weights, so the decoder checks each step that every weight is the tensor
+it froze, at the version it froze (changes in place, such as training between engine calls), and otherwise warns
+and leaves decoding to the eager path for good.
 
-On CPU the frozen weights are a copy taken when the engine compiles its graphs (when it is built). A model
-changed afterwards would decode with the old weights: the decoder checks the weights' version counters each
-step (changes in place, such as training between engine calls), dynamo's guards see a weight replaced by another
-tensor, and either makes the decoder warn and leave decoding to the eager path for good.
+On GPUs the steps are torch.compile'd without freezing: the graphs read the model's own weights, and dynamo's
+guards see a weight replaced by another tensor.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
 
 import torch
 import torch._inductor.config as inductor_config
+import torch._inductor.utils
 import torch.fx.experimental._config
+from torch.export import Dim
 from tqdm.auto import tqdm
 
-from lmstack.device import last_level_cache_bytes
+from lmstack.device import cpu_amx, last_level_cache_bytes
 from lmstack.infer.paged_cache import PagedKVCache, decode_slots, padded_block_tables, table_slots
 from lmstack.infer.quantize import Int8Linear
 
 log = logging.getLogger(__name__)
 
-# Decode steps whose longest past is shorter run eagerly: a dimension of size 0 or 1 would make dynamo
-# specialise the graph and compile it again (the first two steps of a one-token prompt).
+# Decode steps whose longest past is shorter run eagerly: a dimension of size 0 or 1 would make the graph
+# specialise to it (the first two steps of a one-token prompt).
 MIN_PAST_KEYS = 2
 
 
@@ -76,17 +83,18 @@ class GatheredDecodeCache:
 
 
 class DecodeStep(torch.nn.Module):
-    """(ids (B, 1), positions (B, 1), block_tables (B, W), past P, k_pool, v_pool) -> logits (B, V) and the step's
-    new keys and values (n_layer, B, K, D). Sequence b's past keys are its positions 0 .. positions[b] - 1, found
-    through its block table (padded rows are masked); P is the longest past. The pools are arguments, not
-    attributes: freezing would make attributes constants."""
+    """(ids (B, 1), positions (B, 1), block_tables (B, W), columns (P + 1,), k_pool, v_pool) -> logits (B, V) and the
+    step's new keys and values (n_layer, B, K, D). Sequence b's past keys are its positions 0 .. positions[b] - 1,
+    found through its block table (padded rows are masked); P is the longest past, and columns = 0 .. P, the key
+    columns (a tensor, so that an exported graph sees P as a dimension). The pools are arguments, not attributes:
+    freezing would make attributes constants."""
 
     def __init__(self, model: torch.nn.Module, block_size: int):
         super().__init__()
         self.model, self.block_size = model, block_size
 
-    def forward(self, ids, positions, block_tables, past, k_pool, v_pool):
-        columns = torch.arange(past + 1, device=ids.device)  # the past keys', then the new key's
+    def forward(self, ids, positions, block_tables, columns, k_pool, v_pool):
+        past = columns.size(0) - 1  # the past keys' columns, then the new key's
         past_slots = table_slots(block_tables, past, self.block_size)
         mask = ((columns < positions) | (columns == past)).view(ids.size(0), 1, 1, past + 1)
         cache = GatheredDecodeCache(k_pool, v_pool, past_slots, mask)
@@ -94,8 +102,8 @@ class DecodeStep(torch.nn.Module):
         return logits[:, 0], torch.stack(cache.new_keys), torch.stack(cache.new_values)
 
 
-# See the module doc. Passed to inductor as torch.compile options, which apply while it compiles.
-CPU_INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True}
+# See the module doc. Passed to inductor with each CPU graph.
+CPU_INDUCTOR_OPTIONS = {"freezing": True}
 # The batch graph stores values that inductor would otherwise recompute inside the loops that read them. In the
 # attention, its default recomputed each query's RoPE for every key it scored; stored, 32 sequences of the depth-4
 # llama decoded 6% faster (64 tokens: 117 ms against 124, medians of 9, A/B in one process, 2 threads).
@@ -105,17 +113,12 @@ CPU_BATCH_OPTIONS = {"realize_opcount_threshold": 2}
 # see `cpp_gemms_pay`.
 AUTOTUNE_OPTIONS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "autotune_num_choices_displayed": 0,
                     "max_autotune_report_choices_stats": False}
-# Settings dynamo reads while it traces, before inductor's options apply, so they are set around the warm-up's calls
-# (`_trace_settings`), the only ones that trace:
-#  - `freezing`: dynamo makes the weights graph constants only when it is on;
-#  - duck shaping off: dynamo would give dimensions of equal size one symbol, so a first batch of 2 sequences with
-#    block tables 2 wide would compile a graph for batch == width, and compile again at the next step.
-CPU_TRACE_SETTINGS = ((inductor_config, "freezing", True), (torch.fx.experimental._config, "use_duck_shape", False))
+# Duck shaping off while tracing: dimensions of equal size would get one symbol, so a first batch of 2 sequences with
+# block tables 2 wide would give a graph for batch == width only (and torch.compile would compile again).
 TRACE_SETTINGS = ((torch.fx.experimental._config, "use_duck_shape", False),)
-# After the warm-up, a step that would compile again (a weight replaced, which dynamo's guards see; a shape
-# nothing foresaw) raises instead, before any tracing, and decoding goes on eagerly: a compile mid-serving would
-# stall every request for up to a minute and freeze yet another copy of the weights. So the steps need no trace
-# settings, only this.
+# torch.compile (GPUs) only. After the warm-up, a step that would compile again (a weight replaced, which dynamo's
+# guards see; a shape nothing foresaw) raises instead, before any tracing, and decoding goes on eagerly: a compile
+# mid-serving would stall every request for up to a minute. So the steps need no trace settings, only this.
 NO_RECOMPILE = ((torch._dynamo.config, "error_on_recompile", True),)
 # Every engine's two graphs are entries of one code object (DecodeStep.forward), which dynamo caps at 8 by default:
 # a fifth live compiled engine would fail its warm-up.
@@ -126,17 +129,26 @@ WARM_UP = ((torch._dynamo.config, "recompile_limit", 64),)
 # 48-64 (the benchmark's 16-80 keys; A/B in one process, 2 threads).
 WARM_UP_BATCH = 32
 WARM_UP_PAST = 64
-# Graphs the decoder compiles, each holding a frozen copy of the weights: a lone sequence's, and a batch's (dynamo
-# specialises a batch of 1).
+# Graphs the decoder compiles, each holding a frozen copy of the weights on CPU: a lone sequence's, and a batch's.
 COMPILED_GRAPHS = 2
 
 
-def cpp_gemms_pay(model: torch.nn.Module) -> bool:
-    """Whether a lone sequence's decode graph should autotune its GEMMs (AUTOTUNE_OPTIONS). Autotuning times each GEMM
-    alone, its weights hot in cache. That picks well for int8 weights (GPT-2-124M, 2 threads: 159 tok/s against 145)
-    and for weights that all stay in the last-level cache (depth-4 llama, 10 MB of bf16, 1 thread: ~1.6-1.9k against
-    ~1.45k), and
-    badly for bf16 weights streamed from memory (GPT-2-124M, 250 MB: 86 against oneDNN's 125)."""
+def cpp_gemms_pay(model: torch.nn.Module, batched: bool, amx: bool | None = None) -> bool:
+    """Whether a decode graph (a batch's if `batched`) should autotune its GEMMs (AUTOTUNE_OPTIONS): time inductor's
+    C++ GEMM for each linear alone against oneDNN's, weights hot in cache, and keep the faster. `amx`: whether the CPU
+    has AMX tiles (default: this one's).
+
+    With AMX, inductor's AMX micro-kernels won every decode shape measured (Intel Xeon, 2 threads, compiled engine):
+    the depth-4 llama's 32 sequences 14.7-16.3k tok/s against 8.3-9.4k, GPT-2-124M's 32 sequences 1,062 against 770
+    and its lone sequence 69 against 66. Without AMX (AMD EPYC, AVX-512), the timings alone picked well for a lone
+    sequence's int8 weights (GPT-2-124M, 2 threads: 159 tok/s against 145) and for weights that all stay in the
+    last-level cache (depth-4 llama, 10 MB of bf16, 1 thread: ~1.6-1.9k against ~1.45k), and badly for bf16 weights
+    streamed from memory (GPT-2-124M, 250 MB: 86 against oneDNN's 125) and for a batch, whose row count is dynamic
+    (32 sequences of the depth-4 llama: 13.5k against 14.4k, warmed up at 32 sequences)."""
+    if cpu_amx() if amx is None else amx:
+        return True
+    if batched:
+        return False
     weights = {id(m.weight): m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))}
     if any(w.dtype == torch.int8 for w in weights.values()):
         return True
@@ -168,44 +180,87 @@ def _trace_settings(settings: tuple[tuple[object, str, object], ...]):
             setattr(config, name, value)
 
 
+# Inductor's context for a throwaway cache dir (fresh_inductor_cache before torch 2.7).
+fresh_cache = getattr(torch._inductor.utils, "fresh_cache", None) or torch._inductor.utils.fresh_inductor_cache
+# Deprecation notices that torch's export and autotuning raise about torch's own code, nothing a user can act on.
+TORCH_INTERNAL_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated", "TypedStorage is deprecated")
+
+
+def compile_ahead_of_time(step: DecodeStep, example: tuple, batched: bool, options: dict) -> Callable:
+    """`step` exported at the `example` inputs and compiled by AOTInductor with inductor `options`, loaded -> a function
+    of the step's inputs returning [logits, new keys, new values]. Dynamic: the block tables' width and the key
+    columns, and the batch if `batched` (a lone sequence's graph is built for batch 1)."""
+    batch = Dim("batch", min=2) if batched else None
+    rows = {0: batch} if batched else None
+    tables = {0: batch, 1: Dim("width", min=2)} if batched else {1: Dim("width", min=2)}
+    shapes = (rows, rows, tables, {0: Dim("columns", min=MIN_PAST_KEYS + 1)}, None, None)
+    # AOTInductor builds in inductor's cache dir, and its library holds the frozen weights (~0.25-0.5 GB a graph for
+    # GPT-2-124M): there every engine compiled from other weights would leave them behind. So it builds in a fresh
+    # cache dir, deleted once the library is loaded; the package is only the loader's way in.
+    with (_trace_settings(_known_settings(TRACE_SETTINGS)), fresh_cache(),
+          tempfile.TemporaryDirectory(prefix="lmstack-") as tmp, warnings.catch_warnings()):
+        for message in TORCH_INTERNAL_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        program = torch.export.export(step, example, dynamic_shapes=shapes)
+        package = torch._inductor.aoti_compile_and_package(
+            program, package_path=os.path.join(tmp, "step.pt2"), inductor_configs=_known(options))
+        loader = torch._inductor.aoti_load_package(package).loader
+    # The loader's own boxed call: the package's Python __call__ parses the call's input and output specs from JSON
+    # on every call (~70 us of a small model's ~450 us step).
+    return lambda *inputs: loader.boxed_run(list(inputs))
+
+
+def _weight_slots(model: torch.nn.Module) -> Iterator[tuple[dict, str, torch.Tensor]]:
+    """(holder, name, tensor) of every parameter and buffer: holder is the dict of the module that holds it, where a
+    tensor assigned in its place would replace it."""
+    for module in model.modules():
+        for holder in (module._parameters, module._buffers):
+            for name, tensor in holder.items():
+                if tensor is not None:
+                    yield holder, name, tensor
+
+
 class CompiledDecoder:
     """Decode steps through the compiled DecodeStep, writing their keys and values into `cache`. compiled=False runs
     the same step eagerly: the tests check its arithmetic and the engine's use of it that way, in seconds instead
-    of minutes of compiling."""
+    of minutes of compiling. ahead_of_time: AOTInductor rather than torch.compile; by default on CPU only (the tests
+    also run the GPUs' torch.compile steps on the CPU)."""
 
-    def __init__(self, model: torch.nn.Module, cache: PagedKVCache, max_batch: int, compiled: bool = True):
+    def __init__(self, model: torch.nn.Module, cache: PagedKVCache, max_batch: int, compiled: bool = True,
+                 ahead_of_time: bool | None = None):
         self.cache = cache
         # For the warm-up's sizes: the largest decode batch the engine can schedule, and the model's context.
         self.max_batch, self.context = max_batch, model.cfg.block_size
-        step = DecodeStep(model, cache.block_size).eval()
+        # A step's key columns 0 .. P are a slice of this.
+        self.columns = torch.arange(self.context, device=cache.k.device)
+        self.step = DecodeStep(model, cache.block_size).eval()
         on_cpu = cache.k.device.type == "cpu"
-        # Batched steps' graph does not autotune: its GEMMs have a dynamic row count, for which inductor's C++ GEMM lost
-        # to oneDNN (32 sequences of the depth-4 llama: 4.6k tok/s against 8.1k; warmed up at 32 sequences, 13.5k
-        # against 14.4k).
-        cpu = CPU_INDUCTOR_OPTIONS if on_cpu else {}
-        batch = {**cpu, **CPU_BATCH_OPTIONS} if on_cpu else cpu
-        single = {**cpu, **AUTOTUNE_OPTIONS} if on_cpu and cpp_gemms_pay(model) else cpu
-        # Two compiled callables: dynamo keeps their graphs apart (each call checks only its own), and each compiles
-        # with its options. fullgraph: a graph break would silently leave part of every step to Python.
-        self.single_step, self.batch_step = (
-            (torch.compile(step, dynamic=True, fullgraph=True, options=_known(options)) for options in (single, batch))
-            if compiled else (step, step))
-        for pool in (cache.k, cache.v):  # the same tensors every step: no symbols for their sizes
-            torch._dynamo.mark_static(pool)
-        trace = CPU_TRACE_SETTINGS if on_cpu else TRACE_SETTINGS
-        self.warm_up_settings = _known_settings(trace, WARM_UP)
-        self.run_settings = _known_settings(NO_RECOMPILE)
-        # The weights the graphs freeze (the engine warms them up right away), and their versions; none on GPUs, where
-        # the graphs read the model's own. Inference tensors have no version counter; nothing can train them.
-        weights = itertools.chain(model.parameters(), model.buffers()) if on_cpu else ()
-        self._frozen = [(t, t._version) for t in weights if not t.is_inference()]
+        self.ahead_of_time = compiled and (on_cpu if ahead_of_time is None else ahead_of_time)
+        self.cpu_options = tuple({**CPU_INDUCTOR_OPTIONS, **(CPU_BATCH_OPTIONS if batched else {}),
+                                  **(AUTOTUNE_OPTIONS if cpp_gemms_pay(model, batched) else {})}
+                                 for batched in (False, True))
+        self.steps: list[Callable | None] = [self.step, self.step]  # a lone sequence's, a batch's
+        if compiled and not self.ahead_of_time:
+            # Two compiled callables: dynamo keeps their graphs apart (each call checks only its own). fullgraph: a
+            # graph break would silently leave part of every step to Python.
+            self.steps = [torch.compile(self.step, dynamic=True, fullgraph=True) for _ in range(COMPILED_GRAPHS)]
+            for pool in (cache.k, cache.v):  # the same tensors every step: no symbols for their sizes
+                torch._dynamo.mark_static(pool)
+        elif self.ahead_of_time:
+            self.steps = [None, None]  # built by the warm-up
+        self.warm_up_settings = _known_settings(TRACE_SETTINGS, WARM_UP)
+        self.run_settings = () if self.ahead_of_time else _known_settings(NO_RECOMPILE)
+        # Where the graphs froze the weights (CPU, compiled), and their versions; none on GPUs, where the graphs read
+        # the model's own. Inference tensors have no version counter; nothing can train them.
+        self._frozen = [(holder, name, t, None if t.is_inference() else t._version)
+                        for holder, name, t in _weight_slots(model)] if self.ahead_of_time else []
         self.disabled = False
         self.compiled_steps = 0  # decode steps run through the compiled graph
 
     def _weights_changed(self) -> bool:
-        """Whether a weight changed in place since the graphs froze them (a weight replaced by another tensor is seen
-        by dynamo's guards, see NO_RECOMPILE)."""
-        return any(t._version != version for t, version in self._frozen)
+        """Whether a weight the graphs froze was replaced by another tensor or changed in place since."""
+        return any(holder.get(name) is not t or (version is not None and t._version != version)
+                   for holder, name, t, version in self._frozen)
 
     def _give_up(self, what: str, error: Exception | None = None) -> None:
         cause = f" ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})" if error else ""
@@ -213,16 +268,23 @@ class CompiledDecoder:
         self.disabled = True
 
     def warm_up(self) -> None:
-        """Compile both graphs now, on placeholder inputs (one sequence, then a batch, at WARM_UP_PAST keys of block
+        """Compile both graphs now, at placeholder inputs (one sequence, then a batch, at WARM_UP_PAST keys of block
         0's slots), instead of during the first requests (tens of seconds to minutes on CPU). The step only reads the
         pool. A failure to compile (no C++ compiler, say) is logged and leaves decoding eager."""
         past = max(MIN_PAST_KEYS, min(WARM_UP_PAST, self.context - 1))
         try:
             batches = (1, max(2, min(WARM_UP_BATCH, self.max_batch)))
             # A bar: the compiles take tens of seconds each, during which nothing else would show.
-            with torch.inference_mode():  # as the engine's steps run: dynamo compiles for one grad mode
-                for batch in tqdm(batches, desc="compiling the decode steps", unit="graph"):
-                    self._step([0] * batch, [past] * batch, past, [[0]] * batch, self.warm_up_settings)
+            for index, batch in enumerate(tqdm(batches, desc="compiling the decode steps", unit="graph")):
+                placeholders = ([0] * batch, [past] * batch, past, [[0]] * batch)
+                if self.ahead_of_time:
+                    self.steps[index] = compile_ahead_of_time(self.step, self._inputs(*placeholders), index > 0,
+                                                              self.cpu_options[index])
+                    continue
+                # dynamo compiles for one grad mode, and guards on the inputs' inference-mode dispatch keys: the engine's
+                # steps make their inputs and run under inference_mode
+                with torch.inference_mode(), _trace_settings(self.warm_up_settings):
+                    self.steps[index](*self._inputs(*placeholders))
         except Exception as error:  # noqa: BLE001 - any compiler failure: eager decoding still gives the same tokens
             self._give_up("could not compile the decode steps", error)
 
@@ -238,8 +300,10 @@ class CompiledDecoder:
             self._give_up("the model's weights changed after the engine compiled its decode steps (compile=True "
                           "freezes them); build a new Engine to compile the new weights")
             return None
+        step = self.steps[len(tokens) > 1]
         try:
-            logits, new_keys, new_values = self._step(tokens, positions, past, block_tables, self.run_settings)
+            with _trace_settings(self.run_settings):
+                logits, new_keys, new_values = step(*self._inputs(tokens, positions, past, block_tables))
         except torch._dynamo.exc.RecompileError as error:
             self._give_up("a decode step needed a new compile (was a weight of the model replaced?)", error)
             return None
@@ -250,12 +314,10 @@ class CompiledDecoder:
         self.compiled_steps += 1
         return logits
 
-    def _step(self, tokens: list[int], positions: list[int], past: int, block_tables: list[list[int]], settings):
-        """The graph's call; past = max(positions)."""
+    def _inputs(self, tokens: list[int], positions: list[int], past: int, block_tables: list[list[int]]) -> tuple:
+        """DecodeStep's inputs; past = max(positions)."""
         device = self.cache.k.device
-        # Never 1 wide: dynamo would specialise a graph to it and compile it again.
+        # Never 1 wide: the graph would specialise to it.
         tables = padded_block_tables(block_tables, max(2, -(-past // self.cache.block_size)), device)
-        with _trace_settings(settings):
-            return (self.single_step if len(tokens) == 1 else self.batch_step)(
-                torch.tensor(tokens, device=device).unsqueeze(1), torch.tensor(positions, device=device).unsqueeze(1),
-                tables, past, self.cache.k, self.cache.v)
+        return (torch.tensor(tokens, device=device).unsqueeze(1), torch.tensor(positions, device=device).unsqueeze(1),
+                tables, self.columns[:past + 1], self.cache.k, self.cache.v)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from lmstack.config import ConfigError
 from lmstack.model.gpt import is_plain_linear, replace_module
@@ -68,7 +69,10 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         scale = self.scale.to(x.dtype)  # no copy when it already is
-        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and rows.size(0) <= KERNEL_MAX_ROWS:
+        # In an exported graph whose batch is a symbol the row count is unknown: that graph dequantizes (freezing folds
+        # the dequantized weight into a constant) rather than guard on the batch, which its export would refuse.
+        if (x.device.type == "cpu" and x.dtype == torch.bfloat16
+                and statically_known_true(rows.size(0) <= KERNEL_MAX_ROWS)):
             y = torch._weight_int8pack_mm(rows.contiguous(), self.weight, scale)
         else:
             y = F.linear(rows, self.weight.to(x.dtype)) * scale

@@ -17,7 +17,7 @@ against 0.49-0.50 inside it); the AOTInductor call takes ~0.39 ms. Its inductor 
     the norm, the attention with RoPE and the gather, SwiGLU; the residual adds go into the linears);
 and, where it pays (`cpp_gemms_pay`), `max_autotune` with inductor's own C++ GEMMs. There are two graphs, one
 sequence's and a batch's (its batch size is dynamic); the engine compiles both when it is built (`warm_up`:
-~30-60 s for the small model, more for bigger ones). Their frozen weights are a copy taken then: a model changed
+~1-2 min for the small model, more for bigger ones). Their frozen weights are a copy taken then: a model changed
 afterwards would decode with the old weights, so the decoder checks each step that every weight is the tensor
 it froze, at the version it froze (changes in place, such as training between engine calls), and otherwise warns
 and leaves decoding to the eager path for good.
@@ -236,9 +236,6 @@ class CompiledDecoder:
         self.step = DecodeStep(model, cache.block_size).eval()
         on_cpu = cache.k.device.type == "cpu"
         self.ahead_of_time = compiled and (on_cpu if ahead_of_time is None else ahead_of_time)
-        self.cpu_options = tuple({**CPU_INDUCTOR_OPTIONS, **(CPU_BATCH_OPTIONS if batched else {}),
-                                  **(AUTOTUNE_OPTIONS if cpp_gemms_pay(model, batched) else {})}
-                                 for batched in (False, True))
         self.steps: list[Callable | None] = [self.step, self.step]  # a lone sequence's, a batch's
         if compiled and not self.ahead_of_time:
             # Two compiled callables: dynamo keeps their graphs apart (each call checks only its own). fullgraph: a
@@ -247,7 +244,10 @@ class CompiledDecoder:
             for pool in (cache.k, cache.v):  # the same tensors every step: no symbols for their sizes
                 torch._dynamo.mark_static(pool)
         elif self.ahead_of_time:
-            self.steps = [None, None]  # built by the warm-up
+            self.steps = [None, None]  # built by the warm-up, with these inductor options
+            self.aot_options = [{**CPU_INDUCTOR_OPTIONS, **(CPU_BATCH_OPTIONS if batched else {}),
+                                 **(AUTOTUNE_OPTIONS if cpp_gemms_pay(model, batched) else {})}
+                                for batched in (False, True)]
         self.warm_up_settings = _known_settings(TRACE_SETTINGS, WARM_UP)
         self.run_settings = () if self.ahead_of_time else _known_settings(NO_RECOMPILE)
         # Where the graphs froze the weights (CPU, compiled), and their versions; none on GPUs, where the graphs read
@@ -279,7 +279,7 @@ class CompiledDecoder:
                 placeholders = ([0] * batch, [past] * batch, past, [[0]] * batch)
                 if self.ahead_of_time:
                     self.steps[index] = compile_ahead_of_time(self.step, self._inputs(*placeholders), index > 0,
-                                                              self.cpu_options[index])
+                                                              self.aot_options[index])
                     continue
                 # dynamo compiles for one grad mode, and guards on the inputs' inference-mode dispatch keys: the engine's
                 # steps make their inputs and run under inference_mode

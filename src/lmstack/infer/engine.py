@@ -41,7 +41,7 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
   every change of the weights. With `compile=True` the prefill steps use them; the prepacking memory check also
   counts the compiled graphs' own copies.
 - `compile=True` compiles the decode steps (infer/compiled_decode.py: AOTInductor on CPU, torch.compile on GPUs)
-  when the engine is built (~1 min), not during the first requests. On CPU a small model decodes over twice as fast at bs=1; GPT-2-124M,
+  when the engine is built (1-2 min on CPU), not during the first requests. On CPU a small model decodes over twice as fast at bs=1; GPT-2-124M,
   bound by reading its weights, about as fast as eager. On CPU each of its two graphs (a lone sequence's, a batch's)
   freezes a copy of the weights: a model changed afterwards makes the engine warn and decode eagerly, as does a
   compile that fails. With `cuda_graphs=True` on NVIDIA, the CUDA graphs take the decode steps and `compile` is not
@@ -90,7 +90,7 @@ class EngineConfig:
     # weights and cache: auto (bf16 where the device has it) | float32 | bfloat16 | float16 (or half, bf16, ...)
     dtype: str = "auto"
     device: str = "auto"
-    compile: bool = False  # compile the decode steps, when built (~1 min; measure: bench/decode.py --compile)
+    compile: bool = False  # compile the decode steps, when built (1-2 min; measure: bench/decode.py --compile)
     enable_prefix_caching: bool = True
     cuda_graphs: bool = False  # replay captured decode steps on NVIDIA GPUs (captured on the first decode)
     quantization: str | None = None  # "int8": weight-only int8 Linears (replaces the model's layers in place)
@@ -202,7 +202,7 @@ class Engine:
         self._ids = itertools.count()
         self._compiled = None
         if config.compile and not use_graphs:
-            log.info("compiling the decode steps (about a minute)")
+            log.info("compiling the decode steps (a minute or two)")
             largest_decode = min(config.max_num_seqs, config.max_batched_tokens)
             self._compiled = CompiledDecoder(model, self.cache, largest_decode)
             self._compiled.warm_up()

@@ -31,7 +31,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.epilog = f"engine settings (--set KEY=VALUE or a TOML file): {ENGINE_SETTINGS}. quantization=int8: " \
                "weight-only int8 Linears, half the weights' memory, faster than bf16 at 2+ threads; pack_weights " \
-               "(CPU bf16, on by default): prepacked Linear weights; compile: torch.compile of decode, when built"
+               "(CPU bf16, on by default): prepacked Linear weights; compile: compiled decode steps (AOTInductor on " \
+               "CPU, torch.compile on GPUs), built with the engine (a minute or two)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -118,7 +118,16 @@ class CtrlCAtFirstPiece(io.StringIO):
         return written
 
 
-def test_ctrl_c_stops_a_chat_reply_and_the_conversation_goes_on(short_checkpoint):
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler (KeyboardInterrupt), which `lmstack chat` has in a terminal: a shell starts a
+    background job (`make test &`) with SIGINT ignored, and Python then installs none, so the press did nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_a_chat_reply_and_the_conversation_goes_on(short_checkpoint, ctrl_c_raises):
     """Ctrl-C during a reply ended `lmstack chat` ("interrupted"), and the conversation with it."""
     engine, source, hello, expected = greedy_chat(short_checkpoint)
     lines = iter(["Tell me a story", "Hello world!", "/exit"])

@@ -120,8 +120,10 @@ def onednn_bf16() -> bool:
 
 @functools.cache
 def cpu_amx() -> bool:
-    """The CPU has AMX tiles (Intel Xeon from Sapphire Rapids on), which inductor's C++ GEMMs use for bf16 and int8."""
-    return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    """The CPU has AMX tiles (Intel Xeon from Sapphire Rapids on) and the OS lets this process use them, as inductor's
+    C++ GEMMs do for bf16 and int8 (the same two checks as inductor's)."""
+    return (getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+            and getattr(torch.cpu, "_init_amx", lambda: False)())
 
 
 def _cpu_has_bf16() -> bool:

@@ -37,7 +37,7 @@ def test_torch_compiled_decode_as_on_gpus_equals_full_recompute_and_never_compil
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("change", ["in place", "replaced"])
+@pytest.mark.parametrize("change", ["in place", "replaced", "module replaced"])
 def test_compiled_engine_decodes_eagerly_after_the_weights_change(caplog, change):
     model = tiny_model("llama")
     engine = Engine(model, None, EngineConfig(block_size=8, num_blocks=128, compile=True))
@@ -47,8 +47,11 @@ def test_compiled_engine_decodes_eagerly_after_the_weights_change(caplog, change
     with torch.no_grad():  # the compiled graphs hold the old weights
         if change == "in place":  # as an optimizer step does: the version counter moves
             model.lm_head.weight.copy_(new_weight)
-        else:  # another tensor in the module, which the graphs never saw
+        elif change == "replaced":  # another tensor in the module, which the graphs never saw
             model.lm_head.weight = torch.nn.Parameter(new_weight)
+        else:  # another module in the model (as LoRA layers applied, or int8 ones)
+            model.lm_head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=False)
+            model.lm_head.weight.copy_(new_weight)
     with caplog.at_level(logging.WARNING, logger="lmstack.infer"):
         tokens = engine.generate([PROMPTS[1]], GREEDY)[0].token_ids
     assert "weights changed" in caplog.text

@@ -157,4 +157,5 @@ def test_compiled_quantized_decode_equals_full_recompute():
     model = tiny_model("llama")
     engine = Engine(model, None, EngineConfig(block_size=8, num_blocks=128, compile=True, quantization="int8"))
     outputs = engine.generate(PROMPTS[:2], SamplingParams(max_tokens=20, temperature=0))
+    assert not engine._compiled.disabled and engine._compiled.compiled_steps == 19  # compiled, every decode step
     assert [o.token_ids for o in outputs] == [recompute_greedy(model, p, 20) for p in PROMPTS[:2]]

@@ -196,28 +196,35 @@ def compile_ahead_of_time(step: DecodeStep, example: tuple, batched: bool, optio
     shapes = (rows, rows, tables, {0: Dim("columns", min=MIN_PAST_KEYS + 1)}, None, None)
     # AOTInductor builds in inductor's cache dir, and its library holds the frozen weights (~0.25-0.5 GB a graph for
     # GPT-2-124M): there every engine compiled from other weights would leave them behind. So it builds in a fresh
-    # cache dir, deleted once the library is loaded; the package is only the loader's way in.
-    with (_trace_settings(_known_settings(TRACE_SETTINGS)), fresh_cache(),
-          tempfile.TemporaryDirectory(prefix="lmstack-") as tmp, warnings.catch_warnings()):
+    # cache dir inside a temporary one, deleted once the library is loaded or the build failed (fresh_cache keeps its
+    # dir after a failure); the package is only the loader's way in.
+    with (_trace_settings(_known_settings(TRACE_SETTINGS)), tempfile.TemporaryDirectory(prefix="lmstack-") as tmp,
+          fresh_cache(dir=tmp), warnings.catch_warnings()):
         for message in TORCH_INTERNAL_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
         program = torch.export.export(step, example, dynamic_shapes=shapes)
         package = torch._inductor.aoti_compile_and_package(
             program, package_path=os.path.join(tmp, "step.pt2"), inductor_configs=_known(options))
-        loader = torch._inductor.aoti_load_package(package).loader
-    # The loader's own boxed call: the package's Python __call__ parses the call's input and output specs from JSON
-    # on every call (~70 us of a small model's ~450 us step).
-    return lambda *inputs: loader.boxed_run(list(inputs))
+        # The loader's own boxed call: the package's Python __call__ parses the call's input and output specs from
+        # JSON on every call (~70 us of a small model's ~450 us step). Looked up here, so that a torch without it
+        # fails the warm-up, which then leaves decoding eager.
+        boxed_run = torch._inductor.aoti_load_package(package).loader.boxed_run
+    return lambda *inputs: boxed_run(list(inputs))
 
 
-def _weight_slots(model: torch.nn.Module) -> Iterator[tuple[dict, str, torch.Tensor]]:
-    """(holder, name, tensor) of every parameter and buffer: holder is the dict of the module that holds it, where a
-    tensor assigned in its place would replace it."""
+def _frozen_slots(model: torch.nn.Module) -> Iterator[tuple[dict, str, torch.Tensor | torch.nn.Module]]:
+    """(holder, name, value) of every parameter, buffer and submodule: holder is the dict of the module that holds
+    it, where a tensor or module assigned in its place (LoRA layers applied, int8 layers) would replace it."""
     for module in model.modules():
-        for holder in (module._parameters, module._buffers):
-            for name, tensor in holder.items():
-                if tensor is not None:
-                    yield holder, name, tensor
+        for holder in (module._parameters, module._buffers, module._modules):
+            for name, value in holder.items():
+                if value is not None:
+                    yield holder, name, value
+
+
+def _version(value: torch.Tensor | torch.nn.Module) -> int | None:
+    """A tensor's version counter; None for modules and inference tensors (which have none)."""
+    return value._version if isinstance(value, torch.Tensor) and not value.is_inference() else None
 
 
 class CompiledDecoder:
@@ -235,7 +242,9 @@ class CompiledDecoder:
         self.columns = torch.arange(self.context, device=cache.k.device)
         self.step = DecodeStep(model, cache.block_size).eval()
         on_cpu = cache.k.device.type == "cpu"
-        self.ahead_of_time = compiled and (on_cpu if ahead_of_time is None else ahead_of_time)
+        # AOTInductor's packages came with torch 2.6: an older one compiles with torch.compile, as on GPUs.
+        default = on_cpu and hasattr(torch._inductor, "aoti_compile_and_package")
+        self.ahead_of_time = compiled and (default if ahead_of_time is None else ahead_of_time)
         self.steps: list[Callable | None] = [self.step, self.step]  # a lone sequence's, a batch's
         if compiled and not self.ahead_of_time:
             # Two compiled callables: dynamo keeps their graphs apart (each call checks only its own). fullgraph: a
@@ -250,17 +259,18 @@ class CompiledDecoder:
                                 for batched in (False, True)]
         self.warm_up_settings = _known_settings(TRACE_SETTINGS, WARM_UP)
         self.run_settings = () if self.ahead_of_time else _known_settings(NO_RECOMPILE)
-        # Where the graphs froze the weights (CPU, compiled), and their versions; none on GPUs, where the graphs read
-        # the model's own. Inference tensors have no version counter; nothing can train them.
-        self._frozen = [(holder, name, t, None if t.is_inference() else t._version)
-                        for holder, name, t in _weight_slots(model)] if self.ahead_of_time else []
+        # What the graphs froze (CPU, compiled): the weights and the modules, where they are held, and the weights'
+        # versions; nothing on GPUs, where the graphs read the model's own. Inference tensors have no version counter;
+        # nothing can train them.
+        self._frozen = [(holder, name, value, _version(value))
+                        for holder, name, value in _frozen_slots(model)] if self.ahead_of_time else []
         self.disabled = False
         self.compiled_steps = 0  # decode steps run through the compiled graph
 
     def _weights_changed(self) -> bool:
-        """Whether a weight the graphs froze was replaced by another tensor or changed in place since."""
-        return any(holder.get(name) is not t or (version is not None and t._version != version)
-                   for holder, name, t, version in self._frozen)
+        """Whether a weight or module the graphs froze was replaced since, or a weight changed in place."""
+        return any(holder.get(name) is not value or (version is not None and value._version != version)
+                   for holder, name, value, version in self._frozen)
 
     def _give_up(self, what: str, error: Exception | None = None) -> None:
         cause = f" ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})" if error else ""

@@ -291,8 +291,8 @@ class CompiledDecoder:
                     self.steps[index] = compile_ahead_of_time(self.step, self._inputs(*placeholders), index > 0,
                                                               self.aot_options[index])
                     continue
-                # dynamo compiles for one grad mode, and guards on the inputs' inference-mode dispatch keys: the engine's
-                # steps make their inputs and run under inference_mode
+                # dynamo compiles for one grad mode, and guards on the inputs' inference-mode dispatch keys: the
+                # engine's steps make their inputs and run under inference_mode
                 with torch.inference_mode(), _trace_settings(self.warm_up_settings):
                     self.steps[index](*self._inputs(*placeholders))
         except Exception as error:  # noqa: BLE001 - any compiler failure: eager decoding still gives the same tokens

@@ -41,9 +41,10 @@ API (modelled on vLLM's `LLM` / `SamplingParams`; the server codes against it):
   every change of the weights. With `compile=True` the prefill steps use them; the prepacking memory check also
   counts the compiled graphs' own copies.
 - `compile=True` compiles the decode steps (infer/compiled_decode.py: AOTInductor on CPU, torch.compile on GPUs)
-  when the engine is built (1-2 min on CPU), not during the first requests. On CPU a small model decodes over twice as fast at bs=1; GPT-2-124M,
-  bound by reading its weights, about as fast as eager. On CPU each of its two graphs (a lone sequence's, a batch's)
-  freezes a copy of the weights: a model changed afterwards makes the engine warn and decode eagerly, as does a
+  when the engine is built (1-2 min on CPU), not during the first requests. On CPU a small model decodes over twice
+  as fast at bs=1; GPT-2-124M, bound by reading its weights, 1.4x as fast (Intel Xeon; on an AMD EPYC as fast).
+  Each of the two CPU graphs (a lone sequence's, a batch's) freezes a copy of the weights: a model changed
+  afterwards (a weight changed or replaced, a layer replaced) makes the engine warn and decode eagerly, as does a
   compile that fails. With `cuda_graphs=True` on NVIDIA, the CUDA graphs take the decode steps and `compile` is not
   used.
 """

@@ -245,18 +245,21 @@ class CompiledDecoder:
         # AOTInductor's packages came with torch 2.6: an older one compiles with torch.compile, as on GPUs.
         default = on_cpu and hasattr(torch._inductor, "aoti_compile_and_package")
         self.ahead_of_time = compiled and (default if ahead_of_time is None else ahead_of_time)
-        self.steps: list[Callable | None] = [self.step, self.step]  # a lone sequence's, a batch's
-        if compiled and not self.ahead_of_time:
-            # Two compiled callables: dynamo keeps their graphs apart (each call checks only its own). fullgraph: a
-            # graph break would silently leave part of every step to Python.
-            self.steps = [torch.compile(self.step, dynamic=True, fullgraph=True) for _ in range(COMPILED_GRAPHS)]
-            for pool in (cache.k, cache.v):  # the same tensors every step: no symbols for their sizes
-                torch._dynamo.mark_static(pool)
+        # A lone sequence's step, then a batch's.
+        self.steps: list[Callable | None]
+        if not compiled:
+            self.steps = [self.step, self.step]
         elif self.ahead_of_time:
             self.steps = [None, None]  # built by the warm-up, with these inductor options
             self.aot_options = [{**CPU_INDUCTOR_OPTIONS, **(CPU_BATCH_OPTIONS if batched else {}),
                                  **(AUTOTUNE_OPTIONS if cpp_gemms_pay(model, batched) else {})}
                                 for batched in (False, True)]
+        else:
+            # Two compiled callables: dynamo keeps their graphs apart (each call checks only its own). fullgraph: a
+            # graph break would silently leave part of every step to Python.
+            self.steps = [torch.compile(self.step, dynamic=True, fullgraph=True) for _ in range(COMPILED_GRAPHS)]
+            for pool in (cache.k, cache.v):  # the same tensors every step: no symbols for their sizes
+                torch._dynamo.mark_static(pool)
         self.warm_up_settings = _known_settings(TRACE_SETTINGS, WARM_UP)
         self.run_settings = () if self.ahead_of_time else _known_settings(NO_RECOMPILE)
         # What the graphs froze (CPU, compiled): the weights and the modules, where they are held, and the weights'
